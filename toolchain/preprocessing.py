@@ -133,3 +133,45 @@ def write_preprocessing(model: Any, pre: Preprocessing) -> None:
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class PreprocessingOverrides:
+    """Preprocessing fields given on the command line (None = not given)."""
+
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    input_size: tuple[int, int] | None = None
+    channel_order: Literal["RGB", "BGR"] | None = None
+    pixel_scale: float | None = None
+    crop_fraction: float | None = None
+    class_names: tuple[str, ...] | None = None
+
+    def given(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if v is not None}
+
+
+def resolve_preprocessing(
+    stored: Preprocessing | None,
+    overrides: PreprocessingOverrides,
+    source: str,
+    static_size: tuple[int, int] | None = None,
+) -> Preprocessing:
+    """Stored metadata with command-line overrides on top; a clear error when something is missing.
+
+    `static_size` is the (H, W) of the model's input when the graph fixes it; it stands in for a
+    missing --input-size.
+    """
+    given = overrides.given()
+    if stored is not None:
+        return stored.with_overrides(**given)
+    if static_size is not None:
+        given.setdefault("input_size", static_size)
+    missing = [f"--{name.replace('_', '-')}" for name in ("mean", "std", "input_size") if name not in given]
+    if missing:
+        raise PreprocessingError(
+            f"{source} carries no preprocessing metadata and {', '.join(missing)} {'was' if len(missing) == 1 else 'were'} not given: "
+            f"pass --mean, --std and --input-size, or stamp them into the file once with "
+            f"`toolchain stamp {source} --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --input-size 224`"
+        )
+    return Preprocessing(**given)

@@ -1,0 +1,110 @@
+"""The toolchain as Python functions: what the CLI calls, and what an MLOps step imports.
+
+Usage:
+    from toolchain import api
+    result = api.export_model("resnet20_cifar10", out="resnet20.onnx")      # ExportReport
+    summary = api.inspect_model("resnet20.onnx")                            # GraphSummary
+    api.stamp_model("theirs.onnx", PreprocessingOverrides(mean=(0.5,), std=(0.5,), input_size=(28, 28)))
+    metrics = api.evaluate_model("resnet20.onnx", "../shared/datasets/cifar10-test-jpg.tar.gz")
+
+Every function raises a ToolchainError subclass for problems the user can fix, and writes files
+atomically (a failure leaves no partial output).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import onnx
+
+from toolchain.errors import ConfigError
+from toolchain.graph import GraphSummary, image_input, summarize
+from toolchain.modelio import load_model, save_model
+from toolchain.preprocessing import (
+    Preprocessing,
+    PreprocessingOverrides,
+    read_preprocessing,
+    resolve_preprocessing,
+    write_preprocessing,
+)
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """What `export_model` did: where it wrote, how many BN nodes it kept, how it verified."""
+
+    path: Path
+    num_batchnorm: int
+    num_nodes: int
+    opset: int
+    max_abs_diff: float
+    relative_diff: float
+    tolerance: float
+    samples: int
+
+
+def check_writable(path: Path, overwrite: bool) -> None:
+    """Refuse to replace an existing file unless asked to."""
+    if path.exists() and not overwrite:
+        raise ConfigError(f"{path} already exists; pass --overwrite to replace it or choose another -o")
+
+
+def export_model(
+    model: str,
+    out: str | Path | None = None,
+    weights: str | Path | None = None,
+    overrides: PreprocessingOverrides = PreprocessingOverrides(),
+    opset: int = 17,
+    overwrite: bool = False,
+) -> ExportReport:
+    """Export a zoo model (or package.module:factory) to ONNX with BN kept, verify it, write it."""
+    import torch
+
+    from toolchain.export import ExportConfig, export_to_onnx, verify_export
+    from toolchain.zoo import load_zoo_model
+
+    path = Path(out) if out is not None else Path(f"{model.split(':')[-1]}.onnx")
+    check_writable(path, overwrite)
+    loaded = load_zoo_model(model, weights)
+    pre = resolve_preprocessing(loaded.preprocessing, overrides, source=model)
+    example = torch.zeros(1, pre.num_channels, *pre.input_size)
+    config = ExportConfig(opset=opset)
+    proto = export_to_onnx(loaded.module, example, pre, config, source=model)
+    check = verify_export(loaded.module, proto, example, config)
+    save_model(proto, path)
+    summary = summarize(proto)
+    return ExportReport(path, summary.num_batchnorm, sum(summary.ops.values()), summary.opset,
+                        check.max_abs_diff, check.relative_diff, check.tolerance, check.samples)
+
+
+def inspect_model(path: str | Path) -> GraphSummary:
+    """Load and summarise an ONNX file."""
+    return summarize(load_model(path))
+
+
+def model_preprocessing(proto: onnx.ModelProto, overrides: PreprocessingOverrides, source: str) -> Preprocessing:
+    """The preprocessing to use for `proto`: its metadata, overridden by options; checked against its input."""
+    info = image_input(proto, source)
+    height, width = info.shape[2], info.shape[3]
+    static = (height, width) if isinstance(height, int) and isinstance(width, int) else None
+    pre = resolve_preprocessing(read_preprocessing(proto), overrides, source, static)
+    channels = info.shape[1]
+    if isinstance(channels, int) and channels != pre.num_channels:
+        raise ConfigError(
+            f"{source}: input {info.name!r} has {channels} channels but the preprocessing gives "
+            f"{pre.num_channels} mean/std values; pass --mean/--std with {channels} values"
+        )
+    if static is not None and static != pre.input_size:
+        raise ConfigError(f"{source}: input {info.name!r} is {static[0]}x{static[1]} but --input-size says "
+                          f"{pre.input_size[0]}x{pre.input_size[1]}")
+    return pre
+
+
+def stamp_model(path: str | Path, overrides: PreprocessingOverrides, out: str | Path | None = None) -> Preprocessing:
+    """Write preprocessing metadata into a model file (in place unless `out` is given)."""
+    proto = load_model(path)
+    pre = model_preprocessing(proto, overrides, str(path))
+    write_preprocessing(proto, pre)
+    save_model(proto, out if out is not None else path)
+    return pre

@@ -1,0 +1,203 @@
+"""The `toolchain` command line. It parses options, calls toolchain.api and prints; nothing more.
+
+Usage:
+    toolchain run                                   # the main job on the built-in default model
+    toolchain export resnet20_cifar10 -o resnet20.onnx
+    toolchain inspect resnet20.onnx [--json]
+    toolchain evaluate resnet20.onnx --data ../shared/datasets/cifar10-test-jpg.tar.gz [--json]
+    toolchain stamp theirs.onnx --mean 0.5 --std 0.5 --input-size 28
+    toolchain zoo
+
+Errors the user can fix (ToolchainError) become one line on stderr and exit code 1, with no traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from toolchain import __version__
+from toolchain.errors import ToolchainError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def user_errors(func: F) -> F:
+    """Turn ToolchainError into click's one-line error (exit 1); real bugs keep their traceback."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except ToolchainError as err:
+            raise click.ClickException(str(err)) from err
+        except KeyboardInterrupt:
+            click.echo("interrupted; no output was written", err=True)
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _floats(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers such as 0.485,0.456,0.406, got {value!r}") from None
+
+
+def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    parts = value.lower().replace("x", ",").split(",")
+    try:
+        numbers = [int(p) for p in parts if p]
+    except ValueError:
+        numbers = []
+    if len(numbers) not in (1, 2) or min(numbers) <= 0:
+        raise click.BadParameter(f"expected SIZE or HEIGHTxWIDTH such as 224 or 32x32, got {value!r}")
+    return (numbers[0], numbers[-1])
+
+
+def _names(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    if value.startswith("@"):
+        path = Path(value[1:])
+        if not path.is_file():
+            raise click.BadParameter(f"class-name file {path} does not exist")
+        return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
+    return tuple(v.strip() for v in value.split(",") if v.strip())
+
+
+def preprocessing_options(func: F) -> F:
+    """Options that describe (or override) the model's input preprocessing."""
+    options = [
+        click.option("--mean", callback=_floats, help="Per-channel mean after pixel scaling, e.g. 0.485,0.456,0.406."),
+        click.option("--std", callback=_floats, help="Per-channel std, e.g. 0.229,0.224,0.225."),
+        click.option("--input-size", callback=_size, help="Model input size: 224 or HEIGHTxWIDTH."),
+        click.option("--channel-order", type=click.Choice(["RGB", "BGR"]), help="Channel order the model expects."),
+        click.option("--pixel-scale", type=float, help="Raw pixels are divided by this first (default 255)."),
+        click.option("--crop-fraction", type=float, help="Centre-crop fraction when resizing (ImageNet: 0.875)."),
+        click.option("--class-names", callback=_names, help="Comma-separated class names, or @FILE with one per line."),
+    ]
+    for option in reversed(options):
+        func = option(func)
+    return func
+
+
+def _overrides(kwargs: dict[str, Any]) -> Any:
+    from toolchain.preprocessing import PreprocessingOverrides
+
+    keys = ("mean", "std", "input_size", "channel_order", "pixel_scale", "crop_fraction", "class_names")
+    return PreprocessingOverrides(**{k: kwargs.pop(k) for k in keys})
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="toolchain")
+def cli() -> None:
+    """ONNX post-training quantization with synthetic calibration data.
+
+    \b
+    Start with:
+      toolchain run                      # export, inspect and evaluate the built-in digits model
+      toolchain zoo                      # the models `export` knows by name
+    """
+
+
+@cli.command("zoo")
+def zoo_command() -> None:
+    """List the models `toolchain export` knows by name."""
+    from toolchain.zoo import DEFAULT_MODEL, ZOO
+
+    for name, entry in ZOO.items():
+        marker = " (default)" if name == DEFAULT_MODEL else ""
+        click.echo(f"{name:<20} {entry.description}{marker}")
+
+
+@cli.command("export")
+@click.argument("model")
+@click.option("--weights", type=click.Path(dir_okay=False), help="State dict (.pt/.pth/.th or .npz) to load.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output .onnx path (default: MODEL.onnx).")
+@click.option("--opset", type=click.IntRange(17, 25), default=17, show_default=True, help="ONNX opset.")
+@click.option("--overwrite", is_flag=True, help="Replace the output file if it exists.")
+@preprocessing_options
+@user_errors
+def export_command(model: str, weights: str | None, output: str | None, opset: int, overwrite: bool, **kwargs: Any) -> None:
+    """Export MODEL to ONNX with its BatchNormalization nodes kept.
+
+    MODEL is a zoo name (see `toolchain zoo`) or package.module:factory. The model's preprocessing
+    (mean, std, input size, class names) is stored in the file's metadata; give it with the options
+    below for models outside the zoo. The export verifies itself with onnx.checker and onnxruntime.
+
+    \b
+    Examples:
+      toolchain export resnet20_cifar10 -o resnet20.onnx
+      toolchain export resnet56_cifar10 --weights ../shared/weights/resnet56-4bfd9763.th -o r56.onnx
+      toolchain export mypkg.nets:small_net --mean 0.5 --std 0.25 --input-size 64 -o small.onnx
+    """
+    from toolchain import api
+
+    report = api.export_model(model, output, weights, _overrides(kwargs), opset, overwrite)
+    click.echo(
+        f"wrote {report.path}: {report.num_nodes} nodes, {report.num_batchnorm} BatchNormalization kept, opset {report.opset}; "
+        f"verified: onnx.checker ok, onnxruntime vs PyTorch max|diff|/max|ref| = {report.relative_diff:.1e} "
+        f"<= {report.tolerance:.0e} on {report.samples} random inputs"
+    )
+
+
+@cli.command("inspect")
+@click.argument("model", type=click.Path())
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@user_errors
+def inspect_command(model: str, as_json: bool) -> None:
+    """Show MODEL.onnx's inputs, op histogram, BatchNormalization layers and quantizable layers.
+
+    \b
+    Examples:
+      toolchain inspect resnet20.onnx
+      toolchain inspect resnet20.onnx --json | python -c "import json,sys; print(json.load(sys.stdin)['num_batchnorm'])"
+    """
+    from toolchain import api
+    from toolchain.report import format_summary
+
+    summary = api.inspect_model(model)
+    if as_json:
+        click.echo(json.dumps(summary.to_dict()))
+    else:
+        click.echo(format_summary(summary, model))
+
+
+@cli.command("stamp")
+@click.argument("model", type=click.Path())
+@click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write a copy here instead of changing MODEL in place.")
+@preprocessing_options
+@user_errors
+def stamp_command(model: str, output: str | None, **kwargs: Any) -> None:
+    """Store input preprocessing in MODEL.onnx's metadata (for models exported elsewhere).
+
+    \b
+    Example:
+      toolchain stamp theirs.onnx --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --input-size 224 \\
+          --crop-fraction 0.875 --class-names @classes.txt
+    """
+    from toolchain import api
+
+    pre = api.stamp_model(model, _overrides(kwargs), output)
+    click.echo(f"stamped {output or model}: {json.dumps(pre.to_dict())}")
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(prog_name="toolchain")
+
+
+if __name__ == "__main__":
+    main()

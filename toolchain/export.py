@@ -1,0 +1,154 @@
+"""PyTorch -> ONNX with BatchNormalization nodes kept, shape arithmetic folded, preprocessing stamped.
+
+Usage:
+    from toolchain.export import ExportConfig, export_to_onnx, verify_export
+    proto = export_to_onnx(module, example_input, preprocessing)   # onnx.ModelProto, BN kept
+    check = verify_export(module, proto)                            # onnx.checker + ORT vs PyTorch
+
+Why this is not a plain `torch.onnx.export`: in eval mode both torch exporters fold every
+BatchNormalization into the preceding Conv (pytorch/pytorch#49226), and the BN running statistics are
+what zero-shot data generation needs. The TorchScript exporter with TrainingMode.PRESERVE skips that
+eval-mode peephole while still exporting BN in inference form (training_mode=0).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import torch
+from torch import nn
+
+import toolchain
+from toolchain.errors import ExportError
+from toolchain.passes import cleanup_passes, run_passes
+from toolchain.preprocessing import Preprocessing, write_preprocessing
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Options of the exporter.
+
+    Attributes:
+        opset: ONNX opset of the exported graph (>= 17; the quantizer raises it where low-bit types need it).
+        input_name / output_name: names of the graph's single input and output.
+        verify_samples: random inputs used to compare onnxruntime with PyTorch.
+        verify_tolerance: allowed max|ort - torch| / max|torch| (float32 kernels differ in summation order).
+    """
+
+    opset: int = 17
+    input_name: str = "input"
+    output_name: str = "logits"
+    verify_samples: int = 8
+    verify_tolerance: float = 1e-5
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    """Outcome of comparing the exported graph in onnxruntime with the PyTorch module."""
+
+    max_abs_diff: float
+    relative_diff: float
+    tolerance: float
+    samples: int
+
+    @property
+    def ok(self) -> bool:
+        return self.relative_diff <= self.tolerance
+
+
+def count_batchnorm_modules(module: nn.Module) -> int:
+    return sum(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
+
+
+def export_to_onnx(
+    module: nn.Module,
+    example_input: torch.Tensor,
+    preprocessing: Preprocessing | None = None,
+    config: ExportConfig = ExportConfig(),
+    source: str = "",
+) -> onnx.ModelProto:
+    """Export `module` (put in eval mode) to an ONNX graph that keeps its BatchNormalization nodes."""
+    if config.opset < 17:
+        raise ExportError(f"opset {config.opset} is too old: the toolchain exports at opset >= 17")
+    module = module.eval()
+    buffer = io.BytesIO()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
+            torch.onnx.export(
+                module,
+                (example_input,),
+                buffer,
+                dynamo=False,
+                training=torch.onnx.TrainingMode.PRESERVE,  # skips the eval-mode Conv+BN fusion
+                do_constant_folding=True,
+                opset_version=config.opset,
+                input_names=[config.input_name],
+                output_names=[config.output_name],
+                dynamic_axes={config.input_name: {0: "batch"}, config.output_name: {0: "batch"}},
+            )
+    except Exception as err:  # the exporter raises many types; the message is what the user needs
+        raise ExportError(f"torch.onnx.export failed for {source or type(module).__name__}: {err}") from err
+    model = onnx.load_model_from_string(buffer.getvalue())
+    run_passes(model, cleanup_passes())
+    _name_unnamed_nodes(model)
+    model.producer_name = "toolchain"
+    model.producer_version = toolchain.__version__
+    prop = model.metadata_props.add()
+    prop.key, prop.value = "toolchain.source", source or type(module).__name__
+    if preprocessing is not None:
+        write_preprocessing(model, preprocessing)
+    expected_bn = count_batchnorm_modules(module)
+    kept_bn = sum(node.op_type == "BatchNormalization" for node in model.graph.node)
+    if kept_bn != expected_bn:
+        raise ExportError(
+            f"the exported graph has {kept_bn} BatchNormalization nodes but the module has {expected_bn} BatchNorm layers; "
+            "BN was folded or fused at export — report this with the model definition"
+        )
+    return model
+
+
+def _name_unnamed_nodes(model: onnx.ModelProto) -> None:
+    """Every node gets a stable, unique name: later passes write parameters back by node name."""
+    used = {node.name for node in model.graph.node if node.name}
+    for index, node in enumerate(model.graph.node):
+        if not node.name:
+            name = f"{node.op_type}_{index}"
+            while name in used:
+                name += "_"
+            node.name = name
+            used.add(name)
+
+
+def verify_export(module: nn.Module, model: onnx.ModelProto, example_input: torch.Tensor,
+                  config: ExportConfig = ExportConfig(), seed: int = 0) -> VerifyResult:
+    """onnx.checker, then onnxruntime vs PyTorch on random inputs shaped like `example_input`."""
+    import onnxruntime as ort
+
+    try:
+        onnx.checker.check_model(model, full_check=True)
+    except onnx.checker.ValidationError as err:
+        raise ExportError(f"the exported graph fails onnx.checker: {err}") from err
+    generator = torch.Generator().manual_seed(seed)
+    shape = (config.verify_samples, *example_input.shape[1:])
+    x = torch.randn(shape, generator=generator, dtype=example_input.dtype)
+    with torch.no_grad():
+        reference = module.eval()(x).numpy()
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    max_abs = float(np.abs(got - reference).max())
+    relative = max_abs / max(float(np.abs(reference).max()), 1e-12)
+    result = VerifyResult(max_abs, relative, config.verify_tolerance, config.verify_samples)
+    if not result.ok:
+        raise ExportError(
+            f"onnxruntime and PyTorch disagree on the exported graph: max|diff|/max|ref| = {relative:.2e} "
+            f"> {config.verify_tolerance:.0e}; the model may use an op the exporter mistranslates"
+        )
+    return result

@@ -1,0 +1,30 @@
+"""Graph passes over onnx.ModelProto with a small contract: each returns PassResult(model, modified).
+
+Usage:
+    from toolchain.passes import run_passes, FoldConstantsPass, RemoveUnusedPass
+    result = run_passes(model, [FoldConstantsPass(), RemoveUnusedPass()])
+"""
+
+from toolchain.passes.base import GraphPass, PassResult, run_passes
+from toolchain.passes.cleanup import (
+    EliminateIdentityPass,
+    FoldConstantsPass,
+    LiftConstantNodesPass,
+    RemoveUnusedPass,
+    ReshapeToFlattenPass,
+    cleanup_passes,
+)
+
+__all__ = [
+    # infrastructure
+    "GraphPass",
+    "PassResult",
+    "run_passes",
+    # clean-up
+    "EliminateIdentityPass",
+    "FoldConstantsPass",
+    "LiftConstantNodesPass",
+    "RemoveUnusedPass",
+    "ReshapeToFlattenPass",
+    "cleanup_passes",
+]
