@@ -40,8 +40,9 @@ def format_summary(summary: GraphSummary, source: str) -> str:
         lines.append("preprocessing: none stored — give --mean/--std/--input-size to later commands or run `toolchain stamp`")
     else:
         classes = f", {len(pre.class_names)} classes" if pre.class_names else ""
+        order = pre.channel_order if pre.num_channels == 3 else f"{pre.num_channels}-channel"
         lines.append(
-            f"preprocessing: {pre.channel_order} /{pre.pixel_scale:g}, mean {list(pre.mean)}, std {list(pre.std)}, "
+            f"preprocessing: {order} /{pre.pixel_scale:g}, mean {list(pre.mean)}, std {list(pre.std)}, "
             f"input {pre.input_size[0]}x{pre.input_size[1]}{classes}"
         )
     return "\n".join(lines)
