@@ -108,3 +108,52 @@ def stamp_model(path: str | Path, overrides: PreprocessingOverrides, out: str | 
     write_preprocessing(proto, pre)
     save_model(proto, out if out is not None else path)
     return pre
+
+
+def evaluate_model(
+    model: str | Path,
+    data: str | Path,
+    reference: str | Path | None = None,
+    limit: int | None = None,
+    batch_size: int = 256,
+    threads: int = 2,
+    seed: int | None = 0,
+    overrides: PreprocessingOverrides = PreprocessingOverrides(),
+    progress: bool = True,
+):
+    """Top-1/top-5 in onnxruntime (and agreement with `reference`): an evaluate.EvalResult."""
+    from toolchain.evaluate import evaluate
+
+    proto = load_model(model)
+    pre = model_preprocessing(proto, overrides, str(model))
+    if reference is not None:
+        image_input(load_model(reference), str(reference))
+    return evaluate(model, data, pre, reference_path=reference, limit=limit, batch_size=batch_size,
+                    threads=threads, progress=progress, seed=seed)
+
+
+def run_default_pipeline(out_dir: Path, progress: bool = True) -> dict:
+    """export -> inspect -> evaluate on the built-in digits model; returns (and writes) a summary."""
+    import json
+
+    from toolchain.modelio import atomic_output
+    from toolchain.zoo import DEFAULT_MODEL, default_eval_data
+
+    model_path = out_dir / f"{DEFAULT_MODEL}.onnx"
+    exported = export_model(DEFAULT_MODEL, model_path, overwrite=True)  # the job owns its output folder
+    summary = inspect_model(model_path)
+    data = default_eval_data()
+    result = evaluate_model(model_path, data, progress=progress)
+    log = [
+        f"export   {model_path}: {exported.num_batchnorm} BatchNormalization kept, onnxruntime vs PyTorch "
+        f"max|diff|/max|ref| {exported.relative_diff:.1e} (<= {exported.tolerance:.0e})",
+        f"inspect  {summary.num_batchnorm} BN layers, {len(summary.quantizable)} quantizable layers, "
+        + ", ".join(f"{op} {n}" for op, n in summary.ops.items()),
+        f"evaluate top-1 {result.top1:.4f} on {result.n} held-out digits ({result.images_per_second:.0f} images/s)",
+    ]
+    record = {"model": str(model_path), "export": {"num_batchnorm": exported.num_batchnorm, "relative_diff": exported.relative_diff},
+              "inspect": {"ops": summary.ops, "num_batchnorm": summary.num_batchnorm},
+              "evaluate": result.to_dict(), "log": log}
+    with atomic_output(out_dir / "run.json") as tmp:
+        tmp.write_text(json.dumps(record, indent=2) + "\n")
+    return record

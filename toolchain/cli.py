@@ -194,6 +194,64 @@ def stamp_command(model: str, output: str | None, **kwargs: Any) -> None:
     click.echo(f"stamped {output or model}: {json.dumps(pre.to_dict())}")
 
 
+@cli.command("evaluate")
+@click.argument("model", type=click.Path())
+@click.option("--data", required=True, type=click.Path(), help="ImageFolder directory, .tar/.tar.gz of one, or .npz (images, labels).")
+@click.option("--reference", type=click.Path(), help="A second model (e.g. the FP32 one): report top-1 agreement with it.")
+@click.option("--limit", type=click.IntRange(min=1), help="Evaluate a random sample of N images (see --seed).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --limit sample.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="onnxruntime intra-op threads.")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout (progress bar still on stderr).")
+@preprocessing_options
+@user_errors
+def evaluate_command(model: str, data: str, reference: str | None, limit: int | None, seed: int, batch_size: int,
+                     threads: int, as_json: bool, **kwargs: Any) -> None:
+    """Top-1/top-5 accuracy of MODEL.onnx in onnxruntime on labelled images.
+
+    The model's stored preprocessing is applied (override it, or give it for foreign models, with the
+    options below). Class folders are matched to the model's class names.
+
+    \b
+    Examples:
+      toolchain evaluate resnet20.onnx --data ../shared/datasets/cifar10-test-jpg.tar.gz
+      toolchain evaluate r20_w4a4.onnx --data test.tar.gz --reference resnet20.onnx --limit 1000 --json
+    """
+    from toolchain import api
+
+    result = api.evaluate_model(model, data, reference, limit, batch_size, threads, seed, _overrides(kwargs))
+    if as_json:
+        click.echo(json.dumps(result.to_dict()))
+        return
+    agreement = f", top-1 agreement with {reference}: {result.agreement:.4f}" if result.agreement is not None else ""
+    click.echo(f"{model}: top-1 {result.top1:.4f}, top-5 {result.top5:.4f} on {result.n} images{agreement} "
+               f"({result.images_per_second:.0f} images/s in onnxruntime, {threads} threads)")
+
+
+@cli.command("run")
+@click.option("--out-dir", type=click.Path(file_okay=False), default="out", show_default=True, help="Where to write the model and summary.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
+@user_errors
+def run_command(out_dir: str, as_json: bool) -> None:
+    """The main job on the built-in default model (no downloads, no data needed).
+
+    Exports the digits ResNet trained by this project (BN kept), inspects it and evaluates it in
+    onnxruntime on its held-out test split; writes OUT_DIR/digits_resnet.onnx and OUT_DIR/run.json.
+
+    \b
+    Example:
+      toolchain run --out-dir out
+    """
+    from toolchain import api
+
+    summary = api.run_default_pipeline(Path(out_dir))
+    if as_json:
+        click.echo(json.dumps(summary))
+        return
+    for line in summary["log"]:
+        click.echo(line)
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="toolchain")

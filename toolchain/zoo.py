@@ -175,3 +175,8 @@ def load_weights(module: nn.Module, path: Path, model_name: str = "the model") -
     if extra:
         raise ZooError(f"weights {path} do not fit {model_name}: first mismatching key {extra[0]!r} is not in the model")
     module.load_state_dict(state, strict=False)  # strictness checked above, counters aside
+
+
+def default_eval_data() -> Path:
+    """The held-out test split of the default model, shipped with the package."""
+    return _artifacts_dir() / "digits_test.npz"
