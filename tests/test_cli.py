@@ -150,3 +150,62 @@ def test_weights_that_do_not_fit_name_the_first_key(tmp_path):
 def test_weights_file_missing(tmp_path):
     """export with a --weights path that does not exist: named in the error."""
     assert_user_error(run("export", "resnet20_cifar10", "--weights", tmp_path / "w.th", "-o", tmp_path / "r.onnx"), "w.th", "does not exist")
+
+
+def _tar_of_classes(path, classes):
+    """A .tar.gz ImageFolder with one 8x8 grey image per class folder."""
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    with tarfile.open(path, "w:gz") as tar:
+        for name in classes:
+            buffer = io.BytesIO()
+            Image.fromarray(np.full((8, 8), 128, np.uint8)).save(buffer, format="PNG")
+            info = tarfile.TarInfo(f"test/{name}/0001.png")
+            info.size = buffer.tell()
+            buffer.seek(0)
+            tar.addfile(info, buffer)
+    return path
+
+
+def test_evaluate_json_on_builtin_digits(digits_onnx):
+    """evaluate --json: one JSON object on stdout with top1, top5, n (and agreement with --reference)."""
+    from toolchain.zoo import default_eval_data
+
+    result = run("evaluate", digits_onnx, "--data", default_eval_data(), "--reference", digits_onnx, "--json")
+    metrics = json.loads(result.stdout)
+    assert metrics["n"] == 360 and metrics["agreement"] == 1.0 and 0.97 <= metrics["top1"] <= metrics["top5"] <= 1.0
+
+
+def test_evaluate_data_path_with_no_images(digits_onnx, tmp_path):
+    """A data directory holding no images: named, with the layout that is expected."""
+    (tmp_path / "empty" / "3").mkdir(parents=True)
+    assert_user_error(run("evaluate", digits_onnx, "--data", tmp_path / "empty"), "no images", "empty")
+
+
+def test_evaluate_archive_with_foreign_classes(digits_onnx, tmp_path):
+    """An archive whose class folders are not the model's classes: names the strangers and the model's classes."""
+    archive = _tar_of_classes(tmp_path / "pets.tar.gz", ["cat", "dog"])
+    assert_user_error(run("evaluate", digits_onnx, "--data", archive), "pets.tar.gz", "cat")
+
+
+def test_evaluate_missing_data_path(digits_onnx, tmp_path):
+    """--data pointing nowhere: the path is named."""
+    assert_user_error(run("evaluate", digits_onnx, "--data", tmp_path / "nowhere.tar.gz"), "nowhere.tar.gz")
+
+
+def test_evaluate_foreign_model_without_preprocessing(folded_onnx, tmp_path):
+    """A foreign model with no metadata and no options: says which options are missing and about `toolchain stamp`."""
+    archive = _tar_of_classes(tmp_path / "c.tar.gz", ["airplane"])
+    assert_user_error(run("evaluate", folded_onnx, "--data", archive), "--mean", "toolchain stamp")
+
+
+def test_run_main_job_writes_model_and_summary(tmp_path):
+    """`toolchain run`: exports, inspects and evaluates the built-in model; writes the model and run.json."""
+    result = run("run", "--out-dir", tmp_path / "out", "--json")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.stdout)
+    assert record["inspect"]["num_batchnorm"] == 6 and record["evaluate"]["top1"] >= 0.97
+    assert (tmp_path / "out" / "digits_resnet.onnx").is_file() and (tmp_path / "out" / "run.json").is_file()
