@@ -26,15 +26,16 @@ def format_summary(summary: GraphSummary, source: str) -> str:
         for info in tensors:
             lines.append(f"  {label:<6} {info.name}: {info.dtype} {_shape(info.shape)}")
     lines.append("ops: " + ", ".join(f"{op} {count}" for op, count in summary.ops.items()))
+    width = max((len(layer.node) for layer in (*summary.batchnorm, *summary.quantizable)), default=0)
     if summary.batchnorm:
         lines.append(f"BatchNormalization: {summary.num_batchnorm} layers")
         for layer in summary.batchnorm:
-            lines.append(f"  {layer.node:<40} {layer.channels:>5} channels  (input {layer.input})")
+            lines.append(f"  {layer.node:<{width}}  {layer.channels:>5} channels  (input {layer.input})")
     else:
         lines.append(f"BatchNormalization: 0 layers — {NO_BN_EXPLANATION}")
     lines.append(f"quantizable layers: {len(summary.quantizable)}")
     for layer in summary.quantizable:
-        lines.append(f"  {layer.node:<40} {layer.op_type:<6} weight {list(layer.weight_shape)}")
+        lines.append(f"  {layer.node:<{width}}  {layer.op_type:<6} weight {list(layer.weight_shape)}")
     pre = summary.preprocessing
     if pre is None:
         lines.append("preprocessing: none stored — give --mean/--std/--input-size to later commands or run `toolchain stamp`")

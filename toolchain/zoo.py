@@ -79,7 +79,7 @@ ZOO: dict[str, ZooEntry] = {
     entry.name: entry
     for entry in [
         ZooEntry("digits_resnet", "toolchain_models.digits:digits_resnet",
-                 "small BN ResNet trained here on scikit-learn's handwritten digits (8x8, 1 channel); the default model",
+                 "small BN ResNet trained here on scikit-learn's handwritten digits (8x8, 1 channel)",
                  None, _artifact("digits_resnet.npz")),
         ZooEntry("resnet20_cifar10", "toolchain_models.resnet_cifar:resnet20", "CIFAR-10 ResNet-20 (0.27 M params)",
                  _CIFAR, _shared_weights("resnet20-12fca82f.th")),

@@ -165,10 +165,21 @@ def _normalise_axes(axes: Sequence[int], rank: int) -> list[int]:
 @register("Conv")
 def _conv(ctx: NodeContext) -> Kernel:
     kernel_shape = ctx.attr("kernel_shape")
-    weight = ctx.const(1)
-    if kernel_shape is None and weight is None:
-        raise ctx.error("no kernel_shape attribute and the weight is not an initializer; add kernel_shape")
-    rank = len(kernel_shape) if kernel_shape is not None else weight.ndim - 2
+    if kernel_shape is not None:
+        return _conv_kernel(ctx, len(kernel_shape))
+    # kernel_shape is optional in ONNX (implied by the weight): pick the kernel on the first call.
+    by_rank: dict[int, Kernel] = {}
+
+    def conv_any_rank(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
+        rank = w.dim() - 2
+        if rank not in by_rank:
+            by_rank[rank] = _conv_kernel(ctx, rank)
+        return by_rank[rank](x, w, b)
+
+    return conv_any_rank
+
+
+def _conv_kernel(ctx: NodeContext, rank: int) -> Kernel:
     if rank not in (1, 2, 3):
         raise ctx.error(f"{rank}-D convolution is not supported; only 1-D, 2-D and 3-D")
     conv = _pool_fn(rank, "conv")

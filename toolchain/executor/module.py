@@ -1,0 +1,348 @@
+"""OnnxModule: an ONNX graph run node by node in torch, differentiable end to end.
+
+Usage:
+    module = OnnxModule(model)                       # initializers as frozen buffers
+    logits = module(x)                               # one output -> the tensor; several -> a tuple
+    logits.sum().backward()                          # x.grad is filled (x.requires_grad_() first)
+
+    module = OnnxModule(model, trainable=True)       # float initializers become nn.Parameters
+    weight = module.initializer("conv1.weight")      # by ONNX name; module.initializer_names maps to attributes
+
+    for bn in module.bn_nodes: print(bn.name, bn.channels)
+    mean, var = module.bn_statistics()["/bn1/BatchNormalization"]
+    with module.bn_input_hook(lambda name, x: seen.append((name, x))):
+        module(x)                                    # fn(node_name, input) for every BN node, in graph order
+
+Construction does everything that does not depend on the input: it checks every op is supported,
+sorts the nodes, folds Constant nodes (and nodes computed only from constants), builds one kernel per
+node with its attributes already decoded, and numbers every value so that a forward pass is a loop
+over a list with no name lookups. Each intermediate value is dropped after its last consumer.
+
+The module has no training-mode behaviour: BatchNormalization always uses its running statistics
+and Dropout is the identity, as the ONNX graph (exported in eval mode) says.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx import helper, numpy_helper
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from toolchain.errors import GraphError
+from toolchain.executor.ops import NodeContext, constant_value, op_spec, supported_ops
+
+BnHook = Callable[[str, torch.Tensor], None]
+
+ONNX_DOMAINS = ("", "ai.onnx")
+_NONE_SLOT = 0  # always None: absent optional inputs read it
+
+
+@dataclass(frozen=True)
+class BatchNormNode:
+    """A BatchNormalization node as the executor runs it: node name, input value, channels, statistics names."""
+
+    name: str
+    input: str
+    channels: int
+    epsilon: float
+    mean: str
+    var: str
+
+
+@dataclass(frozen=True, slots=True)
+class _Step:
+    """One node, ready to run: kernel, value slots read and written, slots to free after it."""
+
+    kernel: Callable[..., Any]
+    inputs: tuple[int, ...]
+    output: int  # the slot of a single output, or -1 when the node has several
+    outputs: tuple[int, ...]
+    free: tuple[int, ...]
+    bn_name: str | None  # set on BatchNormalization nodes: input hooks are called with this name
+    label: str
+
+
+def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
+    attrs: dict[str, Any] = {}
+    for attribute in node.attribute:
+        value = helper.get_attribute_value(attribute)
+        if isinstance(value, bytes):
+            value = value.decode()
+        elif isinstance(value, onnx.TensorProto):
+            value = numpy_helper.to_array(value)
+        attrs[attribute.name] = value
+    return attrs
+
+
+def _to_tensor(array: np.ndarray, what: str) -> torch.Tensor:
+    try:
+        return torch.from_numpy(np.array(array))  # a writable copy: ONNX arrays may be read-only views
+    except TypeError as err:
+        raise GraphError(f"{what} has dtype {array.dtype}, which torch cannot hold; use a numeric type") from err
+
+
+def _opset(model: onnx.ModelProto) -> int:
+    for entry in model.opset_import:
+        if entry.domain in ONNX_DOMAINS:
+            return int(entry.version)
+    raise GraphError("the model imports no default ('ai.onnx') opset; re-export it with opset >= 17")
+
+
+def _topological_order(graph: onnx.GraphProto, known: set[str]) -> list[onnx.NodeProto]:
+    """Nodes in an order where every input is produced before use (stable: file order where possible)."""
+    producers = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
+    waiting = []
+    for node in graph.node:
+        missing = [name for name in node.input if name and name not in known and name not in producers]
+        if missing:
+            raise GraphError(f"{node.op_type} node '{node.name}': input '{missing[0]}' is neither a graph input, "
+                             "an initializer nor any node's output; fix the graph")
+        waiting.append({producers[name] for name in node.input if name in producers})
+    order, done = [], set()
+    pending = list(range(len(graph.node)))
+    while pending:
+        ready = [i for i in pending if waiting[i] <= done]
+        if not ready:
+            node = graph.node[pending[0]]
+            raise GraphError(f"{node.op_type} node '{node.name}' is part of a cycle; an ONNX graph must be acyclic")
+        done.update(ready)
+        order += ready
+        ready_set = set(ready)
+        pending = [i for i in pending if i not in ready_set]
+    return [graph.node[i] for i in order]
+
+
+def _check_supported(nodes: list[onnx.NodeProto]) -> None:
+    for node in nodes:
+        if node.domain not in ONNX_DOMAINS:
+            raise GraphError(f"node '{node.name}' ({node.op_type}) is in domain '{node.domain}'; the torch executor "
+                             f"runs only ai.onnx ops: {', '.join(supported_ops())}")
+        if op_spec(node.op_type) is None:
+            raise GraphError(f"{node.op_type} node '{node.name}' is not supported by the torch executor; "
+                             f"supported ops: {', '.join(supported_ops())}")
+
+
+class OnnxModule(nn.Module):
+    """Runs an ONNX graph as a torch module (see the module docstring)."""
+
+    def __init__(self, model: onnx.ModelProto, trainable: bool = False) -> None:
+        super().__init__()
+        graph = model.graph
+        opset = _opset(model)
+        initializers = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+        self.input_names = [v.name for v in graph.input if v.name not in initializers]
+        self.output_names = [v.name for v in graph.output]
+        nodes = _topological_order(graph, set(initializers) | set(self.input_names))
+        _check_supported(nodes)
+
+        self.initializer_names: dict[str, str] = {}  # ONNX initializer name -> attribute name
+        self._constant_names: dict[str, str] = {}  # Constant / folded value -> attribute name
+        static_only = self._static_only_initializers(nodes, initializers)
+        for name, array in initializers.items():
+            tensor = _to_tensor(array, f"initializer '{name}'")
+            attribute = self._attribute_name(name)
+            if trainable and tensor.is_floating_point() and name not in static_only:
+                self.register_parameter(attribute, nn.Parameter(tensor))
+            else:
+                self.register_buffer(attribute, tensor)
+            self.initializer_names[name] = attribute
+
+        # Values known at construction, as numpy (what builders read) and as torch (what folding runs on).
+        known: dict[str, np.ndarray] = dict(initializers)
+        foldable: set[str] = {n for n, a in initializers.items() if not np.issubdtype(a.dtype, np.floating)}
+        runtime_nodes: list[tuple[onnx.NodeProto, Callable[..., Any]]] = []
+        self.bn_nodes: list[BatchNormNode] = []
+        for node in nodes:
+            spec = op_spec(node.op_type)
+            ctx = NodeContext(
+                name=node.name, op_type=node.op_type, attrs=_attributes(node), inputs=tuple(node.input),
+                num_outputs=len(node.output),
+                constants=tuple(known.get(name) if i in spec.static else None for i, name in enumerate(node.input)),
+                opset=opset,
+            )
+            if node.op_type == "Constant":
+                self._add_constant(node.output[0], np.asarray(constant_value(ctx)), known, foldable)
+                continue
+            kernel = spec.builder(ctx)
+            if node.input and all(not name or name in foldable for name in node.input):
+                self._fold(node, kernel, known, foldable)
+                continue
+            if node.op_type == "BatchNormalization":
+                self.bn_nodes.append(self._bn_node(node, ctx, known))
+            runtime_nodes.append((node, kernel))
+        self._build_steps(runtime_nodes)
+        self._bn_hooks: dict[int, BnHook] = {}
+
+    # ------------------------------------------------------------------------------------ construction
+
+    @staticmethod
+    def _static_only_initializers(nodes: list[onnx.NodeProto], initializers: dict[str, np.ndarray]) -> set[str]:
+        """Initializers used only as configuration (shapes, axes, bounds, BN statistics): never trainable."""
+        dynamic_use: set[str] = set()
+        for node in nodes:
+            spec = op_spec(node.op_type)
+            dynamic_use.update(name for i, name in enumerate(node.input) if i not in spec.static)
+        return set(initializers) - dynamic_use
+
+    def _attribute_name(self, onnx_name: str) -> str:
+        """A valid, unused attribute name for an ONNX value name ('layer1.0.conv1.weight' -> 'layer1_0_conv1_weight')."""
+        base = re.sub(r"\W", "_", onnx_name).strip("_") or "value"
+        if base[0].isdigit() or hasattr(self, base):
+            base = f"v_{base}"
+        name, suffix = base, 1
+        while hasattr(self, name) or name in self._buffers or name in self._parameters:
+            name, suffix = f"{base}_{suffix}", suffix + 1
+        return name
+
+    def _add_constant(self, name: str, array: np.ndarray, known: dict[str, np.ndarray], foldable: set[str]) -> None:
+        attribute = self._attribute_name(name)
+        # Not persistent: the value is part of the graph, not a weight a state dict should carry.
+        self.register_buffer(attribute, _to_tensor(array, f"constant '{name}'"), persistent=False)
+        self._constant_names[name] = attribute
+        known[name] = array
+        foldable.add(name)
+
+    def _fold(self, node: onnx.NodeProto, kernel: Callable[..., Any], known: dict[str, np.ndarray],
+              foldable: set[str]) -> None:
+        """Run a node whose inputs are all constants once, now, and keep its outputs as constants."""
+        args = [self._tensor(name) if name else None for name in node.input]
+        with torch.no_grad():
+            result = kernel(*args)
+        results = result if isinstance(result, tuple) else (result,)
+        for name, value in zip(node.output, results):
+            if name:
+                self._add_constant(name, value.detach().cpu().numpy(), known, foldable)
+
+    def _bn_node(self, node: onnx.NodeProto, ctx: NodeContext, known: dict[str, np.ndarray]) -> BatchNormNode:
+        if len(node.input) != 5 or any(name not in known for name in node.input[1:]):
+            raise ctx.error("scale, bias, mean and var must be initializers or constants; re-export the model")
+        return BatchNormNode(name=node.name, input=node.input[0], channels=int(known[node.input[3]].size),
+                             epsilon=float(ctx.attr("epsilon", 1e-5)), mean=node.input[3], var=node.input[4])
+
+    def _build_steps(self, runtime_nodes: list[tuple[onnx.NodeProto, Callable[..., Any]]]) -> None:
+        slots: dict[str, int] = {}
+
+        def slot_of(name: str) -> int:
+            if not name:
+                return _NONE_SLOT
+            if name not in slots:
+                slots[name] = len(slots) + 1
+            return slots[name]
+
+        input_slots = [slot_of(name) for name in self.input_names]
+        node_slots = []
+        for node, _ in runtime_nodes:
+            ins = tuple(slot_of(name) for name in node.input)
+            # An absent optional output still gets a slot of its own, freed right away.
+            outs = tuple(slot_of(name) if name else slot_of(f"\0unused:{node.name}:{i}") for i, name in enumerate(node.output))
+            node_slots.append((ins, outs))
+        output_slots = [slot_of(name) for name in self.output_names]
+
+        constant_slots = {slot: name for name, slot in slots.items()
+                          if name in self.initializer_names or name in self._constant_names}
+        # Reference counting done once: a runtime value is freed after the last step that reads it.
+        last_use: dict[int, int] = {}
+        for index, (ins, outs) in enumerate(node_slots):
+            for slot in (*outs, *ins):
+                last_use[slot] = index
+        keep = set(output_slots) | set(constant_slots) | {_NONE_SLOT}
+        frees: list[list[int]] = [[] for _ in runtime_nodes]
+        for slot, index in last_use.items():
+            if slot not in keep:
+                frees[index].append(slot)
+
+        self._steps = [
+            _Step(kernel, ins, outs[0] if len(outs) == 1 else -1, outs, tuple(frees[index]),
+                  node.name if node.op_type == "BatchNormalization" else None, f"{node.op_type} node '{node.name}'")
+            for index, ((node, kernel), (ins, outs)) in enumerate(zip(runtime_nodes, node_slots))
+        ]
+        self._num_slots = len(slots) + 1
+        self._input_slots = tuple(input_slots)
+        self._output_slots = tuple(output_slots)
+        self._constant_slots = tuple(
+            (slot, name in self.initializer_names and self.initializer_names[name] in self._parameters,
+             self.initializer_names.get(name) or self._constant_names[name])
+            for slot, name in constant_slots.items()
+        )
+
+    # ------------------------------------------------------------------------------------------ running
+
+    def forward(self, *inputs: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        if len(inputs) != len(self._input_slots):
+            raise TypeError(f"the graph takes {len(self._input_slots)} input(s) {self.input_names}, got {len(inputs)}")
+        values: list[Any] = [None] * self._num_slots
+        params, buffers = self._parameters, self._buffers
+        for slot, is_param, attribute in self._constant_slots:
+            values[slot] = params[attribute] if is_param else buffers[attribute]
+        for slot, tensor in zip(self._input_slots, inputs):
+            values[slot] = tensor
+        hooks = self._bn_hooks
+        step = None
+        try:
+            for step in self._steps:
+                args = [values[i] for i in step.inputs]
+                if hooks and step.bn_name is not None:
+                    for fn in list(hooks.values()):
+                        fn(step.bn_name, args[0])
+                result = step.kernel(*args)
+                if step.output >= 0:
+                    values[step.output] = result
+                else:
+                    for slot, value in zip(step.outputs, result):
+                        values[slot] = value
+                for slot in step.free:
+                    values[slot] = None
+        except Exception as err:
+            if step is not None:
+                err.add_note(f"while running {step.label} of the ONNX graph")
+            raise
+        outputs = tuple(values[slot] for slot in self._output_slots)
+        return outputs[0] if len(outputs) == 1 else outputs
+
+    # ---------------------------------------------------------------------------------------- accessors
+
+    def _tensor(self, onnx_name: str) -> torch.Tensor:
+        attribute = self.initializer_names.get(onnx_name) or self._constant_names.get(onnx_name)
+        if attribute is None:
+            raise KeyError(f"'{onnx_name}' is not an initializer or constant of the graph")
+        return self._parameters[attribute] if attribute in self._parameters else self._buffers[attribute]
+
+    def initializer(self, onnx_name: str) -> torch.Tensor:
+        """The live tensor (buffer or parameter) of an ONNX initializer, by its ONNX name."""
+        if onnx_name not in self.initializer_names:
+            raise KeyError(f"'{onnx_name}' is not an initializer of the graph")
+        return self._tensor(onnx_name)
+
+    def initializer_arrays(self) -> dict[str, np.ndarray]:
+        """Current value of every initializer, keyed by ONNX name (to write trained values back to the graph)."""
+        return {name: self._tensor(name).detach().cpu().numpy() for name in self.initializer_names}
+
+    def bn_statistics(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """node name -> (running mean, running var), the live tensors, for every BatchNormalization node."""
+        return {bn.name: (self._tensor(bn.mean), self._tensor(bn.var)) for bn in self.bn_nodes}
+
+    # -------------------------------------------------------------------------------------------- hooks
+
+    def register_bn_input_hook(self, fn: BnHook) -> RemovableHandle:
+        """Call fn(node_name, input) before every BatchNormalization node runs; handle.remove() stops it."""
+        handle = RemovableHandle(self._bn_hooks)
+        self._bn_hooks[handle.id] = fn
+        return handle
+
+    @contextlib.contextmanager
+    def bn_input_hook(self, fn: BnHook) -> Iterator[None]:
+        """register_bn_input_hook for the duration of a with block."""
+        handle = self.register_bn_input_hook(fn)
+        try:
+            yield
+        finally:
+            handle.remove()
