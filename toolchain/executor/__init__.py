@@ -7,10 +7,11 @@ Usage:
     with module.bn_input_hook(lambda node, inp: ...):
         module(x)
 
-`ops` holds the op registry (`register`, `supported_ops`); `module` the graph walker.
+`registry` maps op types to kernel builders (`register`, `supported_ops`), `ops` holds the builders,
+`module` walks the graph.
 """
 
 from toolchain.executor.module import BatchNormNode, BnHook, OnnxModule
-from toolchain.executor.ops import NodeContext, register, supported_ops
+from toolchain.executor.registry import NodeContext, register, supported_ops
 
 __all__ = ["BatchNormNode", "BnHook", "NodeContext", "OnnxModule", "register", "supported_ops"]

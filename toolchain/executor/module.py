@@ -8,6 +8,7 @@ Usage:
     module = OnnxModule(model, trainable=True)       # float initializers become nn.Parameters
     weight = module.initializer("conv1.weight")      # by ONNX name; module.initializer_names maps to attributes
 
+    module.runtime_nodes                             # [(op_type, node name)] run by forward, constants folded
     for bn in module.bn_nodes: print(bn.name, bn.channels)
     mean, var = module.bn_statistics()["/bn1/BatchNormalization"]
     with module.bn_input_hook(lambda name, x: seen.append((name, x))):
@@ -25,7 +26,9 @@ and Dropout is the identity, as the ONNX graph (exported in eval mode) says.
 from __future__ import annotations
 
 import contextlib
+import heapq
 import re
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -38,7 +41,8 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from toolchain.errors import GraphError
-from toolchain.executor.ops import NodeContext, constant_value, op_spec, supported_ops
+from toolchain.executor.ops import constant_value
+from toolchain.executor.registry import NodeContext, op_spec, supported_ops
 
 BnHook = Callable[[str, torch.Tensor], None]
 
@@ -98,26 +102,31 @@ def _opset(model: onnx.ModelProto) -> int:
 
 
 def _topological_order(graph: onnx.GraphProto, known: set[str]) -> list[onnx.NodeProto]:
-    """Nodes in an order where every input is produced before use (stable: file order where possible)."""
+    """Nodes in an order where every input is produced before use; file order among the ready ones."""
     producers = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
-    waiting = []
-    for node in graph.node:
+    consumers: list[list[int]] = [[] for _ in graph.node]
+    waiting = [0] * len(graph.node)  # number of distinct producing nodes not yet placed
+    for index, node in enumerate(graph.node):
         missing = [name for name in node.input if name and name not in known and name not in producers]
         if missing:
             raise GraphError(f"{node.op_type} node '{node.name}': input '{missing[0]}' is neither a graph input, "
                              "an initializer nor any node's output; fix the graph")
-        waiting.append({producers[name] for name in node.input if name in producers})
-    order, done = [], set()
-    pending = list(range(len(graph.node)))
-    while pending:
-        ready = [i for i in pending if waiting[i] <= done]
-        if not ready:
-            node = graph.node[pending[0]]
-            raise GraphError(f"{node.op_type} node '{node.name}' is part of a cycle; an ONNX graph must be acyclic")
-        done.update(ready)
-        order += ready
-        ready_set = set(ready)
-        pending = [i for i in pending if i not in ready_set]
+        for producer in {producers[name] for name in node.input if name in producers}:
+            consumers[producer].append(index)
+            waiting[index] += 1
+    ready = [i for i, count in enumerate(waiting) if count == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        index = heapq.heappop(ready)
+        order.append(index)
+        for consumer in consumers[index]:
+            waiting[consumer] -= 1
+            if waiting[consumer] == 0:
+                heapq.heappush(ready, consumer)
+    if len(order) < len(graph.node):
+        node = graph.node[next(i for i, count in enumerate(waiting) if count > 0)]
+        raise GraphError(f"{node.op_type} node '{node.name}' is part of a cycle; an ONNX graph must be acyclic")
     return [graph.node[i] for i in order]
 
 
@@ -127,8 +136,8 @@ def _check_supported(nodes: list[onnx.NodeProto]) -> None:
             raise GraphError(f"node '{node.name}' ({node.op_type}) is in domain '{node.domain}'; the torch executor "
                              f"runs only ai.onnx ops: {', '.join(supported_ops())}")
         if op_spec(node.op_type) is None:
-            raise GraphError(f"{node.op_type} node '{node.name}' is not supported by the torch executor; "
-                             f"supported ops: {', '.join(supported_ops())}")
+            raise GraphError(f"{node.op_type} node '{node.name}' is not supported by the torch executor; replace it, "
+                             f"or add a kernel with toolchain.executor.register; supported ops: {', '.join(supported_ops())}")
 
 
 class OnnxModule(nn.Module):
@@ -180,7 +189,8 @@ class OnnxModule(nn.Module):
                 self.bn_nodes.append(self._bn_node(node, ctx, known))
             runtime_nodes.append((node, kernel))
         self._build_steps(runtime_nodes)
-        self._bn_hooks: dict[int, BnHook] = {}
+        # An OrderedDict, not a dict: RemovableHandle keeps a weak reference to it, and dicts cannot have one.
+        self._bn_hooks: OrderedDict[int, BnHook] = OrderedDict()
 
     # ------------------------------------------------------------------------------------ construction
 
@@ -265,6 +275,7 @@ class OnnxModule(nn.Module):
                   node.name if node.op_type == "BatchNormalization" else None, f"{node.op_type} node '{node.name}'")
             for index, ((node, kernel), (ins, outs)) in enumerate(zip(runtime_nodes, node_slots))
         ]
+        self.runtime_nodes = [(node.op_type, node.name) for node, _ in runtime_nodes]  # what forward runs
         self._num_slots = len(slots) + 1
         self._input_slots = tuple(input_slots)
         self._output_slots = tuple(output_slots)
@@ -307,6 +318,10 @@ class OnnxModule(nn.Module):
             raise
         outputs = tuple(values[slot] for slot in self._output_slots)
         return outputs[0] if len(outputs) == 1 else outputs
+
+    def extra_repr(self) -> str:
+        return (f"inputs={self.input_names}, outputs={self.output_names}, nodes={len(self.runtime_nodes)}, "
+                f"batch_norms={len(self.bn_nodes)}, initializers={len(self.initializer_names)}")
 
     # ---------------------------------------------------------------------------------------- accessors
 

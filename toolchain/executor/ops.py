@@ -1,27 +1,20 @@
-"""Torch kernels for ONNX ops: a registry from op type to a builder that turns one node into a closure.
+"""Torch kernels for the ONNX ops the executor runs, one builder per op type (see registry.py).
 
 Usage:
-    from toolchain.executor.ops import NodeContext, register, supported_ops
+    from toolchain.executor.ops import constant_value, torch_dtype   # the registry is filled on import
+    from toolchain.executor.registry import supported_ops
+    supported_ops()   # ['Add', 'AveragePool', 'BatchNormalization', 'Cast', 'Clip', ...]
 
-    @register("HardSigmoid")
-    def _hard_sigmoid(ctx: NodeContext) -> Kernel:
-        alpha, beta = ctx.attr("alpha", 0.2), ctx.attr("beta", 0.5)   # read once, at construction
-        return lambda x: torch.clamp(x * alpha + beta, 0.0, 1.0)
-
-A builder runs once per node when an OnnxModule is built. It reads the node's attributes, and the values
-of its *static* inputs (shapes, axes, pads, clip bounds: declared with `register(op, static=...)`) when
-they are known at construction, and returns a kernel. The kernel is called on every forward with all of
-the node's declared inputs as tensors, in order (None for an absent optional input), and returns one
-tensor, or a tuple for a node with several outputs. Everything that does not depend on the input's
-shape is decided in the builder, so a forward pass is a loop of direct calls into torch.
+Builders decide at construction everything that does not depend on the input's shape (padding layout,
+fast paths such as F.linear for nn.Linear-style Gemm or F.hardtanh for ReLU6-style Clip), so that the
+kernels are direct calls into torch.
 """
 
 from __future__ import annotations
 
 import math
 import operator
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -29,86 +22,16 @@ import onnx
 import torch
 from torch.nn import functional as F
 
-from toolchain.errors import GraphError
-
-Kernel = Callable[..., Any]  # (*inputs: Tensor | None) -> Tensor | tuple[Tensor, ...]
-Builder = Callable[["NodeContext"], Kernel]
+from toolchain.executor.registry import Builder, Kernel, NodeContext, register
 
 INT64_MAX = np.iinfo(np.int64).max
 INT64_MIN = np.iinfo(np.int64).min
 
 
-@dataclass(frozen=True)
-class OpSpec:
-    """A registered op: its builder and the input positions whose value it may read at construction."""
-
-    builder: Builder
-    static: frozenset[int]
-
-
-_REGISTRY: dict[str, OpSpec] = {}
-
-
-def register(op_type: str, static: Sequence[int] = ()) -> Callable[[Builder], Builder]:
-    """Decorator: make `builder` the kernel builder of `op_type`.
-
-    `static` lists the inputs that are configuration rather than data (shapes, axes, pads, bounds): the
-    builder may read them at construction, and their initializers are never made trainable.
-    """
-
-    def decorate(builder: Builder) -> Builder:
-        _REGISTRY[op_type] = OpSpec(builder, frozenset(static))
-        return builder
-
-    return decorate
-
-
-def op_spec(op_type: str) -> OpSpec | None:
-    return _REGISTRY.get(op_type)
-
-
-def supported_ops() -> list[str]:
-    """The op types the executor can run, sorted."""
-    return sorted(_REGISTRY)
-
-
-@dataclass(frozen=True)
-class NodeContext:
-    """What a builder sees of one node: name, attributes, inputs, and the constant values it may read.
-
-    `constants[i]` is input i's value when it is static for this op and known at construction (an
-    initializer or a Constant output), else None.
-    """
-
-    name: str
-    op_type: str
-    attrs: Mapping[str, Any]
-    inputs: tuple[str, ...]
-    num_outputs: int
-    constants: tuple[np.ndarray | None, ...]
-    opset: int
-
-    def attr(self, key: str, default: Any = None) -> Any:
-        return self.attrs.get(key, default)
-
-    def has_input(self, index: int) -> bool:
-        return index < len(self.inputs) and self.inputs[index] != ""
-
-    def const(self, index: int) -> np.ndarray | None:
-        return self.constants[index] if index < len(self.constants) else None
-
-    def const_ints(self, index: int) -> list[int] | None:
-        value = self.const(index)
-        return None if value is None else [int(v) for v in np.asarray(value).reshape(-1)]
-
-    def error(self, problem: str) -> GraphError:
-        return GraphError(f"{self.op_type} node '{self.name}': {problem}")
-
-
 # --------------------------------------------------------------------------------------------- helpers
 
 
-def _pool_fn(rank: int, name: str) -> Callable[..., torch.Tensor]:
+def _nd_fn(rank: int, name: str) -> Callable[..., torch.Tensor]:
     """F.conv1d/2d/3d, F.max_pool1d/2d/3d, ... for a kernel with `rank` spatial dims."""
     return getattr(F, f"{name}{rank}d")
 
@@ -182,7 +105,7 @@ def _conv(ctx: NodeContext) -> Kernel:
 def _conv_kernel(ctx: NodeContext, rank: int) -> Kernel:
     if rank not in (1, 2, 3):
         raise ctx.error(f"{rank}-D convolution is not supported; only 1-D, 2-D and 3-D")
-    conv = _pool_fn(rank, "conv")
+    conv = _nd_fn(rank, "conv")
     strides = tuple(ctx.attr("strides", [1] * rank))
     dilations = tuple(ctx.attr("dilations", [1] * rank))
     groups = int(ctx.attr("group", 1))
@@ -336,7 +259,7 @@ def _max_pool(ctx: NodeContext) -> Kernel:
     if ctx.attr("storage_order", 0):
         raise ctx.error("storage_order=1 only affects the Indices output, which is not supported; remove it")
     rank, kernel, strides, dilations, mode, pads = _pool_geometry(ctx)
-    pool = _pool_fn(rank, "max_pool")
+    pool = _nd_fn(rank, "max_pool")
     ceil_mode = bool(ctx.attr("ceil_mode", 0))
     if mode != "explicit":
         upper = mode == "same_upper"
@@ -355,7 +278,7 @@ def _average_pool(ctx: NodeContext) -> Kernel:
     rank, kernel, strides, dilations, mode, pads = _pool_geometry(ctx)
     if any(d != 1 for d in dilations):
         raise ctx.error(f"dilations={dilations} is not supported for AveragePool; only 1")
-    pool = _pool_fn(rank, "avg_pool")
+    pool = _nd_fn(rank, "avg_pool")
     ceil_mode = bool(ctx.attr("ceil_mode", 0))
     count_pad = bool(ctx.attr("count_include_pad", 0))
     if mode == "explicit" and pads[:rank] == pads[rank:] and all(p <= k // 2 for p, k in zip(pads, kernel)):
@@ -548,7 +471,7 @@ def _slice(ctx: NodeContext) -> Kernel:
 def _pad(ctx: NodeContext) -> Kernel:
     mode = ctx.attr("mode", "constant")
     if mode != "constant":
-        raise ctx.error(f"mode={mode!r} is not supported; only constant padding")
+        raise ctx.error(f"mode={mode!r} is not supported; only mode='constant' is")
     if ctx.opset < 11:
         pads, value, axes = ctx.attr("pads"), float(ctx.attr("value", 0.0)), None
     else:
