@@ -22,6 +22,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from toolchain.preprocessing import Preprocessing
+from toolchain_models.imagenet import BasicBlock  # same block as ResNet-18: 1x1 conv + BN projection shortcut
 
 PIXEL_SCALE = 255.0
 # Mean and standard deviation of p / 255 over every pixel of the training split (1437 images), as printed
@@ -49,30 +50,6 @@ def weights_path() -> Path:
 def heldout_path() -> Path:
     """models/artifacts/digits_test.npz: held-out `images` (uint8 NHWC), `labels` (int64), `class_names`."""
     return ARTIFACTS / "digits_test.npz"
-
-
-class BasicBlock(nn.Module):
-    """conv3x3 -> BN -> ReLU -> conv3x3 -> BN, plus shortcut (1x1 conv + BN when the shape changes), then ReLU."""
-
-    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(in_planes, planes, 3, stride, 1, bias=False)
-        self.bn1 = nn.BatchNorm2d(planes)
-        self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-        self.bn2 = nn.BatchNorm2d(planes)
-        # A projection (not CIFAR-style zero padding) so the shortcut carries its own conv + BN pair.
-        self.downsample: nn.Sequential | None = None
-        if stride != 1 or in_planes != planes:
-            self.downsample = nn.Sequential(
-                nn.Conv2d(in_planes, planes, 1, stride, bias=False),
-                nn.BatchNorm2d(planes),
-            )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        identity = x if self.downsample is None else self.downsample(x)
-        out = F.relu(self.bn1(self.conv1(x)))
-        out = self.bn2(self.conv2(out))
-        return F.relu(out + identity)
 
 
 class DigitsResNet(nn.Module):
