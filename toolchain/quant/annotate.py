@@ -1,0 +1,196 @@
+"""Annotate a BN-folded float graph: which tensors get Q/DQ, with which kind of parameters.
+
+Usage:
+    plan = annotate(model, config)        # QuantPlan; nothing in the model is changed
+    plan.activations["/layer1/Relu_output_0"]      # ActivationSpec(bits, one_sided, shared_with, constant)
+    plan.weights, plan.biases, plan.layers, plan.float_nodes
+
+Rules (target ort-x86, see shared/docs/qdq-conventions.md):
+- every data input of a quantized op is quantized; the network input at `input_bits`;
+- the output of Conv/Gemm/MatMul/Add is quantized *after* a ReLU/Clip(0, x) that alone reads it, one-sided
+  with zero point 0, so onnxruntime drops the activation and fuses the layer;
+- pass-through ops (MaxPool, Slice, Pad, Reshape, Flatten, ...) share their input's parameters (own -> shared);
+- biases are derived: int32 with scale = input scale x weight scale (derived);
+- ops without a rule stay in float and are listed in `float_nodes`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from toolchain.quant.config import QuantConfig
+
+WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
+COMPUTE_OPS = WEIGHTED_OPS + ("Add", "Mul", "Concat", "GlobalAveragePool", "AveragePool", "Relu", "Clip")
+PASS_THROUGH_OPS = ("MaxPool", "Slice", "Pad", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity")
+FUSIBLE_PRODUCERS = ("Conv", "Gemm", "MatMul", "Add")
+_ALL_DATA_INPUTS = ("Add", "Mul", "Concat")
+
+
+@dataclass(frozen=True)
+class ActivationSpec:
+    """A tensor to quantize per tensor.
+
+    Attributes:
+        bits: activation bits (unsigned, asymmetric).
+        one_sided: the tensor is a ReLU/Clip(0, x) output: range [0, hi], zero point 0.
+        shared_with: reuse this tensor's parameters (pass-through ops); None = own parameters.
+        constant: the tensor is an initializer (e.g. a constant Add operand): stored quantized, DQ only.
+    """
+
+    tensor: str
+    bits: int
+    one_sided: bool = False
+    shared_with: str | None = None
+    constant: bool = False
+
+
+@dataclass(frozen=True)
+class WeightSpec:
+    """A weight quantized symmetric per output channel along `axis`."""
+
+    tensor: str
+    node: str
+    axis: int
+    bits: int
+
+
+@dataclass(frozen=True)
+class BiasSpec:
+    """An int32 bias whose scale is derived: scale(activation) x scale(weight), zero point 0."""
+
+    tensor: str
+    node: str
+    activation: str
+    weight: str
+
+
+@dataclass(frozen=True)
+class QuantLayer:
+    """A quantized compute node and the tensor where its (possibly activated) output is quantized."""
+
+    node: str
+    op_type: str
+    output: str
+    weight: str | None = None
+    activation_node: str | None = None
+
+
+@dataclass
+class QuantPlan:
+    """The result of annotation: specs per tensor, the layers, and what stays in float."""
+
+    activations: dict[str, ActivationSpec] = field(default_factory=dict)
+    weights: dict[str, WeightSpec] = field(default_factory=dict)
+    biases: dict[str, BiasSpec] = field(default_factory=dict)
+    layers: list[QuantLayer] = field(default_factory=list)
+    float_nodes: list[tuple[str, str]] = field(default_factory=list)  # (node name, op type)
+
+    def root(self, tensor: str) -> str:
+        """The tensor whose parameters `tensor` uses (itself unless shared)."""
+        while (spec := self.activations[tensor]).shared_with is not None:
+            tensor = spec.shared_with
+        return tensor
+
+
+def _attrs(node: onnx.NodeProto) -> dict:
+    return {a.name: helper.get_attribute_value(a) for a in node.attribute}
+
+
+def _clip_min(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> float | None:
+    if len(node.input) > 1 and node.input[1]:
+        value = constants.get(node.input[1])
+        return None if value is None else float(value)
+    attrs = _attrs(node)
+    return float(attrs["min"]) if "min" in attrs else None
+
+
+def _is_zero_floor_activation(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> bool:
+    return node.op_type == "Relu" or (node.op_type == "Clip" and _clip_min(node, constants) == 0.0)
+
+
+def _data_inputs(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> list[str]:
+    """The inputs that carry data (not shapes, axes, pads, bounds, weights or biases)."""
+    if node.op_type in _ALL_DATA_INPUTS:
+        return [name for name in node.input if name]
+    if node.op_type in ("Gemm", "MatMul"):
+        return [name for name in node.input[:2] if name and name not in constants]
+    return [node.input[0]]
+
+
+def _weight_axis(node: onnx.NodeProto) -> int:
+    if node.op_type == "Conv":
+        return 0
+    if node.op_type == "Gemm":
+        return 0 if _attrs(node).get("transB", 0) else 1
+    return 1  # MatMul: B is (K, N); output channels are its columns
+
+
+def annotate(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
+    """Build the QuantPlan for a BN-folded, cleaned-up float graph (nodes in topological order)."""
+    graph = model.graph
+    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+    graph_outputs = {o.name for o in graph.output}
+    graph_inputs = [i.name for i in graph.input if i.name not in constants]
+    plan = QuantPlan()
+
+    weighted = [n for n in graph.node if n.op_type in WEIGHTED_OPS and len(n.input) > 1 and n.input[1] in constants]
+    first_last = {weighted[0].name, weighted[-1].name} if config.first_last_8bit and weighted else set()
+    last_layer = weighted[-1] if weighted else None
+
+    # A Conv/Gemm/MatMul/Add whose output only feeds one ReLU/Clip(0, x) is quantized after that activation.
+    fused: dict[str, onnx.NodeProto] = {}
+    for node in graph.node:
+        if node.op_type in FUSIBLE_PRODUCERS and node.output[0] not in graph_outputs:
+            users = readers.get(node.output[0], [])
+            if len(users) == 1 and _is_zero_floor_activation(users[0], constants):
+                fused[node.output[0]] = users[0]
+    absorbed = {id(activation) for activation in fused.values()}
+
+    def own(tensor: str, bits: int, one_sided: bool = False) -> None:
+        if tensor not in plan.activations:
+            plan.activations[tensor] = ActivationSpec(tensor, bits, one_sided, constant=tensor in constants)
+
+    for name in graph_inputs:
+        own(name, config.input_bits)
+
+    for node in graph.node:
+        if id(node) in absorbed:
+            continue
+        if node.op_type in PASS_THROUGH_OPS:
+            source = node.input[0]
+            own(source, config.a_bits)
+            root = plan.activations[plan.root(source)]  # shared specs copy bits/one_sided for reports only
+            plan.activations[node.output[0]] = ActivationSpec(node.output[0], root.bits, root.one_sided, shared_with=source)
+            continue
+        if node.op_type not in COMPUTE_OPS:
+            plan.float_nodes.append((node.name, node.op_type))
+            continue
+        for name in _data_inputs(node, constants):
+            own(name, config.a_bits)
+        activation = fused.get(node.output[0])
+        output = activation.output[0] if activation is not None else node.output[0]
+        one_sided = activation is not None or _is_zero_floor_activation(node, constants)
+        academic_output = config.first_last_8bit and node is last_layer
+        if not (academic_output and output in graph_outputs):
+            own(output, config.a_bits, one_sided)
+        weight = None
+        if node.op_type in WEIGHTED_OPS and len(node.input) > 1 and node.input[1] in constants:
+            weight = node.input[1]
+            bits = 8 if node.name in first_last else config.w_bits
+            plan.weights[weight] = WeightSpec(weight, node.name, _weight_axis(node), bits)
+            if len(node.input) > 2 and node.input[2] in constants and constants[node.input[2]].ndim == 1:
+                plan.biases[node.input[2]] = BiasSpec(node.input[2], node.name, node.input[0], weight)
+            if academic_output:
+                root = plan.root(node.input[0])
+                plan.activations[root] = ActivationSpec(root, 8, plan.activations[root].one_sided, constant=plan.activations[root].constant)
+        plan.layers.append(QuantLayer(node.name, node.op_type, output, weight, activation.name if activation is not None else None))
+    return plan

@@ -1,0 +1,144 @@
+"""Calibration: observe activations in onnxruntime, then choose scales and zero points.
+
+Usage:
+    observations = observe_activations(float_model, tensors, inputs, batch_size=64, samples_per_tensor=1 << 18)
+    params = activation_params(observations[t], spec, "mse", qtype)
+    w_params = weight_params(weight_array, axis=0, qtype=weight_type(4), calibrator="mse")
+
+Calibrators:
+- minmax: the observed range.
+- percentile: the `percentile`-th percentile of the values (and the (100 - p)-th for the low end).
+- mse: the clipping range that minimises the mean squared quantization error (grid search; per output
+  channel for weights). Activations keep a random sample of `samples_per_tensor` values per tensor for
+  the searches, so memory does not grow with the calibration set.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper
+from tqdm import tqdm
+
+from toolchain.quant.annotate import ActivationSpec
+from toolchain.quant.qparams import IntType, QParams, asymmetric_params, one_sided_params, symmetric_params
+
+_MSE_GRID = np.linspace(1.0, 0.05, 96)  # fractions of the observed range tried by the MSE search
+
+
+@dataclass(frozen=True, eq=False)
+class Observation:
+    """What calibration saw of one tensor: its exact range and a random sample of its values."""
+
+    minimum: float
+    maximum: float
+    sample: np.ndarray
+
+
+def observe_activations(
+    model: onnx.ModelProto,
+    tensors: list[str],
+    inputs: np.ndarray,
+    batch_size: int = 64,
+    samples_per_tensor: int = 1 << 18,
+    seed: int = 0,
+    progress: bool = True,
+    threads: int = 2,
+) -> dict[str, Observation]:
+    """Run the float model on `inputs` with `tensors` exposed as outputs; min, max and a sample of each."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    existing = {o.name for o in probe.graph.output}
+    input_name = next(i.name for i in probe.graph.input if i.name not in {t.name for t in probe.graph.initializer})
+    wanted = [t for t in tensors if t != input_name]
+    probe.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in wanted if t not in existing)
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    output_names = [o.name for o in session.get_outputs()]
+    rng = np.random.default_rng(seed)
+    batches = range(0, len(inputs), batch_size)
+    per_batch = max(1, -(-samples_per_tensor // len(batches)))
+    minimum = {t: np.inf for t in tensors}
+    maximum = {t: -np.inf for t in tensors}
+    samples: dict[str, list[np.ndarray]] = {t: [] for t in tensors}
+    for start in tqdm(batches, desc="calibrate", unit="batch", file=sys.stderr, disable=not progress):
+        batch = inputs[start : start + batch_size]
+        values = dict(zip(output_names, session.run(output_names, {input_name: batch})))
+        values[input_name] = batch
+        for tensor in tensors:
+            flat = values[tensor].reshape(-1)
+            minimum[tensor] = min(minimum[tensor], float(flat.min()))
+            maximum[tensor] = max(maximum[tensor], float(flat.max()))
+            take = flat if flat.size <= per_batch else flat[rng.integers(0, flat.size, per_batch)]
+            samples[tensor].append(take.astype(np.float32, copy=True))
+    return {t: Observation(minimum[t], maximum[t], np.concatenate(samples[t])) for t in tensors}
+
+
+def constant_observation(value: np.ndarray) -> Observation:
+    flat = np.asarray(value, np.float32).reshape(-1)
+    return Observation(float(flat.min()), float(flat.max()), flat)
+
+
+def activation_params(obs: Observation, spec: ActivationSpec, calibrator: str, qtype: IntType, percentile: float = 99.99) -> QParams:
+    """Per-tensor parameters for one activation from what calibration observed."""
+    if spec.one_sided:
+        hi = max(obs.maximum, 0.0)
+        if calibrator == "percentile":
+            hi = float(np.percentile(obs.sample, percentile))
+        elif calibrator == "mse":
+            hi = _best_one_sided(obs.sample, hi, qtype)
+        return one_sided_params(hi, qtype)
+    lo, hi = min(obs.minimum, 0.0), max(obs.maximum, 0.0)
+    if calibrator == "percentile":
+        lo, hi = float(np.percentile(obs.sample, 100.0 - percentile)), float(np.percentile(obs.sample, percentile))
+    elif calibrator == "mse":
+        lo, hi = _best_two_sided(obs.sample, lo, hi, qtype)
+    return asymmetric_params(lo, hi, qtype)
+
+
+def _error(sample: np.ndarray, params: QParams) -> float:
+    return float(np.mean((sample - params.fake_quantize(sample)) ** 2))
+
+
+def _best_one_sided(sample: np.ndarray, hi: float, qtype: IntType) -> float:
+    if hi <= 0.0:
+        return hi
+    errors = [_error(sample, one_sided_params(hi * f, qtype)) for f in _MSE_GRID]
+    return hi * float(_MSE_GRID[int(np.argmin(errors))])
+
+
+def _best_two_sided(sample: np.ndarray, lo: float, hi: float, qtype: IntType) -> tuple[float, float]:
+    """Shrink both ends together, then refine each end with the other fixed."""
+    if hi - lo <= 0.0:
+        return lo, hi
+    errors = [_error(sample, asymmetric_params(lo * f, hi * f, qtype)) for f in _MSE_GRID]
+    f = float(_MSE_GRID[int(np.argmin(errors))])
+    lo, hi = lo * f, hi * f
+    low_errors = [_error(sample, asymmetric_params(lo * g, hi, qtype)) for g in _MSE_GRID]
+    lo *= float(_MSE_GRID[int(np.argmin(low_errors))])
+    high_errors = [_error(sample, asymmetric_params(lo, hi * g, qtype)) for g in _MSE_GRID]
+    hi *= float(_MSE_GRID[int(np.argmin(high_errors))])
+    return lo, hi
+
+
+def weight_params(weight: np.ndarray, axis: int, qtype: IntType, calibrator: str) -> QParams:
+    """Symmetric per-channel parameters; with "mse" the clipping threshold is searched per channel."""
+    channels = np.moveaxis(np.asarray(weight, np.float32), axis, 0).reshape(weight.shape[axis], -1)
+    absmax = np.abs(channels).max(axis=1)
+    if calibrator != "mse":
+        return symmetric_params(absmax, qtype, axis)
+    best_error = np.full(absmax.shape, np.inf)
+    best = absmax.copy()
+    for fraction in _MSE_GRID:
+        candidate = symmetric_params(absmax * fraction, qtype, 0)
+        error = ((channels - candidate.fake_quantize(channels)) ** 2).sum(axis=1)
+        better = error < best_error
+        best_error = np.where(better, error, best_error)
+        best = np.where(better, absmax * fraction, best)
+    return symmetric_params(best, qtype, axis)

@@ -1,0 +1,86 @@
+"""Typed configuration of the quantizer.
+
+Usage:
+    config = QuantConfig(w_bits=4, a_bits=4)                      # MSE calibrator chosen automatically below 8 bits
+    config = QuantConfig(w_bits=8, a_bits=8, calibrator="percentile", percentile=99.99)
+    config.to_dict(); QuantConfig.from_dict(d)                    # JSON round trip (with a version)
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Literal
+
+from toolchain.errors import ConfigError
+
+SUPPORTED_BITS = (2, 4, 8)
+Calibrator = Literal["minmax", "percentile", "mse"]
+Target = Literal["ort-x86"]
+CONFIG_VERSION = 1
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """What the quantizer does.
+
+    Attributes:
+        w_bits: weight bits (symmetric, per output channel).
+        a_bits: activation bits (asymmetric unsigned, per tensor).
+        input_bits: bits of the network input (image data: 8 by nature; see benchmark-protocol.md).
+        calibrator: how ranges are chosen; None = "mse" below 8 bits, "minmax" at 8 bits.
+        percentile: the percentile calibrator's upper percentile of activation values.
+        target: runtime profile deciding types and Q/DQ placement.
+        first_last_8bit: the papers' "academic" setting: first and last layer weights at 8 bits,
+            network output left in float.
+        require_all_quantized: an op the quantizer has no rule for is an error instead of a warning.
+        calib_batch_size: calibration batch size for onnxruntime.
+        samples_per_tensor: values kept per activation tensor for the percentile/MSE searches.
+    """
+
+    w_bits: int = 8
+    a_bits: int = 8
+    input_bits: int = 8
+    calibrator: Calibrator | None = None
+    percentile: float = 99.99
+    target: Target = "ort-x86"
+    first_last_8bit: bool = False
+    require_all_quantized: bool = False
+    calib_batch_size: int = 64
+    samples_per_tensor: int = 1 << 18
+    version: int = CONFIG_VERSION
+
+    def __post_init__(self) -> None:
+        for name in ("w_bits", "a_bits", "input_bits"):
+            value = getattr(self, name)
+            if value not in SUPPORTED_BITS:
+                flag = "--" + name.replace("_", "-")
+                raise ConfigError(f"{flag} {value} is not supported: choose one of {', '.join(map(str, SUPPORTED_BITS))}")
+        if self.calibrator not in (None, "minmax", "percentile", "mse"):
+            raise ConfigError(f"unknown calibrator {self.calibrator!r}: choose minmax, percentile or mse")
+        if not 50.0 < self.percentile <= 100.0:
+            raise ConfigError(f"percentile must be in (50, 100], got {self.percentile}")
+        if self.target != "ort-x86":
+            raise ConfigError(f"unknown target {self.target!r}: supported targets are ort-x86")
+        if self.calib_batch_size < 1 or self.samples_per_tensor < 1024:
+            raise ConfigError("calib_batch_size must be >= 1 and samples_per_tensor >= 1024")
+
+    @property
+    def effective_calibrator(self) -> str:
+        if self.calibrator is not None:
+            return self.calibrator
+        return "mse" if min(self.w_bits, self.a_bits) < 8 else "minmax"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["effective_calibrator"] = self.effective_calibrator
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> QuantConfig:
+        if int(data.get("version", CONFIG_VERSION)) > CONFIG_VERSION:
+            raise ConfigError(f"config version {data['version']} is newer than this toolchain reads ({CONFIG_VERSION})")
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known - {"effective_calibrator"})
+        if unknown:
+            raise ConfigError(f"unknown quantizer config keys: {', '.join(unknown)}")
+        return cls(**{k: v for k, v in data.items() if k in known})

@@ -1,0 +1,147 @@
+"""Integer types and quantization parameters (scale, zero point), with the numpy reference maths.
+
+Usage:
+    qtype = activation_type(4)                              # UINT4: [0, 15]
+    params = asymmetric_params(lo=-0.3, hi=2.1, qtype=qtype)
+    q = params.quantize(x)                                  # integers (int64) in [qmin, qmax]
+    y = params.dequantize(q)                                # float32
+    w_params = symmetric_params(absmax_per_channel, weight_type(4), axis=0)
+
+Rounding is half to even, as ONNX QuantizeLinear does, so these functions predict onnxruntime exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+
+
+@dataclass(frozen=True)
+class IntType:
+    """An ONNX integer element type for Q/DQ: its range and the opset that introduced it."""
+
+    name: str
+    bits: int
+    signed: bool
+    onnx_type: int
+    min_opset: int
+
+    @property
+    def qmin(self) -> int:
+        return -(1 << (self.bits - 1)) if self.signed else 0
+
+    @property
+    def qmax(self) -> int:
+        return (1 << (self.bits - 1)) - 1 if self.signed else (1 << self.bits) - 1
+
+    @property
+    def symmetric_qmin(self) -> int:
+        """Weights: a narrow range at 8 bits ([-127, 127], as onnxruntime uses, which keeps the u8s8 kernels
+        from saturating); the full range below 8 bits, where every level matters."""
+        return -self.qmax if self.bits == 8 else self.qmin
+
+
+_T = onnx.TensorProto
+INT_TYPES = {
+    ("int", 8): IntType("INT8", 8, True, _T.INT8, 13),
+    ("uint", 8): IntType("UINT8", 8, False, _T.UINT8, 13),
+    ("int", 4): IntType("INT4", 4, True, _T.INT4, 21),
+    ("uint", 4): IntType("UINT4", 4, False, _T.UINT4, 21),
+    ("int", 2): IntType("INT2", 2, True, _T.INT2, 25),
+    ("uint", 2): IntType("UINT2", 2, False, _T.UINT2, 25),
+    ("int", 32): IntType("INT32", 32, True, _T.INT32, 13),
+}
+
+
+def activation_type(bits: int) -> IntType:
+    return INT_TYPES[("uint", bits)]
+
+
+def weight_type(bits: int) -> IntType:
+    return INT_TYPES[("int", bits)]
+
+
+BIAS_TYPE = INT_TYPES[("int", 32)]
+
+
+@dataclass(frozen=True, eq=False)
+class QParams:
+    """scale and zero point, per tensor (axis None, 0-d arrays) or per channel along `axis` (1-D arrays)."""
+
+    scale: np.ndarray  # float32
+    zero_point: np.ndarray  # int64 values within the type's range
+    qtype: IntType
+    axis: int | None = None
+    qmin: int | None = None  # the clamp range used; defaults to the type's range
+
+    @property
+    def low(self) -> int:
+        return self.qtype.qmin if self.qmin is None else self.qmin
+
+    def _broadcast(self, array: np.ndarray, ndim: int) -> np.ndarray:
+        if self.axis is None or array.ndim == 0:
+            return array
+        shape = [1] * ndim
+        shape[self.axis] = -1
+        return array.reshape(shape)
+
+    def quantize(self, x: np.ndarray) -> np.ndarray:
+        """round_half_even(x / scale) + zero_point, clamped to the range (float32 division, as ONNX)."""
+        x = np.asarray(x, np.float32)
+        scale = self._broadcast(self.scale.astype(np.float32), x.ndim)
+        zero = self._broadcast(self.zero_point, x.ndim)
+        return np.clip(np.rint(x / scale).astype(np.int64) + zero, self.low, self.qtype.qmax)
+
+    def dequantize(self, q: np.ndarray) -> np.ndarray:
+        scale = self._broadcast(self.scale.astype(np.float32), q.ndim)
+        zero = self._broadcast(self.zero_point, q.ndim)
+        return ((q - zero).astype(np.float32) * scale).astype(np.float32)
+
+    def fake_quantize(self, x: np.ndarray) -> np.ndarray:
+        return self.dequantize(self.quantize(x))
+
+    def to_dict(self) -> dict:
+        return {
+            "type": self.qtype.name,
+            "axis": self.axis,
+            "scale": self.scale.astype(float).tolist(),
+            "zero_point": self.zero_point.astype(int).tolist(),
+        }
+
+
+_TINY = np.float32(1e-8)  # a floor for scales: an all-zero tensor still needs a valid (positive) scale
+
+
+def asymmetric_params(lo: float, hi: float, qtype: IntType) -> QParams:
+    """Per-tensor parameters covering [lo, hi] (widened to include 0, so zero is exactly representable)."""
+    lo, hi = min(float(lo), 0.0), max(float(hi), 0.0)
+    levels = qtype.qmax - qtype.qmin
+    scale = np.float32(max((hi - lo) / levels, float(_TINY)))
+    zero = int(np.clip(np.rint(qtype.qmin - lo / scale), qtype.qmin, qtype.qmax))
+    return QParams(np.asarray(scale, np.float32), np.asarray(zero, np.int64), qtype)
+
+
+def one_sided_params(hi: float, qtype: IntType) -> QParams:
+    """[0, hi] with zero point = qmin (0 for unsigned): what a ReLU output needs so onnxruntime can drop the ReLU."""
+    scale = np.float32(max(float(hi) / (qtype.qmax - qtype.qmin), float(_TINY)))
+    return QParams(np.asarray(scale, np.float32), np.asarray(qtype.qmin, np.int64), qtype)
+
+
+def symmetric_params(absmax: np.ndarray, qtype: IntType, axis: int | None) -> QParams:
+    """Zero point 0; absmax maps to the largest positive level (per channel when axis is set)."""
+    absmax = np.asarray(absmax, np.float32)
+    scale = np.maximum(absmax / np.float32(qtype.qmax), _TINY).astype(np.float32)
+    zero = np.zeros(scale.shape, np.int64)
+    return QParams(scale, zero, qtype, axis, qmin=qtype.symmetric_qmin)
+
+
+def sqnr_db(reference: np.ndarray, approximation: np.ndarray) -> float:
+    """Signal-to-quantization-noise ratio 10*log10(sum x^2 / sum (x - y)^2), in dB (inf when identical)."""
+    reference = np.asarray(reference, np.float64)
+    noise = float(np.sum((reference - np.asarray(approximation, np.float64)) ** 2))
+    signal = float(np.sum(reference**2))
+    if noise == 0.0:
+        return float("inf")
+    return 10.0 * float(np.log10(max(signal, 1e-30) / noise))

@@ -1,0 +1,199 @@
+"""The quantizer pipeline: clean up -> fold BN -> annotate -> calibrate -> materialise Q/DQ -> report.
+
+Usage:
+    result = quantize(float_model, calib_inputs, QuantConfig(w_bits=4, a_bits=4))
+    result.model      # the QDQ onnx.ModelProto (onnx.checker-valid)
+    result.report     # per-layer bits, scales, zero points, SQNR; fusion coverage; ops left in float
+    result.warnings   # e.g. ops the quantizer has no rule for (left in float)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import helper, numpy_helper
+
+import toolchain
+from toolchain.errors import DataError, GraphError
+from toolchain.graph import image_input
+from toolchain.passes import cleanup_passes, run_passes
+from toolchain.quant.annotate import QuantPlan, annotate
+from toolchain.quant.calibrate import activation_params, constant_observation, observe_activations, weight_params
+from toolchain.quant.config import QuantConfig
+from toolchain.quant.fold_bn import FoldBatchNormPass
+from toolchain.quant.fusion import fusion_coverage
+from toolchain.quant.materialize import guard_bias_overflow, materialize
+from toolchain.quant.opset import upgrade_opset
+from toolchain.quant.qparams import QParams, activation_type, sqnr_db, weight_type
+
+logger = logging.getLogger(__name__)
+
+QUANTIZED_OP_TYPES = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
+                      "ConvInteger", "MatMulInteger", "QGemm", "QLinearAdd", "MatMulNBits"}
+SQNR_SAMPLES = 256
+
+
+@dataclass(frozen=True, eq=False)
+class QuantResult:
+    """A quantized model, its report (JSON-ready dict) and the warnings raised on the way."""
+
+    model: onnx.ModelProto
+    report: dict
+    warnings: tuple[str, ...]
+
+
+def check_not_quantized(model: onnx.ModelProto, source: str) -> None:
+    found = sorted({node.op_type for node in model.graph.node if node.op_type in QUANTIZED_OP_TYPES})
+    if found:
+        raise GraphError(f"{source} is already quantized (it has {', '.join(found)} nodes); give the float model")
+
+
+def check_calibration(model: onnx.ModelProto, inputs: np.ndarray, source: str) -> None:
+    """Shape, dtype and finiteness of calibration inputs against the model's image input."""
+    info = image_input(model, source)
+    if inputs.size == 0 or inputs.ndim == 0 or inputs.shape[0] == 0:
+        raise DataError("the calibration set is empty: give at least one image (--calib-limit >= 1) or a non-empty 'inputs' array")
+    if inputs.dtype != np.float32:
+        raise DataError(f"calibration inputs are {inputs.dtype}, the model input {info.name!r} takes float32: "
+                        "store preprocessed float32 inputs (see calib_data/README.md)")
+    expected = [d if isinstance(d, int) else None for d in info.shape]
+    if inputs.ndim != 4 or any(e is not None and e != got for e, got in zip(expected[1:], inputs.shape[1:])):
+        shown = ["N" if e is None else e for e in expected]
+        raise DataError(f"calibration inputs have shape {list(inputs.shape)} but the model input {info.name!r} is {shown}")
+    bad = ~np.isfinite(inputs)
+    if bad.any():
+        first = int(np.argwhere(bad.reshape(len(inputs), -1).any(axis=1))[0][0])
+        raise DataError(f"calibration inputs contain {int(bad.sum())} NaN/Inf values (first in sample {first}); "
+                        "regenerate or clean the calibration set")
+
+
+def prepare_float_model(model: onnx.ModelProto, config: QuantConfig) -> tuple[onnx.ModelProto, int]:
+    """Clean-up, BN folding and the opset the chosen integer types need. Returns (model, folded BN count)."""
+    float_model = onnx.ModelProto()
+    float_model.CopyFrom(model)
+    run_passes(float_model, cleanup_passes())
+    before = sum(n.op_type == "BatchNormalization" for n in float_model.graph.node)
+    FoldBatchNormPass()(float_model)
+    folded = before - sum(n.op_type == "BatchNormalization" for n in float_model.graph.node)
+    needed = max(activation_type(config.a_bits).min_opset, weight_type(config.w_bits).min_opset,
+                 activation_type(config.input_bits).min_opset)
+    return upgrade_opset(float_model, needed), folded
+
+
+def choose_parameters(float_model: onnx.ModelProto, plan: QuantPlan, calib: np.ndarray, config: QuantConfig,
+                      progress: bool) -> tuple[dict[str, QParams], dict[str, QParams]]:
+    """Calibrate activations (per root tensor) and weights (per channel)."""
+    calibrator = config.effective_calibrator
+    initializers = {init.name: numpy_helper.to_array(init) for init in float_model.graph.initializer}
+    roots = [t for t, spec in plan.activations.items() if spec.shared_with is None]
+    observed = observe_activations(float_model, [t for t in roots if not plan.activations[t].constant], calib,
+                                   config.calib_batch_size, config.samples_per_tensor, progress=progress)
+    observed.update({t: constant_observation(initializers[t]) for t in roots if plan.activations[t].constant})
+    act = {t: activation_params(observed[t], plan.activations[t], calibrator, activation_type(plan.activations[t].bits),
+                                config.percentile) for t in roots}
+    weights = {}
+    for name, spec in plan.weights.items():
+        # Percentile clipping is for activation outliers; weights use their exact range with it.
+        params = weight_params(initializers[name], spec.axis, weight_type(spec.bits), "mse" if calibrator == "mse" else "minmax")
+        for bias in (b for b in plan.biases.values() if b.weight == name):
+            params = guard_bias_overflow(act[plan.root(bias.activation)], params, initializers[bias.tensor])
+        weights[name] = params
+    return act, weights
+
+
+def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, source: str = "model",
+             calib_info: dict | None = None, progress: bool = True) -> QuantResult:
+    """Quantize every layer of `model` with `calib` (float32 NCHW model inputs) as `config` says."""
+    start = time.perf_counter()
+    check_not_quantized(model, source)
+    check_calibration(model, calib, source)
+    float_model, folded = prepare_float_model(model, config)
+    plan = annotate(float_model, config)
+    warnings = [f"no quantization rule for {op} node {name!r}: left in float" for name, op in plan.float_nodes]
+    if warnings and config.require_all_quantized:
+        listed = ", ".join(f"{op} {name!r}" for name, op in plan.float_nodes[:5])
+        raise GraphError(f"{source}: {len(plan.float_nodes)} node(s) have no quantization rule ({listed}); "
+                         "drop --require-all-quantized to leave them in float")
+    for warning in warnings:
+        logger.warning(warning)
+    act, weights = choose_parameters(float_model, plan, calib, config, progress)
+    qdq = materialize(float_model, plan, act, weights)
+    qdq.producer_name, qdq.producer_version = "toolchain", toolchain.__version__
+    try:
+        onnx.checker.check_model(qdq)
+    except onnx.checker.ValidationError as err:  # a bug in the quantizer, not the user's input
+        raise RuntimeError(f"the quantized graph fails onnx.checker: {err}") from err
+    report = build_report(float_model, qdq, plan, act, weights, calib, config, source, calib_info or {}, folded)
+    report["warnings"] = warnings
+    report["seconds"] = round(time.perf_counter() - start, 3)
+    return QuantResult(qdq, report, tuple(warnings))
+
+
+def _run_with_outputs(model: onnx.ModelProto, names: list[str], inputs: np.ndarray, optimize: bool) -> dict[str, np.ndarray]:
+    probe = onnx.ModelProto()
+    probe.CopyFrom(model)
+    existing = {o.name for o in probe.graph.output}
+    probe.graph.output.extend(helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names if n not in existing)
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    if not optimize:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    input_name = session.get_inputs()[0].name
+    return dict(zip(names, session.run(names, {input_name: inputs})))
+
+
+def build_report(float_model, qdq, plan: QuantPlan, act, weights, calib, config: QuantConfig, source: str,
+                 calib_info: dict, folded: int) -> dict:
+    """Per-layer bits, parameters and SQNR against FP32 on (up to 256) calibration inputs; fusion coverage."""
+    sample = calib[:SQNR_SAMPLES]
+    graph_outputs = {o.name for o in qdq.graph.output}
+    layer_outputs = [layer.output for layer in plan.layers if layer.output in plan.activations]
+    dq_name = {t: t if t in graph_outputs else f"{t}_dequantized" for t in layer_outputs}
+    reference = _run_with_outputs(float_model, layer_outputs, sample, optimize=True)
+    quantized = _run_with_outputs(qdq, [dq_name[t] for t in layer_outputs], sample, optimize=False)
+    layers = []
+    for layer in plan.layers:
+        entry = {"node": layer.node, "op_type": layer.op_type, "output": layer.output}
+        if layer.activation_node:
+            entry["fused_activation"] = layer.activation_node
+        if layer.weight is not None:
+            entry["weight_bits"] = plan.weights[layer.weight].bits
+            entry["weight"] = weights[layer.weight].to_dict()
+        if layer.output in plan.activations:
+            root = plan.root(layer.output)
+            entry["output_bits"] = plan.activations[root].bits
+            entry["output_qparams"] = act[root].to_dict()
+            entry["sqnr_db"] = round(sqnr_db(reference[layer.output], quantized[dq_name[layer.output]]), 3)
+        else:
+            entry["output_bits"] = None  # academic setting: the network output stays float
+        layers.append(entry)
+    activations = {
+        t: {"bits": plan.activations[plan.root(t)].bits, "one_sided": spec.one_sided, "shared_with": spec.shared_with,
+            "constant": spec.constant, **act[plan.root(t)].to_dict()}
+        for t, spec in plan.activations.items()
+    }
+    fusion = fusion_coverage(qdq)
+    output_sqnr = [layer["sqnr_db"] for layer in layers if layer["output"] in graph_outputs and "sqnr_db" in layer]
+    return {
+        "toolchain_version": toolchain.__version__,
+        "source": source,
+        "config": config.to_dict(),
+        "calibration": {"n": int(len(calib)), "sqnr_samples": int(len(sample)), **calib_info},
+        "opset": next(o.version for o in qdq.opset_import if o.domain in ("", "ai.onnx")),
+        "batchnorm_folded": folded,
+        "layers": layers,
+        "activations": activations,
+        "unquantized": [{"node": name, "op_type": op} for name, op in plan.float_nodes],
+        "fusion": fusion,
+        "summary": {
+            "quantized_layers": sum(1 for layer in layers if layer.get("weight_bits")),
+            "output_sqnr_db": output_sqnr[0] if output_sqnr else None,
+            "fusion_coverage": fusion["coverage"],
+        },
+    }
