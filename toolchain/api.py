@@ -157,3 +157,73 @@ def run_default_pipeline(out_dir: Path, progress: bool = True) -> dict:
     with atomic_output(out_dir / "run.json") as tmp:
         tmp.write_text(json.dumps(record, indent=2) + "\n")
     return record
+
+
+@dataclass(frozen=True)
+class QuantizeOutcome:
+    """What `quantize_model` wrote: the QDQ model, its report (also returned as a dict), and warnings."""
+
+    path: Path
+    report_path: Path
+    report: dict
+    warnings: tuple[str, ...]
+
+
+def report_path_for(model_path: Path) -> Path:
+    """DIR/NAME.onnx -> DIR/NAME.report.json."""
+    return model_path.with_name(f"{model_path.stem}.report.json")
+
+
+def load_calibration_inputs(calib: str | Path, proto: onnx.ModelProto, source: str, limit: int, seed: int,
+                            overrides: PreprocessingOverrides = PreprocessingOverrides()):
+    """A CalibrationSet from a calibration .npz (`inputs`) or an image dataset (sampled: limit, seed)."""
+    import numpy as np
+
+    from toolchain.calibdata import CalibrationSet, load_calibration, sample_calibration
+    from toolchain.errors import DataError
+
+    path = Path(calib)
+    if not path.exists():
+        raise DataError(f"calibration data {path} does not exist")
+    if path.suffix == ".npz":
+        with np.load(path, allow_pickle=False) as data:
+            is_calibration = "inputs" in data.files
+        if is_calibration:
+            loaded = load_calibration(path)
+            inputs = loaded.inputs[:limit] if limit else loaded.inputs
+            return CalibrationSet(inputs, loaded.labels, {**loaded.manifest, "file": str(path), "n": int(len(inputs))})
+    pre = model_preprocessing(proto, overrides, source)
+    return sample_calibration(path, pre, limit, seed)
+
+
+def quantize_model(
+    model: str | Path,
+    calib: str | Path,
+    out: str | Path,
+    config=None,
+    calib_limit: int = 512,
+    seed: int = 0,
+    overwrite: bool = False,
+    overrides: PreprocessingOverrides = PreprocessingOverrides(),
+    progress: bool = True,
+) -> QuantizeOutcome:
+    """Quantize MODEL with calibration data CALIB; write OUT and OUT's .report.json (both or neither)."""
+    import json
+
+    from toolchain.modelio import atomic_output
+    from toolchain.quant.config import QuantConfig
+    from toolchain.quant.quantize import quantize
+
+    config = config or QuantConfig()
+    out = Path(out)
+    report_path = report_path_for(out)
+    check_writable(out, overwrite)
+    check_writable(report_path, overwrite)
+    proto = load_model(model)
+    calibration = load_calibration_inputs(calib, proto, str(model), calib_limit, seed, overrides)
+    result = quantize(proto, calibration.inputs, config, source=str(model), calib_info=calibration.manifest, progress=progress)
+    # Written side by side, renamed into place only when both are complete.
+    with atomic_output(out) as model_tmp, atomic_output(report_path) as report_tmp:
+        model_tmp.write_bytes(result.model.SerializeToString())
+        report_tmp.write_text(json.dumps(result.report, indent=1, default=float) + "\n")
+    return QuantizeOutcome(out, report_path, result.report, result.warnings)

@@ -252,6 +252,64 @@ def run_command(out_dir: str, as_json: bool) -> None:
         click.echo(line)
 
 
+@cli.command("quantize")
+@click.argument("model", type=click.Path())
+@click.option("--calib", required=True, type=click.Path(),
+              help="Calibration .npz (float32 'inputs', see calib_data/README.md) or an image dataset (folder, .tar.gz, .npz of images).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="QDQ model to write; the report goes to OUTPUT's .report.json.")
+@click.option("--w-bits", type=int, default=8, show_default=True, help="Weight bits: 2, 4 or 8 (symmetric, per channel).")
+@click.option("--a-bits", type=int, default=8, show_default=True, help="Activation bits: 2, 4 or 8 (asymmetric, per tensor).")
+@click.option("--calibrator", type=click.Choice(["minmax", "percentile", "mse"]),
+              help="How ranges are chosen [default: mse below 8 bits, minmax at 8 bits].")
+@click.option("--percentile", type=float, default=99.99, show_default=True, help="Upper percentile of the percentile calibrator.")
+@click.option("--target", type=click.Choice(["ort-x86"]), default="ort-x86", show_default=True, help="Runtime profile.")
+@click.option("--first-last-8bit", is_flag=True, help="Academic setting: first/last layer weights at 8 bits, output in float.")
+@click.option("--low-bit-storage", type=click.Choice(["ort", "native"]), default="ort", show_default=True,
+              help="native: INT4/UINT4/INT2/UINT2 types; ort: containers onnxruntime 1.32 loads with default optimisations.")
+@click.option("--calib-limit", type=click.IntRange(min=1), default=512, show_default=True, help="Images drawn from an image dataset (or first N inputs).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration sample.")
+@click.option("--require-all-quantized", is_flag=True, help="Fail when an op has no quantization rule (default: warn, leave it in float).")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT and its report if they exist.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report's summary as one JSON object.")
+@preprocessing_options
+@user_errors
+def quantize_command(model: str, calib: str, output: str, w_bits: int, a_bits: int, calibrator: str | None, percentile: float,
+                     target: str, first_last_8bit: bool, low_bit_storage: str, calib_limit: int, seed: int,
+                     require_all_quantized: bool, overwrite: bool, as_json: bool, **kwargs: Any) -> None:
+    """Quantize every layer of MODEL.onnx (first and last included) into a QDQ model.
+
+    BN is folded after its statistics are read; weights are stored as integers behind
+    DequantizeLinear, activations get Q->DQ (the network output too), so onnxruntime runs the model on
+    integer kernels at 8 bits. A report with per-layer bits, scales, zero points, SQNR against FP32 and
+    onnxruntime's fusion coverage is written next to OUTPUT.
+
+    \b
+    Examples:
+      toolchain quantize resnet20.onnx --calib ../shared/datasets/cifar10-train-jpg.tar.gz -o r20_w8a8.onnx
+      toolchain quantize resnet20.onnx --calib calib_data/dgh256.npz --w-bits 4 --a-bits 4 -o r20_w4a4.onnx
+    """
+    from toolchain import api
+    from toolchain.quant.config import QuantConfig
+
+    config = QuantConfig(w_bits=w_bits, a_bits=a_bits, calibrator=calibrator, percentile=percentile, target=target,
+                         first_last_8bit=first_last_8bit, require_all_quantized=require_all_quantized,
+                         low_bit_storage=low_bit_storage)
+    outcome = api.quantize_model(model, calib, output, config, calib_limit, seed, overwrite, _overrides(kwargs))
+    for warning in outcome.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    summary = outcome.report["summary"]
+    if as_json:
+        click.echo(json.dumps({**summary, "path": str(outcome.path), "report": str(outcome.report_path)}))
+        return
+    left = outcome.report["fusion"]["float_ops_left"]
+    left_text = ", ".join(f"{op} {n}" for op, n in left.items()) or "none"
+    click.echo(
+        f"wrote {outcome.path}: W{w_bits}A{a_bits} ({config.effective_calibrator}), {summary['quantized_layers']} layers quantized, "
+        f"output SQNR {summary['output_sqnr_db']} dB on {outcome.report['calibration']['sqnr_samples']} calibration inputs; "
+        f"fusion coverage {summary['fusion_coverage']:.2f} (float ops left: {left_text}); report {outcome.report_path}"
+    )
+
+
 def main() -> None:
     """Console-script entry point."""
     cli(prog_name="toolchain")

@@ -19,6 +19,11 @@ sorts the nodes, folds Constant nodes (and nodes computed only from constants), 
 node with its attributes already decoded, and numbers every value so that a forward pass is a loop
 over a list with no name lookups. Each intermediate value is dropped after its last consumer.
 
+Quantized (QDQ) graphs run as fake quantization: QuantizeLinear outputs its integers as float32 values
+(round half to even, with a straight-through gradient to x and to a trainable scale), DequantizeLinear
+maps them (or an integer initializer) back to float. Integer initializers keep an integer dtype (INT4/
+INT2 as int8, UINT4/UINT2 as uint8; `initializer_types` has the ONNX types) and are never parameters.
+
 The module has no training-mode behaviour: BatchNormalization always uses its running statistics
 and Dropout is the identity, as the ONNX graph (exported in eval mode) says.
 """
@@ -41,7 +46,7 @@ from torch import nn
 from torch.utils.hooks import RemovableHandle
 
 from toolchain.errors import GraphError
-from toolchain.executor.ops import constant_value
+from toolchain.executor.ops import SUB_BYTE_HOLDERS, constant_value
 from toolchain.executor.registry import NodeContext, op_spec, supported_ops
 
 BnHook = Callable[[str, torch.Tensor], None]
@@ -88,6 +93,10 @@ def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
 
 
 def _to_tensor(array: np.ndarray, what: str) -> torch.Tensor:
+    array = np.asarray(array)
+    holder = SUB_BYTE_HOLDERS.get(array.dtype)
+    if holder is not None:  # INT4/UINT4/INT2/UINT2 (ml_dtypes arrays): torch has no such types
+        array = array.astype(holder)
     try:
         return torch.from_numpy(np.array(array))  # a writable copy: ONNX arrays may be read-only views
     except TypeError as err:
@@ -154,6 +163,10 @@ class OnnxModule(nn.Module):
         _check_supported(nodes)
 
         self.initializer_names: dict[str, str] = {}  # ONNX initializer name -> attribute name
+        # ONNX initializer name -> ONNX element type (TensorProto.INT4, ...): INT4/INT2 are held as int8,
+        # UINT4/UINT2 as uint8, so the tensor's dtype alone does not say it.
+        self.initializer_types: dict[str, int] = {init.name: init.data_type for init in graph.initializer}
+        self._initializer_dtypes = {name: array.dtype for name, array in initializers.items()}
         self._constant_names: dict[str, str] = {}  # Constant / folded value -> attribute name
         static_only = self._static_only_initializers(nodes, initializers)
         for name, array in initializers.items():
@@ -176,7 +189,7 @@ class OnnxModule(nn.Module):
                 name=node.name, op_type=node.op_type, attrs=_attributes(node), inputs=tuple(node.input),
                 num_outputs=len(node.output),
                 constants=tuple(known.get(name) if i in spec.static else None for i, name in enumerate(node.input)),
-                opset=opset,
+                opset=opset, shapes=tuple(None if name not in known else tuple(known[name].shape) for name in node.input),
             )
             if node.op_type == "Constant":
                 self._add_constant(node.output[0], np.asarray(constant_value(ctx)), known, foldable)
@@ -338,8 +351,20 @@ class OnnxModule(nn.Module):
         return self._tensor(onnx_name)
 
     def initializer_arrays(self) -> dict[str, np.ndarray]:
-        """Current value of every initializer, keyed by ONNX name (to write trained values back to the graph)."""
-        return {name: self._tensor(name).detach().cpu().numpy() for name in self.initializer_names}
+        """Current value of every initializer, keyed by ONNX name (to write trained values back to the graph).
+
+        Integer initializers come back in their ONNX type's numpy dtype (ml_dtypes.int4 for INT4, ...), so
+        numpy_helper.from_array writes the same element type; float values held in their place (a learned
+        rounding) come back as they are.
+        """
+        arrays = {}
+        for name in self.initializer_names:
+            array = self._tensor(name).detach().cpu().numpy()
+            original = self._initializer_dtypes[name]
+            if original in SUB_BYTE_HOLDERS and array.dtype == SUB_BYTE_HOLDERS[original]:
+                array = array.astype(original)
+            arrays[name] = array
+        return arrays
 
     def bn_statistics(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """node name -> (running mean, running var), the live tensors, for every BatchNormalization node."""

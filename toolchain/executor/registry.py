@@ -71,7 +71,9 @@ class NodeContext:
     """What a builder sees of one node: name, attributes, inputs, and the constant values it may read.
 
     `constants[i]` is input i's value when it is static for this op and known at construction (an
-    initializer or a Constant output), else None.
+    initializer or a Constant output), else None. `shapes[i]` is input i's shape whenever the input is
+    known at construction, static or not (a weight's rank, a scale's length), else None; the value of a
+    non-static input is never baked into a kernel, since it may be a trainable parameter.
     """
 
     name: str
@@ -81,6 +83,7 @@ class NodeContext:
     num_outputs: int
     constants: tuple[np.ndarray | None, ...]
     opset: int
+    shapes: tuple[tuple[int, ...] | None, ...] = ()
 
     def attr(self, key: str, default: Any = None) -> Any:
         return self.attrs.get(key, default)
@@ -90,6 +93,9 @@ class NodeContext:
 
     def const(self, index: int) -> np.ndarray | None:
         return self.constants[index] if index < len(self.constants) else None
+
+    def shape(self, index: int) -> tuple[int, ...] | None:
+        return self.shapes[index] if index < len(self.shapes) else None
 
     def const_ints(self, index: int) -> list[int] | None:
         value = self.const(index)

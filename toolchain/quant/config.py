@@ -16,6 +16,7 @@ from toolchain.errors import ConfigError
 SUPPORTED_BITS = (2, 4, 8)
 Calibrator = Literal["minmax", "percentile", "mse"]
 Target = Literal["ort-x86"]
+LowBitStorage = Literal["ort", "native"]
 CONFIG_VERSION = 1
 
 
@@ -33,6 +34,12 @@ class QuantConfig:
         first_last_8bit: the papers' "academic" setting: first and last layer weights at 8 bits,
             network output left in float.
         require_all_quantized: an op the quantizer has no rule for is an error instead of a warning.
+        low_bit_storage: how tensors below 8 bits are stored. "native": INT4/UINT4 (opset 21) and
+            INT2/UINT2 (opset 25). "ort" (default): what onnxruntime 1.32 loads with its default graph
+            optimisations: weights in INT4 (2-bit values in an INT4 container), activations in UINT8 with
+            a Clip to the low-bit range before the QuantizeLinear. The values, and so the accuracy, are
+            the same; onnxruntime's QDQ fusion does not check the 2-bit types, nor 4-bit activations next
+            to 8-bit weights, and builds an invalid graph from "native" files in those cases.
         calib_batch_size: calibration batch size for onnxruntime.
         samples_per_tensor: values kept per activation tensor for the percentile/MSE searches.
     """
@@ -45,6 +52,7 @@ class QuantConfig:
     target: Target = "ort-x86"
     first_last_8bit: bool = False
     require_all_quantized: bool = False
+    low_bit_storage: LowBitStorage = "ort"
     calib_batch_size: int = 64
     samples_per_tensor: int = 1 << 18
     version: int = CONFIG_VERSION
@@ -61,6 +69,8 @@ class QuantConfig:
             raise ConfigError(f"percentile must be in (50, 100], got {self.percentile}")
         if self.target != "ort-x86":
             raise ConfigError(f"unknown target {self.target!r}: supported targets are ort-x86")
+        if self.low_bit_storage not in ("ort", "native"):
+            raise ConfigError(f"unknown low-bit storage {self.low_bit_storage!r}: choose ort or native")
         if self.calib_batch_size < 1 or self.samples_per_tensor < 1024:
             raise ConfigError("calib_batch_size must be >= 1 and samples_per_tensor >= 1024")
 

@@ -20,7 +20,7 @@ from onnx import helper, numpy_helper
 from toolchain.errors import GraphError
 from toolchain.passes import RemoveUnusedPass
 from toolchain.quant.annotate import QuantPlan
-from toolchain.quant.qparams import BIAS_TYPE, IntType, QParams
+from toolchain.quant.qparams import BIAS_TYPE, IntType, QParams, storage_type
 
 INT32_MAX = np.iinfo(np.int32).max
 
@@ -59,9 +59,9 @@ class _Builder:
             self.initializers[tensor.name] = tensor
         return tensor.name
 
-    def qparam_inputs(self, base: str, params: QParams) -> tuple[str, str]:
+    def qparam_inputs(self, base: str, params: QParams, storage: IntType) -> tuple[str, str]:
         scale = self.add_initializer(numpy_helper.from_array(params.scale.astype(np.float32), f"{base}_scale"))
-        zero = self.add_initializer(integer_tensor(f"{base}_zero_point", params.zero_point, params.qtype))
+        zero = self.add_initializer(integer_tensor(f"{base}_zero_point", params.zero_point, storage))
         return scale, zero
 
     def replace_uses(self, old: str, new: str, skip: onnx.NodeProto | None = None) -> None:
@@ -84,8 +84,9 @@ def materialize(
     plan: QuantPlan,
     activation_params: dict[str, QParams],
     weight_params: dict[str, QParams],
+    low_bit_storage: str = "ort",
 ) -> onnx.ModelProto:
-    """A new QDQ model; `model` is not modified."""
+    """A new QDQ model; `model` is not modified. `low_bit_storage`: see QuantConfig."""
     qdq = onnx.ModelProto()
     qdq.CopyFrom(model)
     builder = _Builder(qdq)
@@ -93,9 +94,10 @@ def materialize(
 
     for weight, spec in plan.weights.items():
         params = weight_params[weight]
+        storage = storage_type(params.qtype, low_bit_storage)
         array = numpy_helper.to_array(builder.initializers[weight])
-        builder.add_initializer(integer_tensor(f"{weight}_quantized", params.quantize(array), params.qtype))
-        scale, zero = builder.qparam_inputs(weight, params)
+        builder.add_initializer(integer_tensor(f"{weight}_quantized", params.quantize(array), storage))
+        scale, zero = builder.qparam_inputs(weight, params, storage)
         builder.replace_uses(weight, f"{weight}_dequantized")
         builder.dq_node(f"{weight}_quantized", scale, zero, f"{weight}_dequantized", f"{weight}_DequantizeLinear", spec.axis)
 
@@ -103,7 +105,7 @@ def materialize(
         array = numpy_helper.to_array(builder.initializers[bias]).astype(np.float32)
         params = bias_params(activation_params[plan.root(spec.activation)], weight_params[spec.weight], array)
         builder.add_initializer(integer_tensor(f"{bias}_quantized", params.quantize(array), BIAS_TYPE))
-        scale, zero = builder.qparam_inputs(bias, params)
+        scale, zero = builder.qparam_inputs(bias, params, BIAS_TYPE)
         builder.replace_uses(bias, f"{bias}_dequantized")
         builder.dq_node(f"{bias}_quantized", scale, zero, f"{bias}_dequantized", f"{bias}_DequantizeLinear", 0)
 
@@ -111,17 +113,19 @@ def materialize(
     for tensor, spec in plan.activations.items():
         root = plan.root(tensor)
         params = activation_params[root]
-        scale, zero = builder.qparam_inputs(root, params)
+        storage = storage_type(params.qtype, low_bit_storage)
+        scale, zero = builder.qparam_inputs(root, params, storage)
         if spec.constant:
             array = numpy_helper.to_array(builder.initializers[tensor])
-            builder.add_initializer(integer_tensor(f"{tensor}_quantized", params.quantize(array), params.qtype))
+            builder.add_initializer(integer_tensor(f"{tensor}_quantized", params.quantize(array), storage))
             builder.replace_uses(tensor, f"{tensor}_dequantized")
             builder.dq_node(f"{tensor}_quantized", scale, zero, f"{tensor}_dequantized", f"{tensor}_DequantizeLinear", None)
             continue
         if tensor in integer_pads:
             _materialize_integer_pad(builder, integer_pads[tensor], spec.shared_with, tensor, scale, zero)
             continue
-        _materialize_activation(builder, tensor, scale, zero, tensor in graph_outputs)
+        clip = _range_clip(builder, root, params) if storage != params.qtype else None
+        _materialize_activation(builder, tensor, scale, zero, tensor in graph_outputs, clip)
 
     unused = {name for name in plan.weights} | {name for name in plan.biases} | {t for t, s in plan.activations.items() if s.constant}
     for init in [i for i in qdq.graph.initializer if i.name in unused]:
@@ -132,7 +136,17 @@ def materialize(
     return qdq
 
 
-def _materialize_activation(builder: _Builder, tensor: str, scale: str, zero: str, is_graph_output: bool) -> None:
+def _range_clip(builder: _Builder, root: str, params: QParams) -> tuple[str, str]:
+    """Float bounds of the low-bit grid, for a Clip before a QuantizeLinear into a wider container type."""
+    scale, zero = float(params.scale), int(params.zero_point)
+    low = np.float32(scale * (params.qtype.qmin - zero))
+    high = np.float32(scale * (params.qtype.qmax - zero))
+    return (builder.add_initializer(numpy_helper.from_array(np.asarray(low), f"{root}_clip_min")),
+            builder.add_initializer(numpy_helper.from_array(np.asarray(high), f"{root}_clip_max")))
+
+
+def _materialize_activation(builder: _Builder, tensor: str, scale: str, zero: str, is_graph_output: bool,
+                            clip: tuple[str, str] | None = None) -> None:
     graph = builder.graph
     if is_graph_output:
         # The producer writes <t>_float; Q -> DQ ends in the graph output's own name.
@@ -146,11 +160,21 @@ def _materialize_activation(builder: _Builder, tensor: str, scale: str, zero: st
         dequantized = tensor
     else:
         source, dequantized = tensor, f"{tensor}_dequantized"
-    quantize = helper.make_node("QuantizeLinear", [source, scale, zero], [f"{tensor}_quantized"], name=f"{tensor}_QuantizeLinear")
+    quantize_input = source
+    if clip is not None:  # values of a low-bit grid held in a wider type: clamp to the low-bit range first
+        quantize_input = f"{tensor}_clipped"
+        graph.node.append(helper.make_node("Clip", [source, *clip], [quantize_input], name=f"{tensor}_Clip"))
+    quantize = helper.make_node("QuantizeLinear", [quantize_input, scale, zero], [f"{tensor}_quantized"], name=f"{tensor}_QuantizeLinear")
     graph.node.append(quantize)
     quantize = graph.node[-1]  # protobuf appends a copy: `skip` below must be the node in the graph
     if not is_graph_output:
-        builder.replace_uses(tensor, dequantized, skip=quantize)
+        clip_node = graph.node[-2] if clip is not None else None
+        for node in graph.node:
+            if node is quantize or node is clip_node:
+                continue
+            for i, name in enumerate(node.input):
+                if name == tensor:
+                    node.input[i] = dequantized
     builder.dq_node(f"{tensor}_quantized", scale, zero, dequantized, f"{tensor}_DequantizeLinear", None)
 
 

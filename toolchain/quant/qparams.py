@@ -66,6 +66,13 @@ def weight_type(bits: int) -> IntType:
 BIAS_TYPE = INT_TYPES[("int", 32)]
 
 
+def storage_type(qtype: IntType, low_bit_storage: str) -> IntType:
+    """The ONNX type that holds values of `qtype` in the file (see QuantConfig.low_bit_storage)."""
+    if low_bit_storage == "native" or qtype.bits >= 8:
+        return qtype
+    return INT_TYPES[("int", 4)] if qtype.signed else INT_TYPES[("uint", 8)]
+
+
 @dataclass(frozen=True, eq=False)
 class QParams:
     """scale and zero point, per tensor (axis None, 0-d arrays) or per channel along `axis` (1-D arrays)."""

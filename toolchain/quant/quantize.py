@@ -10,6 +10,7 @@ Usage:
 from __future__ import annotations
 
 import logging
+import sys
 import time
 from dataclasses import dataclass
 
@@ -17,6 +18,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
+from tqdm import tqdm
 
 import toolchain
 from toolchain.errors import DataError, GraphError
@@ -29,7 +31,7 @@ from toolchain.quant.fold_bn import FoldBatchNormPass
 from toolchain.quant.fusion import fusion_coverage
 from toolchain.quant.materialize import guard_bias_overflow, materialize
 from toolchain.quant.opset import upgrade_opset
-from toolchain.quant.qparams import QParams, activation_type, sqnr_db, weight_type
+from toolchain.quant.qparams import QParams, activation_type, sqnr_db, storage_type, weight_type
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +82,8 @@ def prepare_float_model(model: onnx.ModelProto, config: QuantConfig) -> tuple[on
     before = sum(n.op_type == "BatchNormalization" for n in float_model.graph.node)
     FoldBatchNormPass()(float_model)
     folded = before - sum(n.op_type == "BatchNormalization" for n in float_model.graph.node)
-    needed = max(activation_type(config.a_bits).min_opset, weight_type(config.w_bits).min_opset,
-                 activation_type(config.input_bits).min_opset)
+    types = (activation_type(config.a_bits), weight_type(config.w_bits), activation_type(config.input_bits))
+    needed = max(storage_type(t, config.low_bit_storage).min_opset for t in types)
     return upgrade_opset(float_model, needed), folded
 
 
@@ -94,8 +96,9 @@ def choose_parameters(float_model: onnx.ModelProto, plan: QuantPlan, calib: np.n
     observed = observe_activations(float_model, [t for t in roots if not plan.activations[t].constant], calib,
                                    config.calib_batch_size, config.samples_per_tensor, progress=progress)
     observed.update({t: constant_observation(initializers[t]) for t in roots if plan.activations[t].constant})
+    searching = tqdm(roots, desc=f"{calibrator} ranges", unit="tensor", file=sys.stderr, disable=not progress)
     act = {t: activation_params(observed[t], plan.activations[t], calibrator, activation_type(plan.activations[t].bits),
-                                config.percentile) for t in roots}
+                                config.percentile) for t in searching}
     weights = {}
     for name, spec in plan.weights.items():
         # Percentile clipping is for activation outliers; weights use their exact range with it.
@@ -122,7 +125,7 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
     for warning in warnings:
         logger.warning(warning)
     act, weights = choose_parameters(float_model, plan, calib, config, progress)
-    qdq = materialize(float_model, plan, act, weights)
+    qdq = materialize(float_model, plan, act, weights, config.low_bit_storage)
     qdq.producer_name, qdq.producer_version = "toolchain", toolchain.__version__
     try:
         onnx.checker.check_model(qdq)
