@@ -7,6 +7,7 @@ Usage:
 
     module = OnnxModule(model, trainable=True)       # float initializers become nn.Parameters
     weight = module.initializer("conv1.weight")      # by ONNX name; module.initializer_names maps to attributes
+    module.set_initializer("w_quantized", soft)      # rebind one (e.g. float soft-rounded weights for a DQ)
 
     module.runtime_nodes                             # [(op_type, node name)] run by forward, constants folded
     for bn in module.bn_nodes: print(bn.name, bn.channels)
@@ -349,6 +350,24 @@ class OnnxModule(nn.Module):
         if onnx_name not in self.initializer_names:
             raise KeyError(f"'{onnx_name}' is not an initializer of the graph")
         return self._tensor(onnx_name)
+
+    def set_initializer(self, onnx_name: str, value: torch.Tensor) -> None:
+        """Rebind an initializer to `value`, read by forward from the next call on.
+
+        For what a graph holds as integers but training wants as floats: e.g. soft-rounded weights (float,
+        possibly requiring grad) in place of the integers of a weight's DequantizeLinear, which accepts
+        float input. The value stays a buffer (or a parameter, if the initializer is one: then `value`
+        must be an nn.Parameter); shapes are not checked.
+        """
+        if onnx_name not in self.initializer_names:
+            raise KeyError(f"'{onnx_name}' is not an initializer of the graph")
+        attribute = self.initializer_names[onnx_name]
+        if attribute in self._parameters:
+            if not isinstance(value, nn.Parameter):
+                raise TypeError(f"initializer '{onnx_name}' is a parameter; pass an nn.Parameter")
+            self._parameters[attribute] = value
+        else:
+            self._buffers[attribute] = value
 
     def initializer_arrays(self) -> dict[str, np.ndarray]:
         """Current value of every initializer, keyed by ONNX name (to write trained values back to the graph).

@@ -1,0 +1,41 @@
+"""Small float models and calibration inputs shared by the quantizer tests (exported once per session)."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import torch
+
+from toolchain.export import export_to_onnx
+from toolchain.preprocessing import CIFAR10_CLASSES, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from toolchain.zoo import load_zoo_model
+
+
+def with_data_statistics(module: torch.nn.Module, shape: tuple[int, ...], seed: int = 0) -> torch.nn.Module:
+    """Give a randomly initialised network BN running statistics of its own activations on Gaussian inputs.
+
+    With the default statistics (mean 0, var 1) deep random networks make activations vanish or explode,
+    which says nothing about the quantizer; with these, every layer carries signal.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    for layer in module.modules():
+        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
+            layer.reset_running_stats()
+            layer.momentum = None  # cumulative average over the batches below
+    module.train()
+    with torch.no_grad():
+        for _ in range(2):
+            module(torch.randn(*shape, generator=generator))
+    return module.eval()
+
+
+def export_random(factory: str, size: int, channels: int = 3, seed: int = 0) -> onnx.ModelProto:
+    torch.manual_seed(seed)
+    module = with_data_statistics(load_zoo_model(factory).module, (8, channels, size, size), seed)
+    pre = Preprocessing(mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=(size, size),
+                        class_names=CIFAR10_CLASSES if size == 32 else None)
+    return export_to_onnx(module, torch.zeros(1, channels, size, size), pre)
+
+
+def gaussian_inputs(n: int, shape: tuple[int, ...], seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((n, *shape)).astype(np.float32)
