@@ -45,9 +45,15 @@ BIT_WIDTHS = [("int8", "uint8", 17), ("int4", "uint4", 21), ("int2", "uint2", 25
 
 def _model(nodes: list[onnx.NodeProto], inputs: list[onnx.ValueInfoProto], outputs: list[onnx.ValueInfoProto],
            initializers: list[onnx.TensorProto], opset: int) -> onnx.ModelProto:
-    graph = helper.make_graph(nodes, "qdq", inputs, outputs, initializers)
+    """A checked model; output shapes (left out by _output) are filled in by strict shape inference."""
+    graph = helper.make_graph(nodes, "qdq", inputs, [], initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
     model.ir_version = 10 if opset < 25 else 11  # what onnxruntime 1.20+ accepts for these opsets
+    inferred = {v.name: v for v in onnx.shape_inference.infer_shapes(model, strict_mode=True).graph.value_info}
+    for output in outputs:
+        value = inferred[output.name]
+        assert value.type.tensor_type.elem_type == output.type.tensor_type.elem_type, output.name
+        model.graph.output.append(value)
     onnx.checker.check_model(model, full_check=True)
     return model
 
@@ -362,6 +368,7 @@ def test_initializer_arrays_keep_onnx_integer_types(weight_type: str, act_type: 
     """initializer_arrays() returns INT4/INT2/UINT4/... in their ml_dtypes types, so from_array writes the same ONNX tensor."""
     model, _, _ = _conv_model(weight_type, act_type, opset, np.random.default_rng(8))
     arrays = OnnxModule(model).initializer_arrays()
+    assert arrays["w_q"].dtype == {"int8": np.int8, "int4": ml_dtypes.int4, "int2": ml_dtypes.int2}[weight_type]
     for init in model.graph.initializer:
         written = numpy_helper.from_array(arrays[init.name], init.name)
         assert written.data_type == init.data_type, init.name
@@ -437,7 +444,7 @@ def test_scale_gradient_is_lsq(qtype: str) -> None:
     assert isinstance(s, nn.Parameter) and not isinstance(module.initializer("zp"), nn.Parameter)
     g_np = np.random.default_rng(12).normal(0, 1, x_np.shape)
     (module(torch.from_numpy(x_np)) * torch.from_numpy(g_np.astype(np.float32))).sum().backward()
-    v = x_np.astype(np.float64) / scale
+    v = (x_np / np.float32(scale)).astype(np.float64)  # rounded as the executor rounds: in float32
     unclamped = np.rint(v) + zero
     local = np.where(unclamped < qmin, qmin - zero, np.where(unclamped > qmax, qmax - zero, np.rint(v) - v))
     expected = float(np.sum(g_np * local))
@@ -462,14 +469,40 @@ def test_conv_gradients_reach_every_scale_and_the_input(weight_type: str, act_ty
 
 
 def test_learned_rounding_can_replace_integer_weights() -> None:
-    """DQ accepts float values in place of its integer initializer (a learned rounding), with gradients to them."""
+    """set_initializer: DQ accepts float values in place of its integer initializer (a learned rounding), with gradients to them."""
     model, x_np, _ = _conv_model("int4", "uint4", 21, np.random.default_rng(14))
     module = OnnxModule(model, trainable=True)
     integers = module.initializer("w_q")
     soft = nn.Parameter(integers.to(torch.float32) + 0.25)
     reference = module(torch.from_numpy(x_np)).detach()
-    module._buffers[module.initializer_names["w_q"]] = integers.to(torch.float32)  # same values, float
+    module.set_initializer("w_q", integers.to(torch.float32))  # the same values, as floats
     np.testing.assert_array_equal(module(torch.from_numpy(x_np)).detach().numpy(), reference.numpy())
-    module._buffers[module.initializer_names["w_q"]] = soft
+    module.set_initializer("w_q", soft)
     module(torch.from_numpy(x_np)).square().mean().backward()
     assert soft.grad is not None and torch.isfinite(soft.grad).all() and soft.grad.abs().sum() > 0
+
+
+def test_per_axis_gradients_are_ste_and_lsq_per_channel() -> None:
+    """Per-axis Q -> DQ (axis 1, non-zero zero points): x gets the STE gradient (rtol 1e-6, exact 0 outside), each scale its LSQ value (rtol 1e-4)."""
+    qtype, (_, qmin, qmax, opset) = "uint4", QTYPES["uint4"]
+    scale, zero = np.array([0.05, 0.2, 0.125], np.float32), np.array([0, 8, 15], np.int64)
+    rng = np.random.default_rng(15)
+    x_np = (rng.uniform(-12, 28, (16, 3, 40)) * scale[None, :, None]).astype(np.float32)
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "zp"], ["q"], axis=1),
+             helper.make_node("DequantizeLinear", ["q", "s", "zp"], ["y"], axis=1)]
+    model = _model(nodes, [_float_input("x", x_np.shape)], [_output("y")], [_scale("s", scale), _integers("zp", zero, qtype)], opset)
+    module = OnnxModule(model, trainable=True)
+    x = torch.from_numpy(x_np).requires_grad_()
+    g_np = rng.normal(0, 1, x_np.shape)
+    y = module(x)
+    (y * torch.from_numpy(g_np.astype(np.float32))).sum().backward()
+    np.testing.assert_array_equal(y.detach().numpy(), _run_ort(model, {"x": x_np})[0])
+    v = (x_np / scale[None, :, None]).astype(np.float64)
+    z = zero[None, :, None]
+    unclamped = np.rint(v) + z
+    inside = (unclamped >= qmin) & (unclamped <= qmax)
+    assert 0.2 < inside.mean() < 0.9
+    np.testing.assert_array_equal(x.grad.numpy()[~inside], 0.0)
+    np.testing.assert_allclose(x.grad.numpy()[inside], g_np.astype(np.float32)[inside], rtol=1e-6)
+    local = np.where(unclamped < qmin, qmin - z, np.where(unclamped > qmax, qmax - z, np.rint(v) - v))
+    np.testing.assert_allclose(module.initializer("s").grad.numpy(), np.sum(g_np * local, axis=(0, 2)), rtol=1e-4)

@@ -303,9 +303,11 @@ def quantize_command(model: str, calib: str, output: str, w_bits: int, a_bits: i
         return
     left = outcome.report["fusion"]["float_ops_left"]
     left_text = ", ".join(f"{op} {n}" for op, n in left.items()) or "none"
+    sqnr = summary["output_sqnr_db"]
+    sqnr_text = f"output SQNR {sqnr:.1f} dB" if sqnr is not None else "output left in float"
     click.echo(
         f"wrote {outcome.path}: W{w_bits}A{a_bits} ({config.effective_calibrator}), {summary['quantized_layers']} layers quantized, "
-        f"output SQNR {summary['output_sqnr_db']} dB on {outcome.report['calibration']['sqnr_samples']} calibration inputs; "
+        f"{sqnr_text} on {outcome.report['calibration']['sqnr_samples']} calibration inputs; "
         f"fusion coverage {summary['fusion_coverage']:.2f} (float ops left: {left_text}); report {outcome.report_path}"
     )
 
