@@ -26,7 +26,7 @@ def _missing(path: Path) -> None:
     pytest.skip(message)
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def shared_file() -> Callable[..., Path]:
     """A function (*parts) -> path under the shared folder; skips the test if absent (fails when CI=true)."""
 

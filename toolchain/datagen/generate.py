@@ -1,0 +1,207 @@
+"""generate(): a calibration set from an ONNX model alone (dgh, bns, gaussian) or with a few real images (fdda, real).
+
+Usage:
+    calib = generate(model_proto, pre, "dgh", n=1024, config=preset("default", "dgh"), seed=0,
+                     checkpoint=Path("calib_data/dgh.ckpt"))          # resume=True continues it
+    save_calibration("calib_data/dgh1024.npz", calib)                 # atomic
+
+The inputs are float32 (n, C, H, W) in the model's normalised input space, inside the valid pixel range.
+The manifest records the method, preset, every hyperparameter, seed, the model's sha256, the initial and
+final loss terms, timings and the toolchain version.
+
+`distributed`: None, or an object with `all_reduce_sum(tensor) -> tensor` (summing over processes). It
+is applied where the per-batch moments are combined into whole-set moments (losses.combine_moments);
+sharding the batches over processes and gathering the images is the caller's job.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import onnx
+import torch
+
+import toolchain
+from toolchain.calibdata import CalibrationSet
+from toolchain.datagen.augment import valid_range
+from toolchain.datagen.checkpoint import load_checkpoint
+from toolchain.datagen.config import METHODS, OPTIMISING_METHODS, FDDAConfig, GenerationConfig, preset
+from toolchain.datagen.engine import Engine, bn_distance
+from toolchain.datagen.fdda import class_centres, round_robin_labels
+from toolchain.datagen.losses import ClassObjective, deep_weights
+from toolchain.datagen.teacher import Teacher
+from toolchain.errors import ConfigError, DataError, GraphError
+from toolchain.graph import image_input
+from toolchain.preprocessing import Preprocessing
+
+
+class Distributed(Protocol):
+    """What `generate` needs from a distributed run: a sum over processes."""
+
+    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor: ...
+
+
+def model_sha256(model: onnx.ModelProto) -> str:
+    return hashlib.sha256(model.SerializeToString()).hexdigest()
+
+
+def generate(model: onnx.ModelProto, pre: Preprocessing, method: str, n: int, config: GenerationConfig | None = None,
+             seed: int = 0, real_data: str | Path | None = None, progress: bool = True,
+             checkpoint: str | Path | None = None, resume: bool = False,
+             distributed: Distributed | None = None) -> CalibrationSet:
+    """Synthesise (or sample) `n` calibration inputs for `model` with `method` (see the module docstring)."""
+    started = time.perf_counter()
+    if method not in METHODS:
+        raise ConfigError(f"unknown generation method {method!r}: choose one of {', '.join(METHODS)}")
+    config = config if config is not None else preset("default", method)
+    if method == "fdda" and config.fdda is None:  # FDDA's terms on top of another preset's settings
+        config = replace(config, fdda=FDDAConfig())
+    _check_input(model, pre)
+    _check_n(method, n, config)
+    manifest: dict[str, Any] = {
+        "method": method, "preset": config.name if method in OPTIMISING_METHODS else None, "n": n, "seed": seed,
+        "model_sha256": model_sha256(model), "input_shape": [n, pre.num_channels, *pre.input_size],
+        "toolchain_version": toolchain.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
+    if method == "gaussian":
+        inputs, labels = _gaussian(pre, n, seed), None
+        manifest.update(config=None, losses={"final": _distance_or_none(model, inputs)})
+    elif method == "real":
+        inputs, labels = _real(pre, n, seed, real_data, manifest)
+        manifest.update(config=None, losses={"final": _distance_or_none(model, inputs)})
+    else:
+        inputs, labels = _optimise(model, pre, method, n, config, seed, real_data, progress,
+                                   Path(checkpoint) if checkpoint is not None else None, resume, distributed, manifest)
+    manifest["wall_time_s"] = round(time.perf_counter() - started, 3)
+    return CalibrationSet(inputs=inputs, labels=labels, manifest=manifest)
+
+
+def _check_input(model: onnx.ModelProto, pre: Preprocessing) -> None:
+    info = image_input(model)
+    channels, height, width = info.shape[1:]
+    if isinstance(channels, int) and channels != pre.num_channels:
+        raise ConfigError(f"the model's input {info.name!r} has {channels} channels but the preprocessing has "
+                          f"{pre.num_channels} mean/std values; fix the preprocessing (`toolchain stamp`)")
+    if isinstance(height, int) and isinstance(width, int) and (height, width) != tuple(pre.input_size):
+        raise ConfigError(f"the model's input {info.name!r} is {height}x{width} but the preprocessing says "
+                          f"{pre.input_size[0]}x{pre.input_size[1]}; fix the preprocessing (`toolchain stamp`)")
+
+
+def _check_n(method: str, n: int, config: GenerationConfig) -> None:
+    if n < 1:
+        raise ConfigError(f"the number of images must be at least 1, got {n}")
+    if method in OPTIMISING_METHODS and n < config.batch_size:
+        raise ConfigError(f"n must be >= batch size: asked for {n} images with batch size {config.batch_size}; "
+                          f"ask for at least {config.batch_size} images or reduce --batch-size")
+    if method in ("dgh", "bns") and config.fdda is not None:
+        raise ConfigError(f"the config has FDDA settings but the method is {method!r}; FDDA's class terms need "
+                          "labelled real images: use method 'fdda' (or drop the fdda settings)")
+
+
+def _require_bn(model: onnx.ModelProto, method: str) -> None:
+    if not any(node.op_type == "BatchNormalization" for node in model.graph.node):
+        raise GraphError(
+            f"method {method!r} matches BatchNormalization statistics but the model has no BatchNormalization nodes "
+            "(BN was folded into the convolutions at export); re-export it with `toolchain export`, which keeps BN, "
+            "or use --method real"
+        )
+
+
+def _gaussian(pre: Preprocessing, n: int, seed: int) -> np.ndarray:
+    low, high = valid_range(pre)
+    x = torch.randn((n, pre.num_channels, *pre.input_size), generator=torch.Generator().manual_seed(seed))
+    return torch.maximum(torch.minimum(x, high), low).numpy()
+
+
+def _real(pre: Preprocessing, n: int, seed: int, real_data: str | Path | None,
+          manifest: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+    from toolchain.data import open_images
+
+    if real_data is None:
+        raise DataError("method 'real' samples real images: give an image dataset (folder, .tar.gz or .npz) with --real-data")
+    images = open_images(real_data, pre, limit=n, seed=seed)
+    if len(images) < n:
+        raise DataError(f"{real_data} holds {len(images)} images, fewer than the {n} asked for; ask for fewer or give more images")
+    inputs = np.concatenate([batch for batch, _ in images.batches(256)])
+    manifest["source"] = str(real_data)
+    return inputs, images.labels.copy()
+
+
+def _distance_or_none(model: onnx.ModelProto, inputs: np.ndarray, batch: int = 256) -> dict[str, float]:
+    """bn_distance of a fixed image set, for comparison with generated sets (empty without BN)."""
+    if not any(node.op_type == "BatchNormalization" for node in model.graph.node):
+        return {}
+    teacher = Teacher.from_onnx(model)
+    total = torch.zeros(2, teacher.layout.total)
+    with torch.no_grad():
+        for start in range(0, len(inputs), batch):
+            chunk = torch.from_numpy(inputs[start:start + batch])
+            out = teacher.run(chunk)
+            total += len(chunk) * torch.stack([out.m1, out.m2])
+    return {"bn_distance": float(bn_distance(teacher, total / len(inputs)))}
+
+
+def _num_classes(teacher: Teacher, pre: Preprocessing) -> int:
+    with torch.no_grad():
+        logits = teacher.module(torch.zeros(1, pre.num_channels, *pre.input_size))
+    if logits.dim() != 2:
+        raise GraphError(f"method 'fdda' needs a classifier with (batch, classes) logits; the model's output has shape {list(logits.shape)}")
+    return int(logits.shape[1])
+
+
+def _optimise(model: onnx.ModelProto, pre: Preprocessing, method: str, n: int, config: GenerationConfig, seed: int,
+              real_data: str | Path | None, progress: bool, checkpoint: Path | None, resume: bool,
+              distributed: Distributed | None, manifest: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+    _require_bn(model, method)
+    if resume and checkpoint is None:
+        raise ConfigError("resume needs the checkpoint path of the interrupted run (--checkpoint)")
+    teacher = Teacher.from_onnx(model)
+    labels, classes, deep_start = None, None, 0
+    if method == "fdda":
+        labels, classes, deep_start = _fdda_setup(teacher, pre, n, config, seed, real_data, manifest)
+    reduce = distributed.all_reduce_sum if distributed is not None else None
+    engine = Engine(teacher, pre, config, n, seed, labels, classes, deep_start, reduce)
+    identity = {"method": method, "model_sha256": manifest["model_sha256"], "n": n, "seed": seed,
+                "config": config.without_bookkeeping(), "real_data": str(real_data) if real_data is not None else None}
+    if resume:
+        assert checkpoint is not None
+        engine.load(load_checkpoint(checkpoint, identity))
+        manifest["resumed_at_iteration"] = engine.iteration
+    else:
+        engine.initialise()
+    engine.run(progress, checkpoint, identity, description=f"{method} {n} images")
+    final = engine.evaluate()
+    rate = engine.session_steps / engine.session_time if engine.session_time > 0 else None
+    manifest.update(
+        config=config.to_dict(), num_bn_layers=len(teacher.layout.names), batches=engine.sizes,
+        border=engine.pipeline.border, plateau_patience=config.optim.resolved_patience(config.iterations),
+        losses={"initial": engine.initial_losses, "final": final},
+        iterations=engine.iteration, optimisation_time_s=round(engine.elapsed, 3),
+        image_iterations_per_s=round(rate, 2) if rate else None,
+    )
+    return engine.final_images().numpy(), labels.numpy() if labels is not None else None
+
+
+def _fdda_setup(teacher: Teacher, pre: Preprocessing, n: int, config: GenerationConfig, seed: int,
+                real_data: str | Path | None, manifest: dict[str, Any]) -> tuple[torch.Tensor, ClassObjective, int]:
+    from toolchain.data import open_images
+
+    fdda = config.fdda
+    assert fdda is not None  # generate() fills it in for method fdda
+    if real_data is None:
+        raise DataError(f"method 'fdda' needs labelled real images for its class centres ({fdda.per_class} per class): "
+                        "give an image dataset (folder, .tar.gz or .npz) with --real-data, or use --method dgh")
+    num_classes = _num_classes(teacher, pre)
+    start = fdda.resolved_deep_start(len(teacher.layout.channels))
+    real = open_images(real_data, pre)
+    names = pre.class_names or real.class_names
+    centres = class_centres(teacher, real, fdda.per_class, num_classes, start, seed, names, str(real_data))
+    objective = ClassObjective(centres.mean, centres.var, deep_weights(teacher, start), fdda)
+    manifest.update(real_data=str(real_data), per_class=fdda.per_class, deep_start=start,
+                    num_classes=num_classes, centre_images=list(centres.sources))
+    return round_robin_labels(n, num_classes), objective, start
