@@ -173,8 +173,8 @@ def test_too_few_images_are_refused(digits, n, pattern):
 
 
 def test_fdda_without_real_data_is_refused(digits):
-    """fdda needs labelled images: DataError pointing to --real-data."""
-    with pytest.raises(DataError, match="--real-data"):
+    """fdda needs labelled images: DataError pointing to --data."""
+    with pytest.raises(DataError, match="--data"):
         generate(*digits, "fdda", 16, fast("fdda"), progress=False)
 
 

@@ -5,8 +5,10 @@ Usage:
     state = load_checkpoint(path, identity)              # ConfigError when it belongs to another run
 
 The state holds the images, every batch's optimiser and scheduler state, the stored per-batch statistics,
-the random generator's state and the iteration counter, plus an `identity` (method, model hash, n, seed,
-hyperparameters) that a resume must match.
+the random generators' states (visit order, one per batch) and the iteration counter, plus an `identity`
+(method, model hash, n, seed, hyperparameters, world size, rank) that a resume must match. Under
+torch.distributed every process writes its own file (its batches only): `distributed.rank_path`.
+Format 2 (per-batch generators) replaced format 1 (one generator); a format-1 file is refused.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import torch
 from toolchain.errors import ConfigError, DataError
 from toolchain.modelio import atomic_output
 
-FORMAT = 1
+FORMAT = 2
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

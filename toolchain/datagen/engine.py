@@ -5,12 +5,23 @@ Usage:
     engine.initialise()                                                    # or engine.load(checkpoint_state)
     engine.run(progress=True, checkpoint=path, identity=identity)          # outer iterations
     images = engine.final_images(); losses = engine.evaluate()
+    Engine(..., distributed=dist)                                          # this process's block of batches
 
 Per step on batch j (DGH, methods.md section 2.4): augment -> forward with BN-input moments -> (joint:
 combine with the other batches' stored moments) -> loss -> backward to the pixels only -> optimiser
 step -> plateau schedule -> clip to the valid range -> refresh batch j's stored moments without grad.
 Memory beyond the images and their optimiser state: the stored moments, J x T x 2 floats (T = channels
 of every BN layer plus the input pseudo-layer).
+
+Randomness: batch j's initial images and its augmentation / noise draws come from its own generator,
+seeded with (seed, j) (`batch_generator`); each outer iteration's visit order is a permutation of all J
+batches from a generator seeded with `seed`. Neither depends on how many processes share the batches.
+
+Distributed (see distributed.py): the engine owns a contiguous block of batches (`owned`); `images`,
+`optimizers`, `schedules` and `generators` are aligned with it, `stored` keeps all J rows with the
+others zero. Joint statistics: step position s of an outer iteration is one all-reduce on every rank
+(a rank without an s-th batch joins it without stepping), so another rank's batch enters batch j's
+whole-set moments as refreshed after its owner's step s - 1 of this iteration.
 """
 
 from __future__ import annotations
@@ -21,6 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.nn import functional as F
 from tqdm import tqdm
@@ -28,13 +40,22 @@ from tqdm import tqdm
 from toolchain.datagen.augment import ImagePipeline, batch_sizes
 from toolchain.datagen.checkpoint import save_checkpoint
 from toolchain.datagen.config import GenerationConfig
+from toolchain.datagen.distributed import Distributed, shard_batches
 from toolchain.datagen.losses import (BatchClasses, BNObjective, ClassObjective, combine_moments, image_moments,
-                                      output_loss)
+                                      output_loss, stored_sum)
 from toolchain.datagen.schedule import PlateauSchedule
 from toolchain.datagen.teacher import Outputs, Teacher
+from toolchain.errors import ConfigError, DataError
 from toolchain.preprocessing import Preprocessing
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
+STEP_STREAM, EVALUATE_STREAM = 0, 1
+
+
+def batch_generator(seed: int, j: int, stream: int = STEP_STREAM) -> torch.Generator:
+    """Batch j's generator, seeded from (seed, j, stream) through numpy's SeedSequence (independent streams)."""
+    state = np.random.SeedSequence([seed % 2**64, j, stream]).generate_state(1, np.uint64)[0]
+    return torch.Generator().manual_seed(int(state))
 
 
 class Engine:
@@ -42,7 +63,7 @@ class Engine:
 
     def __init__(self, teacher: Teacher, pre: Preprocessing, config: GenerationConfig, n: int, seed: int,
                  labels: torch.Tensor | None = None, classes: ClassObjective | None = None,
-                 deep_start: int = 0, reduce: Reduce | None = None) -> None:
+                 deep_start: int = 0, distributed: Distributed | None = None) -> None:
         self.teacher, self.config, self.n, self.seed = teacher, config, n, seed
         self.pipeline = ImagePipeline(config.augment, pre)
         self.objective = BNObjective.build(teacher, config, pre.num_channels)
@@ -54,9 +75,15 @@ class Engine:
         self.classes = classes
         self.batch_classes = [BatchClasses.of(labels[s]) for s in self.slices] if labels is not None else None
         self.deep = tuple(range(deep_start, len(teacher.layout.channels))) if classes is not None else ()
-        self.reduce = reduce
+        world, rank = (distributed.world_size, distributed.rank) if distributed is not None else (1, 0)
+        self.world_size = world
+        self.owned = list(shard_batches(len(self.sizes), world, rank))
+        self.local = {j: i for i, j in enumerate(self.owned)}
+        self.positions = -(-len(self.sizes) // world)  # step positions per outer iteration: the longest block
+        self.reduce: Reduce | None = distributed.all_reduce_sum if distributed is not None and world > 1 else None
         self.last = teacher.layout.span(len(teacher.layout.channels) - 1)
-        self.generator = torch.Generator().manual_seed(seed)
+        self.order = torch.Generator().manual_seed(seed)  # visit order: the same on every rank
+        self.generators = [batch_generator(seed, j) for j in self.owned]
         self.images: list[torch.Tensor] = []
         self.optimizers: list[torch.optim.Optimizer] = []
         self.schedules: list[PlateauSchedule] = []
@@ -64,15 +91,18 @@ class Engine:
         self.iteration = 0
         self.elapsed = 0.0  # seconds spent in outer iterations, over every session of this run
         self.initial_losses: dict[str, float] = {}
-        self.session_steps = 0
+        self.session_steps = 0  # image-steps of the whole set (all processes) in this session
         self.session_time = 0.0
+
+    @property
+    def own_images(self) -> int:
+        return sum(self.sizes[j] for j in self.owned)
 
     # ------------------------------------------------------------------------------------- state
 
     def initialise(self) -> None:
         """Gaussian images, fresh optimisers, and every batch's moments from its finalised images."""
-        canvases = self.pipeline.initial(self.n, self.generator)
-        self._set_images([canvases[s].clone() for s in self.slices])
+        self._set_images([self.pipeline.initial(self.sizes[j], g) for j, g in zip(self.owned, self.generators)])
         self.initial_losses = self.evaluate(store=True)
 
     def _set_images(self, images: list[torch.Tensor]) -> None:
@@ -85,67 +115,94 @@ class Engine:
                                           opt.reset_best) for o in self.optimizers]
 
     def state_dict(self) -> dict[str, Any]:
+        """This process's state: its batches' images, optimisers, schedules, generators and stored rows."""
         return {
             "iteration": self.iteration, "elapsed": self.elapsed, "initial_losses": self.initial_losses,
+            "owned": list(self.owned),
             "images": [x.detach().clone() for x in self.images],
             "optimizers": [o.state_dict() for o in self.optimizers],
             "schedules": [s.state_dict() for s in self.schedules],
-            "stored": self.stored.clone(), "generator": self.generator.get_state(),
+            "stored": self.stored.clone(), "order": self.order.get_state(),
+            "generators": [g.get_state() for g in self.generators],
         }
 
     def load(self, state: dict[str, Any]) -> None:
+        if list(state["owned"]) != self.owned:
+            raise ConfigError(f"cannot resume: the checkpoint holds batches {list(state['owned'])} but this process "
+                              f"owns {self.owned}; resume with the same number of processes")
         self._set_images([x.clone() for x in state["images"]])
         for optimizer, saved in zip(self.optimizers, state["optimizers"]):
             optimizer.load_state_dict(saved)
         for schedule, saved in zip(self.schedules, state["schedules"]):
             schedule.load_state_dict(saved)
         self.stored = state["stored"].clone()
-        self.generator.set_state(state["generator"])
+        self.order.set_state(state["order"])
+        for generator, saved in zip(self.generators, state["generators"]):
+            generator.set_state(saved)
         self.iteration, self.elapsed = int(state["iteration"]), float(state["elapsed"])
         self.initial_losses = dict(state["initial_losses"])
+        if self.reduce is not None:  # every rank must continue from the same iteration
+            it = float(self.iteration)
+            total, squares = (float(v) for v in self.reduce(torch.tensor([it, it * it], dtype=torch.float64)))
+            if self.world_size * squares != total * total:  # equality iff all iterations are equal
+                raise DataError("cannot resume: the per-rank checkpoints were written at different iterations (a process "
+                                "stopped between writes); delete the .rank* checkpoints and start afresh")
 
     # -------------------------------------------------------------------------------------- loop
 
     def run(self, progress: bool = True, checkpoint: Path | None = None, identity: dict[str, Any] | None = None,
             description: str = "generate") -> None:
-        """Outer iterations until config.iterations; each visits every batch once, in a random order."""
+        """Outer iterations until config.iterations; each visits every (own) batch once, in a random order."""
         total_iterations, every = self.config.iterations, self.config.checkpoint_every
+        lockstep = self.reduce is not None and self.config.joint_statistics
         bar = tqdm(total=total_iterations, initial=self.iteration, disable=not progress, file=sys.stderr,
                    desc=description, unit="it", dynamic_ncols=True)
         try:
             while self.iteration < total_iterations:
                 start = time.perf_counter()
                 loss = 0.0
-                for j in torch.randperm(len(self.images), generator=self.generator).tolist():
-                    loss += self.step(j) * self.sizes[j]
+                order = torch.randperm(len(self.sizes), generator=self.order).tolist()
+                mine = [j for j in order if j in self.local]
+                for position in range(self.positions if lockstep else len(mine)):
+                    if position < len(mine):
+                        loss += self.step(mine[position]) * self.sizes[mine[position]]
+                    else:
+                        self._join()
                 spent = time.perf_counter() - start
                 self.iteration += 1
                 self.elapsed += spent
                 self.session_time += spent
                 self.session_steps += self.n
                 bar.update(1)
-                bar.set_postfix(loss=f"{loss / self.n:.4g}", lr=f"{self.schedules[0].lr:.3g}", refresh=False)
+                bar.set_postfix(loss=f"{loss / self.own_images:.4g}", lr=f"{self.schedules[0].lr:.3g}", refresh=False)
                 if checkpoint is not None and (self.iteration % every == 0 or self.iteration == total_iterations):
                     save_checkpoint(checkpoint, {"identity": identity or {}, **self.state_dict()})
         finally:
             bar.close()
 
+    @torch.no_grad()
+    def _join(self) -> None:
+        """The all-reduce of a step position where this rank has no batch left (the others' steps need it)."""
+        assert self.reduce is not None
+        self.reduce(stored_sum(self.stored, self.counts))
+
     @torch.enable_grad()  # also under a caller's torch.no_grad()
     def step(self, j: int) -> float:
-        """One optimiser step on batch j; returns its total loss."""
-        x = self.images[j]
-        view = self.pipeline.augment(x, self.generator)
+        """One optimiser step on batch j (global index, owned by this process); returns its total loss."""
+        i = self.local[j]
+        x, generator = self.images[i], self.generators[i]
+        view = self.pipeline.augment(x, generator)
         out = self.teacher.run(view, per_image=self.deep, keep_last=self._needs_last)
         current = self._moments(out, view)
         moments = combine_moments(self.stored, self.counts, j, current, self.reduce) if self.config.joint_statistics else current
-        terms = self._terms(out, moments, j, self.generator)
+        terms = self._terms(out, moments, j, generator)
         total = sum(terms.values())
-        optimizer = self.optimizers[j]
+        optimizer = self.optimizers[i]
         optimizer.zero_grad(set_to_none=True)
         total.backward()
         optimizer.step()
         value = float(total.detach())
-        self.schedules[j].step(value)
+        self.schedules[i].step(value)
         self.pipeline.project_(x)
         if self.config.joint_statistics:
             self._refresh(j, current)
@@ -166,7 +223,7 @@ class Engine:
     def _refresh(self, j: int, current: torch.Tensor) -> None:
         """Batch j's stored moments after its step: "reuse" keeps the pre-step BN moments (official DGH) with
         the input layer's from the finalised images; "forward" recomputes all from the finalised images."""
-        final = self.pipeline.finalise(self.images[j])
+        final = self.pipeline.finalise(self.images[self.local[j]])
         if self.config.refresh == "forward":
             self.stored[j] = self._moments(self.teacher.run(final), final)
             return
@@ -201,7 +258,7 @@ class Engine:
 
     @torch.no_grad()
     def final_images(self) -> torch.Tensor:
-        """(n, C, H, W) finalised images: smoothing, centre crop, clip."""
+        """(own images, C, H, W) finalised images of this process's batches, in batch order (all n in one process)."""
         return torch.cat([self.pipeline.finalise(x.detach()) for x in self.images])
 
     @torch.no_grad()
@@ -211,22 +268,33 @@ class Engine:
         Joint statistics: the terms of the whole set's moments; otherwise count-weighted means of the
         per-batch terms. "bn_distance" is method-independent: whole-set moments of the BN layers only,
         ||mu - mu^BN||^2 / C + ||sigma - sigma^BN||^2 / C averaged over layers (compare data sets with it).
+        Distributed: each process evaluates its batches and one float64 all-reduce sums the loss sums and
+        the weighted moments, so every rank returns the whole set's values. FDDA's distorted-centre noise
+        comes from a per-batch generator (seed, j, EVALUATE_STREAM).
         """
-        noise = torch.Generator().manual_seed(self.seed)
         per_batch: list[torch.Tensor] = []
         sums: dict[str, float] = {}
-        for j, x in enumerate(self.images):
+        for x, j in zip(self.images, self.owned):
             final = self.pipeline.finalise(x.detach())
             out = self.teacher.run(final, per_image=self.deep, keep_last=self._needs_last)
             moments = self._moments(out, final)
             per_batch.append(moments)
+            noise = batch_generator(self.seed, j, EVALUATE_STREAM)
             for key, value in self._terms(out, moments, j, noise).items():
                 sums[key] = sums.get(key, 0.0) + float(value) * self.sizes[j]
         stacked = torch.stack(per_batch)
         if store:
-            self.stored = stacked.clone()
+            self.stored = torch.zeros(len(self.sizes), *stacked.shape[1:])
+            self.stored[self.owned] = stacked
+        weighted = torch.einsum("j,jkt->kt", self.counts[self.owned], stacked)
+        if self.reduce is not None:
+            keys = list(sums)
+            packed = self.reduce(torch.cat([torch.tensor([sums[k] for k in keys], dtype=torch.float64),
+                                            weighted.flatten().double()]))
+            sums = {key: float(packed[i]) for i, key in enumerate(keys)}
+            weighted = packed[len(keys):].reshape(weighted.shape).float()
         losses = {key: value / self.n for key, value in sums.items()}
-        whole = torch.einsum("j,jkt->kt", self.counts, stacked) / self.counts.sum()
+        whole = weighted / self.counts.sum()
         if self.config.joint_statistics and self.config.bn_weight > 0:
             losses["bn"] = self.config.bn_weight * float(self.objective(whole[0], whole[1]))
         losses["total"] = sum(v for k, v in losses.items())

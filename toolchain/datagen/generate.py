@@ -9,9 +9,14 @@ The inputs are float32 (n, C, H, W) in the model's normalised input space, insid
 The manifest records the method, preset, every hyperparameter, seed, the model's sha256, the initial and
 final loss terms, timings and the toolchain version.
 
-`distributed`: None, or an object with `all_reduce_sum(tensor) -> tensor` (summing over processes). It
-is applied where the per-batch moments are combined into whole-set moments (losses.combine_moments);
-sharding the batches over processes and gathering the images is the caller's job.
+`distributed`: None (one process), or a distributed.Distributed (rank, world_size, backend,
+all_reduce_sum, gather, barrier), e.g. `distributed_from_env()` under
+`torchrun --nproc-per-node 2 -m toolchain.cli generate MODEL.onnx --method dgh -n 1024 -o calib_data/dgh1024.npz`.
+Every process must call generate with the same arguments. Each optimises a contiguous block of the
+batches, the whole-set BN moments are all-reduced at every step (distributed.py), and rank 0 returns the
+full CalibrationSet (images in global batch order; the manifest records world_size and backend) while the
+other ranks return None. gaussian and real involve no optimisation: rank 0 computes them alone. The
+checkpoint is one file per rank, `checkpoint` + ".rankR" (distributed.rank_path).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ import hashlib
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, overload
 
 import numpy as np
 import onnx
@@ -31,6 +36,7 @@ from toolchain.calibdata import CalibrationSet
 from toolchain.datagen.augment import valid_range
 from toolchain.datagen.checkpoint import load_checkpoint
 from toolchain.datagen.config import METHODS, OPTIMISING_METHODS, FDDAConfig, GenerationConfig, preset
+from toolchain.datagen.distributed import Distributed, rank_path
 from toolchain.datagen.engine import Engine, bn_distance
 from toolchain.datagen.fdda import class_centres, round_robin_labels
 from toolchain.datagen.losses import ClassObjective, deep_weights
@@ -40,34 +46,52 @@ from toolchain.graph import image_input
 from toolchain.preprocessing import Preprocessing
 
 
-class Distributed(Protocol):
-    """What `generate` needs from a distributed run: a sum over processes."""
-
-    def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor: ...
-
-
 def model_sha256(model: onnx.ModelProto) -> str:
     return hashlib.sha256(model.SerializeToString()).hexdigest()
+
+
+@overload
+def generate(model: onnx.ModelProto, pre: Preprocessing, method: str, n: int, config: GenerationConfig | None = None,
+             seed: int = 0, real_data: str | Path | None = None, progress: bool = True,
+             checkpoint: str | Path | None = None, resume: bool = False,
+             distributed: None = None) -> CalibrationSet: ...
+
+
+@overload
+def generate(model: onnx.ModelProto, pre: Preprocessing, method: str, n: int, config: GenerationConfig | None = None,
+             seed: int = 0, real_data: str | Path | None = None, progress: bool = True,
+             checkpoint: str | Path | None = None, resume: bool = False,
+             distributed: Distributed | None = None) -> CalibrationSet | None: ...
 
 
 def generate(model: onnx.ModelProto, pre: Preprocessing, method: str, n: int, config: GenerationConfig | None = None,
              seed: int = 0, real_data: str | Path | None = None, progress: bool = True,
              checkpoint: str | Path | None = None, resume: bool = False,
-             distributed: Distributed | None = None) -> CalibrationSet:
-    """Synthesise (or sample) `n` calibration inputs for `model` with `method` (see the module docstring)."""
+             distributed: Distributed | None = None) -> CalibrationSet | None:
+    """Synthesise (or sample) `n` calibration inputs for `model` with `method` (see the module docstring).
+
+    Distributed: the full set on rank 0, None on the other ranks.
+    """
     started = time.perf_counter()
+    rank = distributed.rank if distributed is not None else 0
     if method not in METHODS:
         raise ConfigError(f"unknown generation method {method!r}: choose one of {', '.join(METHODS)}")
     config = config if config is not None else preset("default", method)
     if method == "fdda" and config.fdda is None:  # FDDA's terms on top of another preset's settings
         config = replace(config, fdda=FDDAConfig())
     _check_input(model, pre)
+    if method in OPTIMISING_METHODS:
+        _require_bn(model, method)  # a problem with the model comes before one with the request
     _check_n(method, n, config)
     manifest: dict[str, Any] = {
         "method": method, "preset": config.name if method in OPTIMISING_METHODS else None, "n": n, "seed": seed,
         "model_sha256": model_sha256(model), "input_shape": [n, pre.num_channels, *pre.input_size],
         "toolchain_version": toolchain.__version__, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "world_size": distributed.world_size if distributed is not None else 1,
+        "backend": distributed.backend if distributed is not None else None,
     }
+    if method in ("gaussian", "real") and rank != 0:
+        return None  # nothing to share out: rank 0 samples the set alone
     if method == "gaussian":
         inputs, labels = _gaussian(pre, n, seed), None
         manifest.update(config=None, losses={"final": _distance_or_none(model, inputs)})
@@ -75,8 +99,10 @@ def generate(model: onnx.ModelProto, pre: Preprocessing, method: str, n: int, co
         inputs, labels = _real(pre, n, seed, real_data, manifest)
         manifest.update(config=None, losses={"final": _distance_or_none(model, inputs)})
     else:
-        inputs, labels = _optimise(model, pre, method, n, config, seed, real_data, progress,
+        inputs, labels = _optimise(model, pre, method, n, config, seed, real_data, progress and rank == 0,
                                    Path(checkpoint) if checkpoint is not None else None, resume, distributed, manifest)
+        if inputs is None:
+            return None
     manifest["wall_time_s"] = round(time.perf_counter() - started, 3)
     return CalibrationSet(inputs=inputs, labels=labels, manifest=manifest)
 
@@ -123,7 +149,7 @@ def _real(pre: Preprocessing, n: int, seed: int, real_data: str | Path | None,
     from toolchain.data import open_images
 
     if real_data is None:
-        raise DataError("method 'real' samples real images: give an image dataset (folder, .tar.gz or .npz) with --real-data")
+        raise DataError("method 'real' samples real images: give an image dataset (folder, .tar.gz or .npz) with --data")
     images = open_images(real_data, pre, limit=n, seed=seed)
     if len(images) < n:
         raise DataError(f"{real_data} holds {len(images)} images, fewer than the {n} asked for; ask for fewer or give more images")
@@ -156,7 +182,8 @@ def _num_classes(teacher: Teacher, pre: Preprocessing) -> int:
 
 def _optimise(model: onnx.ModelProto, pre: Preprocessing, method: str, n: int, config: GenerationConfig, seed: int,
               real_data: str | Path | None, progress: bool, checkpoint: Path | None, resume: bool,
-              distributed: Distributed | None, manifest: dict[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+              distributed: Distributed | None, manifest: dict[str, Any]) -> tuple[np.ndarray | None, np.ndarray | None]:
+    """The optimised images and labels; (None, None) on ranks other than 0 of a distributed run."""
     _require_bn(model, method)
     if resume and checkpoint is None:
         raise ConfigError("resume needs the checkpoint path of the interrupted run (--checkpoint)")
@@ -164,10 +191,11 @@ def _optimise(model: onnx.ModelProto, pre: Preprocessing, method: str, n: int, c
     labels, classes, deep_start = None, None, 0
     if method == "fdda":
         labels, classes, deep_start = _fdda_setup(teacher, pre, n, config, seed, real_data, manifest)
-    reduce = distributed.all_reduce_sum if distributed is not None else None
-    engine = Engine(teacher, pre, config, n, seed, labels, classes, deep_start, reduce)
+    engine = Engine(teacher, pre, config, n, seed, labels, classes, deep_start, distributed)
     identity = {"method": method, "model_sha256": manifest["model_sha256"], "n": n, "seed": seed,
-                "config": config.without_bookkeeping(), "real_data": str(real_data) if real_data is not None else None}
+                "config": config.without_bookkeeping(), "real_data": str(real_data) if real_data is not None else None,
+                "world_size": engine.world_size, "rank": distributed.rank if distributed is not None else 0}
+    checkpoint = rank_path(checkpoint, distributed) if checkpoint is not None else None
     if resume:
         assert checkpoint is not None
         engine.load(load_checkpoint(checkpoint, identity))
@@ -175,7 +203,13 @@ def _optimise(model: onnx.ModelProto, pre: Preprocessing, method: str, n: int, c
     else:
         engine.initialise()
     engine.run(progress, checkpoint, identity, description=f"{method} {n} images")
-    final = engine.evaluate()
+    final = engine.evaluate()  # collective under distributed: every rank gets the whole set's losses
+    images = engine.final_images()
+    if distributed is not None and engine.world_size > 1:
+        shards = distributed.gather(images)  # contiguous blocks in rank order = global batch order
+        if shards is None:
+            return None, None
+        images = torch.cat(shards)
     rate = engine.session_steps / engine.session_time if engine.session_time > 0 else None
     manifest.update(
         config=config.to_dict(), num_bn_layers=len(teacher.layout.names), batches=engine.sizes,
@@ -184,7 +218,7 @@ def _optimise(model: onnx.ModelProto, pre: Preprocessing, method: str, n: int, c
         iterations=engine.iteration, optimisation_time_s=round(engine.elapsed, 3),
         image_iterations_per_s=round(rate, 2) if rate else None,
     )
-    return engine.final_images().numpy(), labels.numpy() if labels is not None else None
+    return images.numpy(), labels.numpy() if labels is not None else None
 
 
 def _fdda_setup(teacher: Teacher, pre: Preprocessing, n: int, config: GenerationConfig, seed: int,
@@ -195,7 +229,7 @@ def _fdda_setup(teacher: Teacher, pre: Preprocessing, n: int, config: Generation
     assert fdda is not None  # generate() fills it in for method fdda
     if real_data is None:
         raise DataError(f"method 'fdda' needs labelled real images for its class centres ({fdda.per_class} per class): "
-                        "give an image dataset (folder, .tar.gz or .npz) with --real-data, or use --method dgh")
+                        "give an image dataset (folder, .tar.gz or .npz) with --data, or use --method dgh")
     num_classes = _num_classes(teacher, pre)
     start = fdda.resolved_deep_start(len(teacher.layout.channels))
     real = open_images(real_data, pre)

@@ -3,6 +3,7 @@
 Usage:
     objective = BNObjective.build(teacher, config, input_channels=3)   # flat targets and weights
     moments = combine_moments(stored, counts, j, current)                # whole-set moments, grad via batch j
+    moments = combine_moments(stored, counts, j, current, dist.all_reduce_sum)   # K processes, own rows each
     loss = objective(moments[0], moments[1])
     out = output_loss("official", logits, last_bn_input, teacher, last_layer)
     centres = ClassObjective(centre_mean, centre_var, weight, config.fdda); centres(m, v, batch_classes)
@@ -69,20 +70,25 @@ def image_moments(x: torch.Tensor) -> torch.Tensor:
     return torch.stack([x.mean((0, 2, 3)), (x * x).mean((0, 2, 3))])
 
 
+def stored_sum(stored: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+    """(2, T) count-weighted sum over batches of the stored moments (rows of batches held elsewhere are zero)."""
+    return torch.einsum("j,jkt->kt", counts, stored)
+
+
 def combine_moments(stored: torch.Tensor, counts: torch.Tensor, j: int, current: torch.Tensor,
                     reduce: Reduce | None = None) -> torch.Tensor:
     """Moments of the whole image set, (2, T): batch j's live `current` plus every other batch's stored constants.
 
-    stored: (J, 2, T) per-batch E[A], E[A^2]; counts: (J,) images per batch. The sum over batches is
-    where a distributed run all-reduces (`reduce` sums a tensor over processes, each holding its own
-    batches); single-process runs pass None.
+    stored: (J, 2, T) per-batch E[A], E[A^2]; counts: (J,) images per batch (all J batches). Distributed:
+    each process's `stored` holds its own batches' rows (the others zero) and `reduce` sums the weighted
+    sum over processes, one all-reduce of (2, T) floats; batch j must be this process's. Single-process
+    runs pass None.
     """
-    others = torch.einsum("j,jkt->kt", counts, stored) - counts[j] * stored[j]
-    total = counts.sum()
+    total = stored_sum(stored, counts)
     if reduce is not None:
-        others = reduce(others)
-        total = reduce(total.clone())
-    return (others + counts[j] * current) / total
+        total = reduce(total)
+    others = total - counts[j] * stored[j]
+    return (others + counts[j] * current) / counts.sum()
 
 
 def output_loss(kind: str, logits: torch.Tensor, last_input: torch.Tensor | None,
