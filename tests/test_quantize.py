@@ -156,3 +156,26 @@ def test_two_bit_ort_storage_holds_two_bit_values_and_loads_in_onnxruntime(resne
     zero = numpy_helper.to_array(inits["logits_zero_point"]).astype(np.int64)
     levels = np.unique(np.rint(logits / scale).astype(np.int64) + zero)
     assert levels.min() >= 0 and levels.max() <= 3  # 2-bit output: at most 4 distinct levels
+
+
+def test_first_last_8bit_keeps_first_and_last_weights_at_8_bits_and_output_float(resnet20_random, calib32):
+    """--first-last-8bit (academic): first conv and last Gemm weights INT8, inner weights INT4, the graph output is float."""
+    result = quantize(resnet20_random, calib32[:16], QuantConfig(w_bits=4, a_bits=4, first_last_8bit=True), progress=False)
+    layers = [layer for layer in result.report["layers"] if layer.get("weight_bits")]
+    assert layers[0]["weight_bits"] == 8 and layers[-1]["weight_bits"] == 8
+    assert {layer["weight_bits"] for layer in layers[1:-1]} == {4}
+    producers = {out: node for node in result.model.graph.node for out in node.output}
+    assert producers["logits"].op_type == "Gemm" and layers[-1]["output_bits"] is None
+
+
+def test_bias_that_would_overflow_int32_raises_the_weight_scale():
+    """A bias too large for int32 at scale s_x * s_w: the weight scale of that channel is raised so it fits (as onnxruntime does)."""
+    from toolchain.quant.materialize import INT32_MAX, guard_bias_overflow
+    from toolchain.quant.qparams import QParams, activation_type, symmetric_params, weight_type
+
+    activation = QParams(np.asarray(np.float32(1e-4)), np.asarray(0), activation_type(8))
+    weight = symmetric_params(np.array([1e-3, 1e-3], np.float32), weight_type(8), axis=0)
+    bias = np.array([1.0, 1e6], np.float32)  # channel 1: 1e6 / (1e-4 * 1e-3 / 127) is far beyond int32
+    guarded = guard_bias_overflow(activation, weight, bias)
+    assert guarded.scale[0] == weight.scale[0] and guarded.scale[1] > weight.scale[1]
+    assert np.all(np.abs(bias / (float(activation.scale) * guarded.scale)) <= INT32_MAX)
