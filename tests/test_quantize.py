@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from click.testing import CliRunner
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 
 from quant_fixtures import export_random, gaussian_inputs
-from toolchain.cli import cli
-from toolchain.errors import DataError, GraphError
 from toolchain.quant.config import QuantConfig
 from toolchain.quant.quantize import quantize
 
