@@ -131,3 +131,13 @@ def test_require_all_quantized_fails_on_op_without_rule(conv_softmax, calib_npz,
     out = tmp_path / "out.onnx"
     assert_user_error(run("quantize", conv_softmax, "--calib", calib_npz, "-o", out, "--require-all-quantized"), "Softmax 'softmax'")
     assert _nothing_written(tmp_path)
+
+
+def test_calibration_npz_is_used_whole_by_default(digits, tmp_path):
+    """A calibration .npz larger than 512 inputs is used whole unless --calib-limit says otherwise."""
+    calib = tmp_path / "big.npz"
+    np.savez(calib, inputs=np.random.default_rng(0).standard_normal((600, 1, 8, 8)).astype(np.float32))
+    assert run("quantize", digits, "--calib", calib, "-o", tmp_path / "a.onnx").exit_code == 0
+    assert json.loads((tmp_path / "a.report.json").read_text())["calibration"]["n"] == 600
+    assert run("quantize", digits, "--calib", calib, "-o", tmp_path / "b.onnx", "--calib-limit", 100).exit_code == 0
+    assert json.loads((tmp_path / "b.report.json").read_text())["calibration"]["n"] == 100

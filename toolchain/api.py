@@ -195,9 +195,13 @@ def report_path_for(model_path: Path) -> Path:
     return model_path.with_name(f"{model_path.stem}.report.json")
 
 
-def load_calibration_inputs(calib: str | Path, proto: onnx.ModelProto, source: str, limit: int, seed: int,
+DEFAULT_CALIB_IMAGES = 512
+
+
+def load_calibration_inputs(calib: str | Path, proto: onnx.ModelProto, source: str, limit: int | None, seed: int,
                             overrides: PreprocessingOverrides = PreprocessingOverrides()):
-    """A CalibrationSet from a calibration .npz (`inputs`) or an image dataset (sampled: limit, seed)."""
+    """A CalibrationSet from a calibration .npz (`inputs`; the first `limit`, all when None) or an image
+    dataset (`limit` images, default 512, sampled with `seed`)."""
     import numpy as np
 
     from toolchain.calibdata import CalibrationSet, load_calibration, sample_calibration
@@ -214,7 +218,7 @@ def load_calibration_inputs(calib: str | Path, proto: onnx.ModelProto, source: s
             inputs = loaded.inputs[:limit] if limit else loaded.inputs
             return CalibrationSet(inputs, loaded.labels, {**loaded.manifest, "file": str(path), "n": int(len(inputs))})
     pre = model_preprocessing(proto, overrides, source)
-    return sample_calibration(path, pre, limit, seed)
+    return sample_calibration(path, pre, limit if limit is not None else DEFAULT_CALIB_IMAGES, seed)
 
 
 def quantize_model(
@@ -222,7 +226,7 @@ def quantize_model(
     calib: str | Path,
     out: str | Path,
     config=None,
-    calib_limit: int = 512,
+    calib_limit: int | None = None,
     seed: int = 0,
     overwrite: bool = False,
     overrides: PreprocessingOverrides = PreprocessingOverrides(),

@@ -267,7 +267,8 @@ def run_command(out_dir: str, as_json: bool) -> None:
 @click.option("--first-last-8bit", is_flag=True, help="Academic setting: first/last layer weights at 8 bits, output in float.")
 @click.option("--low-bit-storage", type=click.Choice(["ort", "native"]), default="ort", show_default=True,
               help="native: INT4/UINT4/INT2/UINT2 types; ort: containers onnxruntime 1.32 loads with default optimisations.")
-@click.option("--calib-limit", type=click.IntRange(min=1), default=512, show_default=True, help="Images drawn from an image dataset (or first N inputs).")
+@click.option("--calib-limit", type=click.IntRange(min=1),
+              help="Images drawn from an image dataset [default: 512], or the first N inputs of a calibration .npz [default: all].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration sample.")
 @click.option("--require-all-quantized", is_flag=True, help="Fail when an op has no quantization rule (default: warn, leave it in float).")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT and its report if they exist.")
@@ -275,7 +276,7 @@ def run_command(out_dir: str, as_json: bool) -> None:
 @preprocessing_options
 @user_errors
 def quantize_command(model: str, calib: str, output: str, w_bits: int, a_bits: int, calibrator: str | None, percentile: float,
-                     target: str, first_last_8bit: bool, low_bit_storage: str, calib_limit: int, seed: int,
+                     target: str, first_last_8bit: bool, low_bit_storage: str, calib_limit: int | None, seed: int,
                      require_all_quantized: bool, overwrite: bool, as_json: bool, **kwargs: Any) -> None:
     """Quantize every layer of MODEL.onnx (first and last included) into a QDQ model.
 
