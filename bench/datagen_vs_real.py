@@ -105,7 +105,6 @@ def throughput(model: Path) -> dict:
     """Image-iterations/s of the same DGH step on the ONNX executor and on the native module (batch 64)."""
     import torch
 
-    from toolchain.datagen import Teacher  # noqa: F401  (the engine's model wrapper)
     from toolchain.executor import OnnxModule
     from toolchain.zoo import load_zoo_model
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from toolchain_models.resnet_cifar import make_stage
+
 # --------------------------------------------------------------------------------------------- ResNet-18
 
 
@@ -68,9 +70,7 @@ class ResNet(nn.Module):
 
     @staticmethod
     def _stage(in_planes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
-        layers = [BasicBlock(in_planes, planes, stride)]
-        layers += [BasicBlock(planes, planes, 1) for _ in range(blocks - 1)]
-        return nn.Sequential(*layers)
+        return make_stage(BasicBlock, in_planes, planes, blocks, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = self.maxpool(self.relu(self.bn1(self.conv1(x))))

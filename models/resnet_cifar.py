@@ -26,6 +26,13 @@ class OptionAShortcut(nn.Module):
         return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
 
 
+def make_stage(block: type[nn.Module], in_planes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
+    """`blocks` residual blocks; only the first changes the stride and channel count (both ResNet families)."""
+    layers = [block(in_planes, planes, stride)]
+    layers += [block(planes, planes, 1) for _ in range(blocks - 1)]
+    return nn.Sequential(*layers)
+
+
 class BasicBlock(nn.Module):
     """conv3x3 -> BN -> ReLU -> conv3x3 -> BN, plus shortcut, then ReLU."""
 
@@ -61,9 +68,7 @@ class CifarResNet(nn.Module):
 
     @staticmethod
     def _stage(in_planes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
-        layers = [BasicBlock(in_planes, planes, stride)]
-        layers += [BasicBlock(planes, planes, 1) for _ in range(blocks - 1)]
-        return nn.Sequential(*layers)
+        return make_stage(BasicBlock, in_planes, planes, blocks, stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn1(self.conv1(x)))

@@ -31,7 +31,7 @@ def integer_tensor(name: str, values: np.ndarray, qtype: IntType) -> onnx.Tensor
     return helper.make_tensor(name, qtype.onnx_type, list(values.shape), values.reshape(-1).tolist())
 
 
-def bias_params(activation: QParams, weight: QParams, bias: np.ndarray) -> QParams:
+def bias_params(activation: QParams, weight: QParams) -> QParams:
     """int32 bias parameters: scale = s_x * s_w per channel, zero point 0."""
     scale = (activation.scale.astype(np.float32) * weight.scale.astype(np.float32)).astype(np.float32)
     return QParams(scale, np.zeros(scale.shape, np.int64), BIAS_TYPE, axis=0)
@@ -103,7 +103,7 @@ def materialize(
 
     for bias, spec in plan.biases.items():
         array = numpy_helper.to_array(builder.initializers[bias]).astype(np.float32)
-        params = bias_params(activation_params[plan.root(spec.activation)], weight_params[spec.weight], array)
+        params = bias_params(activation_params[plan.root(spec.activation)], weight_params[spec.weight])
         builder.add_initializer(integer_tensor(f"{bias}_quantized", params.quantize(array), BIAS_TYPE))
         scale, zero = builder.qparam_inputs(bias, params, BIAS_TYPE)
         builder.replace_uses(bias, f"{bias}_dequantized")
