@@ -14,6 +14,8 @@ Usage:
     mean, var = module.bn_statistics()["/bn1/BatchNormalization"]
     with module.bn_input_hook(lambda name, x: seen.append((name, x))):
         module(x)                                    # fn(node_name, input) for every BN node, in graph order
+    with module.output_hooks({"q_node": lambda inputs, out: out}):
+        module(x)                                    # replace named nodes' outputs (e.g. QDrop)
 
 Construction does everything that does not depend on the input: it checks every op is supported,
 sorts the nodes, folds Constant nodes (and nodes computed only from constants), builds one kernel per
@@ -51,6 +53,7 @@ from toolchain.executor.ops import SUB_BYTE_HOLDERS, constant_value
 from toolchain.executor.registry import NodeContext, op_spec, supported_ops
 
 BnHook = Callable[[str, torch.Tensor], None]
+OutputHook = Callable[[list[torch.Tensor], torch.Tensor], torch.Tensor]  # (node inputs, output) -> output
 
 ONNX_DOMAINS = ("", "ai.onnx")
 _NONE_SLOT = 0  # always None: absent optional inputs read it
@@ -79,6 +82,7 @@ class _Step:
     free: tuple[int, ...]
     bn_name: str | None  # set on BatchNormalization nodes: input hooks are called with this name
     label: str
+    name: str  # the node's name: output hooks are keyed by it
 
 
 def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
@@ -205,6 +209,7 @@ class OnnxModule(nn.Module):
         self._build_steps(runtime_nodes)
         # An OrderedDict, not a dict: RemovableHandle keeps a weak reference to it, and dicts cannot have one.
         self._bn_hooks: OrderedDict[int, BnHook] = OrderedDict()
+        self._output_hooks: dict[str, OutputHook] = {}
 
     # ------------------------------------------------------------------------------------ construction
 
@@ -286,7 +291,8 @@ class OnnxModule(nn.Module):
 
         self._steps = [
             _Step(kernel, ins, outs[0] if len(outs) == 1 else -1, outs, tuple(frees[index]),
-                  node.name if node.op_type == "BatchNormalization" else None, f"{node.op_type} node '{node.name}'")
+                  node.name if node.op_type == "BatchNormalization" else None, f"{node.op_type} node '{node.name}'",
+                  node.name)
             for index, ((node, kernel), (ins, outs)) in enumerate(zip(runtime_nodes, node_slots))
         ]
         self.runtime_nodes = [(node.op_type, node.name) for node, _ in runtime_nodes]  # what forward runs
@@ -311,6 +317,7 @@ class OnnxModule(nn.Module):
         for slot, tensor in zip(self._input_slots, inputs):
             values[slot] = tensor
         hooks = self._bn_hooks
+        output_hooks = self._output_hooks
         step = None
         try:
             for step in self._steps:
@@ -319,6 +326,8 @@ class OnnxModule(nn.Module):
                     for fn in list(hooks.values()):
                         fn(step.bn_name, args[0])
                 result = step.kernel(*args)
+                if output_hooks and step.name in output_hooks:
+                    result = output_hooks[step.name](args, result)
                 if step.output >= 0:
                     values[step.output] = result
                 else:
@@ -396,6 +405,24 @@ class OnnxModule(nn.Module):
         handle = RemovableHandle(self._bn_hooks)
         self._bn_hooks[handle.id] = fn
         return handle
+
+    @contextlib.contextmanager
+    def output_hooks(self, hooks: dict[str, OutputHook]) -> Iterator[None]:
+        """Replace the output of the named nodes by hook(inputs, output) inside a with block.
+
+        For what the graph does not say but training needs, e.g. QDrop: a QuantizeLinear hook that lets
+        some elements through unquantized. Single-output nodes only.
+        """
+        names = {name for _, name in self.runtime_nodes}
+        unknown = sorted(set(hooks) - names)
+        if unknown:
+            raise KeyError(f"no runtime node named {unknown[0]!r} in the graph")
+        previous = self._output_hooks
+        self._output_hooks = {**previous, **hooks}
+        try:
+            yield
+        finally:
+            self._output_hooks = previous
 
     @contextlib.contextmanager
     def bn_input_hook(self, fn: BnHook) -> Iterator[None]:

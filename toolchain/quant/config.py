@@ -3,15 +3,17 @@
 Usage:
     config = QuantConfig(w_bits=4, a_bits=4)                      # MSE calibrator chosen automatically below 8 bits
     config = QuantConfig(w_bits=8, a_bits=8, calibrator="percentile", percentile=99.99)
+    config = QuantConfig(w_bits=4, a_bits=4, reconstruction=ReconConfig.preset("pdquant", "default"))
     config.to_dict(); QuantConfig.from_dict(d)                    # JSON round trip (with a version)
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from toolchain.errors import ConfigError
+from toolchain.recon.config import ReconConfig
 
 SUPPORTED_BITS = (2, 4, 8)
 Calibrator = Literal["minmax", "percentile", "mse"]
@@ -43,6 +45,7 @@ class QuantConfig:
             to 8-bit weights, and builds an invalid graph from "native" files in those cases.
         calib_batch_size: calibration batch size for onnxruntime.
         samples_per_tensor: values kept per activation tensor for the percentile/MSE searches.
+        reconstruction: what runs after the calibrator (none / brecq / pdquant; see recon.config).
     """
 
     w_bits: int = 8
@@ -56,6 +59,7 @@ class QuantConfig:
     low_bit_storage: LowBitStorage = "ort"
     calib_batch_size: int = 64
     samples_per_tensor: int = 1 << 18
+    reconstruction: ReconConfig = field(default_factory=ReconConfig)
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -94,4 +98,7 @@ class QuantConfig:
         unknown = sorted(set(data) - known - {"effective_calibrator"})
         if unknown:
             raise ConfigError(f"unknown quantizer config keys: {', '.join(unknown)}")
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        if isinstance(values.get("reconstruction"), dict):
+            values["reconstruction"] = ReconConfig.from_dict(values["reconstruction"])
+        return cls(**values)

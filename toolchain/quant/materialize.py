@@ -85,8 +85,13 @@ def materialize(
     activation_params: dict[str, QParams],
     weight_params: dict[str, QParams],
     low_bit_storage: str = "ort",
+    weight_integers: dict[str, np.ndarray] | None = None,
 ) -> onnx.ModelProto:
-    """A new QDQ model; `model` is not modified. `low_bit_storage`: see QuantConfig."""
+    """A new QDQ model; `model` is not modified. `low_bit_storage`: see QuantConfig.
+
+    `weight_integers` (by weight tensor) replaces nearest rounding with given integers, e.g. the learned
+    rounding of reconstruction; biases are always derived from the float bias and the current scales.
+    """
     qdq = onnx.ModelProto()
     qdq.CopyFrom(model)
     builder = _Builder(qdq)
@@ -96,7 +101,9 @@ def materialize(
         params = weight_params[weight]
         storage = storage_type(params.qtype, low_bit_storage)
         array = numpy_helper.to_array(builder.initializers[weight])
-        builder.add_initializer(integer_tensor(f"{weight}_quantized", params.quantize(array), storage))
+        integers = (weight_integers or {}).get(weight)
+        integers = params.quantize(array) if integers is None else integers
+        builder.add_initializer(integer_tensor(f"{weight}_quantized", integers, storage))
         scale, zero = builder.qparam_inputs(weight, params, storage)
         builder.replace_uses(weight, f"{weight}_dequantized")
         builder.dq_node(f"{weight}_quantized", scale, zero, f"{weight}_dequantized", f"{weight}_DequantizeLinear", spec.axis)

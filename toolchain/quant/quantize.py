@@ -1,4 +1,4 @@
-"""The quantizer pipeline: clean up -> fold BN -> annotate -> calibrate -> materialise Q/DQ -> report.
+"""The quantizer pipeline: clean up -> fold BN -> annotate -> calibrate -> [reconstruct] -> materialise Q/DQ -> report.
 
 Usage:
     result = quantize(float_model, calib_inputs, QuantConfig(w_bits=4, a_bits=4))
@@ -74,11 +74,20 @@ def check_calibration(model: onnx.ModelProto, inputs: np.ndarray, source: str) -
                         "regenerate or clean the calibration set")
 
 
-def prepare_float_model(model: onnx.ModelProto, config: QuantConfig) -> tuple[onnx.ModelProto, int]:
-    """Clean-up, BN folding and the opset the chosen integer types need. Returns (model, folded BN count)."""
+def prepare_float_model(model: onnx.ModelProto, config: QuantConfig, before_folding: list | None = None
+                        ) -> tuple[onnx.ModelProto, int]:
+    """Clean-up, BN folding and the opset the chosen integer types need. Returns (model, folded BN count).
+
+    `before_folding`, when given, receives a copy of the cleaned model with its BN nodes (for the BN
+    statistics that distribution correction reads).
+    """
     float_model = onnx.ModelProto()
     float_model.CopyFrom(model)
     run_passes(float_model, cleanup_passes())
+    if before_folding is not None:
+        cleaned = onnx.ModelProto()
+        cleaned.CopyFrom(float_model)
+        before_folding.append(cleaned)
     before = sum(n.op_type == "BatchNormalization" for n in float_model.graph.node)
     FoldBatchNormPass()(float_model)
     folded = before - sum(n.op_type == "BatchNormalization" for n in float_model.graph.node)
@@ -125,7 +134,8 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
     start = time.perf_counter()
     check_not_quantized(model, source)
     check_calibration(model, calib, source)
-    float_model, folded = prepare_float_model(model, config)
+    cleaned: list[onnx.ModelProto] = []
+    float_model, folded = prepare_float_model(model, config, cleaned)
     plan = annotate(float_model, config)
     warnings = [f"no quantization rule for {op} node {name!r}: left in float" for name, op in plan.float_nodes]
     if warnings and config.require_all_quantized:
@@ -135,7 +145,19 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
     for warning in warnings:
         logger.warning(warning)
     act, weights = choose_parameters(float_model, plan, calib, config, progress)
-    qdq = materialize(float_model, plan, act, weights, config.low_bit_storage)
+    integers, recon_report = None, None
+    if config.reconstruction.enabled:
+        from toolchain.recon.engine import reconstruct  # torch is imported only when reconstruction runs
+        from toolchain.recon.correction import bn_targets
+
+        result = reconstruct(float_model, plan, act, weights, calib, config.reconstruction, bn_targets(cleaned[0]),
+                             progress=progress)
+        act, weights, integers = result.activations, result.weights, result.weight_integers
+        recon_report = {"config": config.reconstruction.to_dict(), "units": result.units, "notes": result.notes,
+                        "seconds": result.seconds}
+        for note in result.notes:
+            logger.warning(note)
+    qdq = materialize(float_model, plan, act, weights, config.low_bit_storage, integers)
     qdq.producer_name, qdq.producer_version = "toolchain", toolchain.__version__
     try:
         onnx.checker.check_model(qdq)
@@ -143,6 +165,7 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
         raise RuntimeError(f"the quantized graph fails onnx.checker: {err}") from err
     report = build_report(float_model, qdq, plan, act, weights, calib, config, source, calib_info or {}, folded)
     report["warnings"] = warnings
+    report["reconstruction"] = recon_report or {"config": config.reconstruction.to_dict()}
     report["seconds"] = round(time.perf_counter() - start, 3)
     return QuantResult(qdq, report, tuple(warnings))
 

@@ -1,0 +1,238 @@
+"""Reconstruction (BRECQ / PD-Quant): units from the graph, AdaRound, DC, write-back into the QDQ model.
+
+Models are random-weight ResNets with data-derived BN statistics (quant_fixtures) and the `fast` preset,
+so each test takes seconds; the accuracy numbers live in bench/pdquant.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import numpy_helper
+
+from quant_fixtures import export_random, gaussian_inputs
+from test_qdq_agreement import layerwise_agreement
+from toolchain.errors import ConfigError, GraphError
+from toolchain.executor import OnnxModule
+from toolchain.quant.annotate import annotate
+from toolchain.quant.config import QuantConfig
+from toolchain.quant.quantize import prepare_float_model, quantize
+from toolchain.recon import ReconConfig
+from toolchain.recon.adaround import AdaRound
+from toolchain.recon.correction import bn_loss, bn_targets, correct_inputs
+from toolchain.recon.engine import ReconstructionError
+from toolchain.recon.subgraph import extract
+from toolchain.recon.units import find_units
+
+
+@pytest.fixture(scope="module")
+def resnet20_random():
+    return export_random("toolchain_models.resnet_cifar:resnet20", 32)
+
+
+@pytest.fixture(scope="module")
+def calib():
+    return gaussian_inputs(32, (3, 32, 32), seed=3)
+
+
+def _partition(model, max_unit_layers=4):
+    config = QuantConfig(w_bits=4, a_bits=4)
+    float_model, _ = prepare_float_model(model, config)
+    plan = annotate(float_model, config)
+    return find_units(float_model, plan, float_model.graph.input[0].name, max_unit_layers), float_model
+
+
+def _renamed(model: onnx.ModelProto) -> onnx.ModelProto:
+    """The same graph with every node and tensor renamed to meaningless names."""
+    renamed = onnx.ModelProto()
+    renamed.CopyFrom(model)
+    graph = renamed.graph
+    names = {}
+    for value in [*graph.input, *graph.output]:
+        names.setdefault(value.name, f"t{len(names)}")
+    for node in graph.node:
+        for name in [*node.input, *node.output]:
+            if name:
+                names.setdefault(name, f"t{len(names)}")
+    for init in graph.initializer:
+        names.setdefault(init.name, f"t{len(names)}")
+        init.name = names[init.name]
+    for value in [*graph.input, *graph.output]:
+        value.name = names[value.name]
+    for i, node in enumerate(graph.node):
+        node.name = f"n{i}"
+        node.input[:] = [names.get(n, n) if n else n for n in node.input]
+        node.output[:] = [names.get(n, n) if n else n for n in node.output]
+    del graph.value_info[:]
+    return renamed
+
+
+def test_units_are_stem_blocks_and_final_layer_from_the_graph(resnet20_random):
+    """ResNet-20: stem conv, 9 residual blocks (2 convs each), the final Gemm; each unit ends on a quantized
+    tensor every path passes through."""
+    partition, _ = _partition(resnet20_random)
+    kinds = [(u.kind, len(u.weights)) for u in partition.units]
+    assert kinds == [("layer", 1)] + [("block", 2)] * 9 + [("layer", 1)]
+    assert partition.notes == []
+    assert [u.input for u in partition.units[1:]] == [u.output for u in partition.units[:-1]]
+
+
+def test_units_do_not_depend_on_names(resnet20_random):
+    """Renaming every node and tensor gives the same partition (unit kinds and sizes)."""
+    original, _ = _partition(resnet20_random)
+    renamed, _ = _partition(_renamed(resnet20_random))
+    assert [(u.kind, len(u.nodes)) for u in renamed.units] == [(u.kind, len(u.nodes)) for u in original.units]
+
+
+@pytest.mark.parametrize("factory, expected", [("toolchain_models.imagenet:resnet18", 10),
+                                               ("toolchain_models.imagenet:mobilenetv2", 33)])
+def test_units_on_models_never_seen(factory, expected):
+    """ImageNet-layout ResNet-18 (bottleneck-free blocks, downsampling shortcuts) and MobileNetV2 (inverted
+    residuals with and without skip): every weighted layer lands in exactly one unit."""
+    partition, float_model = _partition(export_random(factory, 64))
+    weights = [w for u in partition.units for w in u.weights]
+    all_weights = [n.input[1] for n in float_model.graph.node if n.op_type in ("Conv", "Gemm")]
+    assert len(partition.units) == expected
+    assert sorted(weights) == sorted(all_weights)
+
+
+def test_region_with_too_many_layers_falls_back_to_layer_wise_and_says_so(resnet20_random):
+    """max_unit_layers=1: each residual block cannot be a unit, so its two convs become layer units, with a note."""
+    partition, _ = _partition(resnet20_random, max_unit_layers=1)
+    assert sum(u.kind == "layer-fallback" for u in partition.units) == 18
+    assert len(partition.notes) == 9 and all("layer by layer" in note for note in partition.notes)
+    assert not any(u.decides_prediction for u in partition.units if u.kind == "layer-fallback")
+
+
+def test_adaround_starts_at_the_scaled_weight_and_hardens_to_nearest():
+    """Before any step the soft integers are w/s (clamped, within 1e-3) and the hard ones are nearest rounding."""
+    rng = np.random.default_rng(0)
+    weight = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    scale = np.abs(weight).reshape(4, -1).max(1) / 7
+    rounding = AdaRound(weight, scale, 0, -7, 7)
+    scaled = weight / scale.reshape(-1, 1, 1, 1)
+    np.testing.assert_allclose(rounding.soft_integers().detach().numpy(), np.clip(scaled, -7, 7), atol=1e-3)
+    np.testing.assert_array_equal(rounding.hard_integers(), np.clip(np.floor(scaled + 0.5), -7, 7))
+    assert float(rounding.regularizer(2.0)) > 0
+
+
+def test_distribution_correction_moves_statistics_toward_bn(resnet20_random):
+    """DC lowers the per-sample BN loss of a block's FP input, while staying near the original input."""
+    config = QuantConfig(w_bits=4, a_bits=4)
+    cleaned = []
+    float_model, _ = prepare_float_model(resnet20_random, config, cleaned)
+    targets = bn_targets(cleaned[0])
+    partition = find_units(float_model, annotate(float_model, config), float_model.graph.input[0].name)
+    unit = partition.units[1]
+    inside = [t for t in targets if any(t in n.output for n in float_model.graph.node if n.name in unit.nodes)]
+    x = OnnxModule(extract(float_model, [float_model.graph.input[0].name], [unit.input]))(
+        torch.from_numpy(gaussian_inputs(8, (3, 32, 32), seed=5))).detach()
+    fp_unit = OnnxModule(extract(float_model, [unit.input], [unit.output, *inside]))
+    before = float(bn_loss(list(fp_unit(x)[1:]), [targets[t] for t in inside]))
+    corrected = correct_inputs(fp_unit, x, [targets[t] for t in inside], steps=30, lr=1e-2, lam=0.02)
+    after = float(bn_loss(list(fp_unit(corrected)[1:]), [targets[t] for t in inside]))
+    assert len(inside) == 2 and after < before
+    assert float((corrected - x).abs().max()) < 0.5
+
+
+def _weight_integers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
+    return {i.name: numpy_helper.to_array(i).astype(np.int64) for i in model.graph.initializer
+            if i.name.endswith("weight_quantized") or (i.name.endswith("_quantized") and i.data_type == onnx.TensorProto.INT4)}
+
+
+@pytest.mark.parametrize("method", ["brecq", "pdquant"])
+def test_reconstruction_writes_learned_integers_and_scales_into_the_qdq_model(resnet20_random, calib, method):
+    """The emitted model holds the learned integers (different from nearest rounding somewhere, within the
+    4-bit range), pdquant also changes activation scales; the report has per-unit losses before/after;
+    onnxruntime loads it with full optimisation."""
+    plain = quantize(resnet20_random, calib, QuantConfig(w_bits=4, a_bits=4), progress=False)
+    recon = ReconConfig.preset(method, "fast", iterations=30)
+    result = quantize(resnet20_random, calib, QuantConfig(w_bits=4, a_bits=4, reconstruction=recon), progress=False)
+    learned, nearest = _weight_integers(result.model), _weight_integers(plain.model)
+    assert learned.keys() == nearest.keys() and len(learned) == 20
+    assert any((learned[k] != nearest[k]).any() for k in learned)
+    assert all(v.min() >= -7 and v.max() <= 7 for v in learned.values())
+    units = result.report["reconstruction"]["units"]
+    assert len(units) == 11 and all({"loss_before", "loss_after"} <= set(u) for u in units)
+    assert all(("pd" in u["loss_after"]) == (method == "pdquant") for u in units)
+    scales = {i.name: float(numpy_helper.to_array(i)) for i in result.model.graph.initializer
+              if i.name.endswith("_scale") and i.dims == [] and "Relu" in i.name}
+    plain_scales = {i.name: float(numpy_helper.to_array(i)) for i in plain.model.graph.initializer if i.name in scales}
+    changed = sum(abs(scales[k] - plain_scales[k]) > 1e-9 for k in scales)
+    assert (changed > 0) == (method == "pdquant")
+    ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"])
+
+
+def test_reconstruction_lowers_the_output_error(resnet20_random, calib):
+    """brecq (60 iterations per unit) leaves the network output closer to FP32 than nearest rounding:
+    higher output SQNR on the calibration inputs."""
+    plain = quantize(resnet20_random, calib, QuantConfig(w_bits=4, a_bits=4), progress=False)
+    recon = ReconConfig.preset("brecq", "fast", iterations=60)
+    result = quantize(resnet20_random, calib, QuantConfig(w_bits=4, a_bits=4, reconstruction=recon), progress=False)
+    assert result.report["summary"]["output_sqnr_db"] > plain.report["summary"]["output_sqnr_db"]
+
+
+def test_reconstructed_model_engines_agree_layer_by_layer(resnet20_random, calib):
+    """After write-back, the executor and onnxruntime still compute the same integers, layer by layer."""
+    recon = ReconConfig.preset("pdquant", "fast")
+    result = quantize(resnet20_random, calib, QuantConfig(w_bits=4, a_bits=4, reconstruction=recon), progress=False)
+    assert layerwise_agreement(result.model, gaussian_inputs(8, (3, 32, 32), seed=9)) >= 0.999
+
+
+def test_fallback_units_reconstruct_end_to_end(resnet20_random, calib):
+    """Layer-wise fallback units (max_unit_layers=1) run without the PD term and are reported."""
+    recon = replace(ReconConfig.preset("pdquant", "fast"), max_unit_layers=1)
+    result = quantize(resnet20_random, calib, QuantConfig(w_bits=4, a_bits=4, reconstruction=recon), progress=False)
+    units = result.report["reconstruction"]["units"]
+    assert len(units) == 20 and sum(not u["pd_term"] for u in units) == 18
+    assert len(result.report["reconstruction"]["notes"]) == 9
+
+
+def test_divergence_stops_with_the_unit_named(resnet20_random, calib):
+    """A NaN loss (here: a NaN learning rate) stops reconstruction with an error naming the unit."""
+    recon = replace(ReconConfig.preset("brecq", "fast"), round_lr=float("nan"))
+    with pytest.raises(ReconstructionError, match=r"unit 0 .*loss became nan"):
+        quantize(resnet20_random, calib, QuantConfig(w_bits=4, a_bits=4, reconstruction=recon), progress=False)
+
+
+def test_calibration_set_smaller_than_the_batch_is_rejected(resnet20_random, calib):
+    recon = ReconConfig.preset("brecq", "fast", batch_size=64)
+    with pytest.raises(ReconstructionError, match="fewer than the reconstruction batch size 64"):
+        quantize(resnet20_random, calib, QuantConfig(w_bits=4, a_bits=4, reconstruction=recon), progress=False)
+
+
+def test_presets_and_config_round_trip():
+    """Presets set the method's ingredients and budget; configs survive JSON; bad values are config errors."""
+    paper = ReconConfig.preset("pdquant", "paper")
+    assert (paper.iterations, paper.dc_steps, paper.batch_size) == (20000, 500, 32)
+    assert paper.prediction_difference and paper.learn_scales and paper.distribution_correction and paper.qdrop
+    brecq = ReconConfig.preset("brecq", "default")
+    assert brecq.qdrop and not (brecq.prediction_difference or brecq.learn_scales or brecq.distribution_correction)
+    config = QuantConfig(w_bits=4, a_bits=4, reconstruction=paper)
+    assert QuantConfig.from_dict(config.to_dict()) == config
+    with pytest.raises(ConfigError, match="unknown reconstruction preset"):
+        ReconConfig.preset("pdquant", "slow")
+    with pytest.raises(ConfigError, match="unknown reconstruction 'adaround'"):
+        ReconConfig(method="adaround")  # type: ignore[arg-type]
+
+
+def test_extract_fails_on_a_value_not_computable_from_the_inputs(resnet20_random):
+    with pytest.raises(GraphError, match="is not computed from"):
+        extract(resnet20_random, ["nonexistent"], [resnet20_random.graph.output[0].name])
+
+
+def test_output_hooks_replace_a_node_output_and_reject_unknown_nodes(resnet20_random):
+    module = OnnxModule(resnet20_random)
+    x = torch.from_numpy(gaussian_inputs(2, (3, 32, 32)))
+    last = module.runtime_nodes[-1][1]
+    with module.output_hooks({last: lambda inputs, out: torch.zeros_like(out)}):
+        assert float(module(x).abs().sum()) == 0.0
+    assert float(module(x).abs().sum()) > 0.0
+    with pytest.raises(KeyError, match="no runtime node"):
+        with module.output_hooks({"missing": lambda inputs, out: out}):
+            pass

@@ -1,0 +1,125 @@
+"""Typed configuration of block reconstruction (BRECQ / PD-Quant), with presets.
+
+Usage:
+    recon = ReconConfig.preset("pdquant", "default")               # every ingredient of the method on
+    recon = ReconConfig.preset("brecq", "fast", iterations=50)     # overrides by keyword
+    recon = replace(recon, distribution_correction=False)          # ablations: one field each
+    ReconConfig.from_dict(recon.to_dict())                         # JSON round trip (quantizer report)
+
+Methods (../shared/docs/methods.md sections 0 and 3):
+- none: the calibrator's ranges and nearest rounding (no reconstruction).
+- brecq: AdaRound learned rounding per unit minimising the unit's output error, inputs from the already
+  quantized network, QDrop (random mixing of quantized and FP activations).
+- pdquant: brecq + the prediction-difference term (KL through the FP rest of the network), learned
+  activation step sizes, and distribution correction of the FP unit inputs toward the BN statistics.
+
+Presets: `paper` = PD-Quant's settings (20k iterations per unit, 500 DC steps); `default` = the best
+accuracy per CPU-minute measured on ResNet-20 (bench/pdquant.py); `fast` = tests (seconds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any, Literal
+
+from toolchain.errors import ConfigError
+
+Method = Literal["none", "brecq", "pdquant"]
+METHODS = ("none", "brecq", "pdquant")
+PRESETS = ("fast", "default", "paper")
+
+
+@dataclass(frozen=True)
+class ReconConfig:
+    """What reconstruction does; every ingredient can be switched on its own.
+
+    Attributes:
+        method: none, brecq or pdquant (decides the defaults of the switches below).
+        preset: the preset the numbers came from (recorded in reports).
+        iterations: optimisation steps per unit (PD-Quant: 20 000).
+        batch_size: calibration samples per step (the PD half doubles it, as in PD-Quant).
+        qdrop: QDrop on: activation quantizers keep the quantized value with probability `qdrop_prob` per
+            element, and the unit input mixes quantized and FP inputs 50/50.
+        qdrop_prob: probability of the quantized value per element.
+        prediction_difference: add KL(softmax(z_fp/T) || softmax(z_q/T)) through the FP rest of the network.
+        pd_weight: weight of the PD term (1 / lambda_r; PD-Quant: 10).
+        temperature: T of the PD term.
+        learn_scales: learn the unit's activation step sizes (LSQ-style, through the STE).
+        scale_lr: Adam learning rate of the step sizes, cosine-annealed to 0.
+        distribution_correction: nudge the FP unit inputs toward the BN statistics first (DC).
+        dc_steps: Adam steps of DC per batch; dc_lr its learning rate; dc_lambda its lambda_c.
+        dc_batch_size: samples per DC batch (per-sample statistics: it only changes speed).
+        round_lr: Adam learning rate of the AdaRound variables.
+        round_weight: lambda of the rounding regulariser; beta anneals beta_start -> beta_end after
+            `warmup` of the iterations (regulariser off before).
+        max_unit_layers: a unit with more weighted layers than this is reconstructed layer by layer.
+        seed: sampling, QDrop masks and input mixing.
+    """
+
+    method: Method = "none"
+    preset: str = "default"
+    iterations: int = 300
+    batch_size: int = 32
+    qdrop: bool = False
+    qdrop_prob: float = 0.5
+    prediction_difference: bool = False
+    pd_weight: float = 10.0
+    temperature: float = 4.0
+    learn_scales: bool = False
+    scale_lr: float = 4e-5
+    distribution_correction: bool = False
+    dc_steps: int = 500
+    dc_lr: float = 1e-3
+    dc_lambda: float = 0.02
+    dc_batch_size: int = 128
+    round_lr: float = 3e-3
+    round_weight: float = 0.01
+    beta_start: float = 20.0
+    beta_end: float = 2.0
+    warmup: float = 0.2
+    max_unit_layers: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ConfigError(f"unknown reconstruction {self.method!r}: choose {', '.join(METHODS)}")
+        if self.iterations < 1 or self.batch_size < 1 or self.dc_batch_size < 1 or self.dc_steps < 0:
+            raise ConfigError("reconstruction iterations and batch sizes must be >= 1 (dc_steps >= 0)")
+        if not 0.0 <= self.qdrop_prob <= 1.0 or not 0.0 <= self.warmup < 1.0:
+            raise ConfigError("qdrop_prob must be in [0, 1] and warmup in [0, 1)")
+        if self.temperature <= 0 or self.dc_lambda <= 0 or self.max_unit_layers < 1:
+            raise ConfigError("temperature and dc_lambda must be > 0, max_unit_layers >= 1")
+
+    @property
+    def enabled(self) -> bool:
+        return self.method != "none"
+
+    @classmethod
+    def preset(cls, method: str, preset: str = "default", **overrides: Any) -> ReconConfig:
+        """The method's ingredients at the preset's budget; keyword overrides win."""
+        if preset not in PRESETS:
+            raise ConfigError(f"unknown reconstruction preset {preset!r}: choose {', '.join(PRESETS)}")
+        if method not in METHODS:
+            raise ConfigError(f"unknown reconstruction {method!r}: choose {', '.join(METHODS)}")
+        pd = method == "pdquant"
+        base = cls(method=method, preset=preset, qdrop=method != "none", prediction_difference=pd,  # type: ignore[arg-type]
+                   learn_scales=pd, distribution_correction=pd)
+        budget = {
+            # PD-Quant's run_script.py: 20k iterations per unit, batch 32, 500 DC steps.
+            "paper": {"iterations": 20000, "batch_size": 32, "dc_steps": 500},
+            # Measured on ResNet-20 W4A4 (bench/pdquant.py): see the README's reconstruction table.
+            "default": {"iterations": 300, "batch_size": 32, "dc_steps": 50},
+            "fast": {"iterations": 6, "batch_size": 8, "dc_steps": 2, "dc_batch_size": 16},
+        }[preset]
+        return replace(base, **{**budget, **{k: v for k, v in overrides.items() if v is not None}})
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ReconConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"unknown reconstruction config keys: {', '.join(unknown)}")
+        return cls(**data)
