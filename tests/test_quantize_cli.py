@@ -141,3 +141,41 @@ def test_calibration_npz_is_used_whole_by_default(digits, tmp_path):
     assert json.loads((tmp_path / "a.report.json").read_text())["calibration"]["n"] == 600
     assert run("quantize", digits, "--calib", calib, "-o", tmp_path / "b.onnx", "--calib-limit", 100).exit_code == 0
     assert json.loads((tmp_path / "b.report.json").read_text())["calibration"]["n"] == 100
+
+
+def test_quantize_with_pdquant_reconstruction_writes_units_to_the_report(digits, calib_npz, tmp_path):
+    """--reconstruct pdquant --preset fast: the summary names it, the report lists every unit with its losses."""
+    out = tmp_path / "digits_pd.onnx"
+    result = run("quantize", digits, "--calib", calib_npz, "--w-bits", 4, "--a-bits", 4, "--reconstruct", "pdquant",
+                 "--preset", "fast", "-o", out)
+    assert result.exit_code == 0, result.output
+    assert "pdquant fast" in result.output
+    report = json.loads((tmp_path / "digits_pd.report.json").read_text())
+    units = report["reconstruction"]["units"]
+    assert report["reconstruction"]["config"]["method"] == "pdquant" and len(units) >= 3
+    assert all("rec" in u["loss_before"] and "rec" in u["loss_after"] for u in units)
+
+
+def test_quantize_rejects_a_calibration_set_smaller_than_the_reconstruction_batch(digits, calib_npz, tmp_path):
+    result = run("quantize", digits, "--calib", calib_npz, "--reconstruct", "brecq", "--recon-batch-size", 64, "-o", tmp_path / "out.onnx")
+    assert_user_error(result, "fewer than the reconstruction batch size 64")
+    assert _nothing_written(tmp_path)
+
+
+def test_quantize_divergence_names_the_unit_and_writes_nothing(digits, calib_npz, tmp_path, monkeypatch):
+    """A NaN loss mid-reconstruction: one-line error naming the unit, exit 1, no model or report."""
+    from dataclasses import replace
+
+    from toolchain.recon import ReconConfig
+
+    original = ReconConfig.preset.__func__
+
+    def diverging(cls, *args, **kwargs):
+        return replace(original(cls, *args, **kwargs), round_lr=float("nan"))
+
+    monkeypatch.setattr(ReconConfig, "preset", classmethod(diverging))
+    result = run("quantize", digits, "--calib", calib_npz, "--reconstruct", "brecq", "--preset", "fast", "-o", tmp_path / "out.onnx")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    last = [line for line in result.output.splitlines() if line.strip()][-1]  # after the progress bars
+    assert last.startswith("Error: unit 0 (") and "loss became nan" in last and "nothing was written" in last
+    assert _nothing_written(tmp_path)

@@ -134,6 +134,9 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
     start = time.perf_counter()
     check_not_quantized(model, source)
     check_calibration(model, calib, source)
+    if config.reconstruction.enabled and len(calib) < config.reconstruction.batch_size:
+        raise DataError(f"the calibration set has {len(calib)} images, fewer than the reconstruction batch size "
+                        f"{config.reconstruction.batch_size}: give more images or a smaller --recon-batch-size")
     cleaned: list[onnx.ModelProto] = []
     float_model, folded = prepare_float_model(model, config, cleaned)
     plan = annotate(float_model, config)
