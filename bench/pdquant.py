@@ -4,6 +4,7 @@ Usage:
     python bench/pdquant.py --suite main --seeds 0 1 2        # DGH data, pdquant default: W4A4 W8A8 W4A8 (+W2A4 W2A2, seed 0)
     python bench/pdquant.py --suite ablation --seeds 0        # none / brecq / pdquant x real / dgh / fdda / gaussian, W4A4 + W2A4; bns W4A4
     python bench/pdquant.py --suite resnet56 --seeds 0        # ResNet-56 W4A4: none / brecq / pdquant on DGH data
+    python bench/pdquant.py --suite sweep --seeds 0           # pdquant W4A4 at 100 and 600 iterations per unit (default: 300)
     python bench/pdquant.py --render-only                     # rewrite the .md from the .json
 
 Every row: calibration data generated with `toolchain.api.generate_calibration` (`default` preset, N
@@ -32,9 +33,12 @@ FP32 = {"resnet20": 0.8103, "resnet56": 0.8320}
 WEIGHTS = {"resnet20": "resnet20-12fca82f.th", "resnet56": "resnet56-4bfd9763.th"}
 
 
-def suite_jobs(suite: str, seeds: list[int]) -> list[tuple[str, str, int, str, int, int]]:
-    """(model, data, seed, method, w_bits, a_bits) in the order they run."""
-    jobs = []
+SWEEP_ITERATIONS = (100, 600)  # beside the default preset's 300
+
+
+def suite_jobs(suite: str, seeds: list[int]) -> list[tuple]:
+    """(model, data, seed, method, w_bits, a_bits[, iterations per unit]) in the order they run."""
+    jobs: list[tuple] = []
     if suite == "main":
         for bits in ((4, 4), (8, 8), (4, 8)):
             jobs += [("resnet20", "dgh", s, "pdquant", *bits) for s in seeds]
@@ -42,9 +46,12 @@ def suite_jobs(suite: str, seeds: list[int]) -> list[tuple[str, str, int, str, i
     elif suite == "ablation":
         for bits in ((4, 4), (2, 4)):
             for data in ("dgh", "real", "fdda", "gaussian"):
-                for method in ("none", "brecq", "pdquant"):
-                    jobs += [("resnet20", data, s, method, *bits) for s in seeds]
+                # brecq on dgh and real shows what PD-Quant adds; the data columns compare none vs pdquant
+                methods = ("none", "brecq", "pdquant") if data in ("dgh", "real") else ("none", "pdquant")
+                jobs += [("resnet20", data, s, method, *bits) for method in methods for s in seeds]
         jobs += [("resnet20", "bns", s, method, 4, 4) for s in seeds for method in ("none", "pdquant")]
+    elif suite == "sweep":
+        jobs += [("resnet20", "dgh", s, "pdquant", 4, 4, it) for s in seeds for it in SWEEP_ITERATIONS]
     elif suite == "resnet56":
         jobs += [("resnet56", "dgh", s, method, 4, 4) for s in seeds for method in ("none", "brecq", "pdquant")]
     return jobs
@@ -73,8 +80,10 @@ def run(args: argparse.Namespace) -> None:
     out = RESULTS / "pdquant.json"
     rows = load_rows(out)
     done = {key(r) for r in rows}
-    for model_name, data, seed, method, w_bits, a_bits in suite_jobs(args.suite, args.seeds):
-        row_key = (model_name, data, seed, method, f"W{w_bits}A{a_bits}", args.preset, args.n)
+    for model_name, data, seed, method, w_bits, a_bits, *sweep in suite_jobs(args.suite, args.seeds):
+        iterations = sweep[0] if sweep else None
+        preset_label = f"{args.preset}@{iterations}it" if iterations else args.preset
+        row_key = (model_name, data, seed, method, f"W{w_bits}A{a_bits}", preset_label, args.n)
         if row_key in done and not args.redo:
             continue
         model = work / f"{model_name}.onnx"
@@ -90,8 +99,8 @@ def run(args: argparse.Namespace) -> None:
             (work / f"{calib.name}.seconds").write_text(str(generation_s))
         elif (work / f"{calib.name}.seconds").exists():
             generation_s = float((work / f"{calib.name}.seconds").read_text())
-        recon = ReconConfig.preset(method, args.preset, seed=seed)
-        qdq = work / f"{model_name}_{data}_s{seed}_{method}_w{w_bits}a{a_bits}.onnx"
+        recon = ReconConfig.preset(method, args.preset, seed=seed, iterations=iterations)
+        qdq = work / f"{model_name}_{data}_s{seed}_{method}_w{w_bits}a{a_bits}_{preset_label}.onnx"
         started = time.perf_counter()
         outcome = api.quantize_model(model, calib, qdq, QuantConfig(w_bits=w_bits, a_bits=a_bits, reconstruction=recon),
                                      overwrite=True, progress=args.progress)
@@ -99,7 +108,7 @@ def run(args: argparse.Namespace) -> None:
         top1 = api.evaluate_model(qdq, test, limit=args.limit, progress=False).top1
         units = outcome.report["reconstruction"].get("units", [])
         row = {"model": model_name, "data": data, "seed": seed, "method": method, "bits": f"W{w_bits}A{a_bits}",
-               "preset": args.preset, "n": args.n, "top1": top1, "generation_s": generation_s, "quantize_s": quantize_s,
+               "preset": preset_label, "n": args.n, "top1": top1, "generation_s": generation_s, "quantize_s": quantize_s,
                "iterations_per_unit": recon.iterations if recon.enabled else 0, "units": len(units),
                "fusion_coverage": outcome.report["summary"]["fusion_coverage"], "test_images": args.limit or 10000}
         print(json.dumps(row), flush=True)
@@ -150,6 +159,12 @@ def render(path: Path) -> None:
         sel = pick(model="resnet56", data="dgh", method=method, bits="W4A4", preset="default")
         if sel:
             lines.append(f"| {method} | {_stats([r['top1'] for r in sel])} | {statistics.mean(r['quantize_s'] for r in sel):.0f} |")
+    sweep = sorted(pick(model="resnet20", data="dgh", method="pdquant", bits="W4A4", seed=0),
+                   key=lambda r: r["iterations_per_unit"])
+    if len(sweep) > 1:
+        lines += ["", "## Iterations per unit (ResNet-20 W4A4, DGH, seed 0): accuracy per CPU-minute", "",
+                  "| iterations per unit | top-1 % | quantize s |", "|---:|---:|---:|"]
+        lines += [f"| {r['iterations_per_unit']} | {100 * r['top1']:.2f} | {r['quantize_s']:.0f} |" for r in sweep]
     walls = [(r["generation_s"] or 0) + r["quantize_s"] for r in pick(model="resnet20", data="dgh", method="pdquant",
                                                                           bits="W4A4", preset="default") if r["generation_s"]]
     if walls:
@@ -161,7 +176,7 @@ def render(path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", choices=["main", "ablation", "resnet56"], default="main")
+    parser.add_argument("--suite", choices=["main", "ablation", "resnet56", "sweep"], default="main")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--n", type=int, default=256, help="calibration images per seed")
     parser.add_argument("--preset", choices=["fast", "default", "paper"], default="default")

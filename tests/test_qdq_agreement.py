@@ -24,6 +24,7 @@ from toolchain.executor import OnnxModule
 from toolchain.preprocessing import read_preprocessing
 from toolchain.quant.config import QuantConfig
 from toolchain.quant.quantize import quantize
+from toolchain.recon import ReconConfig
 
 WITHIN_ONE_STEP = 0.999
 TOP1_AGREEMENT = 0.995
@@ -69,11 +70,13 @@ def resnet20_and_test_set(shared_file, tmp_path_factory):
     return model, calib, inputs
 
 
-@pytest.mark.parametrize("w_bits, a_bits", [(8, 8), (4, 4)])
-def test_resnet20_executor_matches_onnxruntime_on_the_test_set(resnet20_and_test_set, w_bits, a_bits):
-    """ResNet-20 (default calibrator, 512 real images): the executor agrees with both onnxruntime paths on all 10,000 test images."""
+@pytest.mark.parametrize("w_bits, a_bits, reconstruct", [(8, 8, "none"), (4, 4, "none"), (4, 4, "pdquant")])
+def test_resnet20_executor_matches_onnxruntime_on_the_test_set(resnet20_and_test_set, w_bits, a_bits, reconstruct):
+    """ResNet-20 (default calibrator, 512 real images; pdquant at the fast preset): the executor agrees with both
+    onnxruntime paths on all 10,000 test images, reconstructed models included."""
     model, calib, inputs = resnet20_and_test_set
-    result = quantize(model, calib, QuantConfig(w_bits=w_bits, a_bits=a_bits), progress=False)
+    recon = ReconConfig.preset(reconstruct, "fast")
+    result = quantize(model, calib, QuantConfig(w_bits=w_bits, a_bits=a_bits, reconstruction=recon), progress=False)
     assert_engines_agree(result.model, inputs)
 
 

@@ -158,8 +158,9 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
         act, weights, integers = result.activations, result.weights, result.weight_integers
         recon_report = {"config": config.reconstruction.to_dict(), "units": result.units, "notes": result.notes,
                         "seconds": result.seconds}
-        for note in result.notes:
+        for note in result.notes:  # e.g. a region reconstructed layer by layer: the CLI prints these
             logger.warning(note)
+            warnings.append(note)
     qdq = materialize(float_model, plan, act, weights, config.low_bit_storage, integers)
     qdq.producer_name, qdq.producer_version = "toolchain", toolchain.__version__
     try:
