@@ -14,9 +14,9 @@ import onnxruntime as ort
 import pytest
 import torch
 from onnx import numpy_helper
-
 from quant_fixtures import export_random, gaussian_inputs
 from test_qdq_agreement import layerwise_agreement
+
 from toolchain.errors import ConfigError, DataError, GraphError
 from toolchain.executor import OnnxModule
 from toolchain.quant.annotate import annotate
@@ -209,6 +209,7 @@ def test_calibration_set_smaller_than_the_batch_is_rejected(resnet20_random, cal
 def test_presets_and_config_round_trip():
     """Presets set the method's ingredients and budget; configs survive JSON; bad values are config errors."""
     paper = ReconConfig.preset("pdquant", "paper")
+    assert ReconConfig().preset_name == "default" and paper.preset_name == "paper"
     assert (paper.iterations, paper.dc_steps, paper.batch_size) == (20000, 500, 32)
     assert paper.prediction_difference and paper.learn_scales and paper.distribution_correction and paper.qdrop
     brecq = ReconConfig.preset("brecq", "default")
@@ -233,6 +234,5 @@ def test_output_hooks_replace_a_node_output_and_reject_unknown_nodes(resnet20_ra
     with module.output_hooks({last: lambda inputs, out: torch.zeros_like(out)}):
         assert float(module(x).abs().sum()) == 0.0
     assert float(module(x).abs().sum()) > 0.0
-    with pytest.raises(KeyError, match="no runtime node"):
-        with module.output_hooks({"missing": lambda inputs, out: out}):
-            pass
+    with pytest.raises(KeyError, match="no runtime node"), module.output_hooks({"missing": lambda inputs, out: out}):
+        pass

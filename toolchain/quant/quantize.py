@@ -25,13 +25,24 @@ from toolchain.errors import DataError, GraphError
 from toolchain.graph import image_input
 from toolchain.passes import cleanup_passes, run_passes
 from toolchain.quant.annotate import QuantPlan, annotate
-from toolchain.quant.calibrate import activation_params, constant_observation, observe_activations, weight_params
+from toolchain.quant.calibrate import (
+    activation_params,
+    constant_observation,
+    observe_activations,
+    weight_params,
+)
 from toolchain.quant.config import QuantConfig
 from toolchain.quant.fold_bn import FoldBatchNormPass
 from toolchain.quant.fusion import fusion_coverage
 from toolchain.quant.materialize import guard_bias_overflow, materialize
 from toolchain.quant.opset import upgrade_opset
-from toolchain.quant.qparams import QParams, activation_type, sqnr_db, storage_type, weight_type
+from toolchain.quant.qparams import (
+    QParams,
+    activation_type,
+    sqnr_db,
+    storage_type,
+    weight_type,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -150,8 +161,10 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
     act, weights = choose_parameters(float_model, plan, calib, config, progress)
     integers, recon_report = None, None
     if config.reconstruction.enabled:
-        from toolchain.recon.engine import reconstruct  # torch is imported only when reconstruction runs
         from toolchain.recon.correction import bn_targets
+        from toolchain.recon.engine import (
+            reconstruct,  # torch is imported only when reconstruction runs
+        )
 
         result = reconstruct(float_model, plan, act, weights, calib, config.reconstruction, bn_targets(cleaned[0]),
                              progress=progress)

@@ -35,7 +35,7 @@ class ReconConfig:
 
     Attributes:
         method: none, brecq or pdquant (decides the defaults of the switches below).
-        preset: the preset the numbers came from (recorded in reports).
+        preset_name: the preset the numbers came from (recorded in reports).
         iterations: optimisation steps per unit (PD-Quant: 20 000).
         batch_size: calibration samples per step (the PD half doubles it, as in PD-Quant).
         qdrop: QDrop on: activation quantizers keep the quantized value with probability `qdrop_prob` per
@@ -57,7 +57,7 @@ class ReconConfig:
     """
 
     method: Method = "none"
-    preset: str = "default"
+    preset_name: str = "default"
     iterations: int = 300
     batch_size: int = 32
     qdrop: bool = False
@@ -102,13 +102,13 @@ class ReconConfig:
         if method not in METHODS:
             raise ConfigError(f"unknown reconstruction {method!r}: choose {', '.join(METHODS)}")
         pd = method == "pdquant"
-        base = cls(method=method, preset=preset, qdrop=method != "none", prediction_difference=pd,  # type: ignore[arg-type]
+        base = cls(method=method, preset_name=preset, qdrop=method != "none", prediction_difference=pd,  # type: ignore[arg-type]
                    learn_scales=pd, distribution_correction=pd)
         budget = {
             # PD-Quant's run_script.py: 20k iterations per unit, batch 32, 500 DC steps.
             "paper": {"iterations": 20000, "batch_size": 32, "dc_steps": 500},
             # Measured on ResNet-20 W4A4 (bench/pdquant.py): see the README's reconstruction table.
-            "default": {"iterations": 300, "batch_size": 32, "dc_steps": 50},
+            "default": {"iterations": 300, "batch_size": 32, "dc_steps": 50},  # 100: 78.81 % in 92 s; 300: 79.55 % in 195 s
             "fast": {"iterations": 6, "batch_size": 8, "dc_steps": 2, "dc_batch_size": 16},
         }[preset]
         return replace(base, **{**budget, **{k: v for k, v in overrides.items() if v is not None}})
