@@ -6,6 +6,7 @@ Usage:
     python bench/pdquant.py --suite resnet56 --seeds 0        # ResNet-56 W4A4: none / brecq / pdquant on DGH data
     python bench/pdquant.py --suite sweep --seeds 0           # pdquant W4A4 at 100 iterations per unit (default: 300)
     python bench/pdquant.py --suite ingredients --seeds 0     # pdquant without PD / learned step sizes / DC, W2A4 then W4A4
+    python bench/pdquant.py --suite ablation --seeds 1 2 --data bns --method pdquant --bits W4A4   # a subset
     python bench/pdquant.py --render-only                     # rewrite the .md from the .json
 
 Every row: calibration data generated with `toolchain.api.generate_calibration` (`default` preset, N
@@ -87,6 +88,9 @@ def run(args: argparse.Namespace) -> None:
     rows = load_rows(out)
     done = {key(r) for r in rows}
     for model_name, data, seed, method, w_bits, a_bits, *extra in suite_jobs(args.suite, args.seeds):
+        if (args.data and data not in args.data) or (args.method and method not in args.method) or \
+                (args.bits and f"W{w_bits}A{a_bits}" not in args.bits):
+            continue
         overrides = extra[0] if extra else {}
         preset_label = args.preset + "".join(f"@{k}={v}" for k, v in overrides.items())
         row_key = (model_name, data, seed, method, f"W{w_bits}A{a_bits}", preset_label, args.n)
@@ -160,6 +164,15 @@ def render(path: Path) -> None:
                      for m in ("none", "brecq", "pdquant")]
             if any(c != "–" for c in cells):
                 lines.append(f"| {bits} | {data} | " + " | ".join(cells) + " |")
+    multi = [(data, pick(model="resnet20", data=data, method="pdquant", bits="W4A4", preset="default"))
+             for data in ("real", "dgh", "bns", "fdda", "gaussian")]
+    multi = [(data, sel) for data, sel in multi if len(sel) > 1]
+    if multi:
+        lines += ["", "## Calibration data under pdquant, W4A4, several seeds (data and reconstruction seeded together)", "",
+                  "| data | top-1 % | per seed |", "|---|---:|---|"]
+        for data, sel in multi:
+            per_seed = " / ".join(f"{100 * r['top1']:.2f}" for r in sorted(sel, key=lambda r: r["seed"]))
+            lines.append(f"| {data} | {_stats([r['top1'] for r in sel])} | {per_seed} |")
     labels = {"default": "pdquant (all)", "default@prediction_difference=False": "without the PD term",
               "default@learn_scales=False": "without learned step sizes",
               "default@distribution_correction=False": "without distribution correction"}
@@ -204,6 +217,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="test images (default: all 10,000)")
     parser.add_argument("--work", default="/tmp/pdquant_bench", help="exported models, calibration sets, QDQ models")
     parser.add_argument("--redo", action="store_true", help="run rows already in the results again")
+    parser.add_argument("--data", nargs="+", help="only these calibration data kinds (e.g. bns fdda)")
+    parser.add_argument("--method", nargs="+", help="only these methods (none brecq pdquant)")
+    parser.add_argument("--bits", nargs="+", help="only these bit-widths (e.g. W4A4)")
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--render-only", action="store_true")
     args = parser.parse_args()
