@@ -90,8 +90,7 @@ class _Trainer:
         self.float_weights = {w: numpy_helper.to_array(i) for i in float_model.graph.initializer
                               for w in [i.name] if w in plan.weights}
         self.generator = torch.Generator().manual_seed(recon.seed)
-        with torch.no_grad():
-            self.z_fp = _run(OnnxModule(extract(float_model, [self.image_input], [self.output])), self.images)
+        self.z_fp = _run(OnnxModule(extract(float_model, [self.image_input], [self.output])), self.images)
 
     # -------------------------------------------------------------------------------- graph plumbing
 
@@ -157,7 +156,7 @@ class _Trainer:
         warm = int(recon.warmup * recon.iterations)
         bar = tqdm(range(recon.iterations), desc=f"{unit.label[:48]}", unit="it", file=sys.stderr,
                    disable=not self.progress, leave=False, position=bar_position)
-        last_good = {w: r.alpha.detach().clone() for w, r in roundings.items()}, {k: s.detach().clone() for k, s in scales.items()}
+        qdrop_hooks = {q: self._qdrop_hook() for q in quantizers} if recon.qdrop else {}
         for step in bar:
             index = torch.randint(0, n, (batch,), generator=self.generator)
             xq = x_q[index]
@@ -169,10 +168,7 @@ class _Trainer:
                 inputs = torch.cat([inputs, xq])
             for w, rounding in roundings.items():
                 module.set_initializer(f"{w}_quantized", rounding.soft_integers())
-            if recon.qdrop:
-                with module.output_hooks({q: self._qdrop_hook() for q in quantizers}):
-                    out = module(inputs)
-            else:
+            with module.output_hooks(qdrop_hooks):
                 out = module(inputs)
             rec = _channel_error(out[:batch], y_fp[index])
             loss = rec
@@ -188,10 +184,6 @@ class _Trainer:
                 regularizer = sum(r.regularizer(beta) for r in roundings.values())
                 loss = loss + recon.round_weight * regularizer
             if not torch.isfinite(loss):
-                for w, alpha in last_good[0].items():
-                    roundings[w].alpha.data.copy_(alpha)
-                for k, value in last_good[1].items():
-                    scales[k].data.copy_(value)
                 raise ReconstructionError(
                     f"{unit.label}: the loss became {loss.item()} at iteration {step + 1}; nothing was written. "
                     "Check the calibration set for extreme values, or lower the learning rates (--preset fast to debug)")
@@ -207,8 +199,6 @@ class _Trainer:
                     for s in scales.values():
                         s.clamp_(min=1e-8)
             if step % 25 == 0 or step == recon.iterations - 1:
-                last_good = ({w: r.alpha.detach().clone() for w, r in roundings.items()},
-                             {k: s.detach().clone() for k, s in scales.items()})
                 postfix = {"rec": f"{rec.item():.4g}"}
                 if pd is not None:
                     postfix["pd"] = f"{pd.item():.4g}"
@@ -256,9 +246,7 @@ class _Trainer:
         prob, generator = self.recon.qdrop_prob, self.generator
 
         def hook(inputs: list[torch.Tensor], quantized: torch.Tensor) -> torch.Tensor:
-            x, scale = inputs[0], inputs[1]
-            if scale.numel() != 1:
-                return quantized  # per-channel: a weight, not an activation
+            x, scale = inputs[0], inputs[1]  # activation quantizers only: weights are DQ-only initializers
             zero = inputs[2].to(x.dtype) if len(inputs) > 2 and inputs[2] is not None else 0.0
             keep = torch.rand(quantized.shape, generator=generator) < prob
             return torch.where(keep, quantized, x / scale + zero)  # DequantizeLinear maps x/s + z back to x
