@@ -177,5 +177,73 @@ def test_quantize_divergence_names_the_unit_and_writes_nothing(digits, calib_npz
     result = run("quantize", digits, "--calib", calib_npz, "--reconstruct", "brecq", "--preset", "fast", "-o", tmp_path / "out.onnx")
     assert result.exit_code == 1 and "Traceback" not in result.output
     last = [line for line in result.output.splitlines() if line.strip()][-1]  # after the progress bars
-    assert last.startswith("Error: unit 0 (") and "loss became nan" in last and "nothing was written" in last
+    assert last.startswith("Error: unit 0 (") and "loss became nan" in last and "no model was written" in last
+    assert _nothing_written(tmp_path)  # no finished unit: no checkpoint either
+
+
+def _stop_at_unit(monkeypatch, index: int, error: BaseException) -> None:
+    """Make reconstruction stop when it reaches unit `index` (the units before it finish normally)."""
+    from toolchain.recon import engine
+
+    original = engine._Trainer.unit
+
+    def unit(self, unit, bar_position):
+        if unit.index == index:
+            raise error
+        return original(self, unit, bar_position)
+
+    monkeypatch.setattr(engine._Trainer, "unit", unit)
+
+
+def _initializers(path) -> dict:
+    return {i.name: numpy_helper.to_array(i).tobytes() for i in onnx.load(path).graph.initializer}
+
+
+@pytest.mark.parametrize("stop", ["divergence", "ctrl-c"])
+def test_quantize_resume_after_a_stop_gives_the_uninterrupted_model(digits, calib_npz, tmp_path, monkeypatch, stop):
+    """Rule: the finished units survive a divergence or Ctrl-C in OUTPUT.ckpt, and --resume then writes
+    exactly (bit for bit) the model an uninterrupted run writes, and removes the checkpoint."""
+    from toolchain.recon.engine import ReconstructionError
+
+    args = ["quantize", digits, "--calib", calib_npz, "--w-bits", 4, "--a-bits", 4, "--reconstruct", "pdquant",
+            "--preset", "fast"]
+    assert run(*args, "-o", tmp_path / "whole.onnx").exit_code == 0
+    with monkeypatch.context() as patch:
+        error = ReconstructionError("unit 2 (block): the loss became nan at iteration 3") if stop == "divergence" else KeyboardInterrupt()
+        _stop_at_unit(patch, 2, error)
+        stopped = run(*args, "-o", tmp_path / "out.onnx")
+    checkpoint = tmp_path / "out.onnx.ckpt"
+    assert not (tmp_path / "out.onnx").exists() and checkpoint.is_file()
+    if stop == "divergence":
+        assert stopped.exit_code == 1 and "Traceback" not in stopped.output
+        assert "The 2 finished unit(s) are kept in" in stopped.output and "--resume" in stopped.output
+    else:
+        assert stopped.exit_code == 130 and "--resume continues" in stopped.output
+    resumed = run(*args, "-o", tmp_path / "out.onnx", "--resume")
+    assert resumed.exit_code == 0, resumed.output
+    assert _initializers(tmp_path / "out.onnx") == _initializers(tmp_path / "whole.onnx")
+    assert not checkpoint.exists()
+    units = json.loads((tmp_path / "out.report.json").read_text())["reconstruction"]["units"]
+    assert [u["unit"] for u in units] == list(range(len(units)))
+
+
+def test_quantize_resume_refuses_a_checkpoint_of_another_run(digits, calib_npz, tmp_path, monkeypatch):
+    """Rule: a checkpoint is only applied to the run that wrote it (here the bits differ): one-line error."""
+    from toolchain.recon.engine import ReconstructionError
+
+    args = ["quantize", digits, "--calib", calib_npz, "--reconstruct", "brecq", "--preset", "fast", "-o", tmp_path / "out.onnx"]
+    with monkeypatch.context() as patch:
+        _stop_at_unit(patch, 1, ReconstructionError("unit 1 (block): the loss became nan at iteration 1"))
+        assert run(*args, "--w-bits", 4).exit_code == 1
+    result = run(*args, "--w-bits", 8, "--resume")
+    assert_user_error(result, "was written by a run with different", "quantizer")
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_quantize_resume_needs_reconstruction_and_a_checkpoint(digits, calib_npz, tmp_path):
+    result = run("quantize", digits, "--calib", calib_npz, "--resume", "-o", tmp_path / "out.onnx")
+    assert_user_error(result, "--resume continues an interrupted reconstruction")
+    result = run("quantize", digits, "--calib", calib_npz, "--reconstruct", "brecq", "--preset", "fast", "--resume",
+                 "-o", tmp_path / "out.onnx")
+    assert_user_error(result, "does not exist; run without --resume")
     assert _nothing_written(tmp_path)

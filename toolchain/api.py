@@ -231,8 +231,13 @@ def quantize_model(
     overwrite: bool = False,
     overrides: PreprocessingOverrides = PreprocessingOverrides(),
     progress: bool = True,
+    resume: bool = False,
 ) -> QuantizeOutcome:
-    """Quantize MODEL with calibration data CALIB; write OUT and OUT's .report.json (both or neither)."""
+    """Quantize MODEL with calibration data CALIB; write OUT and OUT's .report.json (both or neither).
+
+    With reconstruction, `OUT.ckpt` keeps the finished units while it runs (removed once OUT is written);
+    after a divergence, a crash or Ctrl-C, `resume=True` continues from it.
+    """
     import json
 
     from toolchain.modelio import atomic_output
@@ -241,16 +246,23 @@ def quantize_model(
 
     config = config or QuantConfig()
     out = Path(out)
+    if resume and not config.reconstruction.enabled:
+        raise ConfigError("--resume continues an interrupted reconstruction: add --reconstruct brecq|pdquant "
+                          "(with the options of the interrupted run)")
+    checkpoint = out.with_name(out.name + ".ckpt") if config.reconstruction.enabled else None
     report_path = report_path_for(out)
     check_writable(out, overwrite)
     check_writable(report_path, overwrite)
     proto = load_model(model)
     calibration = load_calibration_inputs(calib, proto, str(model), calib_limit, seed, overrides)
-    result = quantize(proto, calibration.inputs, config, source=str(model), calib_info=calibration.manifest, progress=progress)
+    result = quantize(proto, calibration.inputs, config, source=str(model), calib_info=calibration.manifest,
+                      progress=progress, checkpoint=checkpoint, resume=resume)
     # Written side by side, renamed into place only when both are complete.
     with atomic_output(out) as model_tmp, atomic_output(report_path) as report_tmp:
         model_tmp.write_bytes(result.model.SerializeToString())
         report_tmp.write_text(json.dumps(result.report, indent=1, default=float) + "\n")
+    if checkpoint is not None:
+        checkpoint.unlink(missing_ok=True)
     return QuantizeOutcome(out, report_path, result.report, result.warnings)
 
 

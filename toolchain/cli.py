@@ -38,7 +38,7 @@ def user_errors(func: F) -> F:
         except ToolchainError as err:
             raise click.ClickException(str(err)) from err
         except KeyboardInterrupt:
-            click.echo("interrupted; no output was written", err=True)
+            click.echo("interrupted; no output was written (where OUTPUT.ckpt exists, --resume continues from it)", err=True)
             sys.exit(130)
 
     return wrapper  # type: ignore[return-value]
@@ -282,6 +282,9 @@ def run_command(out_dir: str, as_json: bool) -> None:
 @click.option("--no-pd", is_flag=True, help="Ablation (pdquant): switch the prediction-difference term off.")
 @click.option("--no-dc", is_flag=True, help="Ablation (pdquant): switch distribution correction off.")
 @click.option("--no-learn-scales", is_flag=True, help="Ablation (pdquant): keep the calibrator's activation step sizes.")
+@click.option("--resume", is_flag=True,
+              help="Continue a reconstruction that stopped (divergence, crash, Ctrl-C) from OUTPUT.ckpt, "
+                   "which keeps the finished units; give the same model, calibration set and bits.")
 @click.option("--require-all-quantized", is_flag=True, help="Fail when an op has no quantization rule (default: warn, leave it in float).")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT and its report if they exist.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report's summary as one JSON object.")
@@ -290,7 +293,7 @@ def run_command(out_dir: str, as_json: bool) -> None:
 def quantize_command(model: str, calib: str, output: str, w_bits: int, a_bits: int, calibrator: str | None, percentile: float,
                      target: str, first_last_8bit: bool, low_bit_storage: str, calib_limit: int | None, seed: int,
                      reconstruct: str, preset: str, recon_iterations: int | None, recon_batch_size: int | None,
-                     no_qdrop: bool, no_pd: bool, no_dc: bool, no_learn_scales: bool,
+                     no_qdrop: bool, no_pd: bool, no_dc: bool, no_learn_scales: bool, resume: bool,
                      require_all_quantized: bool, overwrite: bool, as_json: bool, **kwargs: Any) -> None:
     """Quantize every layer of MODEL.onnx (first and last included) into a QDQ model.
 
@@ -298,7 +301,8 @@ def quantize_command(model: str, calib: str, output: str, w_bits: int, a_bits: i
     DequantizeLinear, activations get Q->DQ (the network output too), so onnxruntime runs the model on
     integer kernels at 8 bits. With --reconstruct, weight rounding (and for pdquant the activation step
     sizes) are then learned unit by unit (stem, residual blocks, final layer, found from the graph) and
-    written into the same QDQ model. A report with per-layer bits, scales, zero points, SQNR against
+    written into the same QDQ model; OUTPUT.ckpt keeps the finished units meanwhile, so a run that
+    stops (divergence, crash, Ctrl-C) continues with --resume. A report with per-layer bits, scales, zero points, SQNR against
     FP32, onnxruntime's fusion coverage and per-unit losses is written next to OUTPUT.
 
     \b
@@ -306,6 +310,7 @@ def quantize_command(model: str, calib: str, output: str, w_bits: int, a_bits: i
       toolchain quantize resnet20.onnx --calib ../shared/datasets/cifar10-train-jpg.tar.gz -o r20_w8a8.onnx
       toolchain quantize resnet20.onnx --calib calib_data/dgh256.npz --w-bits 4 --a-bits 4 -o r20_w4a4.onnx
       toolchain quantize resnet20.onnx --calib calib_data/dgh256.npz --w-bits 4 --a-bits 4 --reconstruct pdquant -o r20_pd.onnx
+      toolchain quantize ...same options... --resume     # after a stop: continues from r20_pd.onnx.ckpt
     """
     from dataclasses import replace
 
@@ -325,7 +330,8 @@ def quantize_command(model: str, calib: str, output: str, w_bits: int, a_bits: i
     config = QuantConfig(w_bits=w_bits, a_bits=a_bits, calibrator=calibrator, percentile=percentile, target=target,
                          first_last_8bit=first_last_8bit, require_all_quantized=require_all_quantized,
                          low_bit_storage=low_bit_storage, reconstruction=recon)
-    outcome = api.quantize_model(model, calib, output, config, calib_limit, seed, overwrite, _overrides(kwargs))
+    outcome = api.quantize_model(model, calib, output, config, calib_limit, seed, overwrite, _overrides(kwargs),
+                                 resume=resume)
     for warning in outcome.warnings:
         click.echo(f"warning: {warning}", err=True)
     summary = outcome.report["summary"]

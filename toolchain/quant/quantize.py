@@ -13,6 +13,7 @@ import logging
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -140,8 +141,13 @@ def choose_parameters(float_model: onnx.ModelProto, plan: QuantPlan, calib: np.n
 
 
 def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, source: str = "model",
-             calib_info: dict | None = None, progress: bool = True) -> QuantResult:
-    """Quantize every layer of `model` with `calib` (float32 NCHW model inputs) as `config` says."""
+             calib_info: dict | None = None, progress: bool = True, checkpoint: Path | None = None,
+             resume: bool = False) -> QuantResult:
+    """Quantize every layer of `model` with `calib` (float32 NCHW model inputs) as `config` says.
+
+    With reconstruction and a `checkpoint` path, the finished units are saved there after each one;
+    `resume=True` continues from that file (see recon.resume).
+    """
     start = time.perf_counter()
     check_not_quantized(model, source)
     check_calibration(model, calib, source)
@@ -158,6 +164,7 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
                          "drop --require-all-quantized to leave them in float")
     for warning in warnings:
         logger.warning(warning)
+    resume_point = _resume_point(float_model, calib, config, checkpoint, resume)
     act, weights = choose_parameters(float_model, plan, calib, config, progress)
     integers, recon_report = None, None
     if config.reconstruction.enabled:
@@ -165,9 +172,8 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
         from toolchain.recon.engine import (
             reconstruct,  # torch is imported only when reconstruction runs
         )
-
         result = reconstruct(float_model, plan, act, weights, calib, config.reconstruction, bn_targets(cleaned[0]),
-                             progress=progress)
+                             progress=progress, resume_point=resume_point)
         act, weights, integers = result.activations, result.weights, result.weight_integers
         recon_report = {"config": config.reconstruction.to_dict(), "units": result.units, "notes": result.notes,
                         "seconds": result.seconds}
@@ -185,6 +191,22 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
     report["reconstruction"] = recon_report or {"config": config.reconstruction.to_dict()}
     report["seconds"] = round(time.perf_counter() - start, 3)
     return QuantResult(qdq, report, tuple(warnings))
+
+
+def _resume_point(float_model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, checkpoint: Path | None,
+                  resume: bool):
+    """The reconstruction checkpoint of this run (None without reconstruction or path); checked now when resuming."""
+    if checkpoint is None or not config.reconstruction.enabled:
+        return None
+    from toolchain.recon.resume import ResumePoint, check_resumable, digest
+
+    quantizer = {k: v for k, v in config.to_dict().items() if k != "reconstruction"}
+    identity = {"model": digest(float_model.SerializeToString()), "calib": digest(calib), "quantizer": quantizer,
+                "method": config.reconstruction.method, "seed": config.reconstruction.seed}
+    point = ResumePoint(checkpoint, identity, resume)
+    if resume:
+        check_resumable(point)
+    return point
 
 
 def _run_with_outputs(model: onnx.ModelProto, names: list[str], inputs: np.ndarray, optimize: bool) -> dict[str, np.ndarray]:

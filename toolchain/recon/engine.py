@@ -15,8 +15,10 @@ one is trained on the quantized graph as it stands (finished units hard-rounded)
   DequantizeLinear); activation step sizes are the QuantizeLinear/DequantizeLinear scale initializers;
 - QDrop is a hook on the unit's QuantizeLinear nodes letting a random half of the elements through;
 - the PD term runs the unit's quantized output through the FP rest of the network (cut at the unit).
-It returns new parameters (same zero points) and hard-rounded integers; nothing is written to a file.
-A non-finite loss stops with ReconstructionError naming the unit; the caller then writes nothing.
+It returns new parameters (same zero points) and hard-rounded integers. With a `resume_point`
+the state is checkpointed after every finished unit and a resumed run skips those units;
+a non-finite loss stops with ReconstructionError naming the unit (and the checkpoint that keeps the
+finished ones); the caller then writes no model.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ from toolchain.quant.qparams import QParams
 from toolchain.recon.adaround import AdaRound
 from toolchain.recon.config import ReconConfig
 from toolchain.recon.correction import BnTarget, correct_inputs
+from toolchain.recon.resume import Progress, ResumePoint, load_progress, save_progress
 from toolchain.recon.subgraph import extract
 from toolchain.recon.units import Unit, find_units
 
@@ -184,9 +187,7 @@ class _Trainer:
                 regularizer = sum(r.regularizer(beta) for r in roundings.values())
                 loss = loss + recon.round_weight * regularizer
             if not torch.isfinite(loss):
-                raise ReconstructionError(
-                    f"{unit.label}: the loss became {loss.item()} at iteration {step + 1}; nothing was written. "
-                    "Check the calibration set for extreme values, or lower the learning rates (--preset fast to debug)")
+                raise ReconstructionError(f"{unit.label}: the loss became {loss.item()} at iteration {step + 1}")
             optimizer.zero_grad(set_to_none=True)
             if scale_optimizer:
                 scale_optimizer.zero_grad(set_to_none=True)
@@ -219,6 +220,22 @@ class _Trainer:
                 "distribution_correction": bool(recon.distribution_correction and bn_outputs),
                 "learned_scales": sorted(scales), "loss_before": before, "loss_after": after,
                 "seconds": round(time.perf_counter() - started, 2)}
+
+    # ----------------------------------------------------------------------------------- checkpoints
+
+    def progress_after(self, units: list[dict]) -> Progress:
+        scales = {root: params.scale for root, params in self.act.items()}
+        return Progress(len(units), scales, dict(self.integers), list(units), self.generator.get_state(),
+                        torch.get_rng_state())
+
+    def restore(self, progress: Progress) -> None:
+        for root, scale in progress.scales.items():
+            old = self.act[root]
+            self.act[root] = QParams(scale.astype(np.float32).reshape(old.scale.shape), old.zero_point, old.qtype,
+                                     old.axis, old.qmin)
+        self.integers = dict(progress.integers)
+        self.generator.set_state(progress.generator_state)
+        torch.set_rng_state(progress.torch_rng_state)
 
     # ----------------------------------------------------------------------------------- helpers
 
@@ -256,7 +273,7 @@ class _Trainer:
 
 def reconstruct(float_model: onnx.ModelProto, plan: QuantPlan, act: dict[str, QParams], weights: dict[str, QParams],
                 calib: np.ndarray, recon: ReconConfig, bn: dict[str, BnTarget] | None = None,
-                progress: bool = True) -> ReconResult:
+                progress: bool = True, resume_point: ResumePoint | None = None) -> ReconResult:
     """Learn weight rounding (and, for pdquant, activation step sizes) unit by unit; see the module docstring."""
     started = time.perf_counter()
     if len(calib) < recon.batch_size:
@@ -265,10 +282,32 @@ def reconstruct(float_model: onnx.ModelProto, plan: QuantPlan, act: dict[str, QP
     torch.manual_seed(recon.seed)
     trainer = _Trainer(float_model, plan, act, weights, calib, recon, bn or {}, progress)
     partition = find_units(float_model, plan, trainer.image_input, recon.max_unit_layers)
-    units = []
-    bar = tqdm(partition.units, desc=f"{recon.method} units", unit="unit", file=sys.stderr, disable=not progress)
+    if resume_point is not None:  # the partition is part of what a checkpoint must match
+        resume_point = ResumePoint(resume_point.path, {**resume_point.identity, "units": [u.label for u in partition.units]},
+                                   resume_point.resume)
+    units: list[dict] = []
+    if resume_point is not None and resume_point.resume:
+        saved = load_progress(resume_point)
+        trainer.restore(saved)
+        units = saved.units
+    bar = tqdm(partition.units[len(units):], desc=f"{recon.method} units", unit="unit", file=sys.stderr,
+               disable=not progress, total=len(partition.units), initial=len(units))
     for unit in bar:
-        units.append(trainer.unit(unit, bar_position=1))
+        try:
+            units.append(trainer.unit(unit, bar_position=1))
+        except ReconstructionError as err:
+            raise ReconstructionError(_divergence_message(err, units, resume_point)) from err
+        if resume_point is not None:
+            save_progress(resume_point, trainer.progress_after(units))
         bar.set_postfix(rec=f"{units[-1]['loss_before']['rec']:.3g}->{units[-1]['loss_after']['rec']:.3g}")
     return ReconResult(trainer.act, trainer.weights, trainer.integers, units, partition.notes,
                        round(time.perf_counter() - started, 2))
+
+
+def _divergence_message(err: ReconstructionError, units: list[dict], resume_point: ResumePoint | None) -> str:
+    fix = ("check the calibration set for extreme values, or keep the calibrator's step sizes (--no-learn-scales) "
+           "or use fewer iterations (--recon-iterations)")
+    if resume_point is None or not units:
+        return f"{err}; no model was written: {fix}"
+    return (f"{err}; no model was written. The {len(units)} finished unit(s) are kept in {resume_point.path}: "
+            f"{fix}, and add --resume to continue from there")
