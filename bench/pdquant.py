@@ -7,10 +7,12 @@ Usage:
     python bench/pdquant.py --suite sweep --seeds 0           # pdquant W4A4 at 100 iterations per unit (default: 300)
     python bench/pdquant.py --suite ingredients --seeds 0     # pdquant without PD / learned step sizes / DC, W2A4 then W4A4
     python bench/pdquant.py --suite ablation --seeds 1 2 --data bns --method pdquant --bits W4A4   # a subset
+    python bench/pdquant.py --suite datagen --seeds 0          # generation settings judged by pdquant W4A4
     python bench/pdquant.py --render-only                     # rewrite the .md from the .json
 
 Every row: calibration data generated with `toolchain.api.generate_calibration` (`default` preset, N
-images, the row's seed), quantized with every layer low-bit (first/last and the network output,
+images, the row's seed; a data label `dgh@iterations=100` changes one generation setting, see
+`generation_config`), quantized with every layer low-bit (first/last and the network output,
 `toolchain.api.quantize_model`, MSE calibrator then the reconstruction), evaluated in onnxruntime on
 the 10,000 CIFAR-10 JPEG test images. Rows are merged into bench/results/pdquant.json as they finish
 (keyed by model, data, seed, method, bits, preset), so suites can run in separate processes.
@@ -37,6 +39,33 @@ WEIGHTS = {"resnet20": "resnet20-12fca82f.th", "resnet56": "resnet56-4bfd9763.th
 
 
 SWEEP_ITERATIONS = (100,)  # beside the default preset's 300
+# Generation settings judged by pdquant W4A4 (beside the `default` presets of dgh and fdda)
+DATAGEN_VARIANTS = ("dgh@iterations=100", "dgh@iterations=400", "dgh@augment.smoothing_sigma=0.5",
+                    "dgh@output_weight=0.001", "fdda@combined")
+
+
+def generation_config(label: str):
+    """(method, GenerationConfig or None = the preset) for a data label: `METHOD[@KEY=VALUE,...]`.
+
+    KEY is a GenerationConfig field or `augment.FIELD`; `combined` (fdda) adds DGH's joint statistics,
+    input pseudo-layer and flip/smooth/crop augmentation to FDDA's class terms (methods.md section 7)."""
+    from toolchain.datagen import preset
+
+    method, _, spec = label.partition("@")
+    if not spec:
+        return method, None
+    config = preset("default", method)
+    for item in spec.split(","):
+        if item == "combined":
+            config = replace(config, joint_statistics=True, input_layer=True, augment=preset("default", "dgh").augment)
+            continue
+        name, value = item.split("=")
+        target, _, field_name = name.rpartition(".")
+        holder = getattr(config, target) if target else config
+        kind = type(getattr(holder, field_name or name))
+        changed = replace(holder, **{field_name or name: kind(value)})
+        config = replace(config, **{target: changed}) if target else changed
+    return method, config
 
 
 def suite_jobs(suite: str, seeds: list[int]) -> list[tuple]:
@@ -59,6 +88,8 @@ def suite_jobs(suite: str, seeds: list[int]) -> list[tuple]:
         for bits in ((2, 4), (4, 4)):
             for off in ("prediction_difference", "learn_scales", "distribution_correction"):
                 jobs += [("resnet20", "dgh", s, "pdquant", *bits, {off: False}) for s in seeds]
+    elif suite == "datagen":
+        jobs += [("resnet20", data, s, "pdquant", 4, 4) for s in seeds for data in DATAGEN_VARIANTS]
     elif suite == "resnet56":
         jobs += [("resnet56", "dgh", s, method, 4, 4) for s in seeds for method in ("none", "brecq", "pdquant")]
     return jobs
@@ -99,12 +130,14 @@ def run(args: argparse.Namespace) -> None:
         model = work / f"{model_name}.onnx"
         if not model.exists():
             api.export_model(f"{model_name}_cifar10", model, weights=shared / "weights" / WEIGHTS[model_name])
-        calib = work / f"{model_name}_{data}_n{args.n}_s{seed}.npz"
+        calib = work / f"{model_name}_{data.replace('@', '_').replace('=', '-')}_n{args.n}_s{seed}.npz"
         generation_s = None
         if not calib.exists():
             started = time.perf_counter()
-            api.generate_calibration(model, data, args.n, calib, seed=seed, data=train if data in ("real", "fdda") else None,
-                                     progress=False)
+            method_name, generation = generation_config(data)
+            api.generate_calibration(model, method_name, args.n, calib, seed=seed,
+                                     data=train if method_name in ("real", "fdda") else None, progress=False,
+                                     config=generation)
             generation_s = round(time.perf_counter() - started, 1)
             (work / f"{calib.name}.seconds").write_text(str(generation_s))
         elif (work / f"{calib.name}.seconds").exists():
@@ -184,6 +217,21 @@ def render(path: Path) -> None:
             cells = [_stats([r["top1"] for r in pick(model="resnet20", data="dgh", method="pdquant", seed=0, preset=label, bits=b)])
                      for b in ("W4A4", "W2A4")]
             lines.append(f"| {text} | " + " | ".join(cells) + " |")
+    settings = [(data, pick(model="resnet20", data=data, method="pdquant", bits="W4A4", preset="default"))
+                for data in ("dgh", *[d for d in DATAGEN_VARIANTS if d.startswith("dgh")], "fdda",
+                             *[d for d in DATAGEN_VARIANTS if d.startswith("fdda")])]
+    if any(data in DATAGEN_VARIANTS and sel for data, sel in settings):
+        lines += ["", "## Generation settings judged by pdquant W4A4 (ResNet-20, 256 images)", "",
+                  "`default` presets: dgh 200 iterations, smoothing sigma 1.0, output-stretching weight 3e-7; fdda 200 "
+                  "iterations, per-batch statistics, no augmentation. Generation seconds: mean over the seeds shown.", "",
+                  "| data | top-1 % | per seed | generation s |", "|---|---:|---|---:|"]
+        for data, sel in settings:
+            if sel:
+                sel = sorted(sel, key=lambda r: r["seed"])
+                per_seed = " / ".join(f"s{r['seed']} {100 * r['top1']:.2f}" for r in sel)
+                gen = [r["generation_s"] for r in sel if r.get("generation_s")]
+                gen_text = f"{statistics.mean(gen):.0f}" if gen else "–"
+                lines.append(f"| {data} | {_stats([r['top1'] for r in sel])} | {per_seed} | {gen_text} |")
     lines += ["", "## ResNet-56 W4A4, DGH data", "", "| method | top-1 % | quantize s |", "|---|---:|---:|"]
     for method in ("none", "brecq", "pdquant"):
         sel = pick(model="resnet56", data="dgh", method=method, bits="W4A4", preset="default")
@@ -210,7 +258,7 @@ def render(path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", choices=["main", "ablation", "resnet56", "sweep", "ingredients"], default="main")
+    parser.add_argument("--suite", choices=["main", "ablation", "resnet56", "sweep", "ingredients", "datagen"], default="main")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--n", type=int, default=256, help="calibration images per seed")
     parser.add_argument("--preset", choices=["fast", "default", "paper"], default="default")

@@ -294,8 +294,12 @@ def generate_calibration(
     overrides: PreprocessingOverrides = PreprocessingOverrides(),
     progress: bool = True,
     distributed=None,
+    config=None,
 ) -> GenerateOutcome:
     """Synthesise (or sample) N calibration inputs for MODEL and write them atomically as a calibration .npz.
+
+    `config` (a datagen.GenerationConfig) replaces the preset, for ablations; `batch_size`, `iterations` and
+    `per_class` still override it.
 
     A checkpoint `OUT.ckpt` is kept while optimising; `resume=True` continues from it, and it is removed
     once the output is written. Under torchrun only rank 0 writes.
@@ -312,7 +316,7 @@ def generate_calibration(
         check_writable(path, overwrite)
     proto = load_model(model)
     pre = model_preprocessing(proto, overrides, str(model))
-    config = preset(preset_name, method)
+    config = config if config is not None else preset(preset_name, method)
     changes = {k: v for k, v in (("batch_size", batch_size), ("iterations", iterations)) if v is not None}
     if changes:
         config = replace(config, **changes)
