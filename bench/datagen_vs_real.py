@@ -11,7 +11,8 @@ exported ResNet-20 at W8A8 and W4A4 with the default (MSE) calibrator and no rec
 (`toolchain.api.quantize_model`), and evaluates the QDQ model in onnxruntime on the CIFAR-10 JPEG test
 set. It also measures: generation throughput of the ONNX executor against the same loop on the native
 torch module, peak memory of dgh for N = 256 and N = 2048 (separate processes, a few iterations), and
-a small sweep of dgh iterations (accuracy per CPU-minute, which chose the `default` preset).
+a small sweep of dgh iterations (accuracy per CPU-minute; too noisy without reconstruction: the `default`
+preset was chosen under pdquant, `bench/pdquant.py --suite datagen`).
 Writes bench/results/datagen_vs_real.{json,md}.
 """
 
@@ -162,7 +163,8 @@ def render(data: dict) -> str:
                      if distances else f"| {method} | {cells[0]} | {cells[1]} | — | {statistics.mean(seconds):.0f} |")
     if data.get("sweep"):
         lines += ["", "DGH iterations sweep (seed 0 only, W4A4): accuracy per CPU-minute. One seed cannot separate these "
-                  "(the seed-to-seed spread above is about 1 point); the `default` preset (200) is not yet chosen by this.", "",
+                  "(the seed-to-seed spread above is about 1 point), so the `default` preset (200) was chosen under pdquant "
+                  "instead: `bench/results/pdquant.md`, section \"Generation settings judged by pdquant W4A4\".", "",
                   "| iterations | generation s | W4A4 top-1 |", "|---:|---:|---:|"]
         lines += [f"| {r['iterations']} | {r['generation_s']} | {100 * r['W4A4_top1']:.2f} |" for r in data["sweep"]]
     if data.get("throughput"):

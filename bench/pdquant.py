@@ -8,6 +8,7 @@ Usage:
     python bench/pdquant.py --suite ingredients --seeds 0     # pdquant without PD / learned step sizes / DC, W2A4 then W4A4
     python bench/pdquant.py --suite ablation --seeds 1 2 --data bns --method pdquant --bits W4A4   # a subset
     python bench/pdquant.py --suite datagen --seeds 0          # generation settings judged by pdquant W4A4
+    python bench/pdquant.py --suite pdweight --seeds 0         # the PD term's weight at W2A4 (1 and 3; default 10)
     python bench/pdquant.py --render-only                     # rewrite the .md from the .json
 
 Every row: calibration data generated with `toolchain.api.generate_calibration` (`default` preset, N
@@ -39,6 +40,7 @@ WEIGHTS = {"resnet20": "resnet20-12fca82f.th", "resnet56": "resnet56-4bfd9763.th
 
 
 SWEEP_ITERATIONS = (100,)  # beside the default preset's 300
+PD_WEIGHTS = (1.0, 3.0)  # beside PD-Quant's 10
 # Generation settings judged by pdquant W4A4 (beside the `default` presets of dgh and fdda)
 DATAGEN_VARIANTS = ("dgh@iterations=100", "dgh@iterations=400", "dgh@augment.smoothing_sigma=0.5",
                     "dgh@output_weight=0.001", "fdda@combined")
@@ -88,6 +90,9 @@ def suite_jobs(suite: str, seeds: list[int]) -> list[tuple]:
         for bits in ((2, 4), (4, 4)):
             for off in ("prediction_difference", "learn_scales", "distribution_correction"):
                 jobs += [("resnet20", "dgh", s, "pdquant", *bits, {off: False}) for s in seeds]
+    elif suite == "pdweight":  # the PD term's weight at 2-bit weights (PD-Quant: 10)
+        for bits in ((2, 4),):
+            jobs += [("resnet20", "dgh", s, "pdquant", *bits, {"pd_weight": w}) for s in seeds for w in PD_WEIGHTS]
     elif suite == "datagen":
         jobs += [("resnet20", data, s, "pdquant", 4, 4) for s in seeds for data in DATAGEN_VARIANTS]
     elif suite == "resnet56":
@@ -232,6 +237,17 @@ def render(path: Path) -> None:
                 gen = [r["generation_s"] for r in sel if r.get("generation_s")]
                 gen_text = f"{statistics.mean(gen):.0f}" if gen else "–"
                 lines.append(f"| {data} | {_stats([r['top1'] for r in sel])} | {per_seed} | {gen_text} |")
+    weights = sorted([r for r in pick(model="resnet20", data="dgh", method="pdquant", seed=0)
+                      if r["preset"] == "default" or "@pd_weight=" in r["preset"]],
+                     key=lambda r: (r["bits"], r["preset"]))
+    if any("@pd_weight=" in r["preset"] for r in weights):
+        lines += ["", "## Weight of the PD term (ResNet-20, DGH, seed 0; PD-Quant's value: 10)", "",
+                  "| bits | PD weight | top-1 % |", "|---|---:|---:|"]
+        bits_with_variants = {r["bits"] for r in weights if "@pd_weight=" in r["preset"]}
+        for r in weights:
+            if r["bits"] in bits_with_variants:
+                weight = r["preset"].split("@pd_weight=")[1] if "@pd_weight=" in r["preset"] else "10 (default)"
+                lines.append(f"| {r['bits']} | {weight} | {100 * r['top1']:.2f} |")
     lines += ["", "## ResNet-56 W4A4, DGH data", "", "| method | top-1 % | quantize s |", "|---|---:|---:|"]
     for method in ("none", "brecq", "pdquant"):
         sel = pick(model="resnet56", data="dgh", method=method, bits="W4A4", preset="default")
@@ -258,7 +274,7 @@ def render(path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", choices=["main", "ablation", "resnet56", "sweep", "ingredients", "datagen"], default="main")
+    parser.add_argument("--suite", choices=["main", "ablation", "resnet56", "sweep", "ingredients", "datagen", "pdweight"], default="main")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--n", type=int, default=256, help="calibration images per seed")
     parser.add_argument("--preset", choices=["fast", "default", "paper"], default="default")
