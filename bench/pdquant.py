@@ -8,7 +8,7 @@ Usage:
     python bench/pdquant.py --suite ingredients --seeds 0     # pdquant without PD / learned step sizes / DC, W2A4 then W4A4
     python bench/pdquant.py --suite ablation --seeds 1 2 --data bns --method pdquant --bits W4A4   # a subset
     python bench/pdquant.py --suite datagen --seeds 0          # generation settings judged by pdquant W4A4
-    python bench/pdquant.py --suite pdweight --seeds 0         # the PD term's weight at W2A4 (1 and 3; default 10)
+    python bench/pdquant.py --suite pdweight --seeds 0         # the PD term's weight at W2A4 and W4A4 (1 and 3; default 10)
     python bench/pdquant.py --render-only                     # rewrite the .md from the .json
 
 Every row: calibration data generated with `toolchain.api.generate_calibration` (`default` preset, N
@@ -90,8 +90,8 @@ def suite_jobs(suite: str, seeds: list[int]) -> list[tuple]:
         for bits in ((2, 4), (4, 4)):
             for off in ("prediction_difference", "learn_scales", "distribution_correction"):
                 jobs += [("resnet20", "dgh", s, "pdquant", *bits, {off: False}) for s in seeds]
-    elif suite == "pdweight":  # the PD term's weight at 2-bit weights (PD-Quant: 10)
-        for bits in ((2, 4),):
+    elif suite == "pdweight":  # the PD term's weight (PD-Quant: 10) at 2- and 4-bit weights
+        for bits in ((2, 4), (4, 4)):
             jobs += [("resnet20", "dgh", s, "pdquant", *bits, {"pd_weight": w}) for s in seeds for w in PD_WEIGHTS]
     elif suite == "datagen":
         jobs += [("resnet20", data, s, "pdquant", 4, 4) for s in seeds for data in DATAGEN_VARIANTS]

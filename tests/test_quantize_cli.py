@@ -247,3 +247,19 @@ def test_quantize_resume_needs_reconstruction_and_a_checkpoint(digits, calib_npz
                  "-o", tmp_path / "out.onnx")
     assert_user_error(result, "does not exist; run without --resume")
     assert _nothing_written(tmp_path)
+
+
+def test_quantize_reconstruction_flags_reach_the_recorded_config(digits, calib_npz, tmp_path):
+    """Rule: every reconstruction option of the CLI is applied, and recorded in the report's config."""
+    out = tmp_path / "flags.onnx"
+    result = run("quantize", digits, "--calib", calib_npz, "--w-bits", 4, "--a-bits", 4, "--reconstruct", "pdquant",
+                 "--preset", "fast", "--recon-iterations", 3, "--recon-batch-size", 4, "--pd-weight", 2.5,
+                 "--no-qdrop", "--no-dc", "--no-learn-scales", "-o", out)
+    assert result.exit_code == 0, result.output
+    recon = json.loads((tmp_path / "flags.report.json").read_text())["reconstruction"]
+    config = recon["config"]
+    assert (config["iterations"], config["batch_size"], config["pd_weight"]) == (3, 4, 2.5)
+    assert not config["qdrop"] and not config["distribution_correction"] and not config["learn_scales"]
+    assert config["prediction_difference"] and all(not u["learned_scales"] for u in recon["units"])
+    result = run("quantize", digits, "--calib", calib_npz, "--reconstruct", "pdquant", "--pd-weight", 0, "-o", tmp_path / "x.onnx")
+    assert result.exit_code == 2 and "--pd-weight" in result.output  # click's usage error: must be > 0
