@@ -236,3 +236,15 @@ def test_output_hooks_replace_a_node_output_and_reject_unknown_nodes(resnet20_ra
     assert float(module(x).abs().sum()) > 0.0
     with pytest.raises(KeyError, match="no runtime node"), module.output_hooks({"missing": lambda inputs, out: out}):
         pass
+
+
+def test_pd_weight_default_follows_the_weight_bits():
+    """Rule: with no explicit pd_weight, PD-Quant's 10 applies when every weight has >= 4 bits and 1 below
+    (measured: the term over-fits at 2 bits); an explicit value always wins."""
+    recon = ReconConfig.preset("pdquant", "fast")
+    assert recon.pd_weight is None
+    assert recon.resolved(8).pd_weight == 10.0 and recon.resolved(4).pd_weight == 10.0
+    assert recon.resolved(2).pd_weight == 1.0
+    assert replace(recon, pd_weight=3.0).resolved(2).pd_weight == 3.0
+    with pytest.raises(ConfigError, match="pd_weight must be > 0"):
+        replace(recon, pd_weight=0.0)

@@ -279,8 +279,8 @@ def run_command(out_dir: str, as_json: bool) -> None:
 @click.option("--recon-iterations", type=click.IntRange(min=1), help="Iterations per unit (the preset's by default).")
 @click.option("--recon-batch-size", type=click.IntRange(min=1), help="Reconstruction batch size (the preset's by default).")
 @click.option("--pd-weight", type=click.FloatRange(min=0.0, min_open=True),
-              help="pdquant: weight of the prediction-difference term [default: 10, PD-Quant's; at 2-bit weights "
-                   "1 measured better on ResNet-20, see the README].")
+              help="pdquant: weight of the prediction-difference term [default: 10 (PD-Quant's) when every weight "
+                   "has >= 4 bits, 1 below: measured on ResNet-20, see the README].")
 @click.option("--no-qdrop", is_flag=True, help="Ablation: switch QDrop off.")
 @click.option("--no-pd", is_flag=True, help="Ablation (pdquant): switch the prediction-difference term off.")
 @click.option("--no-dc", is_flag=True, help="Ablation (pdquant): switch distribution correction off.")

@@ -172,10 +172,11 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
         from toolchain.recon.engine import (
             reconstruct,  # torch is imported only when reconstruction runs
         )
-        result = reconstruct(float_model, plan, act, weights, calib, config.reconstruction, bn_targets(cleaned[0]),
+        recon = config.reconstruction.resolved(min((w.bits for w in plan.weights.values()), default=8))
+        result = reconstruct(float_model, plan, act, weights, calib, recon, bn_targets(cleaned[0]),
                              progress=progress, resume_point=resume_point)
         act, weights, integers = result.activations, result.weights, result.weight_integers
-        recon_report = {"config": config.reconstruction.to_dict(), "units": result.units, "notes": result.notes,
+        recon_report = {"config": recon.to_dict(), "units": result.units, "notes": result.notes,
                         "seconds": result.seconds}
         for note in result.notes:  # e.g. a region reconstructed layer by layer: the CLI prints these
             logger.warning(note)

@@ -42,7 +42,10 @@ class ReconConfig:
             element, and the unit input mixes quantized and FP inputs 50/50.
         qdrop_prob: probability of the quantized value per element.
         prediction_difference: add KL(softmax(z_fp/T) || softmax(z_q/T)) through the FP rest of the network.
-        pd_weight: weight of the PD term (1 / lambda_r; PD-Quant: 10).
+        pd_weight: weight of the PD term (1 / lambda_r); None = by weight bits (`resolved`): PD-Quant's 10
+            when every weight has 4 bits or more, 1 when some have fewer. Measured on ResNet-20 (DGH data,
+            seed 0, bench/pdquant.py --suite pdweight): W4A4 10 -> 79.55 %, 1 -> 78.24 %; W2A4 10 -> 50.89 %,
+            3 -> 59.59 %, 1 -> 60.99 % (the term over-fits the small calibration set at 2 bits).
         temperature: T of the PD term.
         learn_scales: learn the unit's activation step sizes (LSQ-style, through the STE).
         scale_lr: Adam learning rate of the step sizes, cosine-annealed to 0.
@@ -63,7 +66,7 @@ class ReconConfig:
     qdrop: bool = False
     qdrop_prob: float = 0.5
     prediction_difference: bool = False
-    pd_weight: float = 10.0
+    pd_weight: float | None = None
     temperature: float = 4.0
     learn_scales: bool = False
     scale_lr: float = 4e-5
@@ -89,6 +92,14 @@ class ReconConfig:
             raise ConfigError("qdrop_prob must be in [0, 1] and warmup in [0, 1)")
         if self.temperature <= 0 or self.dc_lambda <= 0 or self.max_unit_layers < 1:
             raise ConfigError("temperature and dc_lambda must be > 0, max_unit_layers >= 1")
+        if self.pd_weight is not None and self.pd_weight <= 0:
+            raise ConfigError(f"pd_weight must be > 0 (or None for the weight-bits default), got {self.pd_weight}")
+
+    def resolved(self, min_weight_bits: int) -> ReconConfig:
+        """This config with the defaults that depend on the quantized model filled in (pd_weight)."""
+        if self.pd_weight is not None:
+            return self
+        return replace(self, pd_weight=10.0 if min_weight_bits >= 4 else 1.0)
 
     @property
     def enabled(self) -> bool:

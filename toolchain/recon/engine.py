@@ -279,6 +279,7 @@ def reconstruct(float_model: onnx.ModelProto, plan: QuantPlan, act: dict[str, QP
     if len(calib) < recon.batch_size:
         raise ReconstructionError(f"the calibration set has {len(calib)} images, fewer than the reconstruction batch "
                                   f"size {recon.batch_size}: give more images or a smaller --recon-batch-size")
+    recon = recon.resolved(min((w.bits for w in plan.weights.values()), default=8))
     torch.manual_seed(recon.seed)
     trainer = _Trainer(float_model, plan, act, weights, calib, recon, bn or {}, progress)
     partition = find_units(float_model, plan, trainer.image_input, recon.max_unit_layers)
