@@ -248,3 +248,7 @@ def test_pd_weight_default_follows_the_weight_bits():
     assert replace(recon, pd_weight=3.0).resolved(2).pd_weight == 3.0
     with pytest.raises(ConfigError, match="pd_weight must be > 0"):
         replace(recon, pd_weight=0.0)
+
+
+def test_paper_preset_keeps_pd_quants_weight_at_every_bit_width():
+    assert ReconConfig.preset("pdquant", "paper").resolved(2).pd_weight == 10.0

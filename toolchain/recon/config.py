@@ -13,8 +13,9 @@ Methods (../shared/docs/methods.md sections 0 and 3):
 - pdquant: brecq + the prediction-difference term (KL through the FP rest of the network), learned
   activation step sizes, and distribution correction of the FP unit inputs toward the BN statistics.
 
-Presets: `paper` = PD-Quant's settings (20k iterations per unit, 500 DC steps); `default` = the best
-accuracy per CPU-minute measured on ResNet-20 (bench/pdquant.py); `fast` = tests (seconds).
+Presets: `paper` = PD-Quant's settings (20k iterations per unit, 500 DC steps, PD weight 10 at every
+bit-width); `default` = the best accuracy per CPU-minute measured on ResNet-20 (bench/pdquant.py; PD
+weight by weight bits, see `pd_weight`); `fast` = tests (seconds).
 """
 
 from __future__ import annotations
@@ -117,7 +118,7 @@ class ReconConfig:
                    learn_scales=pd, distribution_correction=pd)
         budget = {
             # PD-Quant's run_script.py: 20k iterations per unit, batch 32, 500 DC steps.
-            "paper": {"iterations": 20000, "batch_size": 32, "dc_steps": 500},
+            "paper": {"iterations": 20000, "batch_size": 32, "dc_steps": 500, "pd_weight": 10.0},
             # Measured on ResNet-20 W4A4 (bench/pdquant.py): see the README's reconstruction table.
             "default": {"iterations": 300, "batch_size": 32, "dc_steps": 50},  # 100: 78.81 % in 92 s; 300: 79.55 % in 195 s
             "fast": {"iterations": 6, "batch_size": 8, "dc_steps": 2, "dc_batch_size": 16},
