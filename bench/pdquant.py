@@ -212,6 +212,13 @@ def render(path: Path) -> None:
         for data, sel in multi:
             per_seed = " / ".join(f"{100 * r['top1']:.2f}" for r in sorted(sel, key=lambda r: r["seed"]))
             lines.append(f"| {data} | {_stats([r['top1'] for r in sel])} | {per_seed} |")
+    w2 = [(m, pick(model="resnet20", data="dgh", method=m, bits="W2A4", preset="default")) for m in ("brecq", "pdquant")]
+    if all(len(sel) > 1 for _, sel in w2):
+        lines += ["", "## W2A4 on DGH data, several seeds: brecq vs pdquant (PD weight 1 below 4-bit weights)", "",
+                  "| method | top-1 % | per seed |", "|---|---:|---|"]
+        for m, sel in w2:
+            per_seed = " / ".join(f"{100 * r['top1']:.2f}" for r in sorted(sel, key=lambda r: r["seed"]))
+            lines.append(f"| {m} | {_stats([r['top1'] for r in sel])} | {per_seed} |")
     labels = {"default": "pdquant (all)", "default@prediction_difference=False": "without the PD term",
               "default@learn_scales=False": "without learned step sizes",
               "default@distribution_correction=False": "without distribution correction"}
