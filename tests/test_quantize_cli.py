@@ -263,3 +263,14 @@ def test_quantize_reconstruction_flags_reach_the_recorded_config(digits, calib_n
     assert config["prediction_difference"] and all(not u["learned_scales"] for u in recon["units"])
     result = run("quantize", digits, "--calib", calib_npz, "--reconstruct", "pdquant", "--pd-weight", 0, "-o", tmp_path / "x.onnx")
     assert result.exit_code == 2 and "--pd-weight" in result.output  # click's usage error: must be > 0
+
+
+@pytest.mark.parametrize("w_bits, expected", [(2, 1.0), (4, 10.0)])
+def test_quantize_records_the_pd_weight_chosen_by_the_weight_bits(digits, calib_npz, tmp_path, w_bits, expected):
+    """Rule: without --pd-weight, the PD weight that ran follows the model's weight bits (1 below 4 bits,
+    10 from 4 bits) and the report records that value, not None."""
+    out = tmp_path / "pd.onnx"
+    result = run("quantize", digits, "--calib", calib_npz, "--w-bits", w_bits, "--a-bits", 4, "--reconstruct", "pdquant",
+                 "--preset", "fast", "--recon-iterations", 2, "--recon-batch-size", 4, "-o", out)
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "pd.report.json").read_text())["reconstruction"]["config"]["pd_weight"] == expected

@@ -10,6 +10,7 @@ Usage:
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import tempfile
 from collections.abc import Iterator
@@ -19,6 +20,11 @@ import onnx
 from google.protobuf.message import DecodeError
 
 from toolchain.errors import ModelFileError
+
+
+def model_sha256(model: onnx.ModelProto) -> str:
+    """sha256 of the serialised model: identifies it in manifests and checkpoints."""
+    return hashlib.sha256(model.SerializeToString()).hexdigest()
 
 
 def load_model(path: str | Path) -> onnx.ModelProto:

@@ -21,7 +21,6 @@ checkpoint is one file per rank, `checkpoint` + ".rankR" (distributed.rank_path)
 
 from __future__ import annotations
 
-import hashlib
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -43,11 +42,8 @@ from toolchain.datagen.losses import ClassObjective, deep_weights
 from toolchain.datagen.teacher import Teacher
 from toolchain.errors import ConfigError, DataError, GraphError
 from toolchain.graph import image_input
+from toolchain.modelio import model_sha256
 from toolchain.preprocessing import Preprocessing
-
-
-def model_sha256(model: onnx.ModelProto) -> str:
-    return hashlib.sha256(model.SerializeToString()).hexdigest()
 
 
 @overload

@@ -9,6 +9,7 @@ Usage:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import sys
 import time
@@ -25,6 +26,7 @@ import toolchain
 from toolchain.errors import DataError, GraphError
 from toolchain.graph import image_input
 from toolchain.passes import cleanup_passes, run_passes
+from toolchain.modelio import model_sha256
 from toolchain.quant.annotate import QuantPlan, annotate
 from toolchain.quant.calibrate import (
     activation_params,
@@ -169,14 +171,12 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
     integers, recon_report = None, None
     if config.reconstruction.enabled:
         from toolchain.recon.correction import bn_targets
-        from toolchain.recon.engine import (
-            reconstruct,  # torch is imported only when reconstruction runs
-        )
-        recon = config.reconstruction.resolved(min((w.bits for w in plan.weights.values()), default=8))
-        result = reconstruct(float_model, plan, act, weights, calib, recon, bn_targets(cleaned[0]),
+        from toolchain.recon.engine import reconstruct  # torch is imported only when reconstruction runs
+
+        result = reconstruct(float_model, plan, act, weights, calib, config.reconstruction, bn_targets(cleaned[0]),
                              progress=progress, resume_point=resume_point)
         act, weights, integers = result.activations, result.weights, result.weight_integers
-        recon_report = {"config": recon.to_dict(), "units": result.units, "notes": result.notes,
+        recon_report = {"config": result.config.to_dict(), "units": result.units, "notes": result.notes,
                         "seconds": result.seconds}
         for note in result.notes:  # e.g. a region reconstructed layer by layer: the CLI prints these
             logger.warning(note)
@@ -199,10 +199,11 @@ def _resume_point(float_model: onnx.ModelProto, calib: np.ndarray, config: Quant
     """The reconstruction checkpoint of this run (None without reconstruction or path); checked now when resuming."""
     if checkpoint is None or not config.reconstruction.enabled:
         return None
-    from toolchain.recon.resume import ResumePoint, check_resumable, digest
+    from toolchain.recon.resume import ResumePoint, check_resumable
 
     quantizer = {k: v for k, v in config.to_dict().items() if k != "reconstruction"}
-    identity = {"model": digest(float_model.SerializeToString()), "calib": digest(calib), "quantizer": quantizer,
+    calib_sha256 = hashlib.sha256(np.ascontiguousarray(calib).tobytes()).hexdigest()
+    identity = {"model": model_sha256(float_model), "calib": calib_sha256, "quantizer": quantizer,
                 "method": config.reconstruction.method, "seed": config.reconstruction.seed}
     point = ResumePoint(checkpoint, identity, resume)
     if resume:

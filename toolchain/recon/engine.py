@@ -55,6 +55,7 @@ class ReconstructionError(ToolchainError):
 
 @dataclass
 class ReconResult:
+    config: ReconConfig  # what ran: model-dependent defaults (pd_weight) resolved
     activations: dict[str, QParams]
     weights: dict[str, QParams]
     weight_integers: dict[str, np.ndarray]
@@ -225,7 +226,7 @@ class _Trainer:
 
     def progress_after(self, units: list[dict]) -> Progress:
         scales = {root: params.scale for root, params in self.act.items()}
-        return Progress(len(units), scales, dict(self.integers), list(units), self.generator.get_state(),
+        return Progress(scales, dict(self.integers), list(units), self.generator.get_state(),
                         torch.get_rng_state())
 
     def restore(self, progress: Progress) -> None:
@@ -301,7 +302,7 @@ def reconstruct(float_model: onnx.ModelProto, plan: QuantPlan, act: dict[str, QP
         if resume_point is not None:
             save_progress(resume_point, trainer.progress_after(units))
         bar.set_postfix(rec=f"{units[-1]['loss_before']['rec']:.3g}->{units[-1]['loss_after']['rec']:.3g}")
-    return ReconResult(trainer.act, trainer.weights, trainer.integers, units, partition.notes,
+    return ReconResult(recon, trainer.act, trainer.weights, trainer.integers, units, partition.notes,
                        round(time.perf_counter() - started, 2))
 
 

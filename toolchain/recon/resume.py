@@ -16,7 +16,6 @@ settings, and the finished units keep what they learned.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,9 +41,8 @@ class ResumePoint:
 
 @dataclass
 class Progress:
-    """The state after `done` finished units."""
+    """The state after the finished units (`units` holds their report entries, in order)."""
 
-    done: int
     scales: dict[str, np.ndarray]
     integers: dict[str, np.ndarray]
     units: list[dict]
@@ -52,18 +50,9 @@ class Progress:
     torch_rng_state: torch.Tensor
 
 
-def digest(*arrays: bytes | np.ndarray) -> str:
-    """sha256 over the bytes of `arrays` (for identities: model files, calibration sets)."""
-    h = hashlib.sha256()
-    for item in arrays:
-        h.update(item if isinstance(item, bytes) else np.ascontiguousarray(item).tobytes())
-    return h.hexdigest()
-
-
 def save_progress(point: ResumePoint, progress: Progress) -> None:
     save_checkpoint(point.path, {
         "identity": point.identity,
-        "done": progress.done,
         "scales": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in progress.scales.items()},
         "integers": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in progress.integers.items()},
         "units": json.dumps(progress.units, default=float),
@@ -81,7 +70,6 @@ def check_resumable(point: ResumePoint) -> None:
 def load_progress(point: ResumePoint) -> Progress:
     state = load_checkpoint(point.path, point.identity, KIND, FORMAT)
     return Progress(
-        done=int(state["done"]),
         scales={k: v.numpy() for k, v in state["scales"].items()},
         integers={k: v.numpy() for k, v in state["integers"].items()},
         units=json.loads(state["units"]),
