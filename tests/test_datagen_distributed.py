@@ -105,7 +105,10 @@ def _worker(model_path: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    _worker(sys.argv[1], sys.argv[2])
+    from toolchain.datagen import distributed_session
+
+    with distributed_session():  # the worker's own group is destroyed before exit, as the CLI does
+        _worker(sys.argv[1], sys.argv[2])
     sys.exit(0)
 
 

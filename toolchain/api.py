@@ -21,6 +21,7 @@ import onnx
 from toolchain.errors import ConfigError
 from toolchain.graph import GraphSummary, image_input, summarize
 from toolchain.modelio import load_model, save_model
+from toolchain.validate import check_runs
 from toolchain.preprocessing import (
     Preprocessing,
     PreprocessingOverrides,
@@ -126,8 +127,11 @@ def evaluate_model(
 
     proto = load_model(model)
     pre = model_preprocessing(proto, overrides, str(model))
+    check_runs(proto, str(model), pre.input_size)
     if reference is not None:
-        image_input(load_model(reference), str(reference))
+        reference_proto = load_model(reference)
+        image_input(reference_proto, str(reference))
+        check_runs(reference_proto, str(reference), pre.input_size)
     return evaluate(model, data, pre, reference_path=reference, limit=limit, batch_size=batch_size,
                     threads=threads, progress=progress, seed=seed)
 
@@ -204,16 +208,15 @@ def load_calibration_inputs(calib: str | Path, proto: onnx.ModelProto, source: s
     dataset (`limit` images, default 512, sampled with `seed`)."""
     import numpy as np
 
-    from toolchain.calibdata import CalibrationSet, load_calibration, sample_calibration
+    from toolchain.calibdata import CalibrationSet, load_calibration, read_npz, sample_calibration
     from toolchain.errors import DataError
 
     path = Path(calib)
     if not path.exists():
         raise DataError(f"calibration data {path} does not exist")
     if path.suffix == ".npz":
-        with np.load(path, allow_pickle=False) as data:
-            is_calibration = "inputs" in data.files
-        if is_calibration:
+        if "inputs" in read_npz(path, "calibration data", "give a calibration .npz ('inputs', see calib_data/README.md) "
+                                "or an image dataset (.npz with 'images' and 'labels')"):
             loaded = load_calibration(path)
             inputs = loaded.inputs[:limit] if limit else loaded.inputs
             return CalibrationSet(inputs, loaded.labels, {**loaded.manifest, "file": str(path), "n": int(len(inputs))})
@@ -242,7 +245,7 @@ def quantize_model(
 
     from toolchain.modelio import atomic_output
     from toolchain.quant.config import QuantConfig
-    from toolchain.quant.quantize import quantize
+    from toolchain.quant.quantize import check_calibration, quantize
 
     config = config or QuantConfig()
     out = Path(out)
@@ -255,12 +258,15 @@ def quantize_model(
     check_writable(report_path, overwrite)
     proto = load_model(model)
     calibration = load_calibration_inputs(calib, proto, str(model), calib_limit, seed, overrides)
+    check_calibration(proto, calibration.inputs, str(model))
+    check_runs(proto, str(model), sample=calibration.inputs[:1])
     result = quantize(proto, calibration.inputs, config, source=str(model), calib_info=calibration.manifest,
                       progress=progress, checkpoint=checkpoint, resume=resume)
-    # Written side by side, renamed into place only when both are complete.
-    with atomic_output(out) as model_tmp, atomic_output(report_path) as report_tmp:
-        model_tmp.write_bytes(result.model.SerializeToString())
+    # The model is written (atomically, with external data when large) inside the report's block: an error in
+    # either leaves neither file; only a kill between the two renames could leave the model without its report.
+    with atomic_output(report_path) as report_tmp:
         report_tmp.write_text(json.dumps(result.report, indent=1, default=float) + "\n")
+        save_model(result.model, out)
     if checkpoint is not None:
         checkpoint.unlink(missing_ok=True)
     return QuantizeOutcome(out, report_path, result.report, result.warnings)
@@ -316,6 +322,7 @@ def generate_calibration(
         check_writable(path, overwrite)
     proto = load_model(model)
     pre = model_preprocessing(proto, overrides, str(model))
+    check_runs(proto, str(model), pre.input_size)
     config = config if config is not None else preset(preset_name, method)
     changes = {k: v for k, v in (("batch_size", batch_size), ("iterations", iterations)) if v is not None}
     if changes:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import json
 import time
+import zipfile
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -62,21 +64,47 @@ def save_calibration(path: str | Path, calib: CalibrationSet) -> Path:
     return path
 
 
+def read_npz(path: str | Path, what: str, hint: str) -> dict[str, np.ndarray]:
+    """Every array of an .npz (no pickles); DataError naming the file, what it was meant to be and `hint` otherwise."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            if not hasattr(data, "files"):  # an .npy saved under an .npz name: np.load gives an array
+                raise DataError(f"{path} is a single .npy array, not an .npz archive; {hint}")
+            return {key: data[key] for key in data.files}
+    except DataError:
+        raise
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, TypeError, AttributeError) as err:
+        # numpy raises all of these for damaged archives; an object array needs pickle, which is never allowed
+        reason = "it holds Python objects, which are never unpickled" if "pickle" in str(err) else f"{type(err).__name__}: {err}"
+        raise DataError(f"cannot read {what} {path} ({reason}); {hint}") from err
+
+
 def load_calibration(path: str | Path) -> CalibrationSet:
     """Read a calibration .npz; DataError (naming the file and key) when it does not follow the format."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"calibration file {path} does not exist")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            if "inputs" not in data.files:
-                raise DataError(
-                    f"{path} has no 'inputs' array (it has {', '.join(data.files) or 'nothing'}); a calibration .npz holds "
-                    "float32 model inputs under 'inputs' (see calib_data/README.md), or pass an image dataset to --calib"
-                )
-            inputs = data["inputs"]
-            labels = data["labels"] if "labels" in data.files else None
-            manifest = json.loads(str(data["manifest"])) if "manifest" in data.files else {}
-    except (OSError, ValueError) as err:
-        raise DataError(f"cannot read calibration file {path} ({err})") from err
+    data = read_npz(path, "calibration file", "a calibration .npz holds float32 model inputs under 'inputs' "
+                    "(see calib_data/README.md); save it again")
+    if "inputs" not in data:
+        raise DataError(
+            f"{path} has no 'inputs' array (it has {', '.join(data) or 'nothing'}); a calibration .npz holds "
+            "float32 model inputs under 'inputs' (see calib_data/README.md), or pass an image dataset to --calib"
+        )
+    inputs = data["inputs"]
+    if inputs.ndim == 0:
+        raise DataError(f"{path}: 'inputs' is a single value, not a batch of model inputs (N, C, H, W); save it again")
+    labels = data.get("labels")
+    manifest: Any = {}
+    if "manifest" in data:
+        try:
+            manifest = json.loads(str(data["manifest"]))
+        except json.JSONDecodeError:
+            manifest = None
+        if not isinstance(manifest, dict):
+            raise DataError(f"{path}: 'manifest' is not a JSON object; remove it or save the file with "
+                            "toolchain.calibdata.save_calibration")
+    if labels is not None and (labels.ndim != 1 or len(labels) != len(inputs) or not np.issubdtype(labels.dtype, np.integer)):
+        labels = None  # labels are informational (FDDA's classes); wrong ones are dropped, not trusted
     return CalibrationSet(inputs=inputs, labels=labels, manifest=manifest)

@@ -8,14 +8,14 @@ Usage:
     toolchain stamp theirs.onnx --mean 0.5 --std 0.5 --input-size 28
     toolchain zoo
 
-Errors the user can fix (ToolchainError) become one line on stderr and exit code 1, with no traceback.
+Every failure ends as one line on stderr and a non-zero exit code, never a traceback (cli_errors.py):
+bad input exits 1 with what to fix; an internal error exits 1 naming the log file with its traceback
+(`toolchain --debug ...` prints it); a usage error (unknown option) exits 2; Ctrl-C exits 130.
 """
 
 from __future__ import annotations
 
-import functools
 import json
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -23,25 +23,9 @@ from typing import Any, TypeVar
 import click
 
 from toolchain import __version__
-from toolchain.errors import ToolchainError
+from toolchain.cli_errors import handle_errors
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def user_errors(func: F) -> F:
-    """Turn ToolchainError into click's one-line error (exit 1); real bugs keep their traceback."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        try:
-            return func(*args, **kwargs)
-        except ToolchainError as err:
-            raise click.ClickException(str(err)) from err
-        except KeyboardInterrupt:
-            click.echo("interrupted; no output was written (where OUTPUT.ckpt exists, --resume continues from it)", err=True)
-            sys.exit(130)
-
-    return wrapper  # type: ignore[return-value]
 
 
 def _floats(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, ...] | None:
@@ -102,13 +86,18 @@ def _overrides(kwargs: dict[str, Any]) -> Any:
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="toolchain")
-def cli() -> None:
+@click.option("--debug", is_flag=True, help="Print the traceback of an internal error (it always goes to a log file).")
+def cli(debug: bool) -> None:
     """ONNX post-training quantization with synthetic calibration data.
 
     \b
     Start with:
       toolchain run                      # export, inspect and evaluate the built-in digits model
       toolchain zoo                      # the models `export` knows by name
+
+    \b
+    Exit codes: 0 success; 1 bad input (one line says what to fix) or an internal error (one line names
+    the log file holding the traceback; --debug prints it); 2 usage error; 130 interrupted.
     """
 
 
@@ -129,7 +118,7 @@ def zoo_command() -> None:
 @click.option("--opset", type=click.IntRange(17, 25), default=17, show_default=True, help="ONNX opset.")
 @click.option("--overwrite", is_flag=True, help="Replace the output file if it exists.")
 @preprocessing_options
-@user_errors
+@handle_errors
 def export_command(model: str, weights: str | None, output: str | None, opset: int, overwrite: bool, **kwargs: Any) -> None:
     """Export MODEL to ONNX with its BatchNormalization nodes kept.
 
@@ -156,7 +145,7 @@ def export_command(model: str, weights: str | None, output: str | None, opset: i
 @cli.command("inspect")
 @click.argument("model", type=click.Path())
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
-@user_errors
+@handle_errors
 def inspect_command(model: str, as_json: bool) -> None:
     """Show MODEL.onnx's inputs, op histogram, BatchNormalization layers and quantizable layers.
 
@@ -179,7 +168,7 @@ def inspect_command(model: str, as_json: bool) -> None:
 @click.argument("model", type=click.Path())
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write a copy here instead of changing MODEL in place.")
 @preprocessing_options
-@user_errors
+@handle_errors
 def stamp_command(model: str, output: str | None, **kwargs: Any) -> None:
     """Store input preprocessing in MODEL.onnx's metadata (for models exported elsewhere).
 
@@ -204,7 +193,7 @@ def stamp_command(model: str, output: str | None, **kwargs: Any) -> None:
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="onnxruntime intra-op threads.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout (progress bar still on stderr).")
 @preprocessing_options
-@user_errors
+@handle_errors
 def evaluate_command(model: str, data: str, reference: str | None, limit: int | None, seed: int, batch_size: int,
                      threads: int, as_json: bool, **kwargs: Any) -> None:
     """Top-1/top-5 accuracy of MODEL.onnx in onnxruntime on labelled images.
@@ -231,7 +220,7 @@ def evaluate_command(model: str, data: str, reference: str | None, limit: int | 
 @cli.command("run")
 @click.option("--out-dir", type=click.Path(file_okay=False), default="out", show_default=True, help="Where to write the model and summary.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-@user_errors
+@handle_errors
 def run_command(out_dir: str, as_json: bool) -> None:
     """The main job on the built-in default model (no downloads, no training data needed).
 
@@ -292,7 +281,7 @@ def run_command(out_dir: str, as_json: bool) -> None:
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT and its report if they exist.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report's summary as one JSON object.")
 @preprocessing_options
-@user_errors
+@handle_errors
 def quantize_command(model: str, calib: str, output: str, w_bits: int, a_bits: int, calibrator: str | None, percentile: float,
                      target: str, first_last_8bit: bool, low_bit_storage: str, calib_limit: int | None, seed: int,
                      reconstruct: str, preset: str, recon_iterations: int | None, recon_batch_size: int | None,
@@ -370,7 +359,7 @@ def quantize_command(model: str, calib: str, output: str, w_bits: int, a_bits: i
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from OUTPUT.ckpt.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @preprocessing_options
-@user_errors
+@handle_errors
 def generate_command(model: str, method: str, n: int, output: str | None, preset_name: str, seed: int, data: str | None,
                      per_class: int | None, batch_size: int | None, iterations: int | None, resume: bool, overwrite: bool,
                      **kwargs: Any) -> None:
@@ -388,11 +377,11 @@ def generate_command(model: str, method: str, n: int, output: str | None, preset
       torchrun --nproc-per-node 2 -m toolchain.cli generate resnet20.onnx -n 1024 -o calib_data/dgh1024.npz
     """
     from toolchain import api
-    from toolchain.datagen import distributed_from_env
+    from toolchain.datagen import distributed_session
 
-    distributed = distributed_from_env()
-    outcome = api.generate_calibration(model, method, n, output, preset_name, seed, data, batch_size, iterations, per_class,
-                                       resume, overwrite, _overrides(kwargs), distributed=distributed)
+    with distributed_session() as distributed:  # destroyed on exit, so a torchrun run exits 0 after writing
+        outcome = api.generate_calibration(model, method, n, output, preset_name, seed, data, batch_size, iterations,
+                                           per_class, resume, overwrite, _overrides(kwargs), distributed=distributed)
     if outcome.path is None:
         return
     losses = outcome.manifest.get("losses", {}).get("final")

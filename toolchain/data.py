@@ -217,11 +217,9 @@ def _fit(image: Image.Image, pre: Preprocessing) -> np.ndarray:
 
 def _from_npz(path: Path, pre: Preprocessing, limit: int | None, seed: int | None) -> ImageSet:
     hint = "save one with np.savez(path, images=uint8 (N, H, W, C), labels=int (N,), class_names=...)"
-    try:
-        with np.load(path, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError, zlib.error, EOFError) as err:
-        raise DataError(f"{path}: cannot read the .npz ({err}); {hint}") from err
+    from toolchain.calibdata import read_npz
+
+    arrays = read_npz(path, "the image .npz", hint)
     missing = [key for key in ("images", "labels") if key not in arrays]
     if missing:
         raise DataError(f"{path}: no {' or '.join(repr(k) for k in missing)} array (it has {', '.join(arrays) or 'none'}); {hint}")

@@ -13,10 +13,11 @@ eval-mode peephole while still exporting BN in inference form (training_mode=0).
 
 from __future__ import annotations
 
-import io
+import tempfile
 import logging
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -25,6 +26,8 @@ from torch import nn
 
 import toolchain
 from toolchain.errors import ExportError
+from toolchain.modelio import check_model, load_model
+from toolchain.ortsession import inference_session
 from toolchain.passes import cleanup_passes, run_passes
 from toolchain.preprocessing import Preprocessing, write_preprocessing
 
@@ -78,14 +81,17 @@ def export_to_onnx(
     if config.opset < 17:
         raise ExportError(f"opset {config.opset} is too old: the toolchain exports at opset >= 17")
     module = module.eval()
-    buffer = io.BytesIO()
+    # Exported to a file in a temporary folder, not to memory: beyond 2 GiB torch writes the weights as
+    # external data beside it, and load_model reads them back (a BytesIO cannot hold such a model).
+    folder = tempfile.TemporaryDirectory(prefix="toolchain-export-")
+    exported = Path(folder.name) / "exported.onnx"
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
             torch.onnx.export(
                 module,
                 (example_input,),
-                buffer,
+                str(exported),
                 dynamo=False,
                 training=torch.onnx.TrainingMode.PRESERVE,  # skips the eval-mode Conv+BN fusion
                 do_constant_folding=True,
@@ -94,9 +100,11 @@ def export_to_onnx(
                 output_names=[config.output_name],
                 dynamic_axes={config.input_name: {0: "batch"}, config.output_name: {0: "batch"}},
             )
+        model = load_model(exported)
     except Exception as err:  # the exporter raises many types; the message is what the user needs
         raise ExportError(f"torch.onnx.export failed for {source or type(module).__name__}: {err}") from err
-    model = onnx.load_model_from_string(buffer.getvalue())
+    finally:
+        folder.cleanup()
     run_passes(model, cleanup_passes())
     _name_unnamed_nodes(model)
     model.producer_name = "toolchain"
@@ -133,7 +141,7 @@ def verify_export(module: nn.Module, model: onnx.ModelProto, example_input: torc
     import onnxruntime as ort
 
     try:
-        onnx.checker.check_model(model, full_check=True)
+        check_model(model, full_check=True)
     except onnx.checker.ValidationError as err:
         raise ExportError(f"the exported graph fails onnx.checker: {err}") from err
     generator = torch.Generator().manual_seed(seed)
@@ -141,7 +149,7 @@ def verify_export(module: nn.Module, model: onnx.ModelProto, example_input: torc
     x = torch.randn(shape, generator=generator, dtype=example_input.dtype)
     with torch.no_grad():
         reference = module.eval()(x).numpy()
-    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    session = inference_session(model)
     got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
     max_abs = float(np.abs(got - reference).max())
     relative = max_abs / max(float(np.abs(reference).max()), 1e-12)

@@ -123,6 +123,24 @@ def summarize(model: onnx.ModelProto) -> GraphSummary:
     )
 
 
+def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
+    """The element type (onnx.TensorProto.FLOAT, INT64, ...) of every tensor that onnx shape inference can type.
+
+    Tensors it cannot type are absent; callers decide what an unknown type means.
+    """
+    from onnx import shape_inference
+
+    types = {init.name: init.data_type for init in model.graph.initializer}
+    try:
+        inferred = shape_inference.infer_shapes(model, strict_mode=False).graph
+    except Exception:  # noqa: BLE001 - inference is best effort on graphs it does not understand
+        inferred = model.graph
+    for value in (*inferred.input, *inferred.value_info, *inferred.output):
+        if value.type.HasField("tensor_type") and value.type.tensor_type.elem_type:
+            types.setdefault(value.name, value.type.tensor_type.elem_type)
+    return types
+
+
 def image_input(model: onnx.ModelProto, source: str = "the model") -> TensorInfo:
     """The model's single image input (float, 4-D NCHW); GraphError otherwise."""
     inputs = graph_inputs(model)

@@ -5,26 +5,62 @@ Usage:
     save_model(model, "out/resnet20.onnx")       # written to a temporary file, then renamed into place
     with atomic_output("report.json") as tmp:     # nothing half-written if the block raises
         tmp.write_text(...)
+
+Models of any size: a file with external data (weights in a side file in the same folder) is read with
+its data, after every location was checked (external_data.py); a model too large for one protobuf
+(2 GiB) is written with its weights in NAME.<hash>.data beside it. In memory a model always holds its data.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, EncodeError
 
+from toolchain.atomic import atomic_output
 from toolchain.errors import ModelFileError
+from toolchain.validate import check_structure
+from toolchain.external_data import all_tensors, data_files, read_external_data, write_with_external_data
+
+__all__ = ["atomic_output", "fits_one_protobuf", "load_model", "model_sha256", "save_model"]
+
+PROTOBUF_LIMIT = (1 << 31) - 1  # protobuf cannot serialise (or size) a message this large
+EXTERNAL_DATA_ABOVE = 1 << 30  # bytes: larger models are written with external data (headroom below the limit)
+
+
+def serialized_size(model: onnx.ModelProto) -> int:
+    """Bytes of the serialised model; PROTOBUF_LIMIT when it is too large for protobuf to say."""
+    try:
+        return model.ByteSize()
+    except (EncodeError, ValueError):
+        return PROTOBUF_LIMIT
+
+
+def fits_one_protobuf(model: onnx.ModelProto, limit: int = EXTERNAL_DATA_ABOVE) -> bool:
+    """Whether `model` is written as one file (and may be handed to onnxruntime as bytes)."""
+    return serialized_size(model) < limit
 
 
 def model_sha256(model: onnx.ModelProto) -> str:
-    """sha256 of the serialised model: identifies it in manifests and checkpoints."""
-    return hashlib.sha256(model.SerializeToString()).hexdigest()
+    """sha256 of the serialised model: identifies it in manifests and checkpoints (any size)."""
+    if fits_one_protobuf(model, PROTOBUF_LIMIT):
+        return hashlib.sha256(model.SerializeToString()).hexdigest()
+    digest = hashlib.sha256()
+    large = [t for t in all_tensors(model) if t.HasField("raw_data")]
+    saved = [t.raw_data for t in large]
+    try:  # the skeleton without the weights, then the weights in graph order
+        for tensor, data in zip(large, saved):
+            tensor.ClearField("raw_data")
+            digest.update(len(data).to_bytes(8, "little"))
+        digest.update(model.SerializeToString())
+        for data in saved:
+            digest.update(data)
+    finally:
+        for tensor, data in zip(large, saved):
+            tensor.raw_data = data
+    return digest.hexdigest()
 
 
 def load_model(path: str | Path) -> onnx.ModelProto:
@@ -43,6 +79,8 @@ def load_model(path: str | Path) -> onnx.ModelProto:
         raise ModelFileError(f"{path}: {_why_unparsable(data)} ({type(err).__name__}); {_remedy(path)}") from err
     if not model.graph.node or not model.graph.output or not model.opset_import:
         raise ModelFileError(f"{path}: {_why_unparsable(data)} (no graph nodes); {_remedy(path)}")
+    read_external_data(model, path.parent, str(path))
+    check_structure(model, str(path))
     return model
 
 
@@ -56,24 +94,28 @@ def _remedy(path: Path) -> str:
     return "check the file (an interrupted copy?) or export it again with `toolchain export`"
 
 
-@contextlib.contextmanager
-def atomic_output(path: str | Path) -> Iterator[Path]:
-    """Yield a temporary path beside `path`; it replaces `path` only if the block finishes."""
+def save_model(model: onnx.ModelProto, path: str | Path, external_data_above: int = EXTERNAL_DATA_ABOVE) -> Path:
+    """Serialize `model` to `path` atomically: one file below `external_data_above` bytes, else with its weights
+    in NAME.<hash>.data beside it (the data file lands first, so the model never appears without it)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def save_model(model: onnx.ModelProto, path: str | Path) -> Path:
-    """Serialize `model` to `path` atomically (models below 2 GB: one file)."""
-    path = Path(path)
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(model.SerializeToString())
+    if fits_one_protobuf(model, external_data_above):
+        with atomic_output(path) as tmp:
+            tmp.write_bytes(model.SerializeToString())
+        for stale in data_files(path):  # an earlier, larger version's data
+            stale.unlink(missing_ok=True)
+    else:
+        write_with_external_data(model, path)
     return path
+
+
+def check_model(model: onnx.ModelProto, full_check: bool = False) -> None:
+    """onnx.checker on an in-memory model of any size (beyond 1 GiB through a temporary file with external data)."""
+    if fits_one_protobuf(model):
+        onnx.checker.check_model(model, full_check=full_check)
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="toolchain-check-") as folder:
+        path = Path(folder) / "model.onnx"
+        save_model(model, path, external_data_above=0)
+        onnx.checker.check_model(str(path), full_check=full_check)

@@ -85,7 +85,13 @@ class Preprocessing:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Preprocessing:
-        version = int(data.get("version", FORMAT_VERSION))
+        if not isinstance(data, dict):
+            raise PreprocessingError(f"preprocessing metadata is {type(data).__name__}, not a JSON object; stamp it again "
+                                     "with `toolchain stamp`")
+        try:
+            version = int(data.get("version", FORMAT_VERSION))
+        except (TypeError, ValueError) as err:
+            raise PreprocessingError(f"preprocessing metadata has a non-integer version ({err}); stamp it again") from err
         if version > FORMAT_VERSION:
             raise PreprocessingError(
                 f"preprocessing metadata has format version {version}; this toolchain reads up to {FORMAT_VERSION}: upgrade it"

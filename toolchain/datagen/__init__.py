@@ -26,7 +26,7 @@ from toolchain.datagen.config import (
     OptimConfig,
     preset,
 )
-from toolchain.datagen.distributed import Distributed, TorchDistributed, distributed_from_env
+from toolchain.datagen.distributed import Distributed, TorchDistributed, distributed_from_env, distributed_session
 from toolchain.datagen.generate import generate, model_sha256
 from toolchain.datagen.teacher import Teacher
 
@@ -34,7 +34,7 @@ __all__ = [
     # entry point
     "generate", "preset", "model_sha256",
     # scale-out
-    "Distributed", "TorchDistributed", "distributed_from_env",
+    "Distributed", "TorchDistributed", "distributed_from_env", "distributed_session",
     # settings
     "GenerationConfig", "AugmentConfig", "OptimConfig", "FDDAConfig", "METHODS", "PRESETS",
     # building blocks

@@ -3,10 +3,12 @@
 Usage:
     torchrun --nproc-per-node 2 -m toolchain.cli generate MODEL.onnx --method dgh -n 1024 -o calib_data/dgh1024.npz
 
-    distributed = distributed_from_env()            # None unless launched by torchrun with WORLD_SIZE > 1
-    calib = generate(model, pre, "dgh", 1024, distributed=distributed)   # rank 0: the full set; others: None
-    if distributed is None or distributed.rank == 0:
-        save_calibration(path, calib)
+    with distributed_session() as distributed:      # None unless launched by torchrun with WORLD_SIZE > 1
+        calib = generate(model, pre, "dgh", 1024, distributed=distributed)   # rank 0: the full set; others: None
+        if distributed is None or distributed.rank == 0:
+            save_calibration(path, calib)
+    # the process group is destroyed on the way out, error or not: a process that exits with gloo's threads
+    # still running can die in `terminate called without an active exception` (SIGABRT) after its work is done
 
 Scheme (docs in engine.py too):
   - Sharding: the J batches (augment.batch_sizes) are split into K contiguous blocks whose lengths differ
@@ -33,7 +35,9 @@ works too: collectives move tensors to the current CUDA device and back.
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -64,7 +68,7 @@ class Distributed(Protocol):
 class TorchDistributed:
     """Distributed over the default torch.distributed process group (initialised by the caller)."""
 
-    def __init__(self) -> None:
+    def __init__(self, owns_group: bool = False) -> None:
         import torch.distributed as dist
 
         if not dist.is_initialized():
@@ -73,6 +77,13 @@ class TorchDistributed:
         self.rank = dist.get_rank()
         self.world_size = dist.get_world_size()
         self.backend = str(dist.get_backend())
+        self.owns_group = owns_group  # initialised by distributed_from_env: close() destroys it
+
+    def close(self) -> None:
+        """Destroy the process group if this object initialised it (a caller's own group is left alone)."""
+        if self.owns_group and self._dist.is_initialized():
+            self._dist.destroy_process_group()
+        self.owns_group = False
 
     def __repr__(self) -> str:
         return f"TorchDistributed(rank={self.rank}, world_size={self.world_size}, backend={self.backend!r})"
@@ -130,7 +141,20 @@ def distributed_from_env(backend: str = "gloo") -> TorchDistributed | None:
             raise ConfigError(f"WORLD_SIZE={world_size} is set but {', '.join(missing)} are not: launch with "
                               "torchrun --nproc-per-node K (or unset WORLD_SIZE for one process)")
         dist.init_process_group(backend)
+        return TorchDistributed(owns_group=True)
     return TorchDistributed()
+
+
+@contextlib.contextmanager
+def distributed_session(backend: str = "gloo") -> Iterator[TorchDistributed | None]:
+    """`distributed_from_env(backend)` for the duration of the block; the group it created is destroyed after,
+    so the process exits cleanly (exit code 0 once the output is written)."""
+    distributed = distributed_from_env(backend)
+    try:
+        yield distributed
+    finally:
+        if distributed is not None:
+            distributed.close()
 
 
 def shard_batches(num_batches: int, world_size: int, rank: int) -> range:

@@ -14,6 +14,7 @@ from toolchain.passes.cleanup import (
     ReshapeToFlattenPass,
     cleanup_passes,
 )
+from toolchain.passes.output_types import CompleteOutputTypesPass
 
 __all__ = [
     # infrastructure
@@ -27,4 +28,6 @@ __all__ = [
     "RemoveUnusedPass",
     "ReshapeToFlattenPass",
     "cleanup_passes",
+    # types
+    "CompleteOutputTypesPass",
 ]

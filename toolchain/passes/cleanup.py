@@ -195,7 +195,10 @@ class RemoveUnusedPass(GraphPass):
 
 def cleanup_passes() -> list[GraphPass]:
     """The clean-up pipeline in the order it should run."""
-    return [LiftConstantNodesPass(), FoldConstantsPass(), ReshapeToFlattenPass(), EliminateIdentityPass(), RemoveUnusedPass()]
+    from toolchain.passes.output_types import CompleteOutputTypesPass  # runs onnxruntime only when inference cannot tell
+
+    return [LiftConstantNodesPass(), FoldConstantsPass(), ReshapeToFlattenPass(), EliminateIdentityPass(), RemoveUnusedPass(),
+            CompleteOutputTypesPass()]
 
 
 def _default_opset(model: onnx.ModelProto) -> int:

@@ -11,7 +11,10 @@ Rules (target ort-x86, see shared/docs/qdq-conventions.md):
   with zero point 0, so onnxruntime drops the activation and fuses the layer;
 - pass-through ops (MaxPool, Slice, Pad, Reshape, Flatten, ...) share their input's parameters (own -> shared);
 - biases are derived: int32 with scale = input scale x weight scale (derived);
-- ops without a rule stay in float and are listed in `float_nodes`.
+- ops without a rule stay in float and are listed in `float_nodes`;
+- integer tensors (shape arithmetic: Shape -> Gather -> Cast -> Div -> Reshape, as torch.onnx exports a
+  channel shuffle or a ViT's reshapes) are never quantized: nodes whose data is not float32 are listed in
+  `integer_nodes` and left as they are.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from toolchain.graph import tensor_types
 from toolchain.quant.config import QuantConfig
 
 WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
@@ -89,6 +93,7 @@ class QuantPlan:
     biases: dict[str, BiasSpec] = field(default_factory=dict)
     layers: list[QuantLayer] = field(default_factory=list)
     float_nodes: list[tuple[str, str]] = field(default_factory=list)  # (node name, op type)
+    integer_nodes: list[tuple[str, str]] = field(default_factory=list)  # shape arithmetic, not quantizable
 
     def root(self, tensor: str) -> str:
         """The tensor whose parameters `tensor` uses (itself unless shared)."""
@@ -134,6 +139,10 @@ def annotate(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
     """Build the QuantPlan for a BN-folded, cleaned-up float graph (nodes in topological order)."""
     graph = model.graph
     constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    types = tensor_types(model)
+
+    def is_float(tensor: str) -> bool:  # unknown types count as float, as every tensor did before types were read
+        return types.get(tensor, onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT
     readers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
@@ -164,6 +173,13 @@ def annotate(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
 
     for node in graph.node:
         if id(node) in absorbed:
+            continue
+        data = [node.input[0]] if node.op_type in PASS_THROUGH_OPS else _data_inputs(node, constants)
+        if not all(is_float(name) for name in (*data, *node.output) if name):
+            if not any(is_float(name) for name in node.output if name) or node.op_type in PASS_THROUGH_OPS + COMPUTE_OPS:
+                plan.integer_nodes.append((node.name, node.op_type))
+            else:  # e.g. a Cast of a shape to float that feeds float arithmetic: float, without a rule
+                plan.float_nodes.append((node.name, node.op_type))
             continue
         if node.op_type in PASS_THROUGH_OPS:
             source = node.input[0]

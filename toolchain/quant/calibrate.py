@@ -24,6 +24,7 @@ import onnxruntime as ort
 from onnx import helper
 from tqdm import tqdm
 
+from toolchain.ortsession import inference_session
 from toolchain.quant.annotate import ActivationSpec
 from toolchain.quant.qparams import IntType, QParams, asymmetric_params, one_sided_params, symmetric_params
 
@@ -59,7 +60,7 @@ def observe_activations(
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = inference_session(probe, options)
     output_names = [o.name for o in session.get_outputs()]
     rng = np.random.default_rng(seed)
     batches = range(0, len(inputs), batch_size)

@@ -18,6 +18,8 @@ from pathlib import Path
 import onnx
 import onnxruntime as ort
 
+from toolchain.ortsession import inference_session
+
 INTEGER_LAYER_OPS = {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulIntegerToFloat", "ConvInteger", "MatMulInteger"}
 FLOAT_LAYER_OPS = {"Conv", "FusedConv", "Gemm", "FusedGemm", "MatMul", "FusedMatMul"}
 FLOAT_ELEMENTWISE_OPS = {"Add", "Sum", "Mul"}
@@ -32,7 +34,7 @@ def fusion_coverage(model: onnx.ModelProto, threads: int = 1) -> dict:
         options.optimized_model_filepath = str(optimized_path)
         options.intra_op_num_threads = threads
         options.log_severity_level = 3  # the "hardware specific optimizations" notice is expected here
-        ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        inference_session(model, options)
         optimized = onnx.load(str(optimized_path))
     counts = Counter(node.op_type for node in optimized.graph.node)
     integer_layers = sum(counts[op] for op in INTEGER_LAYER_OPS)

@@ -26,7 +26,8 @@ import toolchain
 from toolchain.errors import DataError, GraphError
 from toolchain.graph import image_input
 from toolchain.passes import cleanup_passes, run_passes
-from toolchain.modelio import model_sha256
+from toolchain.modelio import check_model, model_sha256
+from toolchain.ortsession import inference_session
 from toolchain.quant.annotate import QuantPlan, annotate
 from toolchain.quant.calibrate import (
     activation_params,
@@ -184,7 +185,7 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
     qdq = materialize(float_model, plan, act, weights, config.low_bit_storage, integers)
     qdq.producer_name, qdq.producer_version = "toolchain", toolchain.__version__
     try:
-        onnx.checker.check_model(qdq)
+        check_model(qdq)
     except onnx.checker.ValidationError as err:  # a bug in the quantizer, not the user's input
         raise RuntimeError(f"the quantized graph fails onnx.checker: {err}") from err
     report = build_report(float_model, qdq, plan, act, weights, calib, config, source, calib_info or {}, folded)
@@ -220,7 +221,7 @@ def _run_with_outputs(model: onnx.ModelProto, names: list[str], inputs: np.ndarr
     options.log_severity_level = 3
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = ort.InferenceSession(probe.SerializeToString(), options, providers=["CPUExecutionProvider"])
+    session = inference_session(probe, options)
     input_name = session.get_inputs()[0].name
     return dict(zip(names, session.run(names, {input_name: inputs})))
 
@@ -267,6 +268,7 @@ def build_report(float_model, qdq, plan: QuantPlan, act, weights, calib, config:
         "layers": layers,
         "activations": activations,
         "unquantized": [{"node": name, "op_type": op} for name, op in plan.float_nodes],
+        "integer_nodes": [{"node": name, "op_type": op} for name, op in plan.integer_nodes],  # shape arithmetic
         "fusion": fusion,
         "summary": {
             "quantized_layers": sum(1 for layer in layers if layer.get("weight_bits")),
