@@ -255,3 +255,19 @@ def test_not_launched_by_torchrun_means_one_process(monkeypatch):
     with pytest.raises(ConfigError, match="every process needs at least one batch"):
         shard_batches(1, 2, 0)
     assert rank_path(Path("a.ckpt"), None) == Path("a.ckpt")
+
+
+def test_torchrun_generate_exits_zero_after_writing(runs, tmp_path):
+    """`torchrun --nproc-per-node 2 -m toolchain.cli generate ...` writes the set and every process exits 0: the process
+    group is destroyed before exit (no 'terminate called without an active exception' abort)."""
+    out = tmp_path / "dgh32.npz"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env.pop("WORLD_SIZE", None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "toolchain.cli",
+               "generate", str(runs / "d.onnx"), "--method", "dgh", "-n", "32", "--preset", "fast", "-o", str(out)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "terminate called" not in done.stderr
+    with np.load(out) as data:
+        assert data["inputs"].shape == (32, 1, 8, 8)
+    assert not list(tmp_path.glob("*.ckpt*")), "per-rank checkpoints are removed once the set is written"

@@ -19,6 +19,7 @@ from onnx import numpy_helper
 from quant_fixtures import export_random, gaussian_inputs
 from toolchain import api
 from toolchain.calibdata import sample_calibration
+from toolchain.cpu import has_vnni
 from toolchain.data import open_images
 from toolchain.executor import OnnxModule
 from toolchain.preprocessing import read_preprocessing
@@ -76,7 +77,11 @@ def test_resnet20_executor_matches_onnxruntime_on_the_test_set(resnet20_and_test
     onnxruntime paths on all 10,000 test images, reconstructed models included."""
     model, calib, inputs = resnet20_and_test_set
     recon = ReconConfig.preset(reconstruct, "fast")
-    result = quantize(model, calib, QuantConfig(w_bits=w_bits, a_bits=a_bits, reconstruction=recon), progress=False)
+    # onnxruntime's 8-bit integer kernels compute the QDQ semantics exactly only where they cannot saturate:
+    # on CPUs without VNNI that needs 7-bit weights (measured here, AVX2: 92.5 % top-1 agreement otherwise).
+    reduce_range = has_vnni() is False
+    config = QuantConfig(w_bits=w_bits, a_bits=a_bits, reduce_range=reduce_range, reconstruction=recon)
+    result = quantize(model, calib, config, progress=False)
     assert_engines_agree(result.model, inputs)
 
 

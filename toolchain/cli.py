@@ -256,6 +256,9 @@ def run_command(out_dir: str, as_json: bool) -> None:
 @click.option("--first-last-8bit", is_flag=True, help="Academic setting: first/last layer weights at 8 bits, output in float.")
 @click.option("--low-bit-storage", type=click.Choice(["ort", "native"]), default="ort", show_default=True,
               help="native: INT4/UINT4/INT2/UINT2 types; ort: containers onnxruntime 1.32 loads with default optimisations.")
+@click.option("--reduce-range", is_flag=True,
+              help="8-bit weights in 7 bits, for x86 CPUs without VNNI whose u8s8 kernels saturate (as onnxruntime's "
+                   "reduce_range).")
 @click.option("--calib-limit", type=click.IntRange(min=1),
               help="Images drawn from an image dataset [default: 512], or the first N inputs of a calibration .npz [default: all].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration sample and of reconstruction.")
@@ -283,7 +286,8 @@ def run_command(out_dir: str, as_json: bool) -> None:
 @preprocessing_options
 @handle_errors
 def quantize_command(model: str, calib: str, output: str, w_bits: int, a_bits: int, calibrator: str | None, percentile: float,
-                     target: str, first_last_8bit: bool, low_bit_storage: str, calib_limit: int | None, seed: int,
+                     target: str, first_last_8bit: bool, low_bit_storage: str, reduce_range: bool, calib_limit: int | None,
+                     seed: int,
                      reconstruct: str, preset: str, recon_iterations: int | None, recon_batch_size: int | None,
                      pd_weight: float | None, no_qdrop: bool, no_pd: bool, no_dc: bool, no_learn_scales: bool, resume: bool,
                      require_all_quantized: bool, overwrite: bool, as_json: bool, **kwargs: Any) -> None:
@@ -322,7 +326,7 @@ def quantize_command(model: str, calib: str, output: str, w_bits: int, a_bits: i
         recon = replace(recon, learn_scales=False)
     config = QuantConfig(w_bits=w_bits, a_bits=a_bits, calibrator=calibrator, percentile=percentile, target=target,
                          first_last_8bit=first_last_8bit, require_all_quantized=require_all_quantized,
-                         low_bit_storage=low_bit_storage, reconstruction=recon)
+                         low_bit_storage=low_bit_storage, reduce_range=reduce_range, reconstruction=recon)
     outcome = api.quantize_model(model, calib, output, config, calib_limit, seed, overwrite, _overrides(kwargs),
                                  resume=resume)
     for warning in outcome.warnings:

@@ -122,8 +122,8 @@ def read_external_data(model: onnx.ModelProto, folder: Path, source: str) -> Non
             handle.seek(offset)
             data = handle.read() if length is None else handle.read(length)
         tensor.raw_data = data
-        del tensor.external_data[:]
-        tensor.data_location = onnx.TensorProto.DEFAULT
+        tensor.ClearField("external_data")
+        tensor.ClearField("data_location")  # as if it had always been stored inline
 
 
 def data_files(path: Path) -> list[Path]:
@@ -155,7 +155,7 @@ def write_with_external_data(model: onnx.ModelProto, path: Path) -> Path:
         os.replace(data_tmp, final_data)  # atomic; nothing refers to it until the model below replaces the old one
     finally:
         data_tmp.unlink(missing_ok=True)
-    saved = [tensor.raw_data for tensor in large]
+    saved = [(tensor.raw_data, tensor.HasField("data_location")) for tensor in large]
     try:
         for tensor, (offset, length) in zip(large, offsets):
             tensor.ClearField("raw_data")
@@ -166,10 +166,12 @@ def write_with_external_data(model: onnx.ModelProto, path: Path) -> Path:
                 entry.key, entry.value = key, value
         with atomic_output(path) as model_tmp:
             model_tmp.write_bytes(model.SerializeToString())
-    finally:  # give the caller back the model it passed in
-        for tensor, data in zip(large, saved):
-            del tensor.external_data[:]
-            tensor.data_location = onnx.TensorProto.DEFAULT
+    finally:  # give the caller back the model it passed in, field for field
+        for tensor, (data, had_location) in zip(large, saved):
+            tensor.ClearField("external_data")
+            tensor.ClearField("data_location")
+            if had_location:
+                tensor.data_location = onnx.TensorProto.DEFAULT
             tensor.raw_data = data
     for stale in data_files(path):  # older versions' data, orphans of killed writes
         if stale != final_data:

@@ -38,8 +38,9 @@ class IntType:
 
     @property
     def symmetric_qmin(self) -> int:
-        """Weights: a narrow range at 8 bits ([-127, 127], as onnxruntime uses, which keeps the u8s8 kernels
-        from saturating); the full range below 8 bits, where every level matters."""
+        """Weights: a narrow range at 8 bits ([-127, 127], onnxruntime's symmetric convention; it does not keep
+        the u8s8 kernels of CPUs without VNNI from saturating: see REDUCED_INT8); the full range below 8 bits,
+        where every level matters."""
         return -self.qmax if self.bits == 8 else self.qmin
 
 
@@ -59,7 +60,15 @@ def activation_type(bits: int) -> IntType:
     return INT_TYPES[("uint", bits)]
 
 
-def weight_type(bits: int) -> IntType:
+# 8-bit weights restricted to 7 bits ([-64, 63] in an INT8 tensor): onnxruntime's u8s8 kernels on x86 CPUs
+# without VNNI (AVX2, AVX-512 before Cascade Lake) add pairs of u8 x s8 products in int16 with saturation
+# (VPMADDUBSW), and 2 x 255 x 127 overflows it; 2 x 255 x 64 does not. Same as onnxruntime's reduce_range.
+REDUCED_INT8 = IntType("INT8", 7, True, _T.INT8, 13)
+
+
+def weight_type(bits: int, reduce_range: bool = False) -> IntType:
+    if reduce_range and bits == 8:
+        return REDUCED_INT8
     return INT_TYPES[("int", bits)]
 
 
@@ -68,7 +77,7 @@ BIAS_TYPE = INT_TYPES[("int", 32)]
 
 def storage_type(qtype: IntType, low_bit_storage: str) -> IntType:
     """The ONNX type that holds values of `qtype` in the file (see QuantConfig.low_bit_storage)."""
-    if low_bit_storage == "native" or qtype.bits >= 8:
+    if low_bit_storage == "native" or qtype.bits >= 7:  # 7: REDUCED_INT8, values of 7 bits in INT8
         return qtype
     return INT_TYPES[("int", 4)] if qtype.signed else INT_TYPES[("uint", 8)]
 
