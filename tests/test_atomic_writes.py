@@ -83,3 +83,15 @@ def test_a_killed_write_leaves_the_old_file_or_nothing(kind, phase, old, tmp_pat
     assert not leftovers, f"temporary files left behind: {leftovers}"
     if kind == "model-external":
         assert len(list(tmp_path.glob("m.onnx.*.data"))) == 1, "only the current data file remains"
+
+
+def test_outputs_get_the_permissions_of_a_new_file(tmp_path):
+    """Atomic outputs are not left at mkstemp's 0600: they get 0666 minus the umask, like any file the user creates."""
+    umask = os.umask(0o022)
+    try:
+        write("model", tmp_path / "m.onnx", version=0)
+        write("model-external", tmp_path / "e.onnx", version=0)
+    finally:
+        os.umask(umask)
+    for path in (tmp_path / "m.onnx", tmp_path / "e.onnx", *tmp_path.glob("e.onnx.*.data")):
+        assert path.stat().st_mode & 0o777 == 0o644, path

@@ -37,6 +37,13 @@ def remove_stale_temporaries(path: Path) -> None:
             candidate.unlink(missing_ok=True)
 
 
+def default_file_mode() -> int:
+    """0o666 minus the process umask: what open() gives a new file."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def fsync_file(path: Path) -> None:
     """Flush `path`'s data to disk, so a rename after it never exposes an empty or partial file after a crash."""
     fd = os.open(path, os.O_RDONLY)
@@ -55,6 +62,7 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(tmp_name)
+    os.chmod(tmp, default_file_mode())  # mkstemp makes 0600; outputs get the permissions of any new file
     try:
         yield tmp
         fsync_file(tmp)

@@ -68,12 +68,18 @@ def read_npz(path: str | Path, what: str, hint: str) -> dict[str, np.ndarray]:
     """Every array of an .npz (no pickles); DataError naming the file, what it was meant to be and `hint` otherwise."""
     path = Path(path)
     try:
+        with open(path, "rb") as handle:
+            magic = handle.read(6)
+    except OSError as err:
+        raise DataError(f"cannot read {what} {path} ({err.strerror}); {hint}") from err
+    if magic.startswith(b"\x93NUMPY"):
+        raise DataError(f"{path} is a single .npy array, not an .npz archive; {hint}")
+    if not magic.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        state = "empty" if not magic else "not a zip archive, which an .npz is"
+        raise DataError(f"cannot read {what} {path}: the file is {state}; {hint}")
+    try:
         with np.load(path, allow_pickle=False) as data:
-            if not hasattr(data, "files"):  # an .npy saved under an .npz name: np.load gives an array
-                raise DataError(f"{path} is a single .npy array, not an .npz archive; {hint}")
             return {key: data[key] for key in data.files}
-    except DataError:
-        raise
     except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, TypeError, AttributeError) as err:
         # numpy raises all of these for damaged archives; an object array needs pickle, which is never allowed
         reason = "it holds Python objects, which are never unpickled" if "pickle" in str(err) else f"{type(err).__name__}: {err}"

@@ -25,7 +25,7 @@ import numpy as np
 import onnx
 from onnx import helper
 
-from toolchain.atomic import atomic_output, remove_stale_temporaries
+from toolchain.atomic import atomic_output, default_file_mode, remove_stale_temporaries
 from toolchain.errors import ModelFileError
 
 EXTERNAL_MIN_BYTES = 1024  # smaller tensors stay in the model file (as onnx's own writer does)
@@ -151,6 +151,7 @@ def write_with_external_data(model: onnx.ModelProto, path: Path) -> Path:
                 position += len(chunk)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(data_tmp, default_file_mode())
         final_data = path.with_name(f"{path.name}.{digest.hexdigest()[:16]}.data")
         os.replace(data_tmp, final_data)  # atomic; nothing refers to it until the model below replaces the old one
     finally:

@@ -32,6 +32,9 @@ EXTERNAL_DATA_ABOVE = 1 << 30  # bytes: larger models are written with external 
 
 def serialized_size(model: onnx.ModelProto) -> int:
     """Bytes of the serialised model; PROTOBUF_LIMIT when it is too large for protobuf to say."""
+    # The weights' bytes first: cheap, and protobuf takes seconds to find out that a 2 GiB model is too large.
+    if sum(len(t.raw_data) for t in model.graph.initializer) >= PROTOBUF_LIMIT:
+        return PROTOBUF_LIMIT
     try:
         return model.ByteSize()
     except (EncodeError, ValueError):

@@ -164,8 +164,8 @@ def check_runs(model: onnx.ModelProto, source: str, input_size: tuple[int, int] 
     try:
         session = inference_session(model, options)
     except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types for invalid graphs
-        raise GraphError(f"onnxruntime cannot load {source}: {_first_line(err)}; export the model again "
-                         "(or check it with `python -m onnxruntime.tools.check_onnx_model_mobile_usability`)") from err
+        raise GraphError(f"onnxruntime cannot load {source}: {_first_line(err)}; the graph is inconsistent: "
+                         "export the model again") from err
     feeds = _zero_input(model, input_size)
     if sample is not None and len(feeds) == 1:
         feeds = {next(iter(feeds)): sample}

@@ -26,9 +26,14 @@ INT32_MAX = np.iinfo(np.int32).max
 
 
 def integer_tensor(name: str, values: np.ndarray, qtype: IntType) -> onnx.TensorProto:
-    """An initializer of an ONNX integer type (INT4/INT2 are packed by onnx.helper)."""
+    """An initializer of an ONNX integer type, stored as raw bytes (INT4/INT2 packed two/four to a byte).
+
+    Raw bytes, not int32_data: there a negative int8 takes a 10-byte varint, so an INT8 weight would outweigh
+    its FP32 original, and tensors outside raw_data cannot move to external data beyond 2 GB.
+    """
     values = np.asarray(values, np.int64)
-    return helper.make_tensor(name, qtype.onnx_type, list(values.shape), values.reshape(-1).tolist())
+    dtype = helper.tensor_dtype_to_np_dtype(qtype.onnx_type)
+    return numpy_helper.from_array(values.astype(dtype), name)
 
 
 def bias_params(activation: QParams, weight: QParams) -> QParams:
