@@ -36,7 +36,7 @@ def main() -> None:
         summary = (done.stdout.strip().splitlines() or [""])[-1]
         results.append({"run": index + 1, "returncode": done.returncode, "seconds": round(seconds, 1), "summary": summary,
                         "aborted": "terminate called" in done.stdout + done.stderr,
-                        "tail": "" if done.returncode == 0 else (done.stdout + done.stderr)[-2000:]})
+                        "tail": "" if done.returncode == 0 else (done.stdout + done.stderr)[-12000:]})
         print(f"run {index + 1}/{args.runs}: {summary} ({seconds:.0f} s)", flush=True)
     passed = sum(r["returncode"] == 0 for r in results)
     record = {"runs": args.runs, "passed": passed, "aborted": sum(r["aborted"] for r in results),

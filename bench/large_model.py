@@ -29,6 +29,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from toolchain.cpu import has_vnni
+
 ROOT = Path(__file__).resolve().parents[1]
 FEATURES_ENV = "LARGE_MODEL_FEATURES"
 
@@ -81,6 +83,7 @@ def main() -> None:
     parser.add_argument("--features", type=int, default=16400)
     parser.add_argument("--out", type=Path, help="Keep the model files here (default: a temporary folder).")
     parser.add_argument("--results", type=Path, default=ROOT / "bench" / "results" / "large_model")
+    parser.add_argument("--reuse-export", action="store_true", help="Keep an exported model already in --out.")
     args = parser.parse_args()
     folder = args.out or Path(tempfile.mkdtemp(prefix="large-model-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -92,16 +95,21 @@ def main() -> None:
     model, qdq = folder / "wide.onnx", folder / "wide_w8a8.onnx"
     stages = []
     try:
-        stages.append(_run("export", ["export", "large_model:wide_net", "-o", str(model), "--overwrite"], env))
+        if not (args.reuse_export and model.exists()):
+            stages.append(_run("export", ["export", "large_model:wide_net", "-o", str(model), "--overwrite"], env))
+        # on a CPU without VNNI the integer kernels saturate with full-range weights (the toolchain says so): reduce them
+        reduce = ["--reduce-range"] if has_vnni() is False else []
         stages.append(_run("quantize W8A8", ["quantize", str(model), "--calib", str(folder / "calib.npz"), "-o", str(qdq),
-                                             "--overwrite"], env))
+                                             "--overwrite", *reduce], env))
         stages.append(_run("evaluate", ["evaluate", str(qdq), "--data", str(folder / "images.npz"), "--reference",
                                         str(model), "--json"], env))
         evaluation = json.loads(stages[-1]["stdout"].splitlines()[-1])
         parameters = sum(p.numel() for p in WideNet(args.features).parameters())
         record = {"features": args.features, "parameters": parameters, "fp32_weight_bytes": parameters * 4,
                   "files": {**_sizes(folder, "wide.onnx"), **_sizes(folder, "wide_w8a8")},
-                  "agreement_w8a8_vs_fp32": evaluation.get("agreement"), "stages": stages,
+                  "agreement_w8a8_vs_fp32": evaluation.get("agreement"), "reduce_range": bool(reduce),
+                  "output_sqnr_db": json.loads((folder / "wide_w8a8.report.json").read_text())["summary"]["output_sqnr_db"],
+                  "stages": stages,
                   "machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__}
     finally:
         if args.out is None:
@@ -116,7 +124,10 @@ def main() -> None:
     lines += [f"| `{name}` | {size:,} |" for name, size in record["files"].items()]
     lines += ["", "| stage | wall time (s) | peak resident memory (GB) |", "|---|---|---|"]
     lines += [f"| {s['stage']} | {s['seconds']} | {s['peak_rss_gb']:.1f} |" for s in stages]
-    lines += ["", f"W8A8 top-1 agreement with FP32 on 64 random images: {record['agreement_w8a8_vs_fp32']}"]
+    lines += ["", f"W8A8{' (--reduce-range: this CPU has no VNNI)' if record['reduce_range'] else ''}: output SQNR against "
+              f"FP32 {record['output_sqnr_db']:.1f} dB on the 16 calibration inputs; top-1 agreement with FP32 on 64 random "
+              f"images {record['agreement_w8a8_vs_fp32']:.3f} (random weights: {args.features} nearly tied logits, so "
+              "agreement says little here; the point is that every stage runs)."]
     args.results.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 

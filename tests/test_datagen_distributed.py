@@ -105,10 +105,12 @@ def _worker(model_path: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    from toolchain.datagen import distributed_session
+    from toolchain.datagen.distributed import distributed_session, exit_process
 
-    with distributed_session():  # the worker's own group is destroyed before exit, as the CLI does
+    with distributed_session() as session:  # the worker's own group is destroyed before exit, as the CLI does
         _worker(sys.argv[1], sys.argv[2])
+    if session is not None:
+        exit_process(0)
     sys.exit(0)
 
 

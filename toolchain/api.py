@@ -125,15 +125,26 @@ def evaluate_model(
     """Top-1/top-5 in onnxruntime (and agreement with `reference`): an evaluate.EvalResult."""
     from toolchain.evaluate import evaluate
 
+    pre = _checked_preprocessing(model, overrides)
+    if reference is not None:
+        _check_reference(reference, pre)
+    return evaluate(model, data, pre, reference_path=reference, limit=limit, batch_size=batch_size,
+                    threads=threads, progress=progress, seed=seed)
+
+
+def _checked_preprocessing(model: str | Path, overrides: PreprocessingOverrides) -> Preprocessing:
+    """The model's preprocessing, once the file passed its checks and runs (the proto is dropped on return:
+    onnxruntime opens the file itself, and a large model is not held twice)."""
     proto = load_model(model)
     pre = model_preprocessing(proto, overrides, str(model))
     check_runs(proto, str(model), pre.input_size)
-    if reference is not None:
-        reference_proto = load_model(reference)
-        image_input(reference_proto, str(reference))
-        check_runs(reference_proto, str(reference), pre.input_size)
-    return evaluate(model, data, pre, reference_path=reference, limit=limit, batch_size=batch_size,
-                    threads=threads, progress=progress, seed=seed)
+    return pre
+
+
+def _check_reference(reference: str | Path, pre: Preprocessing) -> None:
+    proto = load_model(reference)
+    image_input(proto, str(reference))
+    check_runs(proto, str(reference), pre.input_size)
 
 
 def run_default_pipeline(out_dir: Path, progress: bool = True, calib_images: int = 128) -> dict:
@@ -206,7 +217,6 @@ def load_calibration_inputs(calib: str | Path, proto: onnx.ModelProto, source: s
                             overrides: PreprocessingOverrides = PreprocessingOverrides()):
     """A CalibrationSet from a calibration .npz (`inputs`; the first `limit`, all when None) or an image
     dataset (`limit` images, default 512, sampled with `seed`)."""
-    import numpy as np
 
     from toolchain.calibdata import CalibrationSet, load_calibration, read_npz, sample_calibration
     from toolchain.errors import DataError
@@ -261,7 +271,7 @@ def quantize_model(
     check_calibration(proto, calibration.inputs, str(model))
     check_runs(proto, str(model), sample=calibration.inputs[:1])
     result = quantize(proto, calibration.inputs, config, source=str(model), calib_info=calibration.manifest,
-                      progress=progress, checkpoint=checkpoint, resume=resume)
+                      progress=progress, checkpoint=checkpoint, resume=resume, consume=True)
     # The model is written (atomically, with external data when large) inside the report's block: an error in
     # either leaves neither file; only a kill between the two renames could leave the model without its report.
     with atomic_output(report_path) as report_tmp:

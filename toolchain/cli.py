@@ -381,13 +381,18 @@ def generate_command(model: str, method: str, n: int, output: str | None, preset
       torchrun --nproc-per-node 2 -m toolchain.cli generate resnet20.onnx -n 1024 -o calib_data/dgh1024.npz
     """
     from toolchain import api
-    from toolchain.datagen import distributed_session
+    from toolchain.datagen.distributed import distributed_session, exit_process
 
     with distributed_session() as distributed:  # destroyed on exit, so a torchrun run exits 0 after writing
         outcome = api.generate_calibration(model, method, n, output, preset_name, seed, data, batch_size, iterations,
                                            per_class, resume, overwrite, _overrides(kwargs), distributed=distributed)
-    if outcome.path is None:
-        return
+    if outcome.path is not None:
+        _print_generated(outcome, n, method, preset_name, seed)
+    if distributed is not None:
+        exit_process(0)  # a torchrun worker skips interpreter teardown (see datagen.distributed.exit_process)
+
+
+def _print_generated(outcome: Any, n: int, method: str, preset_name: str, seed: int) -> None:
     losses = outcome.manifest.get("losses", {}).get("final")
     loss_text = f", final BN distance {losses['bn_distance']:.4g}" if isinstance(losses, dict) and "bn_distance" in losses else ""
     click.echo(f"wrote {outcome.path}: {n} images, method {method}"

@@ -138,7 +138,6 @@ def _name_unnamed_nodes(model: onnx.ModelProto) -> None:
 def verify_export(module: nn.Module, model: onnx.ModelProto, example_input: torch.Tensor,
                   config: ExportConfig = ExportConfig(), seed: int = 0) -> VerifyResult:
     """onnx.checker, then onnxruntime vs PyTorch on random inputs shaped like `example_input`."""
-    import onnxruntime as ort
 
     try:
         check_model(model, full_check=True)

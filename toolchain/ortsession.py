@@ -2,6 +2,8 @@
 
 Usage:
     session = inference_session(model, options)       # CPU provider; bytes below 1 GiB, a temporary folder above
+    with exposing(model, ["/conv1/Conv_output_0"]) as probe:   # extra graph outputs, no copy of the model
+        session = inference_session(probe, options)
 
 onnxruntime takes a model as serialised bytes, which protobuf cannot produce beyond 2 GiB: larger models
 are written with external data to a temporary folder, opened from there, and the folder is removed (the
@@ -10,11 +12,14 @@ session has read the weights by then).
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import onnx
 import onnxruntime as ort
+from onnx import helper
 
 from toolchain.modelio import fits_one_protobuf, save_model
 
@@ -29,3 +34,21 @@ def inference_session(model: onnx.ModelProto, options: ort.SessionOptions | None
         path = Path(folder) / "model.onnx"
         save_model(model, path, external_data_above=0)
         return ort.InferenceSession(str(path), options, providers=list(providers))
+
+
+@contextlib.contextmanager
+def exposing(model: onnx.ModelProto, names: list[str], types: Mapping[str, int] | None = None) -> Iterator[onnx.ModelProto]:
+    """`model` with `names` added as graph outputs for the duration of the block, then restored.
+
+    In place rather than on a copy: a copy of a large model costs its size in memory again. `types` gives
+    element types (FLOAT where absent).
+    """
+    existing = {o.name for o in model.graph.output}
+    added = [n for n in dict.fromkeys(names) if n not in existing]
+    count = len(model.graph.output)
+    model.graph.output.extend(helper.make_tensor_value_info(n, (types or {}).get(n, onnx.TensorProto.FLOAT), None)
+                              for n in added)
+    try:
+        yield model
+    finally:
+        del model.graph.output[count:]

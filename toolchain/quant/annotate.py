@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
@@ -106,19 +105,19 @@ def _attrs(node: onnx.NodeProto) -> dict:
     return {a.name: helper.get_attribute_value(a) for a in node.attribute}
 
 
-def _clip_min(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> float | None:
+def _clip_min(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto]) -> float | None:
     if len(node.input) > 1 and node.input[1]:
-        value = constants.get(node.input[1])
-        return None if value is None else float(value)
+        tensor = constants.get(node.input[1])
+        return None if tensor is None else float(numpy_helper.to_array(tensor).reshape(-1)[0])
     attrs = _attrs(node)
     return float(attrs["min"]) if "min" in attrs else None
 
 
-def _is_zero_floor_activation(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> bool:
+def _is_zero_floor_activation(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto]) -> bool:
     return node.op_type == "Relu" or (node.op_type == "Clip" and _clip_min(node, constants) == 0.0)
 
 
-def _data_inputs(node: onnx.NodeProto, constants: dict[str, np.ndarray]) -> list[str]:
+def _data_inputs(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto]) -> list[str]:
     """The inputs that carry data (not shapes, axes, pads, bounds, weights or biases)."""
     if node.op_type in _ALL_DATA_INPUTS:
         return [name for name in node.input if name]
@@ -138,7 +137,7 @@ def _weight_axis(node: onnx.NodeProto) -> int:
 def annotate(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
     """Build the QuantPlan for a BN-folded, cleaned-up float graph (nodes in topological order)."""
     graph = model.graph
-    constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    constants = {init.name: init for init in graph.initializer}  # decoded only where a value is read (large models)
     types = tensor_types(model)
 
     def is_float(tensor: str) -> bool:  # unknown types count as float, as every tensor did before types were read
@@ -203,7 +202,7 @@ def annotate(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
             weight = node.input[1]
             bits = 8 if node.name in first_last else config.w_bits
             plan.weights[weight] = WeightSpec(weight, node.name, _weight_axis(node), bits)
-            if len(node.input) > 2 and node.input[2] in constants and constants[node.input[2]].ndim == 1:
+            if len(node.input) > 2 and node.input[2] in constants and len(constants[node.input[2]].dims) == 1:
                 plan.biases[node.input[2]] = BiasSpec(node.input[2], node.name, node.input[0], weight)
             if academic_output:
                 root = plan.root(node.input[0])

@@ -21,10 +21,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import helper
 from tqdm import tqdm
 
-from toolchain.ortsession import inference_session
+from toolchain.ortsession import exposing, inference_session
 from toolchain.quant.annotate import ActivationSpec
 from toolchain.quant.qparams import IntType, QParams, asymmetric_params, one_sided_params, symmetric_params
 
@@ -51,16 +50,12 @@ def observe_activations(
     threads: int = 2,
 ) -> dict[str, Observation]:
     """Run the float model on `inputs` with `tensors` exposed as outputs; min, max and a sample of each."""
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    existing = {o.name for o in probe.graph.output}
-    input_name = next(i.name for i in probe.graph.input if i.name not in {t.name for t in probe.graph.initializer})
-    wanted = [t for t in tensors if t != input_name]
-    probe.graph.output.extend(helper.make_tensor_value_info(t, onnx.TensorProto.FLOAT, None) for t in wanted if t not in existing)
+    input_name = next(i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
-    session = inference_session(probe, options)
+    with exposing(model, [t for t in tensors if t != input_name]) as probe:
+        session = inference_session(probe, options)
     output_names = [o.name for o in session.get_outputs()]
     rng = np.random.default_rng(seed)
     batches = range(0, len(inputs), batch_size)
@@ -131,7 +126,7 @@ def _best_two_sided(sample: np.ndarray, lo: float, hi: float, qtype: IntType) ->
 def weight_params(weight: np.ndarray, axis: int, qtype: IntType, calibrator: str) -> QParams:
     """Symmetric per-channel parameters; with "mse" the clipping threshold is searched per channel."""
     channels = np.moveaxis(np.asarray(weight, np.float32), axis, 0).reshape(weight.shape[axis], -1)
-    absmax = np.abs(channels).max(axis=1)
+    absmax = np.maximum(channels.max(axis=1), -channels.min(axis=1))  # no |weight| temporary (large models)
     if calibrator != "mse":
         return symmetric_params(absmax, qtype, axis)
     best_error = np.full(absmax.shape, np.inf)

@@ -31,9 +31,8 @@ def integer_tensor(name: str, values: np.ndarray, qtype: IntType) -> onnx.Tensor
     Raw bytes, not int32_data: there a negative int8 takes a 10-byte varint, so an INT8 weight would outweigh
     its FP32 original, and tensors outside raw_data cannot move to external data beyond 2 GB.
     """
-    values = np.asarray(values, np.int64)
     dtype = helper.tensor_dtype_to_np_dtype(qtype.onnx_type)
-    return numpy_helper.from_array(values.astype(dtype), name)
+    return numpy_helper.from_array(np.asarray(values).astype(dtype, copy=False), name)
 
 
 def bias_params(activation: QParams, weight: QParams) -> QParams:
@@ -84,6 +83,21 @@ class _Builder:
         return self.graph.node[-1]
 
 
+def _copy_without(model: onnx.ModelProto, tensors: list[onnx.TensorProto]) -> onnx.ModelProto:
+    """A copy of `model` in which `tensors` (the float weights, replaced by integers) hold no data: copying a large
+    model's weights only to delete them would cost their size in memory again."""
+    saved = [(t, t.raw_data) for t in tensors if t.HasField("raw_data")]
+    try:
+        for tensor, _ in saved:
+            tensor.ClearField("raw_data")
+        copy = onnx.ModelProto()
+        copy.CopyFrom(model)
+    finally:
+        for tensor, data in saved:
+            tensor.raw_data = data
+    return copy
+
+
 def materialize(
     model: onnx.ModelProto,
     plan: QuantPlan,
@@ -97,17 +111,17 @@ def materialize(
     `weight_integers` (by weight tensor) replaces nearest rounding with given integers, e.g. the learned
     rounding of reconstruction; biases are always derived from the float bias and the current scales.
     """
-    qdq = onnx.ModelProto()
-    qdq.CopyFrom(model)
+    source = {init.name: init for init in model.graph.initializer}
+    qdq = _copy_without(model, [source[w] for w in plan.weights])
     builder = _Builder(qdq)
     graph_outputs = {o.name for o in qdq.graph.output}
 
     for weight, spec in plan.weights.items():
         params = weight_params[weight]
         storage = storage_type(params.qtype, low_bit_storage)
-        array = numpy_helper.to_array(builder.initializers[weight])
+        array = numpy_helper.to_array(source[weight])
         integers = (weight_integers or {}).get(weight)
-        integers = params.quantize(array) if integers is None else integers
+        integers = params.quantize_compact(array) if integers is None else integers
         builder.add_initializer(integer_tensor(f"{weight}_quantized", integers, storage))
         scale, zero = builder.qparam_inputs(weight, params, storage)
         builder.replace_uses(weight, f"{weight}_dequantized")

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 from tqdm import tqdm
 
 import toolchain
@@ -28,7 +28,7 @@ from toolchain.errors import DataError, GraphError
 from toolchain.graph import image_input
 from toolchain.passes import cleanup_passes, run_passes
 from toolchain.modelio import check_model, model_sha256
-from toolchain.ortsession import inference_session
+from toolchain.ortsession import exposing, inference_session
 from toolchain.quant.annotate import QuantPlan, annotate
 from toolchain.quant.calibrate import (
     activation_params,
@@ -90,15 +90,18 @@ def check_calibration(model: onnx.ModelProto, inputs: np.ndarray, source: str) -
                         "regenerate or clean the calibration set")
 
 
-def prepare_float_model(model: onnx.ModelProto, config: QuantConfig, before_folding: list | None = None
-                        ) -> tuple[onnx.ModelProto, int]:
+def prepare_float_model(model: onnx.ModelProto, config: QuantConfig, before_folding: list | None = None,
+                        in_place: bool = False) -> tuple[onnx.ModelProto, int]:
     """Clean-up, BN folding and the opset the chosen integer types need. Returns (model, folded BN count).
 
     `before_folding`, when given, receives a copy of the cleaned model with its BN nodes (for the BN
     statistics that distribution correction reads).
     """
-    float_model = onnx.ModelProto()
-    float_model.CopyFrom(model)
+    if in_place:  # the caller gives the model up (a large model is then not held twice)
+        float_model = model
+    else:
+        float_model = onnx.ModelProto()
+        float_model.CopyFrom(model)
     run_passes(float_model, cleanup_passes())
     if before_folding is not None:
         cleaned = onnx.ModelProto()
@@ -127,10 +130,12 @@ def choose_parameters(float_model: onnx.ModelProto, plan: QuantPlan, calib: np.n
                       progress: bool) -> tuple[dict[str, QParams], dict[str, QParams]]:
     """Calibrate activations (per root tensor) and weights (per channel)."""
     calibrator = config.effective_calibrator
-    initializers = {init.name: numpy_helper.to_array(init) for init in float_model.graph.initializer}
     roots = [t for t, spec in plan.activations.items() if spec.shared_with is None]
     observed = observe_activations(float_model, [t for t in roots if not plan.activations[t].constant], calib,
                                    config.calib_batch_size, config.samples_per_tensor, progress=progress)
+    # only the initializers this function reads, decoded after onnxruntime let go of its copy (large models)
+    needed = set(roots) | set(plan.weights) | {bias.tensor for bias in plan.biases.values()}
+    initializers = {init.name: numpy_helper.to_array(init) for init in float_model.graph.initializer if init.name in needed}
     observed.update({t: constant_observation(initializers[t]) for t in roots if plan.activations[t].constant})
     searching = tqdm(roots, desc=f"{calibrator} ranges", unit="tensor", file=sys.stderr, disable=not progress)
     act = {t: activation_params(observed[t], plan.activations[t], calibrator, activation_type(plan.activations[t].bits),
@@ -147,11 +152,12 @@ def choose_parameters(float_model: onnx.ModelProto, plan: QuantPlan, calib: np.n
 
 def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, source: str = "model",
              calib_info: dict | None = None, progress: bool = True, checkpoint: Path | None = None,
-             resume: bool = False) -> QuantResult:
+             resume: bool = False, consume: bool = False) -> QuantResult:
     """Quantize every layer of `model` with `calib` (float32 NCHW model inputs) as `config` says.
 
     With reconstruction and a `checkpoint` path, the finished units are saved there after each one;
-    `resume=True` continues from that file (see recon.resume).
+    `resume=True` continues from that file (see recon.resume). `consume=True`: `model` may be changed (it becomes
+    the BN-folded float model), which saves a copy of it.
     """
     start = time.perf_counter()
     check_not_quantized(model, source)
@@ -159,8 +165,8 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
     if config.reconstruction.enabled and len(calib) < config.reconstruction.batch_size:
         raise DataError(f"the calibration set has {len(calib)} images, fewer than the reconstruction batch size "
                         f"{config.reconstruction.batch_size}: give more images or a smaller --recon-batch-size")
-    cleaned: list[onnx.ModelProto] = []
-    float_model, folded = prepare_float_model(model, config, cleaned)
+    cleaned: list[onnx.ModelProto] | None = [] if config.reconstruction.enabled else None  # BN statistics for DC
+    float_model, folded = prepare_float_model(model, config, cleaned, in_place=consume)
     plan = annotate(float_model, config)
     warnings = [f"no quantization rule for {op} node {name!r}: left in float" for name, op in plan.float_nodes]
     if warnings and config.require_all_quantized:
@@ -219,15 +225,12 @@ def _resume_point(float_model: onnx.ModelProto, calib: np.ndarray, config: Quant
 
 
 def _run_with_outputs(model: onnx.ModelProto, names: list[str], inputs: np.ndarray, optimize: bool) -> dict[str, np.ndarray]:
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
-    existing = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names if n not in existing)
     options = ort.SessionOptions()
     options.log_severity_level = 3
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-    session = inference_session(probe, options)
+    with exposing(model, names) as probe:
+        session = inference_session(probe, options)
     input_name = session.get_inputs()[0].name
     return dict(zip(names, session.run(names, {input_name: inputs})))
 
