@@ -119,7 +119,7 @@ def main() -> None:
     lines = ["# A model over 2 GB, export -> quantize -> evaluate", "",
              f"`python bench/large_model.py --features {args.features}` ({record['machine']}): "
              f"{parameters / 1e6:.0f} M parameters, {record['fp32_weight_bytes'] / 1e9:.2f} GB of FP32 weights "
-             "(protobuf's limit for one file is 2.15 GB).", "",
+             "(protobuf cannot hold more than 2 GiB = 2,147,483,648 bytes in one file).", "",
              "| file | bytes |", "|---|---|"]
     lines += [f"| `{name}` | {size:,} |" for name, size in record["files"].items()]
     lines += ["", "| stage | wall time (s) | peak resident memory (GB) |", "|---|---|---|"]

@@ -155,6 +155,7 @@ def run_default_pipeline(out_dir: Path, progress: bool = True, calib_images: int
     """
     import json
 
+    from toolchain.cpu import has_vnni
     from toolchain.modelio import atomic_output
     from toolchain.quant.config import QuantConfig
     from toolchain.zoo import DEFAULT_MODEL, default_eval_data
@@ -179,16 +180,20 @@ def run_default_pipeline(out_dir: Path, progress: bool = True, calib_images: int
                     "inspect": {"ops": summary.ops, "num_batchnorm": summary.num_batchnorm},
                     "calibration": {"path": str(calib.path), "method": "dgh", "n": calib_images},
                     "evaluate": fp32.to_dict(), "quantized": {}}
+    # The models are evaluated on this machine: on a CPU without VNNI, 8-bit weights in 7 bits (QuantConfig.reduce_range).
+    reduce_range = has_vnni() is False
     for w_bits, a_bits in ((8, 8), (4, 4)):
         name = f"W{w_bits}A{a_bits}"
         out = out_dir / f"{DEFAULT_MODEL}_{name.lower()}.onnx"
-        quantized = quantize_model(model_path, calib.path, out, QuantConfig(w_bits=w_bits, a_bits=a_bits),
+        quantized = quantize_model(model_path, calib.path, out, QuantConfig(w_bits=w_bits, a_bits=a_bits, reduce_range=reduce_range),
                                    calib_limit=calib_images, overwrite=True, progress=progress)
         metrics = evaluate_model(out, data, reference=model_path, progress=progress)
         coverage = quantized.report["fusion"]["coverage"]
+        note = ", 8-bit weights in 7 bits: this CPU has no VNNI" if reduce_range and w_bits == 8 else ""
         log.append(f"quantize {name} {out}: top-1 {metrics.top1:.4f} (agreement with FP32 {metrics.agreement:.4f}), "
-                   f"fusion coverage {coverage:.2f}")
-        record["quantized"][name] = {"path": str(out), "top1": metrics.top1, "agreement": metrics.agreement, "fusion_coverage": coverage}
+                   f"fusion coverage {coverage:.2f}{note}")
+        record["quantized"][name] = {"path": str(out), "top1": metrics.top1, "agreement": metrics.agreement,
+                                     "fusion_coverage": coverage, "reduce_range": reduce_range and w_bits == 8}
     record["log"] = log
     with atomic_output(out_dir / "run.json") as tmp:
         tmp.write_text(json.dumps(record, indent=2) + "\n")
@@ -217,15 +222,14 @@ def load_calibration_inputs(calib: str | Path, proto: onnx.ModelProto, source: s
                             overrides: PreprocessingOverrides = PreprocessingOverrides()):
     """A CalibrationSet from a calibration .npz (`inputs`; the first `limit`, all when None) or an image
     dataset (`limit` images, default 512, sampled with `seed`)."""
-
-    from toolchain.calibdata import CalibrationSet, load_calibration, read_npz, sample_calibration
+    from toolchain.calibdata import CalibrationSet, load_calibration, npz_keys, sample_calibration
     from toolchain.errors import DataError
 
     path = Path(calib)
     if not path.exists():
         raise DataError(f"calibration data {path} does not exist")
     if path.suffix == ".npz":
-        if "inputs" in read_npz(path, "calibration data", "give a calibration .npz ('inputs', see calib_data/README.md) "
+        if "inputs" in npz_keys(path, "calibration data", "give a calibration .npz ('inputs', see calib_data/README.md) "
                                 "or an image dataset (.npz with 'images' and 'labels')"):
             loaded = load_calibration(path)
             inputs = loaded.inputs[:limit] if limit else loaded.inputs

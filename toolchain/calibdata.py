@@ -64,9 +64,17 @@ def save_calibration(path: str | Path, calib: CalibrationSet) -> Path:
     return path
 
 
-def read_npz(path: str | Path, what: str, hint: str) -> dict[str, np.ndarray]:
-    """Every array of an .npz (no pickles); DataError naming the file, what it was meant to be and `hint` otherwise."""
-    path = Path(path)
+_NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, TypeError, AttributeError)
+
+
+def _npz_error(path: Path, what: str, hint: str, err: Exception) -> DataError:
+    # numpy raises all of _NPZ_ERRORS for damaged archives; an object array needs pickle, which is never allowed
+    reason = "it holds Python objects, which are never unpickled" if "pickle" in str(err) else f"{type(err).__name__}: {err}"
+    return DataError(f"cannot read {what} {path} ({reason}); {hint}")
+
+
+def _open_npz(path: Path, what: str, hint: str):
+    """np.load of an .npz whose first bytes say it is one (a zip archive); DataError otherwise."""
     try:
         with open(path, "rb") as handle:
             magic = handle.read(6)
@@ -78,12 +86,25 @@ def read_npz(path: str | Path, what: str, hint: str) -> dict[str, np.ndarray]:
         state = "empty" if not magic else "not a zip archive, which an .npz is"
         raise DataError(f"cannot read {what} {path}: the file is {state}; {hint}")
     try:
-        with np.load(path, allow_pickle=False) as data:
+        return np.load(path, allow_pickle=False)
+    except _NPZ_ERRORS as err:
+        raise _npz_error(path, what, hint, err) from err
+
+
+def npz_keys(path: str | Path, what: str, hint: str) -> list[str]:
+    """The array names of an .npz, without reading the arrays."""
+    with _open_npz(Path(path), what, hint) as data:
+        return list(data.files)
+
+
+def read_npz(path: str | Path, what: str, hint: str) -> dict[str, np.ndarray]:
+    """Every array of an .npz (no pickles); DataError naming the file, what it was meant to be and `hint` otherwise."""
+    path = Path(path)
+    with _open_npz(path, what, hint) as data:
+        try:
             return {key: data[key] for key in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, TypeError, AttributeError) as err:
-        # numpy raises all of these for damaged archives; an object array needs pickle, which is never allowed
-        reason = "it holds Python objects, which are never unpickled" if "pickle" in str(err) else f"{type(err).__name__}: {err}"
-        raise DataError(f"cannot read {what} {path} ({reason}); {hint}") from err
+        except _NPZ_ERRORS as err:
+            raise _npz_error(path, what, hint, err) from err
 
 
 def load_calibration(path: str | Path) -> CalibrationSet:
