@@ -199,3 +199,12 @@ def test_int64_shape_arithmetic_is_left_alone_and_the_model_quantizes(calib, tmp
     integer = {entry["op_type"] for entry in report["integer_nodes"]}
     assert {"Shape", "Gather", "Div"} <= integer
     assert report["summary"]["quantized_layers"] == 2 and report["summary"]["output_sqnr_db"] >= 20
+
+
+def test_every_command_ends_through_the_error_handler():
+    """Each `toolchain` command runs inside cli_errors.handle_errors (so no command can end in a traceback)."""
+    from toolchain.cli_errors import handle_errors
+
+    wrapper_code = handle_errors(lambda: None).__code__
+    unwrapped = [name for name, command in cli.commands.items() if command.callback.__code__ is not wrapper_code]
+    assert not unwrapped, f"commands without handle_errors: {unwrapped}"

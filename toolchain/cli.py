@@ -102,6 +102,7 @@ def cli(debug: bool) -> None:
 
 
 @cli.command("zoo")
+@handle_errors
 def zoo_command() -> None:
     """List the models `toolchain export` knows by name."""
     from toolchain.zoo import DEFAULT_MODEL, ZOO
