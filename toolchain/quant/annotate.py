@@ -34,6 +34,10 @@ FUSIBLE_PRODUCERS = ("Conv", "Gemm", "MatMul", "Add")
 _ALL_DATA_INPUTS = ("Add", "Mul", "Concat")
 
 
+_T = onnx.TensorProto
+_INTEGER_TYPES = {_T.INT8, _T.INT16, _T.INT32, _T.INT64, _T.UINT8, _T.UINT16, _T.UINT32, _T.UINT64, _T.BOOL}
+
+
 @dataclass(frozen=True)
 class ActivationSpec:
     """A tensor to quantize per tensor.
@@ -175,9 +179,9 @@ def annotate(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
             continue
         data = [node.input[0]] if node.op_type in PASS_THROUGH_OPS else _data_inputs(node, constants)
         if not all(is_float(name) for name in (*data, *node.output) if name):
-            if not any(is_float(name) for name in node.output if name) or node.op_type in PASS_THROUGH_OPS + COMPUTE_OPS:
+            if all(types.get(name) in _INTEGER_TYPES for name in node.output if name):
                 plan.integer_nodes.append((node.name, node.op_type))
-            else:  # e.g. a Cast of a shape to float that feeds float arithmetic: float, without a rule
+            else:  # a Cast of a shape to float feeding float arithmetic, float16 / double arithmetic: no rule
                 plan.float_nodes.append((node.name, node.op_type))
             continue
         if node.op_type in PASS_THROUGH_OPS:
