@@ -208,3 +208,27 @@ def test_every_command_ends_through_the_error_handler():
     wrapper_code = handle_errors(lambda: None).__code__
     unwrapped = [name for name, command in cli.commands.items() if command.callback.__code__ is not wrapper_code]
     assert not unwrapped, f"commands without handle_errors: {unwrapped}"
+
+
+def test_models_too_large_for_bytes_run_check_and_hash_through_a_temporary_folder(digits, monkeypatch):
+    """The >1 GiB paths, forced on a small model: onnxruntime gives the same logits from the temporary folder, the
+    checker passes, the hash identifies the model (changes with one weight), and the model is left unchanged."""
+    import onnxruntime as ort
+
+    import toolchain.modelio as modelio
+    import toolchain.ortsession as ortsession
+
+    model = load_model(digits)
+    before = model.SerializeToString()
+    x = np.random.default_rng(0).standard_normal((4, 1, 8, 8)).astype(np.float32)
+    expected = ort.InferenceSession(before, providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+    monkeypatch.setattr(ortsession, "fits_one_protobuf", lambda *args: False)
+    monkeypatch.setattr(modelio, "fits_one_protobuf", lambda *args: False)
+    got = ortsession.inference_session(model).run(None, {"input": x})[0]
+    np.testing.assert_array_equal(got, expected)
+    modelio.check_model(model)
+    large_hash = modelio.model_sha256(model)
+    assert large_hash == modelio.model_sha256(model) and model.SerializeToString() == before
+    weight = next(t for t in model.graph.initializer if len(t.raw_data) > 64)
+    weight.raw_data = bytes([weight.raw_data[0] ^ 1]) + weight.raw_data[1:]
+    assert modelio.model_sha256(model) != large_hash

@@ -16,9 +16,10 @@ the previous version's data file is removed only after the new model replaced th
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -55,6 +56,25 @@ def all_tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
             for attribute in node.attribute:
                 if attribute.HasField("t"):
                     yield attribute.t
+
+
+@contextlib.contextmanager
+def detached_raw_data(tensors: Sequence[onnx.TensorProto]) -> Iterator[list[bytes]]:
+    """The tensors' raw bytes, taken out of them for the block (to copy, hash or write a model without its weights)
+    and put back after, field for field; tensors without raw_data are passed over."""
+    tensors = [t for t in tensors if t.HasField("raw_data")]
+    saved = [(t.raw_data, t.data_location if t.HasField("data_location") else None) for t in tensors]
+    for tensor in tensors:
+        tensor.ClearField("raw_data")
+    try:
+        yield [data for data, _ in saved]
+    finally:
+        for tensor, (data, location) in zip(tensors, saved):
+            tensor.ClearField("external_data")
+            tensor.ClearField("data_location")
+            if location is not None:
+                tensor.data_location = location
+            tensor.raw_data = data
 
 
 def tensors_with_external_data(model: onnx.ModelProto) -> list[onnx.TensorProto]:
@@ -156,24 +176,14 @@ def write_with_external_data(model: onnx.ModelProto, path: Path) -> Path:
         os.replace(data_tmp, final_data)  # atomic; nothing refers to it until the model below replaces the old one
     finally:
         data_tmp.unlink(missing_ok=True)
-    saved = [(tensor.raw_data, tensor.HasField("data_location")) for tensor in large]
-    try:
+    with detached_raw_data(large):
         for tensor, (offset, length) in zip(large, offsets):
-            tensor.ClearField("raw_data")
             tensor.data_location = onnx.TensorProto.EXTERNAL
-            del tensor.external_data[:]
             for key, value in (("location", final_data.name), ("offset", str(offset)), ("length", str(length))):
                 entry = tensor.external_data.add()
                 entry.key, entry.value = key, value
         with atomic_output(path) as model_tmp:
             model_tmp.write_bytes(model.SerializeToString())
-    finally:  # give the caller back the model it passed in, field for field
-        for tensor, (data, had_location) in zip(large, saved):
-            tensor.ClearField("external_data")
-            tensor.ClearField("data_location")
-            if had_location:
-                tensor.data_location = onnx.TensorProto.DEFAULT
-            tensor.raw_data = data
     for stale in data_files(path):  # older versions' data, orphans of killed writes
         if stale != final_data:
             stale.unlink(missing_ok=True)

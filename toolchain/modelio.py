@@ -13,7 +13,10 @@ its data, after every location was checked (external_data.py); a model too large
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
@@ -22,7 +25,7 @@ from google.protobuf.message import DecodeError, EncodeError
 from toolchain.atomic import atomic_output
 from toolchain.errors import ModelFileError
 from toolchain.validate import check_structure
-from toolchain.external_data import all_tensors, data_files, read_external_data, write_with_external_data
+from toolchain.external_data import all_tensors, data_files, detached_raw_data, read_external_data, write_with_external_data
 
 __all__ = ["atomic_output", "fits_one_protobuf", "load_model", "model_sha256", "save_model"]
 
@@ -51,18 +54,12 @@ def model_sha256(model: onnx.ModelProto) -> str:
     if fits_one_protobuf(model, PROTOBUF_LIMIT):
         return hashlib.sha256(model.SerializeToString()).hexdigest()
     digest = hashlib.sha256()
-    large = [t for t in all_tensors(model) if t.HasField("raw_data")]
-    saved = [t.raw_data for t in large]
-    try:  # the skeleton without the weights, then the weights in graph order
-        for tensor, data in zip(large, saved):
-            tensor.ClearField("raw_data")
+    with detached_raw_data(list(all_tensors(model))) as weights:  # the skeleton, then the weights in graph order
+        for data in weights:
             digest.update(len(data).to_bytes(8, "little"))
         digest.update(model.SerializeToString())
-        for data in saved:
+        for data in weights:
             digest.update(data)
-    finally:
-        for tensor, data in zip(large, saved):
-            tensor.raw_data = data
     return digest.hexdigest()
 
 
@@ -111,14 +108,20 @@ def save_model(model: onnx.ModelProto, path: str | Path, external_data_above: in
     return path
 
 
+@contextlib.contextmanager
+def written_to_temporary_folder(model: onnx.ModelProto) -> Iterator[Path]:
+    """`model` saved with external data in a temporary folder, for tools that take a path (onnx.checker,
+    onnxruntime) when it is too large to hand over as bytes; the folder is removed after the block."""
+    with tempfile.TemporaryDirectory(prefix="toolchain-") as folder:
+        path = Path(folder) / "model.onnx"
+        save_model(model, path, external_data_above=0)
+        yield path
+
+
 def check_model(model: onnx.ModelProto, full_check: bool = False) -> None:
     """onnx.checker on an in-memory model of any size (beyond 1 GiB through a temporary file with external data)."""
     if fits_one_protobuf(model):
         onnx.checker.check_model(model, full_check=full_check)
         return
-    import tempfile
-
-    with tempfile.TemporaryDirectory(prefix="toolchain-check-") as folder:
-        path = Path(folder) / "model.onnx"
-        save_model(model, path, external_data_above=0)
+    with written_to_temporary_folder(model) as path:
         onnx.checker.check_model(str(path), full_check=full_check)

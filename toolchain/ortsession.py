@@ -13,15 +13,13 @@ session has read the weights by then).
 from __future__ import annotations
 
 import contextlib
-import tempfile
-from collections.abc import Iterator, Mapping
-from pathlib import Path
+from collections.abc import Iterator
 
 import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from toolchain.modelio import fits_one_protobuf, save_model
+from toolchain.modelio import fits_one_protobuf, written_to_temporary_folder
 
 
 def inference_session(model: onnx.ModelProto, options: ort.SessionOptions | None = None,
@@ -30,23 +28,21 @@ def inference_session(model: onnx.ModelProto, options: ort.SessionOptions | None
     options = options or ort.SessionOptions()
     if fits_one_protobuf(model):
         return ort.InferenceSession(model.SerializeToString(), options, providers=list(providers))
-    with tempfile.TemporaryDirectory(prefix="toolchain-ort-") as folder:
-        path = Path(folder) / "model.onnx"
-        save_model(model, path, external_data_above=0)
+    with written_to_temporary_folder(model) as path:
         return ort.InferenceSession(str(path), options, providers=list(providers))
 
 
 @contextlib.contextmanager
-def exposing(model: onnx.ModelProto, names: list[str], types: Mapping[str, int] | None = None) -> Iterator[onnx.ModelProto]:
-    """`model` with `names` added as graph outputs for the duration of the block, then restored.
+def exposing(model: onnx.ModelProto, names: list[str]) -> Iterator[onnx.ModelProto]:
+    """`model` with the float tensors `names` added as graph outputs for the duration of the block, then restored.
 
-    In place rather than on a copy: a copy of a large model costs its size in memory again. `types` gives
-    element types (FLOAT where absent).
+    In place rather than on a copy: a copy of a large model costs its size in memory again. Only float32
+    tensors are ever asked for (annotation leaves integer tensors alone), so the outputs are declared FLOAT.
     """
     existing = {o.name for o in model.graph.output}
     added = [n for n in dict.fromkeys(names) if n not in existing]
     count = len(model.graph.output)
-    model.graph.output.extend(helper.make_tensor_value_info(n, (types or {}).get(n, onnx.TensorProto.FLOAT), None)
+    model.graph.output.extend(helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
                               for n in added)
     try:
         yield model

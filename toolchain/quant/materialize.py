@@ -18,6 +18,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from toolchain.errors import GraphError
+from toolchain.external_data import detached_raw_data
 from toolchain.passes import RemoveUnusedPass
 from toolchain.quant.annotate import QuantPlan
 from toolchain.quant.qparams import BIAS_TYPE, IntType, QParams, storage_type
@@ -86,15 +87,9 @@ class _Builder:
 def _copy_without(model: onnx.ModelProto, tensors: list[onnx.TensorProto]) -> onnx.ModelProto:
     """A copy of `model` in which `tensors` (the float weights, replaced by integers) hold no data: copying a large
     model's weights only to delete them would cost their size in memory again."""
-    saved = [(t, t.raw_data) for t in tensors if t.HasField("raw_data")]
-    try:
-        for tensor, _ in saved:
-            tensor.ClearField("raw_data")
-        copy = onnx.ModelProto()
+    copy = onnx.ModelProto()
+    with detached_raw_data(tensors):
         copy.CopyFrom(model)
-    finally:
-        for tensor, data in saved:
-            tensor.raw_data = data
     return copy
 
 
