@@ -196,9 +196,10 @@ class RemoveUnusedPass(GraphPass):
 def cleanup_passes() -> list[GraphPass]:
     """The clean-up pipeline in the order it should run."""
     from toolchain.passes.output_types import CompleteOutputTypesPass  # runs onnxruntime only when inference cannot tell
+    from toolchain.passes.shape_folding import FoldStaticShapesPass
 
-    return [LiftConstantNodesPass(), FoldConstantsPass(), ReshapeToFlattenPass(), EliminateIdentityPass(), RemoveUnusedPass(),
-            CompleteOutputTypesPass()]
+    return [LiftConstantNodesPass(), FoldConstantsPass(), ReshapeToFlattenPass(), FoldStaticShapesPass(), EliminateIdentityPass(),
+            RemoveUnusedPass(), CompleteOutputTypesPass()]
 
 
 def _default_opset(model: onnx.ModelProto) -> int:

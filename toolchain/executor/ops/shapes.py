@@ -91,3 +91,26 @@ def _constant_of_shape(ctx: NodeContext) -> Kernel:
 @register("Range")
 def _range(ctx: NodeContext) -> Kernel:
     return lambda start, limit, delta: torch.arange(start.item(), limit.item(), delta.item(), dtype=start.dtype, device=start.device)
+
+
+@register("CastLike")
+def _cast_like(ctx: NodeContext) -> Kernel:
+    return lambda x, like: x.to(like.dtype)
+
+
+@register("SplitToSequence", static=(1,))
+def _split_to_sequence(ctx: NodeContext) -> Kernel:
+    # A sequence is a Python list in the executor's value slots; SequenceAt reads it.
+    axis, keepdims = int(ctx.attr("axis", 0)), bool(ctx.attr("keepdims", 1))
+    sizes = ctx.const(1) if ctx.has_input(1) else None
+    if ctx.has_input(1) and sizes is None:
+        return lambda x, s: list(torch.split(x, s.tolist() if s.dim() else int(s), axis))
+    if sizes is None:  # one element per index along axis
+        return lambda x, *_: [t if keepdims else t.squeeze(axis) for t in torch.split(x, 1, axis)]
+    split = [int(v) for v in sizes.reshape(-1)] if sizes.ndim else int(sizes)
+    return lambda x, *_: list(torch.split(x, split, axis))
+
+
+@register("SequenceAt")
+def _sequence_at(ctx: NodeContext) -> Kernel:
+    return lambda sequence, position: sequence[int(position)]
