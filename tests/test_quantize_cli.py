@@ -42,7 +42,7 @@ def test_quantize_writes_model_and_report_next_to_it(digits, calib_npz, tmp_path
     out = tmp_path / "digits_w8a8.onnx"
     result = run("quantize", digits, "--calib", calib_npz, "-o", out)
     assert result.exit_code == 0, result.output
-    assert "fusion coverage 1.00" in result.output and "float ops left: none" in result.output
+    assert "integer coverage 1.00 of ops, 1.000 of MACs" in result.output and "float ops left: none" in result.output
     report = json.loads((tmp_path / "digits_w8a8.report.json").read_text())
     assert report["fusion"]["coverage"] == 1.0 and report["config"]["w_bits"] == 8 and report["calibration"]["n"] == 32
 
@@ -103,33 +103,48 @@ def test_already_quantized_model(digits, calib_npz, tmp_path):
 
 
 @pytest.fixture
-def conv_softmax(tmp_path):
-    """Conv -> Softmax: Softmax has no quantization rule."""
+def conv_sin(tmp_path):
+    """Conv -> Sin: Sin has no quantization rule."""
     w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 1, 3, 3)).astype(np.float32), "w")
     nodes = [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
-             helper.make_node("Softmax", ["c"], ["y"], name="softmax", axis=1)]
+             helper.make_node("Sin", ["c"], ["y"], name="sin")]
     graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 1, 8, 8])],
                               [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 4, 8, 8])], [w])
-    path = tmp_path / "softmax.onnx"
+    path = tmp_path / "sin.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
     return path
 
 
-def test_op_without_rule_is_left_in_float_with_a_warning(conv_softmax, calib_npz, tmp_path):
-    """Softmax: warned about on stderr, listed in the report, left in float; the Conv is still quantized."""
+def test_op_without_rule_is_left_in_float_with_a_warning(conv_sin, calib_npz, tmp_path):
+    """Sin: warned about on stderr once, listed in the report and in the float ops, left in float; the Conv is
+    still quantized, and the summary does not claim full coverage."""
     out = tmp_path / "q.onnx"
-    result = run("quantize", conv_softmax, "--calib", calib_npz, "-o", out)
+    result = run("quantize", conv_sin, "--calib", calib_npz, "-o", out)
     assert result.exit_code == 0, result.output
-    assert "Softmax" in result.stderr and "'softmax'" in result.stderr
+    assert result.stderr.count("no quantization rule for Sin node 'sin'") == 1
     report = json.loads((tmp_path / "q.report.json").read_text())
-    assert report["unquantized"] == [{"node": "softmax", "op_type": "Softmax"}]
+    assert report["unquantized"] == [{"node": "sin", "op_type": "Sin"}]
     assert report["summary"]["quantized_layers"] == 1
+    assert {"op_type": "Sin", "name": "sin"} in report["fusion"]["float_ops"] and not report["summary"]["fully_integer"]
+    assert "integer coverage 1.00" not in result.output and "Sin x1" in result.output
 
 
-def test_require_all_quantized_fails_on_op_without_rule(conv_softmax, calib_npz, tmp_path):
+def test_require_full_integer_fails_while_an_op_runs_in_float(conv_sin, digits, calib_npz, tmp_path):
+    """--require-full-integer: exit 1 naming the float op and writing nothing; a model onnxruntime runs
+    entirely on integers (the digits ResNet) passes with the same flag."""
+    out = tmp_path / "out.onnx"
+    failed = run("quantize", conv_sin, "--calib", calib_npz, "-o", out, "--require-full-integer")
+    lines = [line for line in failed.output.splitlines() if line.startswith("Error: ")]  # after calibration's progress bars
+    assert failed.exit_code == 1 and len(lines) == 1 and "Sin 'sin'" in lines[0] and "Traceback" not in failed.output
+    assert _nothing_written(tmp_path)
+    result = run("quantize", digits, "--calib", calib_npz, "-o", tmp_path / "digits.onnx", "--require-full-integer")
+    assert result.exit_code == 0, result.output
+
+
+def test_require_all_quantized_fails_on_op_without_rule(conv_sin, calib_npz, tmp_path):
     """--require-all-quantized turns the warning into an error naming the node; nothing is written."""
     out = tmp_path / "out.onnx"
-    assert_user_error(run("quantize", conv_softmax, "--calib", calib_npz, "-o", out, "--require-all-quantized"), "Softmax 'softmax'")
+    assert_user_error(run("quantize", conv_sin, "--calib", calib_npz, "-o", out, "--require-all-quantized"), "Sin 'sin'")
     assert _nothing_written(tmp_path)
 
 

@@ -191,7 +191,7 @@ def run_default_pipeline(out_dir: Path, progress: bool = True, calib_images: int
         coverage = quantized.report["fusion"]["coverage"]
         note = ", 8-bit weights in 7 bits: this CPU has no VNNI" if reduce_range and w_bits == 8 else ""
         log.append(f"quantize {name} {out}: top-1 {metrics.top1:.4f} (agreement with FP32 {metrics.agreement:.4f}), "
-                   f"fusion coverage {coverage:.2f}{note}")
+                   f"integer coverage {coverage:.2f} of ops{note}")
         record["quantized"][name] = {"path": str(out), "top1": metrics.top1, "agreement": metrics.agreement,
                                      "fusion_coverage": coverage, "reduce_range": reduce_range and w_bits == 8}
     record["log"] = log

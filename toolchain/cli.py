@@ -282,6 +282,8 @@ def run_command(out_dir: str, as_json: bool) -> None:
               help="Continue a reconstruction that stopped (divergence, crash, Ctrl-C) from OUTPUT.ckpt, "
                    "which keeps the finished units; give the same model, calibration set and bits.")
 @click.option("--require-all-quantized", is_flag=True, help="Fail when an op has no quantization rule (default: warn, leave it in float).")
+@click.option("--require-full-integer", is_flag=True,
+              help="Fail (exit 1, no output) unless onnxruntime runs every compute op on integer kernels; the message lists the float ops.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT and its report if they exist.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report's summary as one JSON object.")
 @preprocessing_options
@@ -291,7 +293,7 @@ def quantize_command(model: str, calib: str, output: str, w_bits: int, a_bits: i
                      seed: int,
                      reconstruct: str, preset: str, recon_iterations: int | None, recon_batch_size: int | None,
                      pd_weight: float | None, no_qdrop: bool, no_pd: bool, no_dc: bool, no_learn_scales: bool, resume: bool,
-                     require_all_quantized: bool, overwrite: bool, as_json: bool, **kwargs: Any) -> None:
+                     require_all_quantized: bool, require_full_integer: bool, overwrite: bool, as_json: bool, **kwargs: Any) -> None:
     """Quantize every layer of MODEL.onnx (first and last included) into a QDQ model.
 
     BN is folded after its statistics are read; weights are stored as integers behind
@@ -313,6 +315,7 @@ def quantize_command(model: str, calib: str, output: str, w_bits: int, a_bits: i
 
     from toolchain import api
     from toolchain.quant.config import QuantConfig
+    from toolchain.quant.fusion import float_ops_text
     from toolchain.recon import ReconConfig
 
     recon = ReconConfig.preset(reconstruct, preset, iterations=recon_iterations, batch_size=recon_batch_size, seed=seed,
@@ -327,6 +330,7 @@ def quantize_command(model: str, calib: str, output: str, w_bits: int, a_bits: i
         recon = replace(recon, learn_scales=False)
     config = QuantConfig(w_bits=w_bits, a_bits=a_bits, calibrator=calibrator, percentile=percentile, target=target,
                          first_last_8bit=first_last_8bit, require_all_quantized=require_all_quantized,
+                         require_full_integer=require_full_integer,
                          low_bit_storage=low_bit_storage, reduce_range=reduce_range, reconstruction=recon)
     outcome = api.quantize_model(model, calib, output, config, calib_limit, seed, overwrite, _overrides(kwargs),
                                  resume=resume)
@@ -336,15 +340,16 @@ def quantize_command(model: str, calib: str, output: str, w_bits: int, a_bits: i
     if as_json:
         click.echo(json.dumps({**summary, "path": str(outcome.path), "report": str(outcome.report_path)}))
         return
-    left = outcome.report["fusion"]["float_ops_left"]
-    left_text = ", ".join(f"{op} {n}" for op, n in left.items()) or "none"
+    fusion = outcome.report["fusion"]
+    macs = f", {fusion['mac_coverage']:.3f} of MACs" if fusion.get("mac_coverage") is not None else ""
     sqnr = summary["output_sqnr_db"]
-    sqnr_text = f"output SQNR {sqnr:.1f} dB" if sqnr is not None else "output left in float"
+    sqnr_text = f"output SQNR {sqnr:.1f} dB" + (" (network output in float: --first-last-8bit)" if first_last_8bit else "")
     click.echo(
         f"wrote {outcome.path}: W{w_bits}A{a_bits} ({config.effective_calibrator}"
         f"{', ' + reconstruct + ' ' + preset if recon.enabled else ''}), {summary['quantized_layers']} layers quantized, "
         f"{sqnr_text} on {outcome.report['calibration']['sqnr_samples']} calibration inputs; "
-        f"fusion coverage {summary['fusion_coverage']:.2f} (float ops left: {left_text}); report {outcome.report_path}"
+        f"integer coverage {summary['fusion_coverage']:.2f} of ops{macs} (float ops left: {float_ops_text(fusion)}); "
+        f"report {outcome.report_path}"
     )
 
 

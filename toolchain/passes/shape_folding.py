@@ -24,7 +24,7 @@ from __future__ import annotations
 import logging
 import operator
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import onnx
@@ -37,6 +37,7 @@ logger = logging.getLogger(__name__)
 Dim = int | str  # a known size, or a symbol standing for one size (equal symbols: equal sizes)
 _MAX_SHAPE_VALUES = 64  # int initializers longer than this are data, not shapes
 _INTEGER_TYPES = {onnx.TensorProto.INT64, onnx.TensorProto.INT32}
+_SHAPE_VALUE_TYPES = _INTEGER_TYPES | {onnx.TensorProto.BOOL}
 
 
 @dataclass(frozen=True)
@@ -45,13 +46,14 @@ class ShapeValue:
 
     items: tuple[Dim, ...]
     scalar: bool = False
+    dtype: int = onnx.TensorProto.INT64  # INT64, INT32 or BOOL: the type an initializer of this value must have
 
     @property
     def static(self) -> bool:
         return all(isinstance(d, int) for d in self.items)
 
     def array(self) -> np.ndarray:
-        values = np.array(self.items, np.int64)
+        values = np.array(self.items, helper.tensor_dtype_to_np_dtype(self.dtype))
         return values.reshape(()) if self.scalar else values
 
 
@@ -101,9 +103,9 @@ class _Evaluator:
         self.shapes, self.types = symbolic_shapes(model)
         self.values: dict[str, ShapeValue] = {}
         for init in model.graph.initializer:
-            if init.data_type in _INTEGER_TYPES and len(init.dims) <= 1 and int(np.prod(init.dims)) <= _MAX_SHAPE_VALUES:
+            if init.data_type in _SHAPE_VALUE_TYPES and len(init.dims) <= 1 and int(np.prod(init.dims)) <= _MAX_SHAPE_VALUES:
                 array = numpy_helper.to_array(init)
-                self.values[init.name] = ShapeValue(tuple(int(v) for v in array.reshape(-1)), scalar=array.ndim == 0)
+                self.values[init.name] = ShapeValue(tuple(int(v) for v in array.reshape(-1)), array.ndim == 0, init.data_type)
 
     def ints(self, name: str) -> list[int] | None:
         value = self.values.get(name)
@@ -123,37 +125,40 @@ class _Evaluator:
         if not inputs or inputs[0] is None:
             return None
         first = inputs[0]
-        if op in ("Identity", "Cast") and (op == "Identity" or attrs.get("to") in _INTEGER_TYPES):
+        if op == "Identity":
             return first
+        if op == "Cast" and attrs.get("to") in _INTEGER_TYPES:
+            return replace(first, dtype=attrs["to"])
         if op == "Gather" and not first.scalar and attrs.get("axis", 0) == 0 and len(inputs) > 1 and inputs[1] is not None:
             index = inputs[1]
             if not index.static:
                 return None
             picked = tuple(first.items[int(i)] for i in index.items)
-            return ShapeValue(picked, scalar=index.scalar)
+            return ShapeValue(picked, index.scalar, first.dtype)
         if op == "Unsqueeze" and first.scalar:
-            return ShapeValue(first.items)
+            return replace(first, scalar=False)
         if op == "Squeeze" and len(first.items) == 1:
-            return ShapeValue(first.items, scalar=True)
+            return replace(first, scalar=True)
         if op == "Reshape" and len(inputs) > 1 and inputs[1] is not None and inputs[1].items in ((-1,), (1,), ()):
-            return ShapeValue(first.items, scalar=inputs[1].items == ())  # between a scalar and a 1-element vector
+            return replace(first, scalar=inputs[1].items == ())  # between a scalar and a 1-element vector
         if op == "Equal" and len(inputs) > 1 and inputs[1] is not None:
-            return _elementwise(first, inputs[1], _equal)
+            equal = _elementwise(first, inputs[1], _equal)
+            return None if equal is None else replace(equal, dtype=onnx.TensorProto.BOOL)
         if op == "Where" and len(inputs) == 3 and first.static and all(v is not None for v in inputs[1:]):
             n = max(len(v.items) for v in inputs)
             cond, a, b = (v.items * n if len(v.items) == 1 else v.items for v in inputs)
             if not len(cond) == len(a) == len(b) == n:
                 return None
-            return ShapeValue(tuple(x if c else y for c, x, y in zip(cond, a, b)))
+            return ShapeValue(tuple(x if c else y for c, x, y in zip(cond, a, b)), dtype=inputs[1].dtype)
         if op == "Concat" and attrs.get("axis") == 0 and all(v is not None and not v.scalar for v in inputs):
-            return ShapeValue(tuple(d for v in inputs for d in v.items))
+            return ShapeValue(tuple(d for v in inputs for d in v.items), dtype=first.dtype)
         if op == "Slice" and not first.scalar:
             bounds = [self.ints(name) if name else None for name in node.input[1:5]]
             starts, ends = bounds[0], bounds[1] if len(bounds) > 1 else None
             axes, steps = (bounds + [None, None])[2:4]
             if starts is None or ends is None or (axes not in (None, [0], [-1])) or len(starts) != 1:
                 return None
-            return ShapeValue(tuple(first.items[slice(starts[0], ends[0], (steps or [1])[0])]))
+            return replace(first, items=tuple(first.items[slice(starts[0], ends[0], (steps or [1])[0])]))
         if op in _ARITHMETIC and len(inputs) == 2 and inputs[1] is not None:
             fn, symbol = _ARITHMETIC[op]
             return _elementwise(first, inputs[1], lambda x, y: _combine(fn, symbol, x, y))
@@ -168,7 +173,7 @@ def _elementwise(a: ShapeValue, b: ShapeValue, fn: Callable[[Dim, Dim], Dim | No
     left = a.items * n if len(a.items) == 1 else a.items
     right = b.items * n if len(b.items) == 1 else b.items
     items = tuple(fn(x, y) for x, y in zip(left, right))
-    return None if None in items else ShapeValue(items, scalar=a.scalar and b.scalar)
+    return None if None in items else ShapeValue(items, a.scalar and b.scalar, a.dtype)
 
 
 def _equal(a: Dim, b: Dim) -> int | None:

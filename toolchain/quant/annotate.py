@@ -5,11 +5,13 @@ Usage:
     plan.activations["/layer1/Relu_output_0"]      # ActivationSpec(bits, one_sided, shared_with, constant)
     plan.weights, plan.biases, plan.layers, plan.float_nodes
 
-Rules (target ort-x86, see shared/docs/qdq-conventions.md):
+Rules per op type are in rules.py (target ort-x86, see shared/docs/qdq-conventions.md):
 - every data input of a quantized op is quantized; the network input at `input_bits`;
 - the output of Conv/Gemm/MatMul/Add is quantized *after* a ReLU/Clip(0, x) that alone reads it, one-sided
-  with zero point 0, so onnxruntime drops the activation and fuses the layer;
-- pass-through ops (MaxPool, Slice, Pad, Reshape, Flatten, ...) share their input's parameters (own -> shared);
+  with zero point 0, so onnxruntime drops the activation and fuses the layer; Sigmoid, HardSigmoid and
+  Softmax outputs are one-sided too;
+- pass-through ops (MaxPool, Slice, Pad, Reshape, Split, Resize, ...) share their input's parameters (own -> shared),
+  on every output;
 - biases are derived: int32 with scale = input scale x weight scale (derived);
 - ops without a rule stay in float and are listed in `float_nodes`;
 - integer tensors (shape arithmetic: Shape -> Gather -> Cast -> Div -> Reshape, as torch.onnx exports a
@@ -26,12 +28,7 @@ from onnx import helper, numpy_helper
 
 from toolchain.graph import tensor_types
 from toolchain.quant.config import QuantConfig
-
-WEIGHTED_OPS = ("Conv", "Gemm", "MatMul")
-COMPUTE_OPS = WEIGHTED_OPS + ("Add", "Mul", "Concat", "GlobalAveragePool", "AveragePool", "Relu", "Clip")
-PASS_THROUGH_OPS = ("MaxPool", "Slice", "Pad", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Identity")
-FUSIBLE_PRODUCERS = ("Conv", "Gemm", "MatMul", "Add")
-_ALL_DATA_INPUTS = ("Add", "Mul", "Concat")
+from toolchain.quant.rules import ALL_INPUTS, FUSIBLE_PRODUCERS, NON_NEGATIVE_OUTPUTS, WEIGHTED_OPS, OpRule, rule_for
 
 
 _T = onnx.TensorProto
@@ -121,13 +118,15 @@ def _is_zero_floor_activation(node: onnx.NodeProto, constants: dict[str, onnx.Te
     return node.op_type == "Relu" or (node.op_type == "Clip" and _clip_min(node, constants) == 0.0)
 
 
-def _data_inputs(node: onnx.NodeProto, constants: dict[str, onnx.TensorProto]) -> list[str]:
+def _data_inputs(node: onnx.NodeProto, rule: OpRule | None, constants: dict[str, onnx.TensorProto]) -> list[str]:
     """The inputs that carry data (not shapes, axes, pads, bounds, weights or biases)."""
-    if node.op_type in _ALL_DATA_INPUTS:
-        return [name for name in node.input if name]
-    if node.op_type in ("Gemm", "MatMul"):
+    if rule is None or rule.kind == "shared":
+        return [node.input[0]] if node.input and node.input[0] else []
+    if node.op_type in WEIGHTED_OPS:  # the activation; for MatMul of two activations both
         return [name for name in node.input[:2] if name and name not in constants]
-    return [node.input[0]]
+    positions = range(len(node.input)) if rule.data_inputs is ALL_INPUTS else rule.data_inputs
+    names = [node.input[i] for i in positions if i < len(node.input) and node.input[i]]
+    return names if rule.constant_inputs else [name for name in names if name not in constants]
 
 
 def _weight_axis(node: onnx.NodeProto) -> int:
@@ -177,27 +176,29 @@ def annotate(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
     for node in graph.node:
         if id(node) in absorbed:
             continue
-        data = [node.input[0]] if node.op_type in PASS_THROUGH_OPS else _data_inputs(node, constants)
+        rule = rule_for(node.op_type) if node.domain in ("", "ai.onnx") else None
+        data = _data_inputs(node, rule, constants)
         if not all(is_float(name) for name in (*data, *node.output) if name):
             if all(types.get(name) in _INTEGER_TYPES for name in node.output if name):
                 plan.integer_nodes.append((node.name, node.op_type))
             else:  # a Cast of a shape to float feeding float arithmetic, float16 / double arithmetic: no rule
                 plan.float_nodes.append((node.name, node.op_type))
             continue
-        if node.op_type in PASS_THROUGH_OPS:
-            source = node.input[0]
-            own(source, config.a_bits)
-            root = plan.activations[plan.root(source)]  # shared specs copy bits/one_sided for reports only
-            plan.activations[node.output[0]] = ActivationSpec(node.output[0], root.bits, root.one_sided, shared_with=source)
-            continue
-        if node.op_type not in COMPUTE_OPS:
+        if rule is None or not data:
             plan.float_nodes.append((node.name, node.op_type))
             continue
-        for name in _data_inputs(node, constants):
+        if rule.kind == "shared":
+            source = data[0]
+            own(source, config.a_bits)
+            root = plan.activations[plan.root(source)]  # shared specs copy bits/one_sided for reports only
+            for output in (name for name in node.output if name):
+                plan.activations[output] = ActivationSpec(output, root.bits, root.one_sided, shared_with=source)
+            continue
+        for name in data:
             own(name, config.a_bits)
         activation = fused.get(node.output[0])
         output = activation.output[0] if activation is not None else node.output[0]
-        one_sided = activation is not None or _is_zero_floor_activation(node, constants)
+        one_sided = activation is not None or _is_zero_floor_activation(node, constants) or node.op_type in NON_NEGATIVE_OUTPUTS
         academic_output = config.first_last_8bit and node is last_layer
         if not (academic_output and output in graph_outputs):
             own(output, config.a_bits, one_sided)

@@ -37,6 +37,8 @@ class QuantConfig:
         first_last_8bit: the papers' "academic" setting: first and last layer weights at 8 bits,
             network output left in float.
         require_all_quantized: an op the quantizer has no rule for is an error instead of a warning.
+        require_full_integer: fail unless onnxruntime runs every compute op on integers (nothing in float
+            between Q/DQ pairs; only the input Q and output DQ convert).
         low_bit_storage: how tensors below 8 bits are stored. "native": INT4/UINT4 (opset 21) and
             INT2/UINT2 (opset 25). "ort" (default): what onnxruntime 1.32 loads with its default graph
             optimisations: weights in INT4 (2-bit values in an INT4 container), activations in UINT8 with
@@ -60,6 +62,7 @@ class QuantConfig:
     target: Target = "ort-x86"
     first_last_8bit: bool = False
     require_all_quantized: bool = False
+    require_full_integer: bool = False
     low_bit_storage: LowBitStorage = "ort"
     reduce_range: bool = False
     calib_batch_size: int = 64

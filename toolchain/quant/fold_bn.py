@@ -3,10 +3,11 @@
 Usage:
     stats = bn_statistics(model)          # graph.bn_statistics: read them first, folding destroys them
     result = FoldBatchNormPass()(model)   # in place; result.modified
+    StandaloneBatchNormToConvPass()(model)  # then: the BNs no layer absorbed become depthwise 1x1 Convs
 
 W' = W * g / sqrt(v + eps) per output channel and b' = (b - m) * g / sqrt(v + eps) + beta. A BN whose
 producer is not a Conv/Gemm with its own constant weight, or whose producer output has other readers,
-is left in place (the quantizer then reports it as an op it leaves in float).
+is not folded; the second pass turns it into a per-channel affine layer of its own.
 """
 
 from __future__ import annotations
@@ -92,3 +93,47 @@ def _fold(graph: onnx.GraphProto, layer: onnx.NodeProto, bn: onnx.NodeProto, ini
 def _replace_initializer(graph: onnx.GraphProto, initializers: dict, name: str, array: np.ndarray) -> None:
     tensor = numpy_helper.from_array(array, name)
     initializers[name].CopyFrom(tensor)
+
+
+class StandaloneBatchNormToConvPass(GraphPass):
+    """A BatchNormalization that no Conv/Gemm absorbed (DenseNet's pre-activation BN, a BN after a pool or an
+    Add) becomes a depthwise 1x1 Conv with the same per-channel affine map, w = g / sqrt(v + eps) and
+    b = beta - m * w: a layer the quantizer quantizes per channel and onnxruntime runs as QLinearConv, where a
+    BatchNormalization would run in float. Needs the input's rank (from shape inference); a BN whose rank is
+    unknown or below 3 is left as it is.
+    """
+
+    def call(self, model: onnx.ModelProto) -> PassResult:
+        from toolchain.passes.shape_folding import symbolic_shapes
+
+        graph = model.graph
+        initializers = {init.name: init for init in graph.initializer}
+        standalone = [n for n in graph.node if n.op_type == "BatchNormalization" and all(i in initializers for i in n.input[1:5])
+                      and not any(n.output[1:])]
+        if not standalone:
+            return PassResult(model, False)
+        shapes, _ = symbolic_shapes(model)
+        converted = False
+        for bn in standalone:
+            rank = len(shapes.get(bn.input[0], []))
+            if rank < 3:
+                continue
+            gamma, beta, mean, var = (numpy_helper.to_array(initializers[n]).astype(np.float64) for n in bn.input[1:5])
+            epsilon = next((a.f for a in bn.attribute if a.name == "epsilon"), 1e-5)
+            factor = gamma / np.sqrt(var + epsilon)
+            channels = factor.size
+            base = bn.name or bn.output[0]
+            weight = numpy_helper.from_array(factor.reshape(channels, 1, *([1] * (rank - 2))).astype(np.float32), f"{base}.weight")
+            bias = numpy_helper.from_array((beta - mean * factor).astype(np.float32), f"{base}.bias")
+            graph.initializer.extend([weight, bias])
+            conv = helper.make_node("Conv", [bn.input[0], weight.name, bias.name], [bn.output[0]], name=bn.name,
+                                    group=channels, kernel_shape=[1] * (rank - 2))
+            index = list(graph.node).index(bn)
+            graph.node.remove(bn)
+            graph.node.insert(index, conv)
+            converted = True
+        if converted:
+            used = {name for node in graph.node for name in node.input}
+            for init in [i for i in graph.initializer if i.name not in used]:
+                graph.initializer.remove(init)
+        return PassResult(model, converted)

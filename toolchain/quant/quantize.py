@@ -37,8 +37,9 @@ from toolchain.quant.calibrate import (
     weight_params,
 )
 from toolchain.quant.config import QuantConfig
-from toolchain.quant.fold_bn import FoldBatchNormPass
-from toolchain.quant.fusion import fusion_coverage
+from toolchain.quant.fold_bn import FoldBatchNormPass, StandaloneBatchNormToConvPass
+from toolchain.quant.integer_rewrites import integer_rewrite_passes
+from toolchain.quant.fusion import float_ops_text, fusion_coverage
 from toolchain.quant.materialize import guard_bias_overflow, materialize
 from toolchain.quant.opset import upgrade_opset
 from toolchain.quant.qparams import (
@@ -109,6 +110,8 @@ def prepare_float_model(model: onnx.ModelProto, config: QuantConfig, before_fold
         before_folding.append(cleaned)
     before = sum(n.op_type == "BatchNormalization" for n in float_model.graph.node)
     FoldBatchNormPass()(float_model)
+    StandaloneBatchNormToConvPass()(float_model)  # pre-activation BN: a depthwise 1x1 Conv, quantized like any layer
+    run_passes(float_model, integer_rewrite_passes())
     folded = before - sum(n.op_type == "BatchNormalization" for n in float_model.graph.node)
     types = (activation_type(config.a_bits), weight_type(config.w_bits), activation_type(config.input_bits))
     needed = max(storage_type(t, config.low_bit_storage).min_opset for t in types)
@@ -177,8 +180,6 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
         warnings.append("this CPU has no VNNI: onnxruntime's 8-bit integer kernels saturate here with full-range "
                         "weights (ResNet-20 W8A8: 92.3 % top-1 agreement with the QDQ semantics); pass --reduce-range "
                         "if the model will run on such CPUs (99.9 %)")
-    for warning in warnings:
-        logger.warning(warning)
     resume_point = _resume_point(float_model, calib, config, checkpoint, resume)
     act, weights = choose_parameters(float_model, plan, calib, config, progress)
     integers, recon_report = None, None
@@ -191,9 +192,7 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
         act, weights, integers = result.activations, result.weights, result.weight_integers
         recon_report = {"config": result.config.to_dict(), "units": result.units, "notes": result.notes,
                         "seconds": result.seconds}
-        for note in result.notes:  # e.g. a region reconstructed layer by layer: the CLI prints these
-            logger.warning(note)
-            warnings.append(note)
+        warnings.extend(result.notes)  # e.g. a region reconstructed layer by layer: the CLI prints these
     qdq = materialize(float_model, plan, act, weights, config.low_bit_storage, integers)
     qdq.producer_name, qdq.producer_version = "toolchain", toolchain.__version__
     try:
@@ -201,6 +200,13 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
     except onnx.checker.ValidationError as err:  # a bug in the quantizer, not the user's input
         raise RuntimeError(f"the quantized graph fails onnx.checker: {err}") from err
     report = build_report(float_model, qdq, plan, act, weights, calib, config, source, calib_info or {}, folded)
+    fusion = report["fusion"]
+    if config.require_full_integer and not fusion["fully_integer"]:
+        listed = ", ".join(f"{op['op_type']} {op['name']!r}" for op in fusion["float_ops"][:5]) or \
+            f"{fusion['stray_q']} QuantizeLinear / {fusion['stray_dq']} DequantizeLinear inside the graph"
+        raise GraphError(f"{source}: onnxruntime runs {len(fusion['float_ops'])} op(s) in float ({listed}; "
+                         f"{float_ops_text(fusion)}); drop --require-full-integer to accept them, or see the "
+                         "report's fusion section for what has no integer kernel")
     report["warnings"] = warnings
     report["reconstruction"] = recon_report or {"config": config.reconstruction.to_dict()}
     report["seconds"] = round(time.perf_counter() - start, 3)
@@ -266,7 +272,11 @@ def build_report(float_model, qdq, plan: QuantPlan, act, weights, calib, config:
         for t, spec in plan.activations.items()
     }
     fusion = fusion_coverage(qdq)
-    output_sqnr = [layer["sqnr_db"] for layer in layers if layer["output"] in graph_outputs and "sqnr_db" in layer]
+    # On the graph outputs themselves, whatever produces them (a layer, a Flatten after a pool, a float output).
+    output_names = [o.name for o in qdq.graph.output]
+    reference_out = _run_with_outputs(float_model, output_names, sample, optimize=True)
+    quantized_out = _run_with_outputs(qdq, output_names, sample, optimize=False)
+    output_sqnr = [round(sqnr_db(reference_out[n], quantized_out[n]), 3) for n in output_names]
     return {
         "toolchain_version": toolchain.__version__,
         "source": source,
@@ -283,5 +293,8 @@ def build_report(float_model, qdq, plan: QuantPlan, act, weights, calib, config:
             "quantized_layers": sum(1 for layer in layers if layer.get("weight_bits")),
             "output_sqnr_db": output_sqnr[0] if output_sqnr else None,
             "fusion_coverage": fusion["coverage"],
+            "mac_coverage": fusion["mac_coverage"],
+            "fully_integer": fusion["fully_integer"],
+            "float_ops": len(fusion["float_ops"]),
         },
     }
