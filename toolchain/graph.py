@@ -96,6 +96,29 @@ def graph_inputs(model: onnx.ModelProto) -> list[TensorInfo]:
     return [_tensor_info(v) for v in model.graph.input if v.name not in initializers]
 
 
+def _quantizable_layers(model: onnx.ModelProto) -> tuple[QuantizableLayer, ...]:
+    """Conv/Gemm/MatMul with a constant weight, also where the file computes the weight from constants (a
+    Transpose of an initializer, as torch.onnx writes nn.Linear without constant folding): those are seen
+    on a cleaned copy, as the quantizer sees them."""
+    graph = model.graph
+    produced = {out for node in graph.node for out in node.output}
+    weighted = [n for n in graph.node if n.op_type in QUANTIZABLE_OPS and len(n.input) > 1]
+    if any(node.input[1] in produced for node in weighted):
+        from toolchain.passes import run_passes
+        from toolchain.passes.cleanup import FoldConstantsPass, LiftConstantNodesPass
+
+        cleaned = onnx.ModelProto()
+        cleaned.CopyFrom(model)
+        run_passes(cleaned, [LiftConstantNodesPass(), FoldConstantsPass()])
+        graph = cleaned.graph
+    shapes = {init.name: tuple(init.dims) for init in graph.initializer}
+    return tuple(
+        QuantizableLayer(node.name or node.output[0], node.op_type, node.input[1], shapes[node.input[1]])
+        for node in graph.node
+        if node.op_type in QUANTIZABLE_OPS and len(node.input) > 1 and node.input[1] in shapes
+    )
+
+
 def summarize(model: onnx.ModelProto) -> GraphSummary:
     """Collect the facts `inspect` reports. Works on any graph; nothing is modified."""
     graph = model.graph
@@ -104,11 +127,7 @@ def summarize(model: onnx.ModelProto) -> GraphSummary:
         BatchNormLayer(node.name or node.output[0], node.input[0], int(shapes.get(node.input[1], (0,))[0]))
         for node in graph.node if node.op_type == "BatchNormalization"
     )
-    quantizable = tuple(
-        QuantizableLayer(node.name or node.output[0], node.op_type, node.input[1], shapes[node.input[1]])
-        for node in graph.node
-        if node.op_type in QUANTIZABLE_OPS and len(node.input) > 1 and node.input[1] in shapes
-    )
+    quantizable = _quantizable_layers(model)
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     metadata = {p.key: p.value for p in model.metadata_props}
     return GraphSummary(

@@ -125,13 +125,24 @@ def _check_n(method: str, n: int, config: GenerationConfig) -> None:
                           "labelled real images: use method 'fdda' (or drop the fdda settings)")
 
 
+_STATISTICS_FREE_NORMS = ("LayerNormalization", "GroupNormalization", "InstanceNormalization")
+
+
 def _require_bn(model: onnx.ModelProto, method: str) -> None:
-    if not any(node.op_type == "BatchNormalization" for node in model.graph.node):
+    ops = {node.op_type for node in model.graph.node}
+    if "BatchNormalization" in ops:
+        return
+    norms = sorted(ops.intersection(_STATISTICS_FREE_NORMS))
+    if norms:
         raise GraphError(
-            f"method {method!r} matches BatchNormalization statistics but the model has no BatchNormalization nodes "
-            "(BN was folded into the convolutions at export); re-export it with `toolchain export`, which keeps BN, "
-            "or use --method real"
-        )
+            f"method {method!r} matches BatchNormalization running statistics, but the model normalises with "
+            f"{', '.join(norms)}, which keeps none (ConvNeXt, ViT); use --method gaussian, or --method real --data DIR "
+            "with a few real images")
+    raise GraphError(
+        f"method {method!r} matches BatchNormalization statistics but the model has no BatchNormalization nodes: "
+        "if BN was folded into the convolutions at export, re-export it with `toolchain export`, which keeps BN; "
+        "a model without BN (SqueezeNet) has no statistics to match: use --method gaussian or --method real --data DIR"
+    )
 
 
 def _gaussian(pre: Preprocessing, n: int, seed: int) -> np.ndarray:

@@ -81,7 +81,7 @@ class ReconConfig:
     beta_start: float = 20.0
     beta_end: float = 2.0
     warmup: float = 0.2
-    max_unit_layers: int = 4
+    max_unit_layers: int = 8
     seed: int = 0
 
     def __post_init__(self) -> None:

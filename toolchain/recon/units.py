@@ -1,7 +1,7 @@
 """Reconstruction units from the graph alone: the stem, each residual block, the final Gemm/MatMul.
 
 Usage:
-    partition = find_units(float_model, plan, max_unit_layers=4)
+    partition = find_units(float_model, plan, image_input, max_unit_layers=8)
     for unit in partition.units: print(unit.kind, unit.input, "->", unit.output, unit.weights)
     partition.notes        # units that fell back to layer-wise reconstruction, and why
 
@@ -82,7 +82,7 @@ def cut_tensors(model: onnx.ModelProto, image_input: str) -> list[str]:
     return cuts
 
 
-def find_units(model: onnx.ModelProto, plan: QuantPlan, image_input: str, max_unit_layers: int = 4) -> Partition:
+def find_units(model: onnx.ModelProto, plan: QuantPlan, image_input: str, max_unit_layers: int = 8) -> Partition:
     """Partition a BN-folded, annotated float graph (nodes in topological order) into units."""
     graph = model.graph
     constants = {init.name for init in graph.initializer}
