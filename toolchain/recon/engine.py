@@ -95,6 +95,8 @@ class _Trainer:
                               for w in [i.name] if w in plan.weights}
         self.generator = torch.Generator().manual_seed(recon.seed)
         self.z_fp = _run(OnnxModule(extract(float_model, [self.image_input], [self.output])), self.images)
+        self._next_inputs: tuple[str, torch.Tensor, torch.Tensor] | None = None  # (tensor, FP values, quantized values)
+        self._qdq: onnx.ModelProto | None = None  # the QDQ model as the last finished unit left it
 
     # -------------------------------------------------------------------------------- graph plumbing
 
@@ -112,11 +114,19 @@ class _Trainer:
 
     def unit(self, unit: Unit, bar_position: int) -> dict:
         recon, started = self.recon, time.perf_counter()
-        qdq = self.qdq_model()
+        qdq = self._qdq if self._qdq is not None else self.qdq_model()  # nothing changed since the previous unit ended
         q_in, q_out = self.q_name(unit.input), self.q_name(unit.output)
-        x_q = self.images if unit.input == self.image_input else _run(OnnxModule(extract(qdq, [self.image_input], [q_in])), self.images)
-        x_fp = self.images if unit.input == self.image_input else _run(
-            OnnxModule(extract(self.float_model, [self.image_input], [unit.input])), self.images)
+        if unit.input == self.image_input:
+            x_q = x_fp = self.images
+        elif self._next_inputs is not None and self._next_inputs[0] == unit.input:
+            # The previous unit ended where this one starts (consecutive cuts): its outputs, computed once,
+            # instead of the whole prefix again (which made reconstruction quadratic in the number of units).
+            _, x_fp, x_q = self._next_inputs
+        else:
+            x_q = _run(OnnxModule(extract(qdq, [self.image_input], [q_in])), self.images)
+            x_fp = _run(OnnxModule(extract(self.float_model, [self.image_input], [unit.input])), self.images)
+        self._next_inputs = None
+        x_fp_uncorrected = x_fp
         bn_outputs = [t for t in self.bn if t in self._float_tensors(unit)]
         fp_unit = OnnxModule(extract(self.float_model, [unit.input], [unit.output, *bn_outputs]))
         if recon.distribution_correction and bn_outputs:
@@ -215,7 +225,17 @@ class _Trainer:
             old = self.act[root]
             self.act[root] = QParams(np.asarray(scale.detach().numpy(), np.float32).reshape(old.scale.shape),
                                      old.zero_point, old.qtype, old.axis, old.qmin)
-        after = measure(hard=True)
+        after = measure(hard=True)  # leaves the hard integers in `module`, beside the learned scales
+        # Through the model as materialized now (biases re-derived from the learned scales, as the next unit sees it).
+        self._qdq = self.qdq_model()
+        if unit.input != self.image_input and self.plan.root(unit.input) in scales:
+            # The unit learned the step of its own input (shared through a Slice or MaxPool): the values it
+            # started from are stale, so the next unit's come through the whole prefix, as the model now stands.
+            next_q = _run(OnnxModule(extract(self._qdq, [self.image_input], [q_out])), self.images)
+        else:
+            next_q = _run(OnnxModule(extract(self._qdq, [q_in], [q_out])), x_q)
+        next_fp = y_fp if x_fp is x_fp_uncorrected else _run(fp_unit, x_fp_uncorrected)
+        self._next_inputs = (unit.output, next_fp, next_q)
         return {"unit": unit.index, "kind": unit.kind, "input": unit.input, "output": unit.output,
                 "weights": list(unit.weights), "pd_term": use_pd,
                 "distribution_correction": bool(recon.distribution_correction and bn_outputs),
@@ -235,6 +255,7 @@ class _Trainer:
             self.act[root] = QParams(scale.astype(np.float32).reshape(old.scale.shape), old.zero_point, old.qtype,
                                      old.axis, old.qmin)
         self.integers = dict(progress.integers)
+        self._qdq, self._next_inputs = None, None
         self.generator.set_state(progress.generator_state)
         torch.set_rng_state(progress.torch_rng_state)
 
