@@ -76,3 +76,16 @@ def test_digits_weights_reproduce_recorded_accuracy() -> None:
     assert abs(top1 - record["test_top1"]) <= 1e-9
     assert top1 >= 0.97
     assert np.allclose(digits.preprocessing().apply(images), x.numpy())
+
+
+@pytest.mark.parametrize("name", ["mobilenet_v3_cifar10", "shufflenet_v2_cifar10"])
+def test_trained_family_models_reach_their_recorded_accuracy(name, shared_file, tmp_path) -> None:
+    """The two CIFAR-10 family models trained by models/train_cifar.py, exported with `toolchain export` and
+    evaluated in onnxruntime on the 10,000 JPEG test images, give the top-1 their record states (within 0.3
+    points: torch vs onnxruntime kernels, JPEG decoding) and at least 0.75."""
+    from toolchain import api
+
+    record = json.loads((digits.ARTIFACTS / f"{name.removesuffix('10')}.json").read_text())
+    path = api.export_model(name, tmp_path / f"{name}.onnx").path
+    top1 = api.evaluate_model(path, shared_file("datasets", "cifar10-test-jpg.tar.gz"), progress=False).top1
+    assert top1 >= 0.75 and abs(top1 - record["test_top1"]) <= 0.003

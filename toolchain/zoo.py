@@ -88,6 +88,12 @@ ZOO: dict[str, ZooEntry] = {
         ZooEntry("resnet56_cifar10", "toolchain_models.resnet_cifar:resnet56", "CIFAR-10 ResNet-56 (0.85 M params)",
                  _CIFAR, _shared_weights("resnet56-4bfd9763.th")),
         ZooEntry("resnet110_cifar10", "toolchain_models.resnet_cifar:resnet110", "CIFAR-10 ResNet-110 (random init)", _CIFAR),
+        ZooEntry("mobilenet_v3_cifar10", "toolchain_models.families:mobilenet_v3_cifar",
+                 "MobileNetV3-style CIFAR-10 net trained here (depthwise, HardSwish, HardSigmoid SE; 0.29 M params)",
+                 _CIFAR, _artifact("mobilenet_v3_cifar.npz")),
+        ZooEntry("shufflenet_v2_cifar10", "toolchain_models.families:shufflenet_v2_cifar",
+                 "ShuffleNetV2-style CIFAR-10 net trained here (split, channel shuffle, concat, MaxPool; 0.28 M params)",
+                 _CIFAR, _artifact("shufflenet_v2_cifar.npz")),
         ZooEntry("resnet18", "toolchain_models.imagenet:resnet18", "ImageNet ResNet-18, 224x224 (random init)", _IMAGENET),
         ZooEntry("mobilenetv2", "toolchain_models.imagenet:mobilenetv2", "ImageNet MobileNetV2, 224x224 (random init)", _IMAGENET),
     ]
