@@ -268,7 +268,8 @@ def run_command(out_dir: str, as_json: bool) -> None:
                    "learned activation step sizes and distribution correction.")
 @click.option("--preset", type=click.Choice(["fast", "default", "paper"]), default="default", show_default=True,
               help="Reconstruction budget: paper = PD-Quant's (20k iterations per unit); default = best accuracy per "
-                   "CPU-minute measured on ResNet-20; fast = tests.")
+                   "CPU-minute measured on ResNet-20 (about 3 min there on 2 cores); fast = a smoke test, 6 iterations "
+                   "per unit (3-8 s on the small family models of bench/families.py).")
 @click.option("--recon-iterations", type=click.IntRange(min=1), help="Iterations per unit (the preset's by default).")
 @click.option("--recon-batch-size", type=click.IntRange(min=1), help="Reconstruction batch size (the preset's by default).")
 @click.option("--pd-weight", type=click.FloatRange(min=0.0, min_open=True),
