@@ -21,7 +21,6 @@ import platform
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -35,24 +34,14 @@ from toolchain.quant.config import QuantConfig
 from toolchain.quant.fusion import float_ops_text
 from toolchain.quant.quantize import quantize
 from toolchain.recon import ReconConfig
-from toolchain_models.families import FAMILIES, family_model
+from toolchain_models.families import FAMILIES, export_as_users_do, family_model
 
 RESULTS = Path(__file__).resolve().parent / "results"
 EXPORTERS = ("torchscript", "dynamo")
 
 
 def export(name: str, exporter: str, path: Path) -> onnx.ModelProto:
-    module, x = family_model(name), torch.randn(2, 3, 32, 32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if exporter == "dynamo":
-            torch.onnx.export(module, (x,), str(path), dynamo=True, optimize=False, input_names=["input"],
-                              output_names=["logits"], dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
-        else:
-            torch.onnx.export(module, (x,), str(path), dynamo=False, training=torch.onnx.TrainingMode.PRESERVE,
-                              do_constant_folding=False, opset_version=17, input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    return onnx.load(str(path))
+    return onnx.load(str(export_as_users_do(family_model(name), path, exporter)))
 
 
 def run_ort(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:

@@ -1,8 +1,9 @@
 """Small models with the block patterns of torchvision's architecture families, for tests and CIFAR training.
 
 Usage:
-    from toolchain_models.families import FAMILIES, family_model
+    from toolchain_models.families import FAMILIES, export_as_users_do, family_model
     model = family_model("mobilenet_v3")             # random init, eval mode, 10 classes
+    export_as_users_do(model, "mnv3.onnx", "dynamo")  # torch.onnx as a user calls it (or "torchscript")
     FAMILIES["shufflenet_v2"].input_size             # (32, 32)
     mobilenet_v3_cifar(), shufflenet_v2_cifar()      # the widths trained on CIFAR-10 (models/train_cifar.py)
 
@@ -18,8 +19,10 @@ the package index is linked against a CUDA build of torch.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -426,3 +429,21 @@ def mobilenet_v3_cifar(num_classes: int = 10) -> MobileNetV3:
 def shufflenet_v2_cifar(num_classes: int = 10) -> ShuffleNetV2:
     """The ShuffleNetV2-style net trained on CIFAR-10 (models/train_cifar.py): ~0.3 M parameters."""
     return ShuffleNetV2(stem=24, stages=((64, 3), (128, 4), (256, 2)), head=512, num_classes=num_classes)
+
+
+def export_as_users_do(module: nn.Module, path: str | Path, exporter: str, size: int = 32) -> Path:
+    """torch.onnx.export as users call it, batch dynamic: "torchscript" (dynamo=False, BN kept with
+    TrainingMode.PRESERVE, no constant folding) or "dynamo" (dynamo=True, optimize=False; needs onnxscript)."""
+    x = torch.randn(2, 3, size, size)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporters' deprecation and tracer warnings
+        if exporter == "dynamo":
+            torch.onnx.export(module, (x,), str(path), dynamo=True, optimize=False, input_names=["input"],
+                              output_names=["logits"], dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
+        elif exporter == "torchscript":
+            torch.onnx.export(module, (x,), str(path), dynamo=False, training=torch.onnx.TrainingMode.PRESERVE,
+                              do_constant_folding=False, opset_version=17, input_names=["input"], output_names=["logits"],
+                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
+        else:
+            raise ValueError(f"exporter {exporter!r}: use 'torchscript' or 'dynamo'")
+    return Path(path)

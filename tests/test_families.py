@@ -10,7 +10,6 @@ onnxruntime layer by layer on the QDQ model; pdquant W4A4 `fast` reconstructs ev
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,11 +26,11 @@ from toolchain.errors import GraphError
 from toolchain.executor import OnnxModule
 from toolchain.graph import summarize, tensor_types
 from toolchain.passes import cleanup_passes, run_passes
-from toolchain.preprocessing import Preprocessing, PreprocessingOverrides
+from toolchain.preprocessing import PreprocessingOverrides
 from toolchain.quant.config import QuantConfig
 from toolchain.quant.quantize import quantize
 from toolchain.recon import ReconConfig
-from toolchain_models.families import FAMILIES, family_model
+from toolchain_models.families import FAMILIES, export_as_users_do, family_model
 
 EXPORTERS = ("torchscript", "dynamo")
 TOLERANCE = 1e-5  # max|diff| / max|reference|, as for every executor parity check
@@ -43,20 +42,6 @@ PRE = PreprocessingOverrides(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25))
 W8A8_MIN_SQNR_DB = {"vit": 12.0}  # random-weight attention is the noisiest; every other family reaches 30 dB or more
 
 
-def _export(module: nn.Module, path: Path, exporter: str) -> Path:
-    x = torch.randn(2, 3, 32, 32)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if exporter == "dynamo":
-            torch.onnx.export(module, (x,), str(path), dynamo=True, optimize=False, input_names=["input"],
-                              output_names=["logits"], dynamic_shapes={"x": {0: torch.export.Dim("batch")}})
-        else:
-            torch.onnx.export(module, (x,), str(path), dynamo=False, training=torch.onnx.TrainingMode.PRESERVE,
-                              do_constant_folding=False, opset_version=17, input_names=["input"], output_names=["logits"],
-                              dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}})
-    return path
-
-
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory) -> Callable[[str, str], Path]:
     """(family, exporter) -> the ONNX file, exported once per module."""
@@ -65,7 +50,7 @@ def exported(tmp_path_factory) -> Callable[[str, str], Path]:
 
     def get(name: str, exporter: str) -> Path:
         if (name, exporter) not in cache:
-            cache[name, exporter] = _export(family_model(name), folder / f"{name}_{exporter}.onnx", exporter)
+            cache[name, exporter] = export_as_users_do(family_model(name), folder / f"{name}_{exporter}.onnx", exporter)
         return cache[name, exporter]
 
     return get

@@ -40,10 +40,15 @@ class FoldBatchNormPass(GraphPass):
             graph.node.remove(bn)
             folded = True
         if folded:
-            used = {name for node in graph.node for name in node.input}
-            for init in [i for i in graph.initializer if i.name not in used]:
-                graph.initializer.remove(init)
+            _drop_unused_initializers(graph)
         return PassResult(model, folded)
+
+
+def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
+    """The BN parameters the rewrite no longer reads."""
+    used = {name for node in graph.node for name in node.input}
+    for init in [i for i in graph.initializer if i.name not in used]:
+        graph.initializer.remove(init)
 
 
 def _foldable(layer, bn, initializers, readers, graph_outputs) -> bool:
@@ -133,7 +138,5 @@ class StandaloneBatchNormToConvPass(GraphPass):
             graph.node.insert(index, conv)
             converted = True
         if converted:
-            used = {name for node in graph.node for name in node.input}
-            for init in [i for i in graph.initializer if i.name not in used]:
-                graph.initializer.remove(init)
+            _drop_unused_initializers(graph)
         return PassResult(model, converted)
