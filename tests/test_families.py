@@ -30,6 +30,7 @@ from toolchain.preprocessing import PreprocessingOverrides
 from toolchain.quant.config import QuantConfig
 from toolchain.quant.quantize import quantize
 from toolchain.recon import ReconConfig
+from toolchain.report import format_summary
 from toolchain_models.families import FAMILIES, export_as_users_do, family_model
 
 EXPORTERS = ("torchscript", "dynamo")
@@ -99,6 +100,15 @@ def test_inspect_lists_every_conv_and_linear(exported, name):
     layers = summarize(onnx.load(exported(name, "torchscript"))).quantizable
     module = family_model(name)
     assert len(layers) == sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in module.modules())
+
+
+@pytest.mark.parametrize("name", ["convnext", "vit"])
+def test_inspect_says_layernorm_models_have_no_statistics(exported, name):
+    """inspect on a LayerNorm model names LayerNormalization as the reason there is nothing to match, not a BN
+    folded at export, and points to gaussian data."""
+    text = format_summary(summarize(onnx.load(exported(name, "torchscript"))), name)
+    assert "LayerNormalization, which keeps no running statistics" in text and "gaussian" in text
+    assert "folded" not in text
 
 
 @pytest.mark.parametrize("name", BN_FAMILIES)

@@ -9,10 +9,15 @@ from __future__ import annotations
 from toolchain.graph import GraphSummary
 
 NO_BN_EXPLANATION = (
-    "no BatchNormalization nodes: BN was folded into the convolutions at export, so zero-shot data generation "
-    "(dgh, bns, fdda) has no statistics to match. Re-export with `toolchain export MODEL` (it keeps BN), or with "
-    "torch.onnx.export(..., dynamo=False, training=torch.onnx.TrainingMode.PRESERVE); quantization with real "
-    "calibration images still works on this file."
+    "no BatchNormalization nodes: if BN was folded into the convolutions at export, zero-shot data generation "
+    "(dgh, bns, fdda) has no statistics to match; re-export with `toolchain export MODEL` (it keeps BN), or with "
+    "torch.onnx.export(..., dynamo=False, training=torch.onnx.TrainingMode.PRESERVE). Quantization with real "
+    "or gaussian calibration data still works on this file."
+)
+NORMALISED_WITHOUT_STATISTICS = (
+    "no BatchNormalization nodes: the model normalises with {norms}, which keeps no running statistics, so "
+    "zero-shot data generation (dgh, bns, fdda) has nothing to match; calibrate with `toolchain generate --method "
+    "gaussian` or real images. Quantization works on this file."
 )
 
 
@@ -32,7 +37,9 @@ def format_summary(summary: GraphSummary, source: str) -> str:
         for layer in summary.batchnorm:
             lines.append(f"  {layer.node:<{width}}  {layer.channels:>5} channels  (input {layer.input})")
     else:
-        lines.append(f"BatchNormalization: 0 layers — {NO_BN_EXPLANATION}")
+        norms = [op for op in ("LayerNormalization", "GroupNormalization", "InstanceNormalization") if op in summary.ops]
+        explanation = NORMALISED_WITHOUT_STATISTICS.format(norms=", ".join(norms)) if norms else NO_BN_EXPLANATION
+        lines.append(f"BatchNormalization: 0 layers — {explanation}")
     lines.append(f"quantizable layers: {len(summary.quantizable)}")
     for layer in summary.quantizable:
         lines.append(f"  {layer.node:<{width}}  {layer.op_type:<6} weight {list(layer.weight_shape)}")
