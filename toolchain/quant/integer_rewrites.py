@@ -90,6 +90,14 @@ class DecomposeHardActivationsPass(GraphPass):
         return PassResult(model, bool(targets))
 
 
-def integer_rewrite_passes() -> list[GraphPass]:
-    """The rewrites for onnxruntime's CPU provider (targets ort-x86)."""
-    return [ReduceMeanToGlobalPoolPass(), DecomposeHardActivationsPass()]
+def integer_rewrite_passes(a_bits: int = 8) -> list[GraphPass]:
+    """The rewrites for onnxruntime's CPU provider (targets ort-x86) at `a_bits`-bit activations.
+
+    The HardSwish/HardSigmoid decomposition pays for itself only where onnxruntime then runs integer kernels,
+    at 8-bit activations; below, every op is emulated in float anyway and the extra roundings would only cost
+    accuracy (two more 4-bit tensors per gate), so the ops stay whole.
+    """
+    passes: list[GraphPass] = [ReduceMeanToGlobalPoolPass()]
+    if a_bits >= 8:
+        passes.append(DecomposeHardActivationsPass())
+    return passes

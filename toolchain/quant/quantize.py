@@ -111,7 +111,7 @@ def prepare_float_model(model: onnx.ModelProto, config: QuantConfig, before_fold
     before = sum(n.op_type == "BatchNormalization" for n in float_model.graph.node)
     FoldBatchNormPass()(float_model)
     StandaloneBatchNormToConvPass()(float_model)  # pre-activation BN: a depthwise 1x1 Conv, quantized like any layer
-    run_passes(float_model, integer_rewrite_passes())
+    run_passes(float_model, integer_rewrite_passes(config.a_bits))
     folded = before - sum(n.op_type == "BatchNormalization" for n in float_model.graph.node)
     types = (activation_type(config.a_bits), weight_type(config.w_bits), activation_type(config.input_bits))
     needed = max(storage_type(t, config.low_bit_storage).min_opset for t in types)
