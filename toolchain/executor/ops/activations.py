@@ -18,7 +18,8 @@ def _fixed(fn) -> Builder:
 
 for _op, _fn in {"Relu": torch.relu, "Sigmoid": torch.sigmoid, "Tanh": torch.tanh, "Erf": torch.erf,
                  "HardSwish": F.hardswish, "Softsign": F.softsign, "Exp": torch.exp, "Log": torch.log,
-                 "Sqrt": torch.sqrt, "Reciprocal": torch.reciprocal, "Neg": torch.neg, "Abs": torch.abs}.items():
+                 "Sqrt": torch.sqrt, "Reciprocal": torch.reciprocal, "Neg": torch.neg, "Abs": torch.abs,
+                 "Softplus": F.softplus}.items():
     register(_op)(_fixed(_fn))
 
 
@@ -30,27 +31,24 @@ def _hard_sigmoid(ctx: NodeContext) -> Kernel:
     return lambda x: torch.clamp(x * alpha + beta, 0.0, 1.0)
 
 
-@register("LeakyRelu")
-def _leaky_relu(ctx: NodeContext) -> Kernel:
-    slope = float(ctx.attr("alpha", 0.01))
-    return lambda x: F.leaky_relu(x, slope)
+def _with_alpha(fn, default: float) -> Builder:
+    """LeakyRelu / Elu: fn(x, alpha) with the node's alpha attribute (ONNX's default when absent)."""
+
+    def build(ctx: NodeContext) -> Kernel:
+        alpha = float(ctx.attr("alpha", default))
+        return lambda x: fn(x, alpha)
+
+    return build
+
+
+register("LeakyRelu")(_with_alpha(F.leaky_relu, 0.01))
+register("Elu")(_with_alpha(F.elu, 1.0))
 
 
 @register("PRelu")
 def _prelu(ctx: NodeContext) -> Kernel:
     # The slope broadcasts onto x (ONNX's unidirectional broadcasting); F.prelu wants a 1-D slope on dim 1.
     return lambda x, slope: torch.where(x >= 0, x, x * slope)
-
-
-@register("Elu")
-def _elu(ctx: NodeContext) -> Kernel:
-    alpha = float(ctx.attr("alpha", 1.0))
-    return lambda x: F.elu(x, alpha)
-
-
-@register("Softplus")
-def _softplus(ctx: NodeContext) -> Kernel:
-    return F.softplus
 
 
 @register("Gelu")
