@@ -100,3 +100,24 @@ def test_shape_folding_keeps_dynamic_batch_and_the_types_of_folded_values():
     assert numpy_helper.to_array(target).tolist() == [0, 2, -1]
     assert next(i for i in folded.graph.initializer if i.name == "is_four").data_type == onnx.TensorProto.BOOL
     assert _same_function(model, folded, X) and _same_function(model, folded, X[:1])
+
+
+def test_a_fused_clip_output_grid_is_capped_at_the_clip_bound():
+    """A step grown past Clip(0, 1)'s bound (as reconstruction can learn) is capped so the grid ends at 1 at most
+    (onnxruntime drops the Clip only then); a step within the bound is kept."""
+    from toolchain.quant.annotate import annotate
+    from toolchain.quant.config import QuantConfig
+    from toolchain.quant.qparams import activation_type, one_sided_params
+    from toolchain.quant.quantize import cap_to_fused_clips
+
+    w = RNG.standard_normal((4, 4, 1, 1)).astype(np.float32)
+    model = _model([helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+                    helper.make_node("Clip", ["c", "lo", "hi"], ["y"], name="clip")],
+                   {"w": w, "lo": np.array(0, np.float32), "hi": np.array(1, np.float32)})
+    plan = annotate(model, QuantConfig())
+    root = plan.root("y")
+    grown = {t: one_sided_params(1.05, activation_type(8)) for t in plan.activations}
+    capped = cap_to_fused_clips(model, plan, grown)[root]
+    assert float(np.float32(capped.scale) * np.float32(255)) <= 1.0 < 1.05
+    within = {t: one_sided_params(0.9, activation_type(8)) for t in plan.activations}
+    assert float(cap_to_fused_clips(model, plan, within)[root].scale) == float(within[root].scale)

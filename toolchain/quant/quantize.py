@@ -193,6 +193,7 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
         recon_report = {"config": result.config.to_dict(), "units": result.units, "notes": result.notes,
                         "seconds": result.seconds}
         warnings.extend(result.notes)  # e.g. a region reconstructed layer by layer: the CLI prints these
+    act = cap_to_fused_clips(float_model, plan, act)
     qdq = materialize(float_model, plan, act, weights, config.low_bit_storage, integers)
     qdq.producer_name, qdq.producer_version = "toolchain", toolchain.__version__
     try:
@@ -211,6 +212,32 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
     report["reconstruction"] = recon_report or {"config": config.reconstruction.to_dict()}
     report["seconds"] = round(time.perf_counter() - start, 3)
     return QuantResult(qdq, report, tuple(warnings))
+
+
+def cap_to_fused_clips(float_model: onnx.ModelProto, plan: QuantPlan, act: dict[str, QParams]) -> dict[str, QParams]:
+    """The grid of a Clip(0, H) output that a layer absorbs (ReLU6, a HardSigmoid gate) ends at H at most.
+
+    onnxruntime drops such a Clip only when the QuantizeLinear after it cannot represent more than [0, H];
+    a step learned by reconstruction can grow past H / qmax (measured: 1.05 / 255 on MobileNetV3's gates),
+    which left the Clip and its Add in float. The values never exceed H, so the capped grid loses nothing.
+    """
+    constants = {init.name: init for init in float_model.graph.initializer}
+    clips = {node.name: node for node in float_model.graph.node if node.op_type == "Clip"}
+    capped = dict(act)
+    for layer in plan.layers:
+        clip = clips.get(layer.activation_node or "")
+        if clip is None or len(clip.input) < 3 or clip.input[2] not in constants or layer.output not in plan.activations:
+            continue
+        high = float(numpy_helper.to_array(constants[clip.input[2]]).reshape(-1)[0])
+        root = plan.root(layer.output)
+        params = capped[root]
+        if params.axis is None and int(params.zero_point) == params.qtype.qmin and float(params.scale) * (params.qtype.qmax - params.qtype.qmin) > high:
+            levels = params.qtype.qmax - params.qtype.qmin
+            scale = np.float32(high / levels)
+            while np.float32(scale * np.float32(levels)) > high:  # float32 rounding must not reopen the range
+                scale = np.nextafter(scale, np.float32(0))
+            capped[root] = QParams(np.asarray(scale, np.float32), params.zero_point, params.qtype, params.axis, params.qmin)
+    return capped
 
 
 def _resume_point(float_model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, checkpoint: Path | None,
