@@ -1,0 +1,213 @@
+"""Where a low-bit QDQ model loses its accuracy: restore one group of quantizers at a time and re-evaluate.
+
+Usage:
+    python bench/sensitivity.py /tmp/trained_families/mobilenet_v3_cifar10_dgh_s0_W4A4.onnx \
+        /tmp/trained_families/mobilenet_v3_cifar10_folded.onnx --name mobilenet_v3_cifar10_W4A4 --limit 2000
+
+The first model is a QDQ model written by `toolchain quantize` (default "ort" storage: low-bit activations
+are a Clip to the low-bit range before a UINT8 QuantizeLinear); the second is the BN-folded float model
+it came from (its weights are the float weights restored below; bench/trained_families.py writes both).
+
+Activation quantizers are grouped by role, read from the graph: the op that produces the tensor and the
+ops that read it ("Conv→HardSwish" is a conv output quantized before its activation, "HardSigmoid→Mul" an
+SE gate). Each group is re-evaluated with 8-bit resolution over the same range (scale / 17, the learned
+clipping kept), which isolates rounding from clipping. Weight groups (stem, 1x1, depthwise, SE, head, ...)
+are re-evaluated with their float weights. Top-1 on the first `--limit` CIFAR-10 test images in
+onnxruntime; results to bench/results/sensitivity_<name>.{json,md}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import numpy_helper
+
+from toolchain import api
+from toolchain.paths import shared_dir
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _role(node: onnx.NodeProto) -> str:
+    if node.op_type != "Conv":
+        return node.op_type
+    group = next((a.i for a in node.attribute if a.name == "group"), 1)
+    return "DWConv" if group > 1 else "Conv"
+
+
+def activation_groups(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    """Activation QuantizeLinear nodes (weights and biases have none) by 'producer→consumers'."""
+    init = {i.name for i in model.graph.initializer}
+    producer = {o: n for n in model.graph.node for o in n.output}
+    readers = _readers(model)
+    groups = defaultdict(list)
+    for q in (n for n in model.graph.node if n.op_type == "QuantizeLinear" and n.input[0] not in init):
+        source = producer.get(q.input[0])
+        if source is not None and source.op_type == "Clip":
+            source = producer.get(source.input[0])
+        after = sorted({_role(r) for dq in readers[q.output[0]] for r in readers[dq.output[0]]})
+        name = f"{_role(source) if source is not None else 'input'}→{'/'.join(after) or 'output'}"
+        groups[name].append(q)
+    return dict(groups)
+
+
+def weight_groups(model: onnx.ModelProto) -> dict[str, list[str]]:
+    """Weighted layers' weight names by kind: first conv, depthwise, 1x1, SE (a conv after a global pool), ..."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    readers = _readers(model)
+    groups = defaultdict(list)
+    for n in model.graph.node:
+        if n.op_type not in ("Conv", "Gemm") or n.input[1] not in producer:
+            continue
+        weight = producer[n.input[1]].input[0].removesuffix("_quantized")
+        data = producer.get(n.input[0])
+        while data is not None and data.op_type in ("DequantizeLinear", "QuantizeLinear", "Clip"):
+            data = producer.get(data.input[0])
+        if n.op_type == "Gemm":
+            kind = "Gemm (classifier)"
+        elif data is None:
+            kind = "first conv"
+        elif _role(n) == "DWConv":
+            kind = "depthwise conv"
+        elif data.op_type in ("GlobalAveragePool", "Relu") and _feeds_from_pool(data, producer):
+            kind = "SE conv"
+        else:
+            kind = "conv + activation" if _next_compute(n, readers) in ACTIVATIONS else "conv, linear output"
+        groups[kind].append(weight)
+    return dict(groups)
+
+
+ACTIVATIONS = ("Relu", "HardSwish", "Clip", "Sigmoid", "HardSigmoid")
+
+
+def _readers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
+    readers = defaultdict(list)
+    for n in model.graph.node:
+        for i in n.input:
+            readers[i].append(n)
+    return readers
+
+
+def _next_compute(node: onnx.NodeProto, readers: dict) -> str | None:
+    """The first op after `node` that is not a Q/DQ/Clip-to-grid (None at a fork or the graph output)."""
+    for _ in range(4):
+        after = readers.get(node.output[0], [])
+        if len(after) != 1:
+            return None
+        node = after[0]
+        grid_clip = node.op_type == "Clip" and [r.op_type for r in readers.get(node.output[0], [])] == ["QuantizeLinear"]
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") and not grid_clip:
+            return node.op_type
+    return None
+
+
+def _feeds_from_pool(node: onnx.NodeProto, producer: dict) -> bool:
+    """A conv reading a global pool, directly or through the SE's first conv and ReLU."""
+    for _ in range(6):
+        if node is None:
+            return False
+        if node.op_type == "GlobalAveragePool":
+            return True
+        node = producer.get(node.input[0])
+    return False
+
+
+def with_8bit_activations(model: onnx.ModelProto, quants: list[onnx.NodeProto]) -> onnx.ModelProto:
+    """A copy where `quants` (and their DQs, which share the parameters) use 255 steps over the same range."""
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    init = {i.name: i for i in out.graph.initializer}
+    for q in quants:
+        scale, zero = numpy_helper.to_array(init[q.input[1]]), numpy_helper.to_array(init[q.input[2]])
+        levels = _levels(out, q)
+        lo, hi = (0 - float(zero)) * float(scale), (levels - float(zero)) * float(scale)
+        new_scale = np.float32((hi - lo) / 255)
+        new_zero = np.uint8(np.clip(round(-lo / new_scale), 0, 255))
+        init[q.input[1]].CopyFrom(numpy_helper.from_array(np.asarray(new_scale, np.float32), q.input[1]))
+        init[q.input[2]].CopyFrom(numpy_helper.from_array(np.asarray(new_zero, np.uint8), q.input[2]))
+    return out
+
+
+def _levels(model: onnx.ModelProto, q: onnx.NodeProto) -> int:
+    """The quantizer's top integer: the Clip before it bounds a low-bit grid inside the UINT8 container."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    init = {i.name: i for i in model.graph.initializer}
+    clip = producer.get(q.input[0])
+    if clip is None or clip.op_type != "Clip":
+        return 255
+    scale, zero = float(numpy_helper.to_array(init[q.input[1]])), float(numpy_helper.to_array(init[q.input[2]]))
+    hi = float(numpy_helper.to_array(init[clip.input[2]]))
+    return int(round(hi / scale + zero))
+
+
+def with_float_weights(model: onnx.ModelProto, float_model: onnx.ModelProto, weights: list[str]) -> onnx.ModelProto:
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    floats = {i.name: i for i in float_model.graph.initializer}
+    for node in out.graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0].removesuffix("_quantized") in weights:
+            name = node.input[0].removesuffix("_quantized")
+            out.graph.initializer.append(floats[name])
+            node.op_type, node.name = "Identity", f"{node.name}_float"
+            del node.input[1:]
+            del node.attribute[:]
+            node.input[0] = name
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("qdq")
+    parser.add_argument("folded")
+    parser.add_argument("--name", required=True)
+    parser.add_argument("--limit", type=int, default=2000)
+    parser.add_argument("--test", default=None, help="CIFAR-10 test archive (default: ../shared/datasets)")
+    args = parser.parse_args()
+    test = Path(args.test) if args.test else shared_dir() / "datasets" / "cifar10-test-jpg.tar.gz"
+    model, float_model = onnx.load(args.qdq), onnx.load(args.folded)
+
+    def top1(candidate: onnx.ModelProto) -> float:
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "model.onnx"
+            onnx.save(candidate, path)
+            return api.evaluate_model(path, test, limit=args.limit, progress=False).top1
+
+    rows = [{"group": "none (as quantized)", "kind": "-", "count": 0, "top1": top1(model)},
+            {"group": "float model", "kind": "-", "count": 0, "top1": top1(float_model)}]
+    acts, weights = activation_groups(model), weight_groups(model)
+    low_bit = [q for qs in acts.values() for q in qs if _levels(model, q) < 255]
+    rows.append({"group": "every activation", "kind": "activations at 8 bits", "count": len(low_bit),
+                 "top1": top1(with_8bit_activations(model, low_bit))})
+    rows.append({"group": "every weight", "kind": "weights in float", "count": sum(map(len, weights.values())),
+                 "top1": top1(with_float_weights(model, float_model, [w for ws in weights.values() for w in ws]))})
+    for name, quants in sorted(acts.items()):
+        quants = [q for q in quants if _levels(model, q) < 255]
+        if quants:
+            rows.append({"group": name, "kind": "activations at 8 bits", "count": len(quants),
+                         "top1": top1(with_8bit_activations(model, quants))})
+            print(json.dumps(rows[-1]), flush=True)
+    for name, names in sorted(weights.items()):
+        rows.append({"group": name, "kind": "weights in float", "count": len(names),
+                     "top1": top1(with_float_weights(model, float_model, names))})
+        print(json.dumps(rows[-1]), flush=True)
+    base = rows[0]["top1"]
+    (RESULTS / f"sensitivity_{args.name}.json").write_text(json.dumps({"model": args.qdq, "limit": args.limit,
+                                                                        "rows": rows}, indent=1) + "\n")
+    lines = [f"# Sensitivity of {args.name} (top-1 on the first {args.limit} CIFAR-10 test images)", "",
+             "One group restored at a time: activations to 8 bits over the same learned range, weights to float. "
+             "Source: `bench/sensitivity.py`.", "",
+             "| group | restored | tensors | top-1 % | gain |", "|---|---|---:|---:|---:|"]
+    lines += [f"| {r['group']} | {r['kind']} | {r['count']} | {100 * r['top1']:.2f} | {100 * (r['top1'] - base):+.2f} |"
+              for r in rows]
+    (RESULTS / f"sensitivity_{args.name}.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
