@@ -4,6 +4,7 @@ Usage:
     python bench/trained_families.py --suite main --seeds 0 1 2      # DGH + pdquant default: W8A8, W4A8, W4A4
     python bench/trained_families.py --suite ort                     # onnxruntime quantize_static, 512 real images
     python bench/trained_families.py --suite ablation --seeds 0      # W4A4 pdquant on real / bns / fdda / gaussian data
+    python bench/trained_families.py --suite ablation --seeds 1 2 --data bns
     python bench/trained_families.py --suite main --models mobilenet_v3_cifar10 --bits W4A4
     python bench/trained_families.py --render-only
 
@@ -58,7 +59,8 @@ def save(path: Path, rows: list[dict]) -> None:
     path.write_text(json.dumps({"machine": machine, "rows": sorted(rows, key=key)}, indent=1) + "\n")
 
 
-def jobs(suite: str, seeds: list[int], models: list[str], bits: list[str]) -> list[tuple[str, str, str, int, str]]:
+def jobs(suite: str, seeds: list[int], models: list[str], bits: list[str],
+         data_kinds: list[str]) -> list[tuple[str, str, str, int, str]]:
     """(model, who, data, seed, bits) in the order they run."""
     out = []
     for model in models:
@@ -68,7 +70,7 @@ def jobs(suite: str, seeds: list[int], models: list[str], bits: list[str]) -> li
         elif suite == "ort":
             out += [(model, "onnxruntime", "real", 0, b) for b in bits]
         elif suite == "ablation":
-            out += [(model, "ours", data, s, "W4A4") for data in ABLATION_DATA for s in seeds]
+            out += [(model, "ours", data, s, "W4A4") for data in data_kinds for s in seeds]
     return out
 
 
@@ -79,7 +81,7 @@ def run(args: argparse.Namespace) -> None:
     work.mkdir(parents=True, exist_ok=True)
     out = RESULTS / "trained_families.json"
     done = {key(r) for r in load(out)}
-    for model_name, who, data, seed, bits in jobs(args.suite, args.seeds, args.models, args.bits):
+    for model_name, who, data, seed, bits in jobs(args.suite, args.seeds, args.models, args.bits, args.data):
         row_key = (model_name, who, data, seed, bits)
         if row_key in done and not args.redo:
             continue
@@ -176,6 +178,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="*", default=[0])
     parser.add_argument("--models", nargs="*", default=list(MODELS))
     parser.add_argument("--bits", nargs="*", default=list(BITS))
+    parser.add_argument("--data", nargs="*", default=list(ABLATION_DATA), choices=ABLATION_DATA,
+                        help="calibration data of the ablation suite")
     parser.add_argument("--n", type=int, default=256)
     parser.add_argument("--preset", default="default")
     parser.add_argument("--work", default="/tmp/trained_families")

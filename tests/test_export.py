@@ -72,3 +72,43 @@ def test_exported_file_loads_and_passes_checker(tmp_path):
     onnx.checker.check_model(model, full_check=True)
     meta = {p.key: p.value for p in model.metadata_props}
     assert meta["toolchain.source"] == "digits_resnet" and model.producer_name == "toolchain"
+
+
+def test_dynamo_exporter_keeps_batchnorm_and_folds_its_shape_arithmetic(tmp_path):
+    """`toolchain export --exporter dynamo`: every BN kept, the exporter's Shape/CastLike/Expand chains folded
+    away, opset raised to 18 (dynamo's lowest), logits within max|diff|/max|ref| <= 1e-5 of the TorchScript
+    export, and nothing of the exporter's own chatter on the user's terminal."""
+    from click.testing import CliRunner
+
+    from toolchain.cli import cli
+
+    out = tmp_path / "d.onnx"
+    result = CliRunner().invoke(cli, ["export", "digits_resnet", "--exporter", "dynamo", "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.output.count("\n") == 1 and "6 BatchNormalization kept, opset 18" in result.output
+    model = load_model(out)
+    ops = [node.op_type for node in model.graph.node]
+    assert ops.count("BatchNormalization") == 6
+    assert not {"Shape", "CastLike", "Expand", "Cast"} & set(ops)
+    reference = api.export_model("digits_resnet", tmp_path / "ts.onnx").path
+    x = np.random.default_rng(0).standard_normal((5, 1, 8, 8)).astype(np.float32)
+    got, want = (ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, {"input": x})[0]
+                 for p in (out, reference))
+    assert np.abs(got - want).max() / np.abs(want).max() <= 1e-5
+
+
+def test_dynamo_exporter_without_onnxscript_says_what_to_install(tmp_path, monkeypatch):
+    """Without onnxscript the dynamo exporter cannot run: one line naming the package, exit 1, no file."""
+    import importlib.util
+
+    from click.testing import CliRunner
+
+    from toolchain.cli import cli
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real_find_spec(name, *a))
+    out = tmp_path / "d.onnx"
+    result = CliRunner().invoke(cli, ["export", "digits_resnet", "--exporter", "dynamo", "-o", str(out)])
+    assert result.exit_code == 1
+    assert "pip install onnxscript" in result.output and "Traceback" not in result.output
+    assert not out.exists()

@@ -58,8 +58,11 @@ def export_model(
     overrides: PreprocessingOverrides = PreprocessingOverrides(),
     opset: int = 17,
     overwrite: bool = False,
+    exporter: str = "torchscript",
 ) -> ExportReport:
-    """Export a zoo model (or package.module:factory) to ONNX with BN kept, verify it, write it."""
+    """Export a zoo model (or package.module:factory) to ONNX with BN kept, verify it, write it.
+
+    `exporter`: "torchscript" (default) or "dynamo" (torch.onnx's dynamo exporter; needs onnxscript)."""
     import torch
 
     from toolchain.export import ExportConfig, export_to_onnx, verify_export
@@ -70,7 +73,7 @@ def export_model(
     loaded = load_zoo_model(model, weights)
     pre = resolve_preprocessing(loaded.preprocessing, overrides, source=model)
     example = torch.zeros(1, pre.num_channels, *pre.input_size)
-    config = ExportConfig(opset=opset)
+    config = ExportConfig(opset=opset, exporter=exporter)
     proto = export_to_onnx(loaded.module, example, pre, config, source=model)
     check = verify_export(loaded.module, proto, example, config)
     save_model(proto, path)

@@ -117,10 +117,14 @@ def zoo_command() -> None:
 @click.option("--weights", type=click.Path(dir_okay=False), help="State dict (.pt/.pth/.th or .npz) to load.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output .onnx path (default: MODEL.onnx).")
 @click.option("--opset", type=click.IntRange(17, 25), default=17, show_default=True, help="ONNX opset.")
+@click.option("--exporter", type=click.Choice(["torchscript", "dynamo"]), default="torchscript", show_default=True,
+              help="torch.onnx exporter: TorchScript (BN kept by TrainingMode.PRESERVE) or dynamo (optimiser off "
+                   "so BN stays; opset 18 or newer; needs onnxscript).")
 @click.option("--overwrite", is_flag=True, help="Replace the output file if it exists.")
 @preprocessing_options
 @handle_errors
-def export_command(model: str, weights: str | None, output: str | None, opset: int, overwrite: bool, **kwargs: Any) -> None:
+def export_command(model: str, weights: str | None, output: str | None, opset: int, exporter: str, overwrite: bool,
+                   **kwargs: Any) -> None:
     """Export MODEL to ONNX with its BatchNormalization nodes kept.
 
     MODEL is a zoo name (see `toolchain zoo`) or package.module:factory. The model's preprocessing
@@ -132,10 +136,11 @@ def export_command(model: str, weights: str | None, output: str | None, opset: i
       toolchain export resnet20_cifar10 -o resnet20.onnx
       toolchain export resnet56_cifar10 --weights ../shared/weights/resnet56-4bfd9763.th -o r56.onnx
       toolchain export mypkg.nets:small_net --mean 0.5 --std 0.25 --input-size 64 -o small.onnx
+      toolchain export mobilenet_v3_cifar10 --exporter dynamo -o mnv3.onnx
     """
     from toolchain import api
 
-    report = api.export_model(model, output, weights, _overrides(kwargs), opset, overwrite)
+    report = api.export_model(model, output, weights, _overrides(kwargs), opset, overwrite, exporter)
     click.echo(
         f"wrote {report.path}: {report.num_nodes} nodes, {report.num_batchnorm} BatchNormalization kept, opset {report.opset}; "
         f"verified: onnx.checker ok, onnxruntime vs PyTorch max|diff|/max|ref| = {report.relative_diff:.1e} "

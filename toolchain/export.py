@@ -8,16 +8,22 @@ Usage:
 Why this is not a plain `torch.onnx.export`: in eval mode both torch exporters fold every
 BatchNormalization into the preceding Conv (pytorch/pytorch#49226), and the BN running statistics are
 what zero-shot data generation needs. The TorchScript exporter with TrainingMode.PRESERVE skips that
-eval-mode peephole while still exporting BN in inference form (training_mode=0).
+eval-mode peephole while still exporting BN in inference form (training_mode=0). The dynamo exporter
+(`ExportConfig(exporter="dynamo")`, needs onnxscript) keeps BN when its graph optimiser is off; its shape
+arithmetic (Shape/CastLike/Expand chains) is folded by the same clean-up passes.
 """
 
 from __future__ import annotations
 
-import tempfile
+import contextlib
+import importlib.util
+import io
 import logging
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnx
@@ -33,6 +39,9 @@ from toolchain.preprocessing import Preprocessing, write_preprocessing
 
 logger = logging.getLogger(__name__)
 
+Exporter = Literal["torchscript", "dynamo"]
+EXPORTERS: tuple[Exporter, ...] = ("torchscript", "dynamo")
+
 
 @dataclass(frozen=True)
 class ExportConfig:
@@ -43,6 +52,8 @@ class ExportConfig:
         input_name / output_name: names of the graph's single input and output.
         verify_samples: random inputs used to compare onnxruntime with PyTorch.
         verify_tolerance: allowed max|ort - torch| / max|torch| (float32 kernels differ in summation order).
+        exporter: "torchscript" (torch.onnx.export dynamo=False, TrainingMode.PRESERVE) or "dynamo"
+            (dynamo=True, optimize=False: the optimiser would fold BN into the Conv; needs onnxscript).
     """
 
     opset: int = 17
@@ -50,6 +61,7 @@ class ExportConfig:
     output_name: str = "logits"
     verify_samples: int = 8
     verify_tolerance: float = 1e-5
+    exporter: Exporter = "torchscript"
 
 
 @dataclass(frozen=True)
@@ -80,26 +92,18 @@ def export_to_onnx(
     """Export `module` (put in eval mode) to an ONNX graph that keeps its BatchNormalization nodes."""
     if config.opset < 17:
         raise ExportError(f"opset {config.opset} is too old: the toolchain exports at opset >= 17")
+    if config.exporter not in EXPORTERS:
+        raise ExportError(f"exporter {config.exporter!r} is not one of {', '.join(EXPORTERS)}")
+    if config.exporter == "dynamo" and importlib.util.find_spec("onnxscript") is None:
+        raise ExportError("the dynamo exporter needs onnxscript: pip install onnxscript "
+                          "(or export with the default TorchScript exporter)")
     module = module.eval()
     # Exported to a file in a temporary folder, not to memory: beyond 2 GiB torch writes the weights as
     # external data beside it, and load_model reads them back (a BytesIO cannot hold such a model).
     folder = tempfile.TemporaryDirectory(prefix="toolchain-export-")
     exported = Path(folder.name) / "exported.onnx"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and tracer warnings
-            torch.onnx.export(
-                module,
-                (example_input,),
-                str(exported),
-                dynamo=False,
-                training=torch.onnx.TrainingMode.PRESERVE,  # skips the eval-mode Conv+BN fusion
-                do_constant_folding=True,
-                opset_version=config.opset,
-                input_names=[config.input_name],
-                output_names=[config.output_name],
-                dynamic_axes={config.input_name: {0: "batch"}, config.output_name: {0: "batch"}},
-            )
+        _torch_export(module, example_input, exported, config)
         model = load_model(exported)
     except Exception as err:  # the exporter raises many types; the message is what the user needs
         raise ExportError(f"torch.onnx.export failed for {source or type(module).__name__}: {err}") from err
@@ -121,6 +125,51 @@ def export_to_onnx(
             "BN was folded or fused at export — report this with the model definition"
         )
     return model
+
+
+DYNAMO_MIN_OPSET = 18  # torch.onnx's dynamo exporter has no lower implementations (it would down-convert)
+
+
+def exported_opset(config: ExportConfig) -> int:
+    """The opset the file gets: the requested one, at least 18 with the dynamo exporter."""
+    return max(config.opset, DYNAMO_MIN_OPSET) if config.exporter == "dynamo" else config.opset
+
+
+@contextlib.contextmanager
+def _quiet_exporter():
+    """Both exporters warn (deprecations, tracer, missing torchvision ops) and dynamo prints its progress:
+    nothing the user can act on. Errors still surface as exceptions."""
+    loggers = [logging.getLogger(name) for name in ("torch.onnx", "onnxscript", "torch.export", "torch._export")]
+    levels = [log.level for log in loggers]
+    for log in loggers:
+        log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for log, level in zip(loggers, levels):
+            log.setLevel(level)
+
+
+def _torch_export(module: nn.Module, example_input: torch.Tensor, path: Path, config: ExportConfig) -> None:
+    names = {"input_names": [config.input_name], "output_names": [config.output_name],
+             "opset_version": exported_opset(config)}
+    with _quiet_exporter():
+        if config.exporter == "dynamo":
+            torch.onnx.export(module, (example_input,), str(path), dynamo=True, optimize=False,
+                              dynamic_shapes=({0: torch.export.Dim("batch")},), **names)
+        else:
+            torch.onnx.export(
+                module,
+                (example_input,),
+                str(path),
+                dynamo=False,
+                training=torch.onnx.TrainingMode.PRESERVE,  # skips the eval-mode Conv+BN fusion
+                do_constant_folding=True,
+                dynamic_axes={config.input_name: {0: "batch"}, config.output_name: {0: "batch"}},
+                **names,
+            )
 
 
 def _name_unnamed_nodes(model: onnx.ModelProto) -> None:
