@@ -12,7 +12,8 @@ Activation quantizers are grouped by role, read from the graph: the op that prod
 ops that read it ("Conv→HardSwish" is a conv output quantized before its activation, "HardSigmoid→Mul" an
 SE gate). Each group is re-evaluated with 8-bit resolution over the same range (scale / 17, the learned
 clipping kept), which isolates rounding from clipping. Weight groups (stem, 1x1, depthwise, SE, head, ...)
-are re-evaluated with their float weights. Top-1 on the first `--limit` CIFAR-10 test images in
+are re-evaluated with their float weights. Each group is also evaluated alone: the only one left low-bit,
+every other activation at 8 bits (or every other weight in float). Top-1 on the first `--limit` CIFAR-10 test images in
 onnxruntime; results to bench/results/sensitivity_<name>.{json,md}.
 """
 
@@ -119,10 +120,17 @@ def _feeds_from_pool(node: onnx.NodeProto, producer: dict) -> bool:
 
 
 def with_8bit_activations(model: onnx.ModelProto, quants: list[onnx.NodeProto]) -> onnx.ModelProto:
-    """A copy where `quants` (and their DQs, which share the parameters) use 255 steps over the same range."""
+    """A copy where `quants` (and their DQs, which share the parameters) use 255 steps over the same range.
+
+    The int32 biases of the layers reading them are requantized to the new input scale: onnxruntime's
+    QLinearConv / QGemm take the integers as if at input scale x weight scale and ignore the bias DQ's scale."""
     out = onnx.ModelProto()
     out.CopyFrom(model)
     init = {i.name: i for i in out.graph.initializer}
+    producer = {o: n for n in out.graph.node for o in n.output}
+    readers = _readers(out)
+    names = {q.name for q in quants}
+    quants = [n for n in out.graph.node if n.name in names]
     for q in quants:
         scale, zero = numpy_helper.to_array(init[q.input[1]]), numpy_helper.to_array(init[q.input[2]])
         levels = _levels(out, q)
@@ -131,7 +139,20 @@ def with_8bit_activations(model: onnx.ModelProto, quants: list[onnx.NodeProto]) 
         new_zero = np.uint8(np.clip(round(-lo / new_scale), 0, 255))
         init[q.input[1]].CopyFrom(numpy_helper.from_array(np.asarray(new_scale, np.float32), q.input[1]))
         init[q.input[2]].CopyFrom(numpy_helper.from_array(np.asarray(new_zero, np.uint8), q.input[2]))
+        for layer in (r for dq in readers[q.output[0]] for r in readers[dq.output[0]]):
+            if layer.op_type in ("Conv", "Gemm") and len(layer.input) > 2 and layer.input[2] in producer:
+                _requantize_bias(init, producer, layer, float(new_scale))
     return out
+
+
+def _requantize_bias(init: dict, producer: dict, layer: onnx.NodeProto, input_scale: float) -> None:
+    bias_dq, weight_dq = producer[layer.input[2]], producer[layer.input[1]]
+    values = numpy_helper.to_array(init[bias_dq.input[0]]).astype(np.float64)
+    bias = values * numpy_helper.to_array(init[bias_dq.input[1]]).astype(np.float64)
+    scale = (input_scale * numpy_helper.to_array(init[weight_dq.input[1]]).astype(np.float64)).astype(np.float32)
+    quantized = np.clip(np.round(bias / scale), -(2**31), 2**31 - 1).astype(np.int32)
+    init[bias_dq.input[0]].CopyFrom(numpy_helper.from_array(quantized, bias_dq.input[0]))
+    init[bias_dq.input[1]].CopyFrom(numpy_helper.from_array(scale, bias_dq.input[1]))
 
 
 def _levels(model: onnx.ModelProto, q: onnx.NodeProto) -> int:
@@ -189,22 +210,27 @@ def main() -> None:
     for name, quants in sorted(acts.items()):
         quants = [q for q in quants if _levels(model, q) < 255]
         if quants:
+            others = [q for q in low_bit if q not in quants]
             rows.append({"group": name, "kind": "activations at 8 bits", "count": len(quants),
-                         "top1": top1(with_8bit_activations(model, quants))})
+                         "top1": top1(with_8bit_activations(model, quants)),
+                         "alone_top1": top1(with_8bit_activations(model, others))})
             print(json.dumps(rows[-1]), flush=True)
+    every_weight = [w for ws in weights.values() for w in ws]
     for name, names in sorted(weights.items()):
         rows.append({"group": name, "kind": "weights in float", "count": len(names),
-                     "top1": top1(with_float_weights(model, float_model, names))})
+                     "top1": top1(with_float_weights(model, float_model, names)),
+                     "alone_top1": top1(with_float_weights(model, float_model, [w for w in every_weight if w not in names]))})
         print(json.dumps(rows[-1]), flush=True)
     base = rows[0]["top1"]
     (RESULTS / f"sensitivity_{args.name}.json").write_text(json.dumps({"model": args.qdq, "limit": args.limit,
                                                                         "rows": rows}, indent=1) + "\n")
     lines = [f"# Sensitivity of {args.name} (top-1 on the first {args.limit} CIFAR-10 test images)", "",
-             "One group restored at a time: activations to 8 bits over the same learned range, weights to float. "
-             "Source: `bench/sensitivity.py`.", "",
-             "| group | restored | tensors | top-1 % | gain |", "|---|---|---:|---:|---:|"]
-    lines += [f"| {r['group']} | {r['kind']} | {r['count']} | {100 * r['top1']:.2f} | {100 * (r['top1'] - base):+.2f} |"
-              for r in rows]
+             "Restored: one group at a time, activations to 8 bits over the same learned range, weights to float. "
+             "Alone: that group is the only one left low-bit (every other activation at 8 bits, or every other "
+             "weight in float). Source: `bench/sensitivity.py`.", "",
+             "| group | restored | tensors | top-1 % restored | gain | top-1 % alone |", "|---|---|---:|---:|---:|---:|"]
+    lines += [f"| {r['group']} | {r['kind']} | {r['count']} | {100 * r['top1']:.2f} | {100 * (r['top1'] - base):+.2f} | "
+              + (f"{100 * r['alone_top1']:.2f} |" if "alone_top1" in r else "– |") for r in rows]
     (RESULTS / f"sensitivity_{args.name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -121,3 +121,31 @@ def test_a_fused_clip_output_grid_is_capped_at_the_clip_bound():
     assert float(np.float32(capped.scale) * np.float32(255)) <= 1.0 < 1.05
     within = {t: one_sided_params(0.9, activation_type(8)) for t in plan.activations}
     assert float(cap_to_fused_clips(model, plan, within)[root].scale) == float(within[root].scale)
+
+
+def test_a_hardswish_output_keeps_its_negative_tail_on_a_4_bit_grid():
+    """HardSwish's values stay above -3/8 (rules.OUTPUT_FLOORS): annotation records that floor, and the
+    4-bit MSE range keeps at least one level below zero, where the plain two-sided search shrinks the
+    small tail until the zero point rounds to 0 and maps every negative value to 0 (a systematic shift)."""
+    from toolchain.quant.annotate import annotate
+    from toolchain.quant.calibrate import activation_params, constant_observation
+    from toolchain.quant.config import QuantConfig
+    from toolchain.quant.qparams import activation_type
+
+    w = RNG.standard_normal((4, 4, 1, 1)).astype(np.float32)
+    model = _model([helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+                    helper.make_node("HardSwish", ["c"], ["y"], name="hswish")], {"w": w})
+    spec = annotate(model, QuantConfig(w_bits=4, a_bits=4)).activations["y"]
+    assert spec.floor == -0.375 and not spec.one_sided
+    pre = RNG.standard_normal(200_000).astype(np.float32) * 3
+    values = pre * np.clip(pre / 6 + 0.5, 0, 1)  # HardSwish of a wide conv output: a long top, a short tail
+    obs, qtype = constant_observation(values), activation_type(4)
+    kept = activation_params(obs, spec, "mse", qtype)
+    assert int(kept.zero_point) >= 1 and -float(kept.scale) * int(kept.zero_point) <= -0.375
+    from dataclasses import replace
+    cut = activation_params(obs, replace(spec, floor=None), "mse", qtype)
+    assert int(cut.zero_point) == 0  # what the rule exists for: without it the tail is cut
+    tail = values[values < 0]
+    shift_kept = abs(float(kept.fake_quantize(tail).mean() - tail.mean()))
+    shift_cut = abs(float(cut.fake_quantize(tail).mean() - tail.mean()))
+    assert shift_cut == abs(float(tail.mean())) and shift_kept < shift_cut / 2  # the mean of the tail survives

@@ -21,14 +21,15 @@ Rules per op type are in rules.py (target ort-x86, see shared/docs/qdq-conventio
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import onnx
 from onnx import helper, numpy_helper
 
 from toolchain.graph import tensor_types
 from toolchain.quant.config import QuantConfig
-from toolchain.quant.rules import ALL_INPUTS, FUSIBLE_PRODUCERS, NON_NEGATIVE_OUTPUTS, WEIGHTED_OPS, OpRule, rule_for
+from toolchain.quant.rules import (ALL_INPUTS, FLOOR_KEEPING_POOLS, FUSIBLE_PRODUCERS, GATE_OUTPUTS, NON_NEGATIVE_OUTPUTS,
+                                   OUTPUT_FLOORS, WEIGHTED_OPS, OpRule, rule_for)
 
 
 _T = onnx.TensorProto
@@ -42,6 +43,7 @@ class ActivationSpec:
     Attributes:
         bits: activation bits (unsigned, asymmetric).
         one_sided: the tensor is a ReLU/Clip(0, x) output: range [0, hi], zero point 0.
+        floor: a known lower bound of the values (HardSwish: -3/8; rules.OUTPUT_FLOORS) that the grid keeps.
         shared_with: reuse this tensor's parameters (pass-through ops); None = own parameters.
         constant: the tensor is an initializer (e.g. a constant Add operand): stored quantized, DQ only.
     """
@@ -51,6 +53,7 @@ class ActivationSpec:
     one_sided: bool = False
     shared_with: str | None = None
     constant: bool = False
+    floor: float | None = None
 
 
 @dataclass(frozen=True)
@@ -129,6 +132,21 @@ def _data_inputs(node: onnx.NodeProto, rule: OpRule | None, constants: dict[str,
     return names if rule.constant_inputs else [name for name in names if name not in constants]
 
 
+def _output_floor(node: onnx.NodeProto, floors: dict[str, float], gates: set[str]) -> float | None:
+    """A lower bound of the node's output known from the graph (rules.OUTPUT_FLOORS and what keeps one)."""
+    if node.op_type in OUTPUT_FLOORS:
+        return OUTPUT_FLOORS[node.op_type]
+    if node.op_type in FLOOR_KEEPING_POOLS:
+        return floors.get(node.input[0])
+    if node.op_type == "Mul" and len(node.input) == 2:
+        a, b = node.input
+        if a in floors and b in gates:
+            return floors[a]
+        if b in floors and a in gates:
+            return floors[b]
+    return None
+
+
 def _weight_axis(node: onnx.NodeProto) -> int:
     if node.op_type == "Conv":
         return 0
@@ -166,12 +184,14 @@ def annotate(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
                 fused[node.output[0]] = users[0]
     absorbed = {id(activation) for activation in fused.values()}
 
-    def own(tensor: str, bits: int, one_sided: bool = False) -> None:
+    def own(tensor: str, bits: int, one_sided: bool = False, floor: float | None = None) -> None:
         if tensor not in plan.activations:
-            plan.activations[tensor] = ActivationSpec(tensor, bits, one_sided, constant=tensor in constants)
+            plan.activations[tensor] = ActivationSpec(tensor, bits, one_sided, constant=tensor in constants, floor=floor)
 
     for name in graph_inputs:
         own(name, config.input_bits)
+    floors: dict[str, float] = {}  # known lower bounds of tensors (HardSwish outputs and what keeps them)
+    gates: set[str] = set()  # tensors in [0, 1]
 
     for node in graph.node:
         if id(node) in absorbed:
@@ -187,8 +207,12 @@ def annotate(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
         if rule is None or not data:
             plan.float_nodes.append((node.name, node.op_type))
             continue
+        if node.op_type in GATE_OUTPUTS:
+            gates.add(node.output[0])
         if rule.kind == "shared":
             source = data[0]
+            if source in floors:
+                floors.update({name: floors[source] for name in node.output if name})
             own(source, config.a_bits)
             root = plan.activations[plan.root(source)]  # shared specs copy bits/one_sided for reports only
             for output in (name for name in node.output if name):
@@ -200,8 +224,11 @@ def annotate(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
         output = activation.output[0] if activation is not None else node.output[0]
         one_sided = activation is not None or _is_zero_floor_activation(node, constants) or node.op_type in NON_NEGATIVE_OUTPUTS
         academic_output = config.first_last_8bit and node is last_layer
+        floor = _output_floor(node, floors, gates) if activation is None else None
+        if floor is not None:
+            floors[output] = floor
         if not (academic_output and output in graph_outputs):
-            own(output, config.a_bits, one_sided)
+            own(output, config.a_bits, one_sided, floor)
         weight = None
         if node.op_type in WEIGHTED_OPS and len(node.input) > 1 and node.input[1] in constants:
             weight = node.input[1]
@@ -211,6 +238,6 @@ def annotate(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
                 plan.biases[node.input[2]] = BiasSpec(node.input[2], node.name, node.input[0], weight)
             if academic_output:
                 root = plan.root(node.input[0])
-                plan.activations[root] = ActivationSpec(root, 8, plan.activations[root].one_sided, constant=plan.activations[root].constant)
+                plan.activations[root] = replace(plan.activations[root], bits=8)
         plan.layers.append(QuantLayer(node.name, node.op_type, output, weight, activation.name if activation is not None else None))
     return plan

@@ -16,6 +16,7 @@ Calibrators:
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,7 +26,7 @@ from tqdm import tqdm
 
 from toolchain.ortsession import exposing, inference_session
 from toolchain.quant.annotate import ActivationSpec
-from toolchain.quant.qparams import IntType, QParams, asymmetric_params, one_sided_params, symmetric_params
+from toolchain.quant.qparams import IntType, QParams, asymmetric_params, floored_params, one_sided_params, symmetric_params
 
 _MSE_GRID = np.linspace(1.0, 0.05, 96)  # fractions of the observed range tried by the MSE search
 
@@ -83,12 +84,19 @@ def constant_observation(value: np.ndarray) -> Observation:
 
 def activation_params(obs: Observation, spec: ActivationSpec, calibrator: str, qtype: IntType, percentile: float = 99.99) -> QParams:
     """Per-tensor parameters for one activation from what calibration observed."""
+    if spec.floor is not None:  # only the top end is chosen: the known floor stays on the grid
+        hi = max(obs.maximum, 0.0)
+        if calibrator == "percentile":
+            hi = float(np.percentile(obs.sample, percentile))
+        elif calibrator == "mse":
+            hi = _best_top(obs.sample, hi, lambda top: floored_params(spec.floor, top, qtype))
+        return floored_params(spec.floor, hi, qtype)
     if spec.one_sided:
         hi = max(obs.maximum, 0.0)
         if calibrator == "percentile":
             hi = float(np.percentile(obs.sample, percentile))
         elif calibrator == "mse":
-            hi = _best_one_sided(obs.sample, hi, qtype)
+            hi = _best_top(obs.sample, hi, lambda top: one_sided_params(top, qtype))
         return one_sided_params(hi, qtype)
     lo, hi = min(obs.minimum, 0.0), max(obs.maximum, 0.0)
     if calibrator == "percentile":
@@ -102,10 +110,11 @@ def _error(sample: np.ndarray, params: QParams) -> float:
     return float(np.mean((sample - params.fake_quantize(sample)) ** 2))
 
 
-def _best_one_sided(sample: np.ndarray, hi: float, qtype: IntType) -> float:
+def _best_top(sample: np.ndarray, hi: float, params_for: Callable[[float], QParams]) -> float:
+    """The top end (a fraction of `hi`) whose grid `params_for(top)` has the least squared error."""
     if hi <= 0.0:
         return hi
-    errors = [_error(sample, one_sided_params(hi * f, qtype)) for f in _MSE_GRID]
+    errors = [_error(sample, params_for(hi * f)) for f in _MSE_GRID]
     return hi * float(_MSE_GRID[int(np.argmin(errors))])
 
 

@@ -168,6 +168,17 @@ def asymmetric_params(lo: float, hi: float, qtype: IntType) -> QParams:
     return QParams(np.asarray(scale, np.float32), np.asarray(zero, np.int64), qtype)
 
 
+def floored_params(floor: float, hi: float, qtype: IntType) -> QParams:
+    """[floor, hi] for values known to stay above `floor` < 0: the zero point is rounded up, never down,
+    so at least the level below zero stays on the grid (rounding it down to qmin would map every
+    negative value to 0)."""
+    floor, hi = min(float(floor), 0.0), max(float(hi), 0.0)
+    levels = qtype.qmax - qtype.qmin
+    scale = np.float32(max((hi - floor) / levels, float(_TINY)))
+    zero = int(np.clip(np.ceil(qtype.qmin - floor / scale - 1e-6), qtype.qmin, qtype.qmax))
+    return QParams(np.asarray(scale, np.float32), np.asarray(zero, np.int64), qtype)
+
+
 def one_sided_params(hi: float, qtype: IntType) -> QParams:
     """[0, hi] with zero point = qmin (0 for unsigned): what a ReLU output needs so onnxruntime can drop the ReLU."""
     scale = np.float32(max(float(hi) / (qtype.qmax - qtype.qmin), float(_TINY)))

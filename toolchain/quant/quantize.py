@@ -295,7 +295,7 @@ def build_report(float_model, qdq, plan: QuantPlan, act, weights, calib, config:
         layers.append(entry)
     activations = {
         t: {"bits": plan.activations[plan.root(t)].bits, "one_sided": spec.one_sided, "shared_with": spec.shared_with,
-            "constant": spec.constant, **act[plan.root(t)].to_dict()}
+            "constant": spec.constant, "floor": spec.floor, **act[plan.root(t)].to_dict()}
         for t, spec in plan.activations.items()
     }
     fusion = fusion_coverage(qdq)
