@@ -149,3 +149,22 @@ def test_a_hardswish_output_keeps_its_negative_tail_on_a_4_bit_grid():
     shift_kept = abs(float(kept.fake_quantize(tail).mean() - tail.mean()))
     shift_cut = abs(float(cut.fake_quantize(tail).mean() - tail.mean()))
     assert shift_cut == abs(float(tail.mean())) and shift_kept < shift_cut / 2  # the mean of the tail survives
+
+
+def test_the_hardswish_floor_is_carried_through_pools_and_gates_only():
+    """A pool of HardSwish outputs and their product with a [0, 1] gate (the SE scaling) keep the -3/8 floor;
+    a product with an unbounded tensor does not (it can go below -3/8)."""
+    from toolchain.quant.annotate import annotate
+    from toolchain.quant.config import QuantConfig
+
+    w = RNG.standard_normal((4, 4, 1, 1)).astype(np.float32)
+    model = _model([helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
+                    helper.make_node("HardSwish", ["c"], ["h"], name="hswish"),
+                    helper.make_node("GlobalAveragePool", ["h"], ["p"], name="pool"),
+                    helper.make_node("HardSigmoid", ["p"], ["g"], name="gate", alpha=1 / 6),
+                    helper.make_node("Mul", ["h", "g"], ["se"], name="scale"),
+                    helper.make_node("Conv", ["se", "w"], ["c2"], name="conv2"),
+                    helper.make_node("Mul", ["h", "c2"], ["y"], name="product")], {"w": w})
+    specs = annotate(model, QuantConfig(w_bits=4, a_bits=4)).activations
+    assert specs["h"].floor == specs["p"].floor == specs["se"].floor == -0.375
+    assert specs["c2"].floor is None and specs["y"].floor is None
