@@ -5,6 +5,7 @@ Usage:
     python bench/pdquant.py --suite ablation --seeds 0        # none / brecq / pdquant x real / dgh / fdda / gaussian, W4A4 + W2A4; bns W4A4
     python bench/pdquant.py --suite resnet56 --seeds 0        # ResNet-56 W4A4: none / brecq / pdquant on DGH data
     python bench/pdquant.py --suite sweep --seeds 0           # pdquant W4A4 at 100 iterations per unit (default: 300)
+    python bench/pdquant.py --suite budget --seeds 0 --n 1024 --iterations 1000 3000   # what budget buys (images x iterations)
     python bench/pdquant.py --suite ingredients --seeds 0     # pdquant without PD / learned step sizes / DC, W2A4 then W4A4
     python bench/pdquant.py --suite ablation --seeds 1 2 --data bns --method pdquant --bits W4A4   # a subset
     python bench/pdquant.py --suite datagen --seeds 0          # generation settings judged by pdquant W4A4
@@ -40,6 +41,7 @@ WEIGHTS = {"resnet20": "resnet20-12fca82f.th", "resnet56": "resnet56-4bfd9763.th
 
 
 SWEEP_ITERATIONS = (100,)  # beside the default preset's 300
+BUDGET_ITERATIONS = (300, 1000, 3000)  # the budget grid (with --n 256 and --n 1024): iterations per unit
 PD_WEIGHTS = (1.0, 3.0)  # beside PD-Quant's 10
 # Generation settings judged by pdquant W4A4 (beside the `default` presets of dgh and fdda)
 DATAGEN_VARIANTS = ("dgh@iterations=100", "dgh@iterations=400", "dgh@augment.smoothing_sigma=0.5",
@@ -70,7 +72,7 @@ def generation_config(label: str):
     return method, config
 
 
-def suite_jobs(suite: str, seeds: list[int]) -> list[tuple]:
+def suite_jobs(suite: str, seeds: list[int], iterations: list[int] | None = None) -> list[tuple]:
     """(model, data, seed, method, w_bits, a_bits[, iterations per unit]) in the order they run."""
     jobs: list[tuple] = []
     if suite == "main":
@@ -86,6 +88,9 @@ def suite_jobs(suite: str, seeds: list[int]) -> list[tuple]:
         jobs += [("resnet20", "bns", s, method, 4, 4) for s in seeds for method in ("none", "pdquant")]
     elif suite == "sweep":
         jobs += [("resnet20", "dgh", s, "pdquant", 4, 4, {"iterations": it}) for s in seeds for it in SWEEP_ITERATIONS]
+    elif suite == "budget":  # explicit iterations (even 300) so the grid's rows are keyed apart from the preset rows
+        jobs += [("resnet20", "dgh", s, "pdquant", 4, 4, {"iterations": it}) for s in seeds
+                 for it in (iterations or BUDGET_ITERATIONS)]
     elif suite == "ingredients":  # pdquant minus one ingredient at a time
         for bits in ((2, 4), (4, 4)):
             for off in ("prediction_difference", "learn_scales", "distribution_correction"):
@@ -123,7 +128,7 @@ def run(args: argparse.Namespace) -> None:
     out = RESULTS / "pdquant.json"
     rows = load_rows(out)
     done = {key(r) for r in rows}
-    for model_name, data, seed, method, w_bits, a_bits, *extra in suite_jobs(args.suite, args.seeds):
+    for model_name, data, seed, method, w_bits, a_bits, *extra in suite_jobs(args.suite, args.seeds, args.iterations):
         if (args.data and data not in args.data) or (args.method and method not in args.method) or \
                 (args.bits and f"W{w_bits}A{a_bits}" not in args.bits):
             continue
@@ -159,7 +164,8 @@ def run(args: argparse.Namespace) -> None:
                "preset": preset_label, "n": args.n, "top1": top1, "generation_s": generation_s, "quantize_s": quantize_s,
                "iterations_per_unit": recon.iterations if recon.enabled else 0, "units": len(units),
                "pd_weight": outcome.report["reconstruction"]["config"].get("pd_weight") if method == "pdquant" else None,
-               "fusion_coverage": outcome.report["summary"]["fusion_coverage"], "test_images": args.limit or 10000}
+               "fusion_coverage": outcome.report["summary"]["fusion_coverage"], "test_images": args.limit or 10000,
+               "torch_threads": args.threads}
         print(json.dumps(row), flush=True)
         rows = [r for r in load_rows(out) if key(r) != key(row)] + [row]
         save(out, rows)
@@ -287,7 +293,10 @@ def render(path: Path) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--suite", choices=["main", "ablation", "resnet56", "sweep", "ingredients", "datagen", "pdweight"], default="main")
+    parser.add_argument("--suite", choices=["main", "ablation", "resnet56", "sweep", "budget", "ingredients", "datagen",
+                                            "pdweight"], default="main")
+    parser.add_argument("--iterations", type=int, nargs="+", help="budget suite: iterations per unit (default 300 1000 3000)")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's own choice)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--n", type=int, default=256, help="calibration images per seed")
     parser.add_argument("--preset", choices=["fast", "default", "paper"], default="default")
@@ -300,6 +309,10 @@ def main() -> None:
     parser.add_argument("--progress", action="store_true")
     parser.add_argument("--render-only", action="store_true")
     args = parser.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.render_only:
         render(RESULTS / "pdquant.json")
     else:
