@@ -11,6 +11,11 @@ Calibrators:
 - mse: the clipping range that minimises the mean squared quantization error (grid search; per output
   channel for weights). Activations keep a random sample of `samples_per_tensor` values per tensor for
   the searches, so memory does not grow with the calibration set.
+
+Memory: the state kept per tensor is fixed (min, max, at most `samples_per_tensor` values), and each
+onnxruntime run holds every exposed tensor of one batch, so the batch shrinks below `batch_size` when
+one sample's exposed tensors are large (224x224 models): `batch_rows` keeps a batch within
+OUTPUT_BYTES. Nothing grows with the number of calibration images but the images themselves.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ from toolchain.quant.annotate import ActivationSpec
 from toolchain.quant.qparams import IntType, QParams, asymmetric_params, floored_params, one_sided_params, symmetric_params
 
 _MSE_GRID = np.linspace(1.0, 0.05, 96)  # fractions of the observed range tried by the MSE search
+OUTPUT_BYTES = 256 << 20  # exposed tensors of one onnxruntime batch, at most (one sample always runs)
 
 
 @dataclass(frozen=True, eq=False)
@@ -40,6 +46,13 @@ class Observation:
     sample: np.ndarray
 
 
+def batch_rows(session: ort.InferenceSession, input_name: str, output_names: list[str], sample: np.ndarray,
+               batch_size: int, budget: int = OUTPUT_BYTES) -> int:
+    """Samples per run: `batch_size`, fewer when one sample's `output_names` exceed budget / batch_size."""
+    per_sample = sum(a.nbytes for a in session.run(output_names, {input_name: sample[:1]}))
+    return max(1, min(batch_size, budget // max(1, per_sample)))
+
+
 def observe_activations(
     model: onnx.ModelProto,
     tensors: list[str],
@@ -49,6 +62,7 @@ def observe_activations(
     seed: int = 0,
     progress: bool = True,
     threads: int = 2,
+    providers: tuple[str, ...] = ("CPUExecutionProvider",),
 ) -> dict[str, Observation]:
     """Run the float model on `inputs` with `tensors` exposed as outputs; min, max and a sample of each."""
     input_name = next(i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer})
@@ -56,9 +70,10 @@ def observe_activations(
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
     with exposing(model, [t for t in tensors if t != input_name]) as probe:
-        session = inference_session(probe, options)
+        session = inference_session(probe, options, providers)
     output_names = [o.name for o in session.get_outputs()]
     rng = np.random.default_rng(seed)
+    batch_size = batch_rows(session, input_name, output_names, inputs, batch_size)
     batches = range(0, len(inputs), batch_size)
     per_batch = max(1, -(-samples_per_tensor // len(batches)))
     minimum = {t: np.inf for t in tensors}

@@ -30,8 +30,10 @@ from toolchain.passes import cleanup_passes, run_passes
 from toolchain.modelio import check_model, model_sha256
 from toolchain.ortsession import exposing, inference_session
 from toolchain.quant.annotate import QuantPlan, annotate
+from toolchain.execution import Execution
 from toolchain.quant.calibrate import (
     activation_params,
+    batch_rows,
     constant_observation,
     observe_activations,
     weight_params,
@@ -45,7 +47,6 @@ from toolchain.quant.opset import upgrade_opset
 from toolchain.quant.qparams import (
     QParams,
     activation_type,
-    sqnr_db,
     storage_type,
     weight_type,
 )
@@ -55,6 +56,7 @@ logger = logging.getLogger(__name__)
 QUANTIZED_OP_TYPES = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
                       "ConvInteger", "MatMulInteger", "QGemm", "QLinearAdd", "MatMulNBits"}
 SQNR_SAMPLES = 256
+SQNR_BATCH = 64  # samples per onnxruntime run of the report's SQNR pass (fewer for large tensors: batch_rows)
 
 
 @dataclass(frozen=True, eq=False)
@@ -130,12 +132,14 @@ def weight_calibrator(calibrator: str, bits: int) -> str:
 
 
 def choose_parameters(float_model: onnx.ModelProto, plan: QuantPlan, calib: np.ndarray, config: QuantConfig,
-                      progress: bool) -> tuple[dict[str, QParams], dict[str, QParams]]:
+                      progress: bool, execution: Execution | None = None) -> tuple[dict[str, QParams], dict[str, QParams]]:
     """Calibrate activations (per root tensor) and weights (per channel)."""
+    execution = execution or Execution()
     calibrator = config.effective_calibrator
     roots = [t for t, spec in plan.activations.items() if spec.shared_with is None]
     observed = observe_activations(float_model, [t for t in roots if not plan.activations[t].constant], calib,
-                                   config.calib_batch_size, config.samples_per_tensor, progress=progress)
+                                   config.calib_batch_size, config.samples_per_tensor, progress=progress,
+                                   threads=execution.ort_threads, providers=execution.providers)
     # only the initializers this function reads, decoded after onnxruntime let go of its copy (large models)
     needed = set(roots) | set(plan.weights) | {bias.tensor for bias in plan.biases.values()}
     initializers = {init.name: numpy_helper.to_array(init) for init in float_model.graph.initializer if init.name in needed}
@@ -155,13 +159,18 @@ def choose_parameters(float_model: onnx.ModelProto, plan: QuantPlan, calib: np.n
 
 def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, source: str = "model",
              calib_info: dict | None = None, progress: bool = True, checkpoint: Path | None = None,
-             resume: bool = False, consume: bool = False) -> QuantResult:
+             resume: bool = False, consume: bool = False, execution: Execution | None = None,
+             distributed=None) -> QuantResult | None:
     """Quantize every layer of `model` with `calib` (float32 NCHW model inputs) as `config` says.
 
     With reconstruction and a `checkpoint` path, the finished units are saved there after each one;
     `resume=True` continues from that file (see recon.resume). `consume=True`: `model` may be changed (it becomes
-    the BN-folded float model), which saves a copy of it.
+    the BN-folded float model), which saves a copy of it. `execution`: device, threads, cache budget and
+    onnxruntime providers (not part of the result). `distributed` (torchrun): every rank calibrates on the
+    whole set and reconstructs on its shard; rank 0 returns the result, the other ranks None.
     """
+    execution = execution or Execution()
+    execution.apply_threads()
     start = time.perf_counter()
     check_not_quantized(model, source)
     check_calibration(model, calib, source)
@@ -181,17 +190,20 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
                         "weights (ResNet-20 W8A8: 92.3 % top-1 agreement with the QDQ semantics); pass --reduce-range "
                         "if the model will run on such CPUs (99.9 %)")
     resume_point = _resume_point(float_model, calib, config, checkpoint, resume)
-    act, weights = choose_parameters(float_model, plan, calib, config, progress)
+    act, weights = choose_parameters(float_model, plan, calib, config, progress, execution)
     integers, recon_report = None, None
     if config.reconstruction.enabled:
         from toolchain.recon.correction import bn_targets
         from toolchain.recon.engine import reconstruct  # torch is imported only when reconstruction runs
 
         result = reconstruct(float_model, plan, act, weights, calib, config.reconstruction, bn_targets(cleaned[0]),
-                             progress=progress, resume_point=resume_point)
+                             progress=progress, resume_point=resume_point, execution=execution,
+                             distributed=distributed)
+        if distributed is not None and distributed.rank != 0:
+            return None  # every rank holds the same parameters: rank 0 materialises and reports
         act, weights, integers = result.activations, result.weights, result.weight_integers
         recon_report = {"config": result.config.to_dict(), "units": result.units, "notes": result.notes,
-                        "seconds": result.seconds}
+                        "seconds": result.seconds, "cache": result.cache}
         warnings.extend(result.notes)  # e.g. a region reconstructed layer by layer: the CLI prints these
     act = cap_to_fused_clips(float_model, plan, act)
     qdq = materialize(float_model, plan, act, weights, config.low_bit_storage, integers)
@@ -200,7 +212,8 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
         check_model(qdq)
     except onnx.checker.ValidationError as err:  # a bug in the quantizer, not the user's input
         raise RuntimeError(f"the quantized graph fails onnx.checker: {err}") from err
-    report = build_report(float_model, qdq, plan, act, weights, calib, config, source, calib_info or {}, folded)
+    report = build_report(float_model, qdq, plan, act, weights, calib, config, source, calib_info or {}, folded,
+                          execution, progress)
     fusion = report["fusion"]
     if config.require_full_integer and not fusion["fully_integer"]:
         listed = ", ".join(f"{op['op_type']} {op['name']!r}" for op in fusion["float_ops"][:5]) or \
@@ -257,26 +270,52 @@ def _resume_point(float_model: onnx.ModelProto, calib: np.ndarray, config: Quant
     return point
 
 
-def _run_with_outputs(model: onnx.ModelProto, names: list[str], inputs: np.ndarray, optimize: bool) -> dict[str, np.ndarray]:
+def _session(model: onnx.ModelProto, names: list[str], optimize: bool, execution: Execution) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    options.intra_op_num_threads = execution.ort_threads
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     with exposing(model, names) as probe:
-        session = inference_session(probe, options)
-    input_name = session.get_inputs()[0].name
-    return dict(zip(names, session.run(names, {input_name: inputs})))
+        return inference_session(probe, options, execution.providers)
+
+
+def streamed_sqnr(float_model: onnx.ModelProto, reference_names: list[str], qdq: onnx.ModelProto,
+                  quantized_names: list[str], sample: np.ndarray, execution: Execution, progress: bool = False,
+                  what: str = "SQNR") -> list[float]:
+    """SQNR (dB) of each quantized tensor against its FP reference over `sample`, batch by batch.
+
+    The float model runs optimised, the QDQ model as written (its Q/DQ semantics). Only the running sums
+    of signal and noise power are kept, so memory is one batch of the exposed tensors, whatever the
+    sample size (all layer outputs of 256 images at 224x224 once took 14 GB)."""
+    reference = _session(float_model, reference_names, True, execution)
+    quantized = _session(qdq, quantized_names, False, execution)
+    ref_input, q_input = reference.get_inputs()[0].name, quantized.get_inputs()[0].name
+    rows = batch_rows(reference, ref_input, reference_names, sample, SQNR_BATCH)
+    signal = np.zeros(len(reference_names))
+    noise = np.zeros(len(reference_names))
+    for start in tqdm(range(0, len(sample), rows), desc=what, unit="batch", file=sys.stderr, disable=not progress,
+                      leave=False):
+        batch = sample[start:start + rows]
+        ref = reference.run(reference_names, {ref_input: batch})
+        got = quantized.run(quantized_names, {q_input: batch})
+        for i, (r, q) in enumerate(zip(ref, got)):
+            r64 = np.asarray(r, np.float64)
+            signal[i] += float(np.sum(r64 ** 2))
+            noise[i] += float(np.sum((r64 - np.asarray(q, np.float64)) ** 2))
+    return [float("inf") if n == 0.0 else 10.0 * float(np.log10(max(sig, 1e-30) / n)) for sig, n in zip(signal, noise)]
 
 
 def build_report(float_model, qdq, plan: QuantPlan, act, weights, calib, config: QuantConfig, source: str,
-                 calib_info: dict, folded: int) -> dict:
+                 calib_info: dict, folded: int, execution: Execution | None = None, progress: bool = False) -> dict:
     """Per-layer bits, parameters and SQNR against FP32 on (up to 256) calibration inputs; fusion coverage."""
+    execution = execution or Execution()
     sample = calib[:SQNR_SAMPLES]
     graph_outputs = {o.name for o in qdq.graph.output}
     layer_outputs = [layer.output for layer in plan.layers if layer.output in plan.activations]
     dq_name = {t: t if t in graph_outputs else f"{t}_dequantized" for t in layer_outputs}
-    reference = _run_with_outputs(float_model, layer_outputs, sample, optimize=True)
-    quantized = _run_with_outputs(qdq, [dq_name[t] for t in layer_outputs], sample, optimize=False)
+    layer_sqnr = dict(zip(layer_outputs, streamed_sqnr(float_model, layer_outputs, qdq, [dq_name[t] for t in layer_outputs],
+                                                       sample, execution, progress, "layer SQNR")))
     layers = []
     for layer in plan.layers:
         entry = {"node": layer.node, "op_type": layer.op_type, "output": layer.output}
@@ -289,7 +328,7 @@ def build_report(float_model, qdq, plan: QuantPlan, act, weights, calib, config:
             root = plan.root(layer.output)
             entry["output_bits"] = plan.activations[root].bits
             entry["output_qparams"] = act[root].to_dict()
-            entry["sqnr_db"] = round(sqnr_db(reference[layer.output], quantized[dq_name[layer.output]]), 3)
+            entry["sqnr_db"] = round(layer_sqnr[layer.output], 3)
         else:
             entry["output_bits"] = None  # academic setting: the network output stays float
         layers.append(entry)
@@ -301,9 +340,7 @@ def build_report(float_model, qdq, plan: QuantPlan, act, weights, calib, config:
     fusion = fusion_coverage(qdq)
     # On the graph outputs themselves, whatever produces them (a layer, a Flatten after a pool, a float output).
     output_names = [o.name for o in qdq.graph.output]
-    reference_out = _run_with_outputs(float_model, output_names, sample, optimize=True)
-    quantized_out = _run_with_outputs(qdq, output_names, sample, optimize=False)
-    output_sqnr = [round(sqnr_db(reference_out[n], quantized_out[n]), 3) for n in output_names]
+    output_sqnr = [round(v, 3) for v in streamed_sqnr(float_model, output_names, qdq, output_names, sample, execution)]
     return {
         "toolchain_version": toolchain.__version__,
         "source": source,

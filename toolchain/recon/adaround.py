@@ -43,4 +43,4 @@ class AdaRound(nn.Module):
     def hard_integers(self) -> np.ndarray:
         with torch.no_grad():
             values = (self.floor + (self.alpha >= 0).float()).clamp(self.qmin, self.qmax)
-        return values.numpy().astype(np.int64)
+        return values.cpu().numpy().astype(np.int64)

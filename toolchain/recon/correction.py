@@ -35,6 +35,10 @@ class BnTarget:
     var: torch.Tensor
     epsilon: float
 
+    def to(self, device: torch.device) -> BnTarget:
+        return BnTarget(self.output, self.gamma.to(device), self.beta.to(device), self.mean.to(device),
+                        self.var.to(device), self.epsilon)
+
 
 def bn_targets(model: onnx.ModelProto) -> dict[str, BnTarget]:
     init = {i.name: numpy_helper.to_array(i).astype(np.float32) for i in model.graph.initializer}

@@ -19,6 +19,12 @@ It returns new parameters (same zero points) and hard-rounded integers. With a `
 the state is checkpointed after every finished unit and a resumed run skips those units;
 a non-finite loss stops with ReconstructionError naming the unit (and the checkpoint that keeps the
 finished ones); the caller then writes no model.
+
+Scale: the per-sample tensors (unit inputs, FP targets, logits) live in a SampleCache, in RAM within
+`execution.cache_budget` and in spill files beyond it (recon.cache: the same values either way); full
+passes over the calibration set run in batches of bounded size. The modules run on `execution`'s
+device (the cached tensors stay on the CPU, one batch at a time moves). Under torch.distributed each
+rank holds a shard of the calibration set and the gradients are all-reduced (recon.shard).
 """
 
 from __future__ import annotations
@@ -35,18 +41,23 @@ from onnx import numpy_helper
 from tqdm import tqdm
 
 from toolchain.errors import ToolchainError
+from toolchain.execution import Execution
 from toolchain.executor import OnnxModule
 from toolchain.quant.annotate import QuantPlan
 from toolchain.quant.materialize import materialize
 from toolchain.quant.qparams import QParams
 from toolchain.recon.adaround import AdaRound
+from toolchain.recon.cache import SampleCache, SampleStore
 from toolchain.recon.config import ReconConfig
 from toolchain.recon.correction import BnTarget, correct_inputs
 from toolchain.recon.resume import Progress, ResumePoint, load_progress, save_progress
+from toolchain.recon.shard import Shard
 from toolchain.recon.subgraph import extract
 from toolchain.recon.units import Unit, find_units
 
 EVAL_SAMPLES = 64  # samples on which each unit's loss is measured before and after
+PASS_BYTES = 64 << 20  # input bytes per batch of a full pass over the calibration set
+PASS_ROWS = 256  # at most this many samples per batch (what small inputs, e.g. 32x32, always used)
 
 
 class ReconstructionError(ToolchainError):
@@ -62,13 +73,7 @@ class ReconResult:
     units: list[dict] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
-
-
-def _run(module: OnnxModule, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    with torch.no_grad():
-        parts = [module(x[i:i + batch]) for i in range(0, len(x), batch)]
-    first = [p[0] if isinstance(p, tuple) else p for p in parts]
-    return torch.cat(first)
+    cache: dict = field(default_factory=dict)  # budget, peak bytes in RAM, bytes spilled to disk
 
 
 def _channel_error(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -83,20 +88,25 @@ def _pd_loss(z_q: torch.Tensor, z_fp: torch.Tensor, temperature: float) -> torch
 class _Trainer:
     def __init__(self, float_model: onnx.ModelProto, plan: QuantPlan, act: dict[str, QParams],
                  weights: dict[str, QParams], calib: np.ndarray, recon: ReconConfig, bn: dict[str, BnTarget],
-                 progress: bool) -> None:
-        self.float_model, self.plan, self.recon, self.bn, self.progress = float_model, plan, recon, bn, progress
+                 progress: bool, shard: Shard, cache: SampleCache, device: torch.device) -> None:
+        self.float_model, self.plan, self.recon, self.bn = float_model, plan, recon, bn
+        self.shard, self.cache, self.device = shard, cache, device
+        self.progress = progress and shard.rank == 0
         self.act, self.weights = dict(act), dict(weights)
         self.integers: dict[str, np.ndarray] = {}
-        self.images = torch.from_numpy(np.ascontiguousarray(calib, np.float32))
+        local = np.ascontiguousarray(calib[shard.start:shard.stop], np.float32)
+        self.images = SampleStore.wrapping(torch.from_numpy(local))
         self.image_input = next(i.name for i in float_model.graph.input
                                 if i.name not in {t.name for t in float_model.graph.initializer})
         self.output = float_model.graph.output[0].name
         self.float_weights = {w: numpy_helper.to_array(i) for i in float_model.graph.initializer
                               for w in [i.name] if w in plan.weights}
         self.generator = torch.Generator().manual_seed(recon.seed)
-        self.z_fp = _run(OnnxModule(extract(float_model, [self.image_input], [self.output])), self.images)
-        self._next_inputs: tuple[str, torch.Tensor, torch.Tensor] | None = None  # (tensor, FP values, quantized values)
+        self.z_fp = self._pass(self._module(extract(float_model, [self.image_input], [self.output])), self.images)
+        self._next_inputs: tuple[str, SampleStore, SampleStore] | None = None  # (tensor, FP values, quantized values)
         self._qdq: onnx.ModelProto | None = None  # the QDQ model as the last finished unit left it
+        self._hook_rows: torch.Tensor | None = None  # this rank's rows of the global step batch (None: all of it)
+        self._hook_batch = 0  # samples in the global step batch (the PD half included)
 
     # -------------------------------------------------------------------------------- graph plumbing
 
@@ -110,10 +120,29 @@ class _Trainer:
             return tensor  # the unit that reads the image holds the input's Q/DQ
         return tensor if tensor == self.output else f"{tensor}_dequantized"
 
+    def _module(self, model: onnx.ModelProto, trainable: bool = False) -> OnnxModule:
+        return OnnxModule(model, trainable=trainable).to(self.device)
+
+    def _pass(self, module: OnnxModule, source: SampleStore) -> SampleStore:
+        """`module` over every sample of `source`, in batches of at most PASS_BYTES of input, into a new store."""
+        rows = max(1, min(PASS_ROWS, PASS_BYTES // max(1, 4 * int(np.prod(source.sample_shape)))))
+        out = None
+        with torch.no_grad():
+            for start in range(0, len(source), rows):
+                y = module(source.read(slice(start, start + rows)).to(self.device))
+                y = y[0] if isinstance(y, tuple) else y
+                if out is None:
+                    out = self.cache.store(len(source), tuple(y.shape[1:]))
+                out.write(start, y)
+        return out
+
+    def _rows(self, store: SampleStore, rows: torch.Tensor) -> torch.Tensor:
+        return store.read(rows).to(self.device)
+
     # ------------------------------------------------------------------------------------ one unit
 
     def unit(self, unit: Unit, bar_position: int) -> dict:
-        recon, started = self.recon, time.perf_counter()
+        recon, shard, started = self.recon, self.shard, time.perf_counter()
         qdq = self._qdq if self._qdq is not None else self.qdq_model()  # nothing changed since the previous unit ended
         q_in, q_out = self.q_name(unit.input), self.q_name(unit.output)
         if unit.input == self.image_input:
@@ -123,86 +152,110 @@ class _Trainer:
             # instead of the whole prefix again (which made reconstruction quadratic in the number of units).
             _, x_fp, x_q = self._next_inputs
         else:
-            x_q = _run(OnnxModule(extract(qdq, [self.image_input], [q_in])), self.images)
-            x_fp = _run(OnnxModule(extract(self.float_model, [self.image_input], [unit.input])), self.images)
+            self._drop_next_inputs()
+            x_q = self._pass(self._module(extract(qdq, [self.image_input], [q_in])), self.images)
+            x_fp = self._pass(self._module(extract(self.float_model, [self.image_input], [unit.input])), self.images)
         self._next_inputs = None
         x_fp_uncorrected = x_fp
         bn_outputs = [t for t in self.bn if t in self._float_tensors(unit)]
-        fp_unit = OnnxModule(extract(self.float_model, [unit.input], [unit.output, *bn_outputs]))
+        fp_unit = self._module(extract(self.float_model, [unit.input], [unit.output, *bn_outputs]))
         if recon.distribution_correction and bn_outputs:
-            targets = [self.bn[t] for t in bn_outputs]
-            x_fp = torch.cat([correct_inputs(fp_unit, x_fp[i:i + recon.dc_batch_size], targets, recon.dc_steps,
-                                             recon.dc_lr, recon.dc_lambda)
-                              for i in range(0, len(x_fp), recon.dc_batch_size)])
-        y_fp = _run(fp_unit, x_fp)
+            targets = [self.bn[t].to(self.device) for t in bn_outputs]
+            corrected = self.cache.store(len(x_fp), x_fp.sample_shape)
+            for i in range(0, len(x_fp), recon.dc_batch_size):
+                corrected.write(i, correct_inputs(fp_unit, x_fp.read(slice(i, i + recon.dc_batch_size)).to(self.device),
+                                                  targets, recon.dc_steps, recon.dc_lr, recon.dc_lambda))
+            x_fp = corrected
+        y_fp = self._pass(fp_unit, x_fp)
         use_pd = recon.prediction_difference and unit.decides_prediction
         tail = None
         if use_pd and unit.output != self.output:
-            tail = OnnxModule(extract(self.float_model, [unit.output], [self.output]))
+            tail = self._module(extract(self.float_model, [unit.output], [self.output]))
             tail.requires_grad_(False)
 
-        module = OnnxModule(extract(qdq, [q_in], [q_out]), trainable=True)
+        module = self._module(extract(qdq, [q_in], [q_out]), trainable=True)
         module.requires_grad_(False)
         roundings = {w: self._adaround(w) for w in unit.weights}
         scales = self._scale_parameters(module) if recon.learn_scales else {}
         quantizers = [name for op, name in module.runtime_nodes if op == "QuantizeLinear"]
 
         def measure(hard: bool) -> dict:
-            index = torch.arange(min(EVAL_SAMPLES, len(self.images)))
+            _, rows = shard.local(torch.arange(min(EVAL_SAMPLES, shard.total)))
             with torch.no_grad():
                 for w, rounding in roundings.items():
                     ints = rounding.hard_integers() if hard else self.weights[w].quantize(self.float_weights[w])
-                    module.set_initializer(f"{w}_quantized", torch.from_numpy(ints.astype(np.float32)))
-                out = module(x_q[index])
-                terms = {"rec": float(_channel_error(out, y_fp[index]))}
-                if use_pd:
-                    z_q = tail(out) if tail is not None else out
-                    terms["pd"] = float(_pd_loss(z_q, self.z_fp[index], recon.temperature))
+                    module.set_initializer(f"{w}_quantized", torch.from_numpy(ints.astype(np.float32)).to(self.device))
+                sums = torch.zeros(3, dtype=torch.float64)
+                if len(rows):
+                    out = module(self._rows(x_q, rows))
+                    sums[0] = float(_channel_error(out, self._rows(y_fp, rows))) * len(rows)
+                    if use_pd:
+                        z_q = tail(out) if tail is not None else out
+                        sums[1] = float(_pd_loss(z_q, self._rows(self.z_fp, rows), recon.temperature)) * len(rows)
+                    sums[2] = len(rows)
+                sums = shard.all_reduce_sum(sums)
+            terms = {"rec": float(sums[0] / sums[2])}
+            if use_pd:
+                terms["pd"] = float(sums[1] / sums[2])
             return terms
 
         before = measure(hard=False)
-        params = [{"params": [r.alpha for r in roundings.values()], "lr": recon.round_lr}]
-        optimizer = torch.optim.Adam(params)
+        trained = [r.alpha for r in roundings.values()]
+        optimizer = torch.optim.Adam([{"params": trained, "lr": recon.round_lr}])
         scale_optimizer = torch.optim.Adam(list(scales.values()), lr=recon.scale_lr) if scales else None
         scale_schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(scale_optimizer, T_max=recon.iterations, eta_min=0.0)
                           if scale_optimizer else None)
-        n, batch = len(self.images), min(recon.batch_size, len(self.images))
+        n, batch = shard.total, min(recon.batch_size, shard.total)
         warm = int(recon.warmup * recon.iterations)
         bar = tqdm(range(recon.iterations), desc=f"{unit.label[:48]}", unit="it", file=sys.stderr,
                    disable=not self.progress, leave=False, position=bar_position)
         qdrop_hooks = {q: self._qdrop_hook() for q in quantizers} if recon.qdrop else {}
         for step in bar:
-            index = torch.randint(0, n, (batch,), generator=self.generator)
-            xq = x_q[index]
+            index = torch.randint(0, n, (batch,), generator=self.generator)  # the global batch, the same on every rank
+            positions, rows = shard.local(index)
+            share = len(rows)
+            if share == 0:  # none of it here: one own sample at weight 0 keeps the random draws in step
+                positions, rows = torch.zeros(1, dtype=torch.long), torch.zeros(1, dtype=torch.long)
+            xq = self._rows(x_q, rows)
             inputs = xq
             if recon.qdrop:
-                keep = torch.rand(xq.shape, generator=self.generator) < 0.5
-                inputs = torch.where(keep, xq, x_fp[index])
+                keep = torch.rand((batch, *x_q.sample_shape), generator=self.generator) < 0.5
+                keep = keep if shard.is_whole else keep[positions]
+                inputs = torch.where(keep.to(self.device), xq, self._rows(x_fp, rows))
             if use_pd:
                 inputs = torch.cat([inputs, xq])
+            if not shard.is_whole:
+                self._hook_rows = torch.cat([positions, positions + batch]) if use_pd else positions
+                self._hook_batch = 2 * batch if use_pd else batch
             for w, rounding in roundings.items():
                 module.set_initializer(f"{w}_quantized", rounding.soft_integers())
             with module.output_hooks(qdrop_hooks):
                 out = module(inputs)
-            rec = _channel_error(out[:batch], y_fp[index])
-            loss = rec
+            local = len(rows)
+            rec = _channel_error(out[:local], self._rows(y_fp, rows))
+            loss = shard.scaled(rec, share, batch)
             pd = None
             if use_pd:
-                z_q = tail(out[batch:]) if tail is not None else out[batch:]
-                pd = _pd_loss(z_q, self.z_fp[index], recon.temperature)
-                loss = loss + recon.pd_weight * pd
+                z_q = tail(out[local:]) if tail is not None else out[local:]
+                pd = _pd_loss(z_q, self._rows(self.z_fp, rows), recon.temperature)
+                loss = loss + recon.pd_weight * shard.scaled(pd, share, batch)
             regularizer = None
             if step >= warm and roundings:
                 progress = (step - warm) / max(1, recon.iterations - warm)
                 beta = recon.beta_start + (recon.beta_end - recon.beta_start) * progress  # linear, as AdaRound
                 regularizer = sum(r.regularizer(beta) for r in roundings.values())
-                loss = loss + recon.round_weight * regularizer
-            if not torch.isfinite(loss):
+                if shard.rank == 0:  # once in the all-reduced sum
+                    loss = loss + recon.round_weight * regularizer
+            if shard.is_whole and not torch.isfinite(loss):
                 raise ReconstructionError(f"{unit.label}: the loss became {loss.item()} at iteration {step + 1}")
             optimizer.zero_grad(set_to_none=True)
             if scale_optimizer:
                 scale_optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if not shard.is_whole:
+                total = shard.all_reduce_gradients([*trained, *scales.values()], loss.detach())
+                if not torch.isfinite(total):
+                    raise ReconstructionError(f"{unit.label}: the loss became {total.item()} at iteration {step + 1}")
             optimizer.step()
             if scale_optimizer:
                 scale_optimizer.step()
@@ -218,12 +271,13 @@ class _Trainer:
                     postfix["round"] = f"{regularizer.item():.4g}"
                 bar.set_postfix(postfix)
         bar.close()
+        self._hook_rows = None
 
         for w, rounding in roundings.items():
             self.integers[w] = rounding.hard_integers()
         for root, scale in scales.items():
             old = self.act[root]
-            self.act[root] = QParams(np.asarray(scale.detach().numpy(), np.float32).reshape(old.scale.shape),
+            self.act[root] = QParams(np.asarray(scale.detach().cpu().numpy(), np.float32).reshape(old.scale.shape),
                                      old.zero_point, old.qtype, old.axis, old.qmin)
         after = measure(hard=True)  # leaves the hard integers in `module`, beside the learned scales
         # Through the model as materialized now (biases re-derived from the learned scales, as the next unit sees it).
@@ -231,16 +285,27 @@ class _Trainer:
         if unit.input != self.image_input and self.plan.root(unit.input) in scales:
             # The unit learned the step of its own input (shared through a Slice or MaxPool): the values it
             # started from are stale, so the next unit's come through the whole prefix, as the model now stands.
-            next_q = _run(OnnxModule(extract(self._qdq, [self.image_input], [q_out])), self.images)
+            next_q = self._pass(self._module(extract(self._qdq, [self.image_input], [q_out])), self.images)
         else:
-            next_q = _run(OnnxModule(extract(self._qdq, [q_in], [q_out])), x_q)
-        next_fp = y_fp if x_fp is x_fp_uncorrected else _run(fp_unit, x_fp_uncorrected)
+            next_q = self._pass(self._module(extract(self._qdq, [q_in], [q_out])), x_q)
+        next_fp = y_fp if x_fp is x_fp_uncorrected else self._pass(fp_unit, x_fp_uncorrected)
         self._next_inputs = (unit.output, next_fp, next_q)
+        kept = {id(next_fp), id(next_q), id(self.images)}
+        for store in {id(s): s for s in (x_q, x_fp, x_fp_uncorrected, y_fp)}.values():
+            if id(store) not in kept:
+                store.release()
         return {"unit": unit.index, "kind": unit.kind, "input": unit.input, "output": unit.output,
                 "weights": list(unit.weights), "pd_term": use_pd,
                 "distribution_correction": bool(recon.distribution_correction and bn_outputs),
                 "learned_scales": sorted(scales), "loss_before": before, "loss_after": after,
                 "seconds": round(time.perf_counter() - started, 2)}
+
+    def _drop_next_inputs(self) -> None:
+        if self._next_inputs is not None:
+            for store in self._next_inputs[1:]:
+                if store is not self.images:
+                    store.release()
+            self._next_inputs = None
 
     # ----------------------------------------------------------------------------------- checkpoints
 
@@ -255,7 +320,8 @@ class _Trainer:
             self.act[root] = QParams(scale.astype(np.float32).reshape(old.scale.shape), old.zero_point, old.qtype,
                                      old.axis, old.qmin)
         self.integers = dict(progress.integers)
-        self._qdq, self._next_inputs = None, None
+        self._drop_next_inputs()
+        self._qdq = None
         self.generator.set_state(progress.generator_state)
         torch.set_rng_state(progress.torch_rng_state)
 
@@ -267,7 +333,8 @@ class _Trainer:
 
     def _adaround(self, weight: str) -> AdaRound:
         params = self.weights[weight]
-        return AdaRound(self.float_weights[weight], params.scale, params.axis or 0, params.low, params.qtype.qmax)
+        return AdaRound(self.float_weights[weight], params.scale, params.axis or 0, params.low,
+                        params.qtype.qmax).to(self.device)
 
     def _scale_parameters(self, module: OnnxModule) -> dict[str, torch.nn.Parameter]:
         """Activation roots whose scale initializer the unit's QuantizeLinear nodes read, as trainable parameters."""
@@ -282,28 +349,53 @@ class _Trainer:
         return scales
 
     def _qdrop_hook(self):
-        prob, generator = self.recon.qdrop_prob, self.generator
+        prob, generator, trainer = self.recon.qdrop_prob, self.generator, self
 
         def hook(inputs: list[torch.Tensor], quantized: torch.Tensor) -> torch.Tensor:
             x, scale = inputs[0], inputs[1]  # activation quantizers only: weights are DQ-only initializers
             zero = inputs[2].to(x.dtype) if len(inputs) > 2 and inputs[2] is not None else 0.0
-            keep = torch.rand(quantized.shape, generator=generator) < prob
-            return torch.where(keep, quantized, x / scale + zero)  # DequantizeLinear maps x/s + z back to x
+            rows = trainer._hook_rows
+            if rows is None:
+                keep = torch.rand(quantized.shape, generator=generator) < prob
+            else:  # drawn for the global batch, as one process would, then this rank's rows
+                keep = (torch.rand((trainer._hook_batch, *quantized.shape[1:]), generator=generator) < prob)[rows]
+            return torch.where(keep.to(quantized.device), quantized, x / scale + zero)  # DQ maps x/s + z back to x
 
         return hook
 
 
 def reconstruct(float_model: onnx.ModelProto, plan: QuantPlan, act: dict[str, QParams], weights: dict[str, QParams],
                 calib: np.ndarray, recon: ReconConfig, bn: dict[str, BnTarget] | None = None,
-                progress: bool = True, resume_point: ResumePoint | None = None) -> ReconResult:
-    """Learn weight rounding (and, for pdquant, activation step sizes) unit by unit; see the module docstring."""
+                progress: bool = True, resume_point: ResumePoint | None = None,
+                execution: Execution | None = None, distributed=None) -> ReconResult:
+    """Learn weight rounding (and, for pdquant, activation step sizes) unit by unit; see the module docstring.
+
+    `distributed` (a datagen.distributed.Distributed, e.g. from distributed_session()): this process
+    reconstructs with its shard of `calib` (every rank passes the whole set); every rank returns the same
+    result, and only rank 0 writes checkpoints.
+    """
     started = time.perf_counter()
     if len(calib) < recon.batch_size:
         raise ReconstructionError(f"the calibration set has {len(calib)} images, fewer than the reconstruction batch "
                                   f"size {recon.batch_size}: give more images or a smaller --recon-batch-size")
     recon = recon.resolved(min((w.bits for w in plan.weights.values()), default=8))
+    execution = execution or Execution()
     torch.manual_seed(recon.seed)
-    trainer = _Trainer(float_model, plan, act, weights, calib, recon, bn or {}, progress)
+    shard = Shard.of(len(calib), distributed, align=recon.dc_batch_size)
+    with SampleCache(execution.cache_budget, execution.spill_dir) as cache:
+        trainer = _Trainer(float_model, plan, act, weights, calib, recon, bn or {}, progress, shard, cache,
+                           execution.torch_device())
+        result = _reconstruct_units(trainer, recon, resume_point, progress and shard.rank == 0)
+        result.cache = {"budget_bytes": cache.budget, "peak_ram_bytes": cache.peak_in_ram,
+                        "spilled_bytes": cache.spilled_bytes, "device": str(trainer.device),
+                        "processes": 1 if distributed is None else distributed.world_size}
+    result.seconds = round(time.perf_counter() - started, 2)
+    return result
+
+
+def _reconstruct_units(trainer: _Trainer, recon: ReconConfig, resume_point: ResumePoint | None,
+                       progress: bool) -> ReconResult:
+    float_model, plan = trainer.float_model, trainer.plan
     partition = find_units(float_model, plan, trainer.image_input, recon.max_unit_layers)
     if resume_point is not None:  # the partition is part of what a checkpoint must match
         resume_point = ResumePoint(resume_point.path, {**resume_point.identity, "units": [u.label for u in partition.units]},
@@ -320,11 +412,10 @@ def reconstruct(float_model: onnx.ModelProto, plan: QuantPlan, act: dict[str, QP
             units.append(trainer.unit(unit, bar_position=1))
         except ReconstructionError as err:
             raise ReconstructionError(_divergence_message(err, units, resume_point)) from err
-        if resume_point is not None:
+        if resume_point is not None and trainer.shard.rank == 0:  # every rank holds the same state
             save_progress(resume_point, trainer.progress_after(units))
         bar.set_postfix(rec=f"{units[-1]['loss_before']['rec']:.3g}->{units[-1]['loss_after']['rec']:.3g}")
-    return ReconResult(recon, trainer.act, trainer.weights, trainer.integers, units, partition.notes,
-                       round(time.perf_counter() - started, 2))
+    return ReconResult(recon, trainer.act, trainer.weights, trainer.integers, units, partition.notes)
 
 
 def _divergence_message(err: ReconstructionError, units: list[dict], resume_point: ResumePoint | None) -> str:
