@@ -19,16 +19,14 @@ import json
 import os
 import platform
 import shutil
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
 
+from measure import run_stage
 from toolchain.cpu import has_vnni
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,25 +53,6 @@ def wide_net() -> nn.Module:
     return WideNet(int(os.environ.get(FEATURES_ENV, "16400")))
 
 
-def _run(stage: str, args: list[str], env: dict[str, str]) -> dict:
-    """One `toolchain` process: its wall time and peak resident memory (os.wait4's ru_maxrss, kB on Linux)."""
-    start = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
-        process = subprocess.Popen([sys.executable, "-m", "toolchain.cli", *args], env=env, stdout=out, stderr=err)
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-        out.seek(0)
-        err.seek(0)
-        stdout, stderr = out.read(), err.read()
-    seconds = time.perf_counter() - start
-    if process.returncode != 0:
-        raise SystemExit(f"{stage} failed ({process.returncode}): {stderr[-2000:]}")
-    last = stdout.strip().splitlines()[-1] if stdout.strip() else ""
-    print(f"{stage}: {seconds:.0f} s, peak {usage.ru_maxrss / 1e6:.1f} GB: {last[:300]}", flush=True)
-    return {"stage": stage, "seconds": round(seconds, 1), "peak_rss_gb": round(usage.ru_maxrss / 1e6, 2),
-            "stdout": stdout.strip()[-600:]}
-
-
 def _sizes(folder: Path, name: str) -> dict[str, int]:
     return {p.name: p.stat().st_size for p in sorted(folder.iterdir()) if p.name.startswith(name)}
 
@@ -96,12 +75,12 @@ def main() -> None:
     stages = []
     try:
         if not (args.reuse_export and model.exists()):
-            stages.append(_run("export", ["export", "large_model:wide_net", "-o", str(model), "--overwrite"], env))
+            stages.append(run_stage("export", ["export", "large_model:wide_net", "-o", str(model), "--overwrite"], env))
         # on a CPU without VNNI the integer kernels saturate with full-range weights (the toolchain says so): reduce them
         reduce = ["--reduce-range"] if has_vnni() is False else []
-        stages.append(_run("quantize W8A8", ["quantize", str(model), "--calib", str(folder / "calib.npz"), "-o", str(qdq),
+        stages.append(run_stage("quantize W8A8", ["quantize", str(model), "--calib", str(folder / "calib.npz"), "-o", str(qdq),
                                              "--overwrite", *reduce], env))
-        stages.append(_run("evaluate", ["evaluate", str(qdq), "--data", str(folder / "images.npz"), "--reference",
+        stages.append(run_stage("evaluate", ["evaluate", str(qdq), "--data", str(folder / "images.npz"), "--reference",
                                         str(model), "--json"], env))
         evaluation = json.loads(stages[-1]["stdout"].splitlines()[-1])
         parameters = sum(p.numel() for p in WideNet(args.features).parameters())

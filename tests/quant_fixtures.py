@@ -9,24 +9,7 @@ import torch
 from toolchain.export import export_to_onnx
 from toolchain.preprocessing import CIFAR10_CLASSES, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from toolchain.zoo import load_zoo_model
-
-
-def with_data_statistics(module: torch.nn.Module, shape: tuple[int, ...], seed: int = 0) -> torch.nn.Module:
-    """Give a randomly initialised network BN running statistics of its own activations on Gaussian inputs.
-
-    With the default statistics (mean 0, var 1) deep random networks make activations vanish or explode,
-    which says nothing about the quantizer; with these, every layer carries signal.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    for layer in module.modules():
-        if isinstance(layer, torch.nn.modules.batchnorm._BatchNorm):
-            layer.reset_running_stats()
-            layer.momentum = None  # cumulative average over the batches below
-    module.train()
-    with torch.no_grad():
-        for _ in range(2):
-            module(torch.randn(*shape, generator=generator))
-    return module.eval()
+from toolchain_models.statistics import with_data_statistics
 
 
 def export_random(factory: str, size: int, channels: int = 3, seed: int = 0) -> onnx.ModelProto:

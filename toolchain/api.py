@@ -124,15 +124,20 @@ def evaluate_model(
     seed: int | None = 0,
     overrides: PreprocessingOverrides = PreprocessingOverrides(),
     progress: bool = True,
+    providers: str | tuple[str, ...] | None = None,
 ):
-    """Top-1/top-5 in onnxruntime (and agreement with `reference`): an evaluate.EvalResult."""
-    from toolchain.evaluate import evaluate
+    """Top-1/top-5 in onnxruntime (and agreement with `reference`): an evaluate.EvalResult.
 
+    `providers`: onnxruntime execution providers, e.g. "cuda,cpu" (default: the CPU provider)."""
+    from toolchain.evaluate import evaluate
+    from toolchain.execution import provider_names
+
+    chosen = provider_names(providers)
     pre = _checked_preprocessing(model, overrides)
     if reference is not None:
         _check_reference(reference, pre)
     return evaluate(model, data, pre, reference_path=reference, limit=limit, batch_size=batch_size,
-                    threads=threads, progress=progress, seed=seed)
+                    threads=threads, progress=progress, seed=seed, providers=chosen)
 
 
 def _checked_preprocessing(model: str | Path, overrides: PreprocessingOverrides) -> Preprocessing:
@@ -252,11 +257,16 @@ def quantize_model(
     overrides: PreprocessingOverrides = PreprocessingOverrides(),
     progress: bool = True,
     resume: bool = False,
-) -> QuantizeOutcome:
+    execution=None,
+    distributed=None,
+) -> QuantizeOutcome | None:
     """Quantize MODEL with calibration data CALIB; write OUT and OUT's .report.json (both or neither).
 
     With reconstruction, `OUT.ckpt` keeps the finished units while it runs (removed once OUT is written);
-    after a divergence, a crash or Ctrl-C, `resume=True` continues from it.
+    after a divergence, a crash or Ctrl-C, `resume=True` continues from it. `execution` (an
+    execution.Execution): device, threads, reconstruction cache budget, onnxruntime providers.
+    `distributed` (under torchrun, see datagen.distributed.distributed_session): the ranks share the
+    reconstruction; rank 0 writes the files and returns the outcome, the other ranks return None.
     """
     import json
 
@@ -271,14 +281,23 @@ def quantize_model(
                           "(with the options of the interrupted run)")
     checkpoint = out.with_name(out.name + ".ckpt") if config.reconstruction.enabled else None
     report_path = report_path_for(out)
-    check_writable(out, overwrite)
-    check_writable(report_path, overwrite)
+    rank = distributed.rank if distributed is not None else 0
+    if distributed is not None and not config.reconstruction.enabled:
+        raise ConfigError("torchrun shares the reconstruction between processes: add --reconstruct brecq|pdquant, "
+                          "or run one process (calibration alone does not scale out)")
+    if rank == 0:
+        check_writable(out, overwrite)
+        check_writable(report_path, overwrite)
     proto = load_model(model)
     calibration = load_calibration_inputs(calib, proto, str(model), calib_limit, seed, overrides)
     check_calibration(proto, calibration.inputs, str(model))
     check_runs(proto, str(model), sample=calibration.inputs[:1])
     result = quantize(proto, calibration.inputs, config, source=str(model), calib_info=calibration.manifest,
-                      progress=progress, checkpoint=checkpoint, resume=resume, consume=True)
+                      progress=progress and rank == 0, checkpoint=checkpoint, resume=resume, consume=True,
+                      execution=execution, distributed=distributed)
+    if result is None:  # a rank other than 0: rank 0 writes
+        distributed.barrier()
+        return None
     # The model is written (atomically, with external data when large) inside the report's block: an error in
     # either leaves neither file; only a kill between the two renames could leave the model without its report.
     with atomic_output(report_path) as report_tmp:
@@ -286,6 +305,8 @@ def quantize_model(
         save_model(result.model, out)
     if checkpoint is not None:
         checkpoint.unlink(missing_ok=True)
+    if distributed is not None:
+        distributed.barrier()  # the other ranks wait until the files are written
     return QuantizeOutcome(out, report_path, result.report, result.warnings)
 
 
@@ -318,6 +339,7 @@ def generate_calibration(
     progress: bool = True,
     distributed=None,
     config=None,
+    execution=None,
 ) -> GenerateOutcome:
     """Synthesise (or sample) N calibration inputs for MODEL and write them atomically as a calibration .npz.
 
@@ -325,7 +347,8 @@ def generate_calibration(
     `per_class` still override it.
 
     A checkpoint `OUT.ckpt` is kept while optimising; `resume=True` continues from it, and it is removed
-    once the output is written. Under torchrun only rank 0 writes.
+    once the output is written. Under torchrun only rank 0 writes. `execution` (an execution.Execution):
+    the device the network runs on and torch's threads.
     """
     from dataclasses import replace
 
@@ -348,8 +371,12 @@ def generate_calibration(
         config = replace(config, fdda=replace(config.fdda, per_class=per_class))
     if distributed is not None:
         checkpoint = checkpoint.with_name(f"{checkpoint.name}.rank{rank}")
+    from toolchain.execution import Execution
+
+    execution = execution or Execution()
+    execution.apply_threads()
     calib = generate(proto, pre, method, n, config, seed=seed, real_data=data, progress=progress and rank == 0,
-                     checkpoint=checkpoint, resume=resume, distributed=distributed)
+                     checkpoint=checkpoint, resume=resume, distributed=distributed, device=execution.torch_device())
     if rank == 0 and calib is not None:
         calib.manifest["model_file"] = str(model)
         save_calibration(path, calib)

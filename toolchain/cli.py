@@ -16,72 +16,15 @@ bad input exits 1 with what to fix; an internal error exits 1 naming the log fil
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import click
 
 from toolchain import __version__
 from toolchain.cli_errors import handle_errors
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-
-def _floats(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[float, ...] | None:
-    if value is None:
-        return None
-    try:
-        return tuple(float(v) for v in value.replace(" ", "").split(",") if v)
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated numbers such as 0.485,0.456,0.406, got {value!r}") from None
-
-
-def _size(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    parts = value.lower().replace("x", ",").split(",")
-    try:
-        numbers = [int(p) for p in parts if p]
-    except ValueError:
-        numbers = []
-    if len(numbers) not in (1, 2) or min(numbers) <= 0:
-        raise click.BadParameter(f"expected SIZE or HEIGHTxWIDTH such as 224 or 32x32, got {value!r}")
-    return (numbers[0], numbers[-1])
-
-
-def _names(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    if value.startswith("@"):
-        path = Path(value[1:])
-        if not path.is_file():
-            raise click.BadParameter(f"class-name file {path} does not exist")
-        return tuple(line.strip() for line in path.read_text().splitlines() if line.strip())
-    return tuple(v.strip() for v in value.split(",") if v.strip())
-
-
-def preprocessing_options(func: F) -> F:
-    """Options that describe (or override) the model's input preprocessing."""
-    options = [
-        click.option("--mean", callback=_floats, help="Per-channel mean after pixel scaling, e.g. 0.485,0.456,0.406."),
-        click.option("--std", callback=_floats, help="Per-channel std, e.g. 0.229,0.224,0.225."),
-        click.option("--input-size", callback=_size, help="Model input size: 224 or HEIGHTxWIDTH."),
-        click.option("--channel-order", type=click.Choice(["RGB", "BGR"]), help="Channel order the model expects."),
-        click.option("--pixel-scale", type=float, help="Raw pixels are divided by this first (default 255)."),
-        click.option("--crop-fraction", type=float, help="Centre-crop fraction when resizing (ImageNet: 0.875)."),
-        click.option("--class-names", callback=_names, help="Comma-separated class names, or @FILE with one per line."),
-    ]
-    for option in reversed(options):
-        func = option(func)
-    return func
-
-
-def _overrides(kwargs: dict[str, Any]) -> Any:
-    from toolchain.preprocessing import PreprocessingOverrides
-
-    keys = ("mean", "std", "input_size", "channel_order", "pixel_scale", "crop_fraction", "class_names")
-    return PreprocessingOverrides(**{k: kwargs.pop(k) for k in keys})
+from toolchain.cli_options import execution_from, execution_options, preprocessing_options, preprocessing_overrides
+from toolchain.cli_quantize import quantize_command
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -140,7 +83,7 @@ def export_command(model: str, weights: str | None, output: str | None, opset: i
     """
     from toolchain import api
 
-    report = api.export_model(model, output, weights, _overrides(kwargs), opset, overwrite, exporter)
+    report = api.export_model(model, output, weights, preprocessing_overrides(kwargs), opset, overwrite, exporter)
     click.echo(
         f"wrote {report.path}: {report.num_nodes} nodes, {report.num_batchnorm} BatchNormalization kept, opset {report.opset}; "
         f"verified: onnx.checker ok, onnxruntime vs PyTorch max|diff|/max|ref| = {report.relative_diff:.1e} "
@@ -185,7 +128,7 @@ def stamp_command(model: str, output: str | None, **kwargs: Any) -> None:
     """
     from toolchain import api
 
-    pre = api.stamp_model(model, _overrides(kwargs), output)
+    pre = api.stamp_model(model, preprocessing_overrides(kwargs), output)
     click.echo(f"stamped {output or model}: {json.dumps(pre.to_dict())}")
 
 
@@ -197,11 +140,12 @@ def stamp_command(model: str, output: str | None, **kwargs: Any) -> None:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --limit sample.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="onnxruntime intra-op threads.")
+@click.option("--providers", help="onnxruntime execution providers in order, e.g. cuda,cpu [default: cpu].")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout (progress bar still on stderr).")
 @preprocessing_options
 @handle_errors
 def evaluate_command(model: str, data: str, reference: str | None, limit: int | None, seed: int, batch_size: int,
-                     threads: int, as_json: bool, **kwargs: Any) -> None:
+                     threads: int, providers: str | None, as_json: bool, **kwargs: Any) -> None:
     """Top-1/top-5 accuracy of MODEL.onnx in onnxruntime on labelled images.
 
     The model's stored preprocessing is applied (override it, or give it for foreign models, with the
@@ -214,7 +158,8 @@ def evaluate_command(model: str, data: str, reference: str | None, limit: int | 
     """
     from toolchain import api
 
-    result = api.evaluate_model(model, data, reference, limit, batch_size, threads, seed, _overrides(kwargs))
+    result = api.evaluate_model(model, data, reference, limit, batch_size, threads, seed, preprocessing_overrides(kwargs),
+                                providers=providers)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
         return
@@ -248,115 +193,7 @@ def run_command(out_dir: str, as_json: bool) -> None:
         click.echo(line)
 
 
-@cli.command("quantize")
-@click.argument("model", type=click.Path())
-@click.option("--calib", required=True, type=click.Path(),
-              help="Calibration .npz (float32 'inputs', see calib_data/README.md) or an image dataset (folder, .tar.gz, .npz of images).")
-@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="QDQ model to write; the report goes to OUTPUT's .report.json.")
-@click.option("--w-bits", type=int, default=8, show_default=True, help="Weight bits: 2, 4 or 8 (symmetric, per channel).")
-@click.option("--a-bits", type=int, default=8, show_default=True, help="Activation bits: 2, 4 or 8 (asymmetric, per tensor).")
-@click.option("--calibrator", type=click.Choice(["minmax", "percentile", "mse"]),
-              help="How ranges are chosen [default: mse; weights keep their exact range at 8 bits].")
-@click.option("--percentile", type=float, default=99.99, show_default=True, help="Upper percentile of the percentile calibrator.")
-@click.option("--target", type=click.Choice(["ort-x86"]), default="ort-x86", show_default=True, help="Runtime profile.")
-@click.option("--first-last-8bit", is_flag=True, help="Academic setting: first/last layer weights at 8 bits, output in float.")
-@click.option("--low-bit-storage", type=click.Choice(["ort", "native"]), default="ort", show_default=True,
-              help="native: INT4/UINT4/INT2/UINT2 types; ort: containers onnxruntime 1.32 loads with default optimisations.")
-@click.option("--reduce-range", is_flag=True,
-              help="8-bit weights in 7 bits, for x86 CPUs without VNNI whose u8s8 kernels saturate (as onnxruntime's "
-                   "reduce_range).")
-@click.option("--calib-limit", type=click.IntRange(min=1),
-              help="Images drawn from an image dataset [default: 512], or the first N inputs of a calibration .npz [default: all].")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration sample and of reconstruction.")
-@click.option("--reconstruct", type=click.Choice(["none", "brecq", "pdquant"]), default="none", show_default=True,
-              help="After calibration: brecq = AdaRound + QDrop per unit; pdquant = brecq + prediction-difference loss, "
-                   "learned activation step sizes and distribution correction.")
-@click.option("--preset", type=click.Choice(["fast", "default", "paper"]), default="default", show_default=True,
-              help="Reconstruction budget: paper = PD-Quant's (20k iterations per unit); default = best accuracy per "
-                   "CPU-minute measured on ResNet-20 (about 3 min there on 2 cores); fast = a smoke test, 6 iterations "
-                   "per unit (3-8 s on the small family models of bench/families.py).")
-@click.option("--recon-iterations", type=click.IntRange(min=1), help="Iterations per unit (the preset's by default).")
-@click.option("--recon-batch-size", type=click.IntRange(min=1), help="Reconstruction batch size (the preset's by default).")
-@click.option("--pd-weight", type=click.FloatRange(min=0.0, min_open=True),
-              help="pdquant: weight of the prediction-difference term [default: 10 (PD-Quant's) when every weight "
-                   "has >= 4 bits, 1 below: measured on ResNet-20, see the README].")
-@click.option("--no-qdrop", is_flag=True, help="Ablation: switch QDrop off.")
-@click.option("--no-pd", is_flag=True, help="Ablation (pdquant): switch the prediction-difference term off.")
-@click.option("--no-dc", is_flag=True, help="Ablation (pdquant): switch distribution correction off.")
-@click.option("--no-learn-scales", is_flag=True, help="Ablation (pdquant): keep the calibrator's activation step sizes.")
-@click.option("--resume", is_flag=True,
-              help="Continue a reconstruction that stopped (divergence, crash, Ctrl-C) from OUTPUT.ckpt, "
-                   "which keeps the finished units; give the same model, calibration set and bits.")
-@click.option("--require-all-quantized", is_flag=True, help="Fail when an op has no quantization rule (default: warn, leave it in float).")
-@click.option("--require-full-integer", is_flag=True,
-              help="Fail (exit 1, no output) unless onnxruntime runs every compute op on integer kernels; the message lists the float ops.")
-@click.option("--overwrite", is_flag=True, help="Replace OUTPUT and its report if they exist.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report's summary as one JSON object.")
-@preprocessing_options
-@handle_errors
-def quantize_command(model: str, calib: str, output: str, w_bits: int, a_bits: int, calibrator: str | None, percentile: float,
-                     target: str, first_last_8bit: bool, low_bit_storage: str, reduce_range: bool, calib_limit: int | None,
-                     seed: int,
-                     reconstruct: str, preset: str, recon_iterations: int | None, recon_batch_size: int | None,
-                     pd_weight: float | None, no_qdrop: bool, no_pd: bool, no_dc: bool, no_learn_scales: bool, resume: bool,
-                     require_all_quantized: bool, require_full_integer: bool, overwrite: bool, as_json: bool, **kwargs: Any) -> None:
-    """Quantize every layer of MODEL.onnx (first and last included) into a QDQ model.
-
-    BN is folded after its statistics are read; weights are stored as integers behind
-    DequantizeLinear, activations get Q->DQ (the network output too), so onnxruntime runs the model on
-    integer kernels at 8 bits. With --reconstruct, weight rounding (and for pdquant the activation step
-    sizes) are then learned unit by unit (stem, residual blocks, final layer, found from the graph) and
-    written into the same QDQ model; OUTPUT.ckpt keeps the finished units meanwhile, so a run that
-    stops (divergence, crash, Ctrl-C) continues with --resume. A report with per-layer bits, scales, zero points, SQNR against
-    FP32, onnxruntime's fusion coverage and per-unit losses is written next to OUTPUT.
-
-    \b
-    Examples:
-      toolchain quantize resnet20.onnx --calib ../shared/datasets/cifar10-train-jpg.tar.gz -o r20_w8a8.onnx
-      toolchain quantize resnet20.onnx --calib calib_data/dgh256.npz --w-bits 4 --a-bits 4 -o r20_w4a4.onnx
-      toolchain quantize resnet20.onnx --calib calib_data/dgh256.npz --w-bits 4 --a-bits 4 --reconstruct pdquant -o r20_pd.onnx
-      toolchain quantize ...same options... --resume     # after a stop: continues from r20_pd.onnx.ckpt
-    """
-    from dataclasses import replace
-
-    from toolchain import api
-    from toolchain.quant.config import QuantConfig
-    from toolchain.quant.fusion import float_ops_text
-    from toolchain.recon import ReconConfig
-
-    recon = ReconConfig.preset(reconstruct, preset, iterations=recon_iterations, batch_size=recon_batch_size, seed=seed,
-                               pd_weight=pd_weight)
-    if no_qdrop:
-        recon = replace(recon, qdrop=False)
-    if no_pd:
-        recon = replace(recon, prediction_difference=False)
-    if no_dc:
-        recon = replace(recon, distribution_correction=False)
-    if no_learn_scales:
-        recon = replace(recon, learn_scales=False)
-    config = QuantConfig(w_bits=w_bits, a_bits=a_bits, calibrator=calibrator, percentile=percentile, target=target,
-                         first_last_8bit=first_last_8bit, require_all_quantized=require_all_quantized,
-                         require_full_integer=require_full_integer,
-                         low_bit_storage=low_bit_storage, reduce_range=reduce_range, reconstruction=recon)
-    outcome = api.quantize_model(model, calib, output, config, calib_limit, seed, overwrite, _overrides(kwargs),
-                                 resume=resume)
-    for warning in outcome.warnings:
-        click.echo(f"warning: {warning}", err=True)
-    summary = outcome.report["summary"]
-    if as_json:
-        click.echo(json.dumps({**summary, "path": str(outcome.path), "report": str(outcome.report_path)}))
-        return
-    fusion = outcome.report["fusion"]
-    macs = f", {fusion['mac_coverage']:.3f} of MACs" if fusion.get("mac_coverage") is not None else ""
-    sqnr = summary["output_sqnr_db"]
-    sqnr_text = f"output SQNR {sqnr:.1f} dB" + (" (network output in float: --first-last-8bit)" if first_last_8bit else "")
-    click.echo(
-        f"wrote {outcome.path}: W{w_bits}A{a_bits} ({config.effective_calibrator}"
-        f"{', ' + reconstruct + ' ' + preset if recon.enabled else ''}), {summary['quantized_layers']} layers quantized, "
-        f"{sqnr_text} on {outcome.report['calibration']['sqnr_samples']} calibration inputs; "
-        f"integer coverage {summary['fusion_coverage']:.2f} of ops{macs} (float ops left: {float_ops_text(fusion)}); "
-        f"report {outcome.report_path}"
-    )
+cli.add_command(quantize_command)
 
 
 @cli.command("generate")
@@ -375,6 +212,7 @@ def quantize_command(model: str, calib: str, output: str, w_bits: int, a_bits: i
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from OUTPUT.ckpt.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @preprocessing_options
+@execution_options()
 @handle_errors
 def generate_command(model: str, method: str, n: int, output: str | None, preset_name: str, seed: int, data: str | None,
                      per_class: int | None, batch_size: int | None, iterations: int | None, resume: bool, overwrite: bool,
@@ -391,13 +229,16 @@ def generate_command(model: str, method: str, n: int, output: str | None, preset
       toolchain generate resnet20.onnx --method dgh -n 256 -o calib_data/dgh256.npz
       toolchain generate resnet20.onnx --method fdda -n 256 --data few_shot/ -o calib_data/fdda256.npz
       torchrun --nproc-per-node 2 -m toolchain.cli generate resnet20.onnx -n 1024 -o calib_data/dgh1024.npz
+      toolchain generate resnet18.onnx -n 1024 --device cuda -o calib_data/r18_dgh1024.npz
     """
     from toolchain import api
     from toolchain.datagen.distributed import distributed_session, exit_process
 
+    execution = execution_from(kwargs)
     with distributed_session() as distributed:  # destroyed on exit, so a torchrun run exits 0 after writing
         outcome = api.generate_calibration(model, method, n, output, preset_name, seed, data, batch_size, iterations,
-                                           per_class, resume, overwrite, _overrides(kwargs), distributed=distributed)
+                                           per_class, resume, overwrite, preprocessing_overrides(kwargs),
+                                           distributed=distributed, execution=execution)
     if outcome.path is not None:
         _print_generated(outcome, n, method, preset_name, seed)
     if distributed is not None:

@@ -62,6 +62,7 @@ def evaluate(
     threads: int = 2,
     progress: bool = True,
     seed: int | None = 0,
+    providers: tuple[str, ...] = ("CPUExecutionProvider",),
 ) -> EvalResult:
     """Evaluate `model_path` on `data_path` (see data.open_images); `limit` images, a random sample drawn
     with `seed` (the first `limit` when seed is None: in sorted order those are only the first classes)."""
@@ -69,8 +70,8 @@ def evaluate(
         raise ConfigError(f"batch size and threads must be at least 1, got {batch_size} and {threads}")
     start = time.perf_counter()
     data = open_images(data_path, pre, limit=limit, seed=seed)
-    model = _Classifier(model_path, pre, threads)
-    reference = _Classifier(reference_path, pre, threads) if reference_path is not None else None
+    model = _Classifier(model_path, pre, threads, providers)
+    reference = _Classifier(reference_path, pre, threads, providers) if reference_path is not None else None
 
     max_label = int(data.labels.max())
     correct1 = correct5 = agree = 0
@@ -109,12 +110,13 @@ def evaluate(
 class _Classifier:
     """An onnxruntime session mapping float32 NCHW batches to (N, classes) logits."""
 
-    def __init__(self, path: PathLike, pre: Preprocessing, threads: int) -> None:
+    def __init__(self, path: PathLike, pre: Preprocessing, threads: int,
+                 providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> None:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # onnxruntime's warnings (e.g. unused initializers) are not the user's concern here
-        self.session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(os.fspath(path), options, providers=list(providers))
         inputs = self.session.get_inputs()
         if len(inputs) != 1:
             names = ", ".join(i.name for i in inputs)

@@ -8,9 +8,10 @@ Usage:
 
 None of this changes what is computed, only where and how fast (and, for the cache budget, in which
 memory): it is kept apart from QuantConfig / ReconConfig, which reports and checkpoints record as the
-identity of a run. Threads default to the cores this process may use (its CPU affinity, shared among
-the processes of a torchrun job on this node): torch's own default counts the machine's cores, which
-oversubscribes a CPU set limited by a container, taskset or a second torchrun process.
+identity of a run. Threads default to OMP_NUM_THREADS when it is set, else to the cores this process
+may use (its CPU affinity, shared among the processes of a torchrun job on this node): torch's own
+default counts the machine's cores, which oversubscribes a CPU set limited by a container, taskset or a
+second torchrun process.
 """
 
 from __future__ import annotations
@@ -77,7 +78,14 @@ class Execution:
 
     @property
     def thread_count(self) -> int:
-        return self.threads or usable_cores()
+        """`threads`, else OMP_NUM_THREADS when set (the user's own choice for torch), else usable_cores()."""
+        if self.threads:
+            return self.threads
+        try:
+            from_env = int(os.environ.get("OMP_NUM_THREADS", "") or 0)
+        except ValueError:
+            from_env = 0
+        return from_env if from_env > 0 else usable_cores()
 
     @property
     def ort_threads(self) -> int:

@@ -50,23 +50,23 @@ from toolchain.preprocessing import Preprocessing
 def generate(model: onnx.ModelProto, pre: Preprocessing, method: str, n: int, config: GenerationConfig | None = None,
              seed: int = 0, real_data: str | Path | None = None, progress: bool = True,
              checkpoint: str | Path | None = None, resume: bool = False,
-             distributed: None = None) -> CalibrationSet: ...
+             distributed: None = None, device: str | torch.device = "cpu") -> CalibrationSet: ...
 
 
 @overload
 def generate(model: onnx.ModelProto, pre: Preprocessing, method: str, n: int, config: GenerationConfig | None = None,
              seed: int = 0, real_data: str | Path | None = None, progress: bool = True,
              checkpoint: str | Path | None = None, resume: bool = False,
-             distributed: Distributed | None = None) -> CalibrationSet | None: ...
+             distributed: Distributed | None = None, device: str | torch.device = "cpu") -> CalibrationSet | None: ...
 
 
 def generate(model: onnx.ModelProto, pre: Preprocessing, method: str, n: int, config: GenerationConfig | None = None,
              seed: int = 0, real_data: str | Path | None = None, progress: bool = True,
              checkpoint: str | Path | None = None, resume: bool = False,
-             distributed: Distributed | None = None) -> CalibrationSet | None:
+             distributed: Distributed | None = None, device: str | torch.device = "cpu") -> CalibrationSet | None:
     """Synthesise (or sample) `n` calibration inputs for `model` with `method` (see the module docstring).
 
-    Distributed: the full set on rank 0, None on the other ranks.
+    Distributed: the full set on rank 0, None on the other ranks. `device`: where the network runs.
     """
     started = time.perf_counter()
     rank = distributed.rank if distributed is not None else 0
@@ -96,7 +96,8 @@ def generate(model: onnx.ModelProto, pre: Preprocessing, method: str, n: int, co
         manifest.update(config=None, losses={"final": _distance_or_none(model, inputs)})
     else:
         inputs, labels = _optimise(model, pre, method, n, config, seed, real_data, progress and rank == 0,
-                                   Path(checkpoint) if checkpoint is not None else None, resume, distributed, manifest)
+                                   Path(checkpoint) if checkpoint is not None else None, resume, distributed, manifest,
+                                   torch.device(device))
         if inputs is None:
             return None
     manifest["wall_time_s"] = round(time.perf_counter() - started, 3)
@@ -181,7 +182,7 @@ def _distance_or_none(model: onnx.ModelProto, inputs: np.ndarray, batch: int = 2
 
 def _num_classes(teacher: Teacher, pre: Preprocessing) -> int:
     with torch.no_grad():
-        logits = teacher.module(torch.zeros(1, pre.num_channels, *pre.input_size))
+        logits = teacher.module(torch.zeros(1, pre.num_channels, *pre.input_size, device=teacher.device))
     if logits.dim() != 2:
         raise GraphError(f"method 'fdda' needs a classifier with (batch, classes) logits; the model's output has shape {list(logits.shape)}")
     return int(logits.shape[1])
@@ -189,12 +190,14 @@ def _num_classes(teacher: Teacher, pre: Preprocessing) -> int:
 
 def _optimise(model: onnx.ModelProto, pre: Preprocessing, method: str, n: int, config: GenerationConfig, seed: int,
               real_data: str | Path | None, progress: bool, checkpoint: Path | None, resume: bool,
-              distributed: Distributed | None, manifest: dict[str, Any]) -> tuple[np.ndarray | None, np.ndarray | None]:
+              distributed: Distributed | None, manifest: dict[str, Any],
+              device: torch.device) -> tuple[np.ndarray | None, np.ndarray | None]:
     """The optimised images and labels; (None, None) on ranks other than 0 of a distributed run."""
     _require_bn(model, method)
     if resume and checkpoint is None:
         raise ConfigError("resume needs the checkpoint path of the interrupted run (--checkpoint)")
-    teacher = Teacher.from_onnx(model)
+    teacher = Teacher.from_onnx(model).to(device)
+    manifest["device"] = str(device)
     labels, classes, deep_start = None, None, 0
     if method == "fdda":
         labels, classes, deep_start = _fdda_setup(teacher, pre, n, config, seed, real_data, manifest)

@@ -108,6 +108,14 @@ class Teacher:
         self.targets = Targets(mean.float(), var, torch.sqrt(var + STD_EPS))
         self._hook = hook
         self._index = {name: i for i, name in enumerate(layout.names)}
+        self.device = torch.device("cpu")
+
+    def to(self, device: torch.device) -> Teacher:
+        """Run the module on `device` (a GPU): images, optimisers and losses stay on the CPU; each forward moves
+        its batch there and its outputs back (differentiably), so only the network's work moves."""
+        self.module.to(device)
+        self.device = torch.device(device)
+        return self
 
     @classmethod
     def from_onnx(cls, model: onnx.ModelProto) -> Teacher:
@@ -161,7 +169,14 @@ class Teacher:
                 last.append(a)
 
         with self._hook(hook):
-            logits = self.module(x)
+            logits = self.module(x.to(self.device))
+        if self.device.type != "cpu":  # the losses are computed on the CPU, beside the stored moments
+            m1 = [m.cpu() for m in m1]
+            m2 = [m.cpu() for m in m2]
+            logits = logits.cpu()
+            image_mean = {i: v.cpu() for i, v in image_mean.items()}
+            image_var = {i: v.cpu() for i, v in image_var.items()}
+            last = [a.cpu() for a in last]
         if any(m is None for m in m1):
             missing = [self.layout.names[i] for i, m in enumerate(m1) if m is None]
             raise GraphError(f"BatchNormalization nodes {missing[:3]} did not run in the forward pass; the graph is not a plain feed-forward model")

@@ -170,7 +170,8 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
     whole set and reconstructs on its shard; rank 0 returns the result, the other ranks None.
     """
     execution = execution or Execution()
-    execution.apply_threads()
+    if config.reconstruction.enabled:  # torch is imported only when reconstruction runs
+        execution.apply_threads()
     start = time.perf_counter()
     check_not_quantized(model, source)
     check_calibration(model, calib, source)
@@ -261,7 +262,7 @@ def _resume_point(float_model: onnx.ModelProto, calib: np.ndarray, config: Quant
     from toolchain.recon.resume import ResumePoint, check_resumable
 
     quantizer = {k: v for k, v in config.to_dict().items() if k != "reconstruction"}
-    calib_sha256 = hashlib.sha256(np.ascontiguousarray(calib).tobytes()).hexdigest()
+    calib_sha256 = hashlib.sha256(np.ascontiguousarray(calib).data).hexdigest()  # no copy of the set
     identity = {"model": model_sha256(float_model), "calib": calib_sha256, "quantizer": quantizer,
                 "method": config.reconstruction.method, "seed": config.reconstruction.seed}
     point = ResumePoint(checkpoint, identity, resume)

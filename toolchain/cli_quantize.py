@@ -1,0 +1,146 @@
+"""`toolchain quantize`: the quantizer from the command line (options -> QuantConfig + Execution -> api).
+
+Usage:
+    toolchain quantize resnet20.onnx --calib calib_data/dgh256.npz --w-bits 4 --a-bits 4 --reconstruct pdquant -o r20.onnx
+    torchrun --nproc-per-node 2 -m toolchain.cli quantize ...     # reconstruction shared by 2 processes
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+from toolchain.cli_errors import handle_errors
+from toolchain.cli_options import execution_from, execution_options, preprocessing_options, preprocessing_overrides
+
+
+@click.command("quantize")
+@click.argument("model", type=click.Path())
+@click.option("--calib", required=True, type=click.Path(),
+              help="Calibration .npz (float32 'inputs', see calib_data/README.md) or an image dataset (folder, .tar.gz, .npz of images).")
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="QDQ model to write; the report goes to OUTPUT's .report.json.")
+@click.option("--w-bits", type=int, default=8, show_default=True, help="Weight bits: 2, 4 or 8 (symmetric, per channel).")
+@click.option("--a-bits", type=int, default=8, show_default=True, help="Activation bits: 2, 4 or 8 (asymmetric, per tensor).")
+@click.option("--calibrator", type=click.Choice(["minmax", "percentile", "mse"]),
+              help="How ranges are chosen [default: mse; weights keep their exact range at 8 bits].")
+@click.option("--percentile", type=float, default=99.99, show_default=True, help="Upper percentile of the percentile calibrator.")
+@click.option("--target", type=click.Choice(["ort-x86"]), default="ort-x86", show_default=True, help="Runtime profile.")
+@click.option("--first-last-8bit", is_flag=True, help="Academic setting: first/last layer weights at 8 bits, output in float.")
+@click.option("--low-bit-storage", type=click.Choice(["ort", "native"]), default="ort", show_default=True,
+              help="native: INT4/UINT4/INT2/UINT2 types; ort: containers onnxruntime 1.32 loads with default optimisations.")
+@click.option("--reduce-range", is_flag=True,
+              help="8-bit weights in 7 bits, for x86 CPUs without VNNI whose u8s8 kernels saturate (as onnxruntime's "
+                   "reduce_range).")
+@click.option("--calib-limit", type=click.IntRange(min=1),
+              help="Images drawn from an image dataset [default: 512], or the first N inputs of a calibration .npz [default: all].")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration sample and of reconstruction.")
+@click.option("--reconstruct", type=click.Choice(["none", "brecq", "pdquant"]), default="none", show_default=True,
+              help="After calibration: brecq = AdaRound + QDrop per unit; pdquant = brecq + prediction-difference loss, "
+                   "learned activation step sizes and distribution correction.")
+@click.option("--preset", type=click.Choice(["fast", "default", "paper"]), default="default", show_default=True,
+              help="Reconstruction budget: paper = PD-Quant's (20k iterations per unit); default = best accuracy per "
+                   "CPU-minute measured on ResNet-20 (about 3 min there on 2 cores); fast = a smoke test, 6 iterations "
+                   "per unit (3-8 s on the small family models of bench/families.py).")
+@click.option("--recon-iterations", type=click.IntRange(min=1), help="Iterations per unit (the preset's by default).")
+@click.option("--recon-batch-size", type=click.IntRange(min=1), help="Reconstruction batch size (the preset's by default).")
+@click.option("--pd-weight", type=click.FloatRange(min=0.0, min_open=True),
+              help="pdquant: weight of the prediction-difference term [default: 10 (PD-Quant's) when every weight "
+                   "has >= 4 bits, 1 below: measured on ResNet-20, see the README].")
+@click.option("--no-qdrop", is_flag=True, help="Ablation: switch QDrop off.")
+@click.option("--no-pd", is_flag=True, help="Ablation (pdquant): switch the prediction-difference term off.")
+@click.option("--no-dc", is_flag=True, help="Ablation (pdquant): switch distribution correction off.")
+@click.option("--no-learn-scales", is_flag=True, help="Ablation (pdquant): keep the calibrator's activation step sizes.")
+@click.option("--resume", is_flag=True,
+              help="Continue a reconstruction that stopped (divergence, crash, Ctrl-C) from OUTPUT.ckpt, "
+                   "which keeps the finished units; give the same model, calibration set and bits.")
+@click.option("--require-all-quantized", is_flag=True, help="Fail when an op has no quantization rule (default: warn, leave it in float).")
+@click.option("--require-full-integer", is_flag=True,
+              help="Fail (exit 1, no output) unless onnxruntime runs every compute op on integer kernels; the message lists the float ops.")
+@click.option("--overwrite", is_flag=True, help="Replace OUTPUT and its report if they exist.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report's summary as one JSON object.")
+@preprocessing_options
+@execution_options(reconstruction=True, providers=True)
+@handle_errors
+def quantize_command(model: str, calib: str, output: str, w_bits: int, a_bits: int, calibrator: str | None, percentile: float,
+                     target: str, first_last_8bit: bool, low_bit_storage: str, reduce_range: bool, calib_limit: int | None,
+                     seed: int,
+                     reconstruct: str, preset: str, recon_iterations: int | None, recon_batch_size: int | None,
+                     pd_weight: float | None, no_qdrop: bool, no_pd: bool, no_dc: bool, no_learn_scales: bool, resume: bool,
+                     require_all_quantized: bool, require_full_integer: bool, overwrite: bool, as_json: bool, **kwargs: Any) -> None:
+    """Quantize every layer of MODEL.onnx (first and last included) into a QDQ model.
+
+    BN is folded after its statistics are read; weights are stored as integers behind
+    DequantizeLinear, activations get Q->DQ (the network output too), so onnxruntime runs the model on
+    integer kernels at 8 bits. With --reconstruct, weight rounding (and for pdquant the activation step
+    sizes) are then learned unit by unit (stem, residual blocks, final layer, found from the graph) and
+    written into the same QDQ model; OUTPUT.ckpt keeps the finished units meanwhile, so a run that
+    stops (divergence, crash, Ctrl-C) continues with --resume. A report with per-layer bits, scales, zero points, SQNR against
+    FP32, onnxruntime's fusion coverage and per-unit losses is written next to OUTPUT.
+
+    \b
+    Examples:
+      toolchain quantize resnet20.onnx --calib ../shared/datasets/cifar10-train-jpg.tar.gz -o r20_w8a8.onnx
+      toolchain quantize resnet20.onnx --calib calib_data/dgh256.npz --w-bits 4 --a-bits 4 -o r20_w4a4.onnx
+      toolchain quantize resnet20.onnx --calib calib_data/dgh256.npz --w-bits 4 --a-bits 4 --reconstruct pdquant -o r20_pd.onnx
+      toolchain quantize ...same options... --resume     # after a stop: continues from r20_pd.onnx.ckpt
+      toolchain quantize r18.onnx --calib calib_data/dgh1024.npz --w-bits 4 --a-bits 4 --reconstruct pdquant \
+          --device cuda --cache-budget 8G -o r18_pd.onnx
+      torchrun --nproc-per-node 2 -m toolchain.cli quantize resnet20.onnx --calib calib_data/dgh256.npz \
+          --w-bits 4 --a-bits 4 --reconstruct pdquant -o r20_pd.onnx    # 2 processes share the reconstruction
+    """
+    from dataclasses import replace
+
+    from toolchain import api
+    from toolchain.datagen.distributed import distributed_session, exit_process
+    from toolchain.quant.config import QuantConfig
+    from toolchain.recon import ReconConfig
+
+    recon = ReconConfig.preset(reconstruct, preset, iterations=recon_iterations, batch_size=recon_batch_size, seed=seed,
+                               pd_weight=pd_weight)
+    if no_qdrop:
+        recon = replace(recon, qdrop=False)
+    if no_pd:
+        recon = replace(recon, prediction_difference=False)
+    if no_dc:
+        recon = replace(recon, distribution_correction=False)
+    if no_learn_scales:
+        recon = replace(recon, learn_scales=False)
+    config = QuantConfig(w_bits=w_bits, a_bits=a_bits, calibrator=calibrator, percentile=percentile, target=target,
+                         first_last_8bit=first_last_8bit, require_all_quantized=require_all_quantized,
+                         require_full_integer=require_full_integer,
+                         low_bit_storage=low_bit_storage, reduce_range=reduce_range, reconstruction=recon)
+    execution = execution_from(kwargs)
+    overrides = preprocessing_overrides(kwargs)
+    with distributed_session() as distributed:  # destroyed on exit, so a torchrun run exits 0 after writing
+        outcome = api.quantize_model(model, calib, output, config, calib_limit, seed, overwrite, overrides,
+                                     resume=resume, execution=execution, distributed=distributed)
+    if outcome is None:  # a torchrun rank other than 0: rank 0 wrote and reports
+        exit_process(0)
+    _print_quantized(outcome, config, as_json)
+    if distributed is not None:
+        exit_process(0)  # a torchrun worker skips interpreter teardown (see datagen.distributed.exit_process)
+
+
+def _print_quantized(outcome: Any, config: Any, as_json: bool) -> None:
+    from toolchain.quant.fusion import float_ops_text
+
+    recon = config.reconstruction
+    for warning in outcome.warnings:
+        click.echo(f"warning: {warning}", err=True)
+    summary = outcome.report["summary"]
+    if as_json:
+        click.echo(json.dumps({**summary, "path": str(outcome.path), "report": str(outcome.report_path)}))
+        return
+    fusion = outcome.report["fusion"]
+    macs = f", {fusion['mac_coverage']:.3f} of MACs" if fusion.get("mac_coverage") is not None else ""
+    sqnr = summary["output_sqnr_db"]
+    sqnr_text = f"output SQNR {sqnr:.1f} dB" + (" (network output in float: --first-last-8bit)" if config.first_last_8bit else "")
+    click.echo(
+        f"wrote {outcome.path}: W{config.w_bits}A{config.a_bits} ({config.effective_calibrator}"
+        f"{', ' + recon.method + ' ' + recon.preset_name if recon.enabled else ''}), {summary['quantized_layers']} layers quantized, "
+        f"{sqnr_text} on {outcome.report['calibration']['sqnr_samples']} calibration inputs; "
+        f"integer coverage {summary['fusion_coverage']:.2f} of ops{macs} (float ops left: {float_ops_text(fusion)}); "
+        f"report {outcome.report_path}"
+    )
