@@ -142,13 +142,15 @@ def _competitor(kind: str) -> subprocess.Popen | None:
 
 def threads_rows(work: Path, model: Path, iterations: int) -> list[dict]:
     rows = []
+    settings = (("default: 2 (the usable cores)", None, {}), ("2, OMP_WAIT_POLICY=PASSIVE", 2, {"OMP_WAIT_POLICY": "PASSIVE"}),
+                ("--threads 1", 1, {}))
     for competitor in ("none", "busy loop (1 core)", "torch job (2 threads)"):
-        for label, threads in (("torch default (all cores)", None), ("--threads 1", 1)):
+        for label, threads, variables in settings:
             process = _competitor(competitor)
             try:
                 out = work / "threads_probe.npz"
                 extra = ["--threads", str(threads)] if threads else []
-                env = _env()
+                env = {**_env(), **variables}
                 env.pop("OMP_NUM_THREADS", None)
                 stage = run_stage(f"generate, competitor {competitor}, {label}",
                                   ["generate", str(model), "--method", "dgh", "-n", "64", "--iterations", str(iterations),

@@ -86,10 +86,14 @@ def check_calibration(model: onnx.ModelProto, inputs: np.ndarray, source: str) -
     if inputs.ndim != 4 or any(e is not None and e != got for e, got in zip(expected[1:], inputs.shape[1:])):
         shown = ["N" if e is None else e for e in expected]
         raise DataError(f"calibration inputs have shape {list(inputs.shape)} but the model input {info.name!r} is {shown}")
-    bad = ~np.isfinite(inputs)
-    if bad.any():
-        first = int(np.argwhere(bad.reshape(len(inputs), -1).any(axis=1))[0][0])
-        raise DataError(f"calibration inputs contain {int(bad.sum())} NaN/Inf values (first in sample {first}); "
+    bad_count, first = 0, None
+    for start in range(0, len(inputs), 64):  # in chunks: a mask of the whole set would be its size again
+        bad = ~np.isfinite(inputs[start:start + 64]).reshape(min(64, len(inputs) - start), -1)
+        if bad.any():
+            bad_count += int(bad.sum())
+            first = first if first is not None else start + int(np.argwhere(bad.any(axis=1))[0][0])
+    if bad_count:
+        raise DataError(f"calibration inputs contain {bad_count} NaN/Inf values (first in sample {first}); "
                         "regenerate or clean the calibration set")
 
 
