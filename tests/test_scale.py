@@ -210,3 +210,15 @@ def test_too_few_images_for_the_processes_is_a_clear_error():
 
     with pytest.raises(ConfigError, match="give at least 256 images"):
         Shard.of(100, _Rank(0, 2), 128)
+
+
+def test_non_finite_inputs_are_counted_and_located_across_chunks(resnet20_random):
+    """Rule: the chunked finiteness check counts every NaN/Inf of the set and names the first sample holding one."""
+    from toolchain.errors import DataError
+    from toolchain.quant.quantize import check_calibration
+
+    inputs = gaussian_inputs(150, (3, 32, 32), seed=1)
+    inputs[70, 1, 2, 3] = np.nan
+    inputs[140, 0, 0, 0] = np.inf
+    with pytest.raises(DataError, match=r"2 NaN/Inf values \(first in sample 70\)"):
+        check_calibration(resnet20_random, inputs, "model.onnx")
