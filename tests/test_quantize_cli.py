@@ -289,3 +289,39 @@ def test_quantize_records_the_pd_weight_chosen_by_the_weight_bits(digits, calib_
                  "--preset", "fast", "--recon-iterations", 2, "--recon-batch-size", 4, "-o", out)
     assert result.exit_code == 0, result.output
     assert json.loads((tmp_path / "pd.report.json").read_text())["reconstruction"]["config"]["pd_weight"] == expected
+
+
+@pytest.mark.parametrize("options, needles", [
+    (["--device", "cuda", "--reconstruct", "brecq", "--preset", "fast"], ["--device cuda", "--device cpu or auto"]),
+    (["--device", "tpu"], ["unknown device 'tpu'", "auto, cpu, cuda or cuda:N"]),
+    (["--providers", "NoSuchExecutionProvider"], ["NoSuchExecutionProvider", "--providers cpu"]),
+])
+def test_bad_execution_options_are_one_line_errors_and_write_nothing(digits, calib_npz, tmp_path, options, needles):
+    """Rule: a device torch cannot use, an unknown device or a missing onnxruntime provider exits 1 with the fix."""
+    import torch
+
+    if "cuda" in options and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    result = run("quantize", digits, "--calib", calib_npz, "-o", tmp_path / "out.onnx", *options)
+    assert_user_error(result, *needles)
+    assert _nothing_written(tmp_path)
+
+
+def test_a_bad_cache_budget_is_a_usage_error(digits, calib_npz, tmp_path):
+    result = run("quantize", digits, "--calib", calib_npz, "-o", tmp_path / "out.onnx", "--reconstruct", "brecq",
+                 "--cache-budget", "lots")
+    assert result.exit_code == 2 and "e.g. 4G" in result.output
+    assert _nothing_written(tmp_path)
+
+
+def test_a_spilling_run_reports_its_cache(digits, calib_npz, tmp_path):
+    """--cache-budget 0: every per-sample tensor spills; the report says so and nothing is left in --spill-dir."""
+    spill = tmp_path / "spill"
+    spill.mkdir()
+    result = run("quantize", digits, "--calib", calib_npz, "-o", tmp_path / "out.onnx", "--reconstruct", "pdquant",
+                 "--preset", "fast", "--cache-budget", "0", "--spill-dir", spill, "--threads", "1")
+    assert result.exit_code == 0, result.output
+    cache = json.loads((tmp_path / "out.report.json").read_text())["reconstruction"]["cache"]
+    assert cache["budget_bytes"] == 0 and cache["peak_ram_bytes"] == 0 and cache["spilled_bytes"] > 0
+    assert cache["device"] == "cpu" and cache["processes"] == 1
+    assert list(spill.iterdir()) == []

@@ -288,6 +288,8 @@ def quantize_model(
     if rank == 0:
         check_writable(out, overwrite)
         check_writable(report_path, overwrite)
+    if execution is not None and config.reconstruction.enabled:
+        execution.torch_device()  # a device torch cannot use fails now, not after calibrating
     proto = load_model(model)
     calibration = load_calibration_inputs(calib, proto, str(model), calib_limit, seed, overrides)
     check_calibration(proto, calibration.inputs, str(model))

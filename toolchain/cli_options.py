@@ -107,7 +107,7 @@ def execution_options(reconstruction: bool = False, providers: bool = False) -> 
             options += [
                 click.option("--cache-budget", callback=_cache_budget,
                              help="Memory for reconstruction's per-sample tensors, e.g. 4G or 512M; beyond it they "
-                                  "spill to files read back per batch (same result) [default: half the free memory]."),
+                                  "spill to files read back per batch (same result) [default: a quarter of the free memory, at most 1G]."),
                 click.option("--spill-dir", type=click.Path(file_okay=False),
                              help="Folder for the spill files [default: the system's temporary folder]."),
             ]

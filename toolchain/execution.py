@@ -60,7 +60,7 @@ def provider_names(spec: str | tuple[str, ...] | list[str] | None) -> tuple[str,
 
 @dataclass(frozen=True)
 class Execution:
-    """How the stages run. `cache_budget` in bytes (None: half the memory available at the start)."""
+    """How the stages run. `cache_budget` in bytes (None: recon.cache.default_budget())."""
 
     device: str = "auto"
     threads: int | None = None
