@@ -142,16 +142,18 @@ def _competitor(kind: str) -> subprocess.Popen | None:
 
 def threads_rows(work: Path, model: Path, iterations: int) -> list[dict]:
     rows = []
-    settings = (("default: 2 (the usable cores)", None, {}), ("2, OMP_WAIT_POLICY=PASSIVE", 2, {"OMP_WAIT_POLICY": "PASSIVE"}),
-                ("--threads 1", 1, {}))
+    # GOMP_SPINCOUNT=300000 is libgomp's own default: it stops the CLI from choosing PASSIVE (the setting before)
+    settings = (("before: 2 threads, OpenMP threads spin (libgomp default)", None, {"GOMP_SPINCOUNT": "300000"}),
+                ("chosen default: 2 threads (the usable cores), OMP_WAIT_POLICY=PASSIVE", None, {}),
+                ("--threads 1 (PASSIVE)", 1, {}))
     for competitor in ("none", "busy loop (1 core)", "torch job (2 threads)"):
         for label, threads, variables in settings:
             process = _competitor(competitor)
             try:
                 out = work / "threads_probe.npz"
                 extra = ["--threads", str(threads)] if threads else []
-                env = {**_env(), **variables}
-                env.pop("OMP_NUM_THREADS", None)
+                env = {k: v for k, v in _env().items() if k not in ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+                env.update(variables)
                 stage = run_stage(f"generate, competitor {competitor}, {label}",
                                   ["generate", str(model), "--method", "dgh", "-n", "64", "--iterations", str(iterations),
                                    "--batch-size", "32", "-o", str(out), "--overwrite", *extra], env)

@@ -255,6 +255,9 @@ def _print_generated(outcome: Any, n: int, method: str, preset_name: str, seed: 
 
 def main() -> None:
     """Console-script entry point."""
+    from toolchain.execution import prefer_passive_waiting
+
+    prefer_passive_waiting()  # before any command imports torch (its OpenMP runtime reads this once)
     cli(prog_name="toolchain")
 
 
