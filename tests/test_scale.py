@@ -222,3 +222,33 @@ def test_non_finite_inputs_are_counted_and_located_across_chunks(resnet20_random
     inputs[140, 0, 0, 0] = np.inf
     with pytest.raises(DataError, match=r"2 NaN/Inf values \(first in sample 70\)"):
         check_calibration(resnet20_random, inputs, "model.onnx")
+
+
+def test_the_cli_chooses_passive_waiting_unless_the_user_chose(monkeypatch):
+    """Rule: OMP_WAIT_POLICY=PASSIVE by default; a user's OMP_WAIT_POLICY or GOMP_SPINCOUNT is left as it is."""
+    import os
+
+    from toolchain.execution import prefer_passive_waiting
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
+    assert prefer_passive_waiting() and os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert not prefer_passive_waiting() and os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    monkeypatch.setenv("GOMP_SPINCOUNT", "300000")
+    assert not prefer_passive_waiting() and "OMP_WAIT_POLICY" not in os.environ
+
+
+def test_the_cli_sets_the_wait_policy_before_torch_is_imported():
+    """Rule: the entry point sets it while torch is not loaded yet (its OpenMP runtime reads it once, at load)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, sys\nfrom toolchain.cli import main\nsys.argv = ['toolchain', 'zoo']\n"
+            "try:\n    main()\nexcept SystemExit:\n    pass\n"
+            "print('policy', os.environ.get('OMP_WAIT_POLICY'), 'torch loaded', 'torch' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert "policy PASSIVE torch loaded False" in done.stdout, done.stdout + done.stderr
