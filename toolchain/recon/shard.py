@@ -23,6 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
+from toolchain.datagen.distributed import shard_batches
 from toolchain.errors import ConfigError
 
 
@@ -48,11 +49,8 @@ class Shard:
             raise ConfigError(f"{n} calibration images in blocks of {align} (the distribution-correction batch) "
                               f"cannot be shared by {distributed.world_size} processes: give at least "
                               f"{distributed.world_size * align} images, a smaller --dc-batch-size, or fewer processes")
-        base, extra = divmod(blocks, distributed.world_size)
-        rank = distributed.rank
-        first = rank * base + min(rank, extra)
-        last = first + base + (1 if rank < extra else 0)
-        return cls(first * align, min(n, last * align), n, distributed)
+        own = shard_batches(blocks, distributed.world_size, distributed.rank)  # the same split as generation's
+        return cls(own.start * align, min(n, own.stop * align), n, distributed)
 
     @property
     def is_whole(self) -> bool:
