@@ -287,8 +287,49 @@ def render(path: Path) -> None:
                       f"quantization with pdquant, per seed: **{' / '.join(f'{w:.1f}' for w in walls)} min** (target < 20 min). "
                       "A run that shares the 2 cores with another torch process is several times slower (thread "
                       "oversubscription): compare runs made alone."]
+    budget = sorted([r for r in pick(model="resnet20", data="dgh", method="pdquant", bits="W4A4")
+                     if "@iterations=" in r["preset"] and "torch_threads" in r],  # the budget suite's rows only
+                    key=lambda r: (r["n"], r["iterations_per_unit"], r["seed"]))
+    if budget:
+        lines += ["", "## What budget buys (ResNet-20 W4A4, DGH + pdquant, seed 0; FP32 81.03 %)", "",
+                  "Wall times are of this machine on the day they ran (see the README: it ran about 2.1x slower on "
+                  "2026-12-01 than when the tables above were measured); `torch threads` empty = torch's default (2).", "",
+                  "| images | iterations per unit | top-1 % | generation s | quantize s | torch threads |",
+                  "|---:|---:|---:|---:|---:|---:|"]
+        lines += [f"| {r['n']} | {r['iterations_per_unit']} | {100 * r['top1']:.2f} | {r['generation_s'] or '–'} | "
+                  f"{r['quantize_s']:.0f} | {r.get('torch_threads') or ''} |" for r in budget]
+        if _plot_budget(budget, path.with_name("budget_resnet20_w4a4.png")):
+            lines += ["", "![accuracy against cost](budget_resnet20_w4a4.png)"]
     (path.with_suffix(".md")).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def _plot_budget(rows: list[dict], path: Path) -> bool:
+    """Top-1 against wall minutes (generation + quantization), one marker per point, one line per image count."""
+    try:
+        import matplotlib
+    except ImportError:
+        return False
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for n in sorted({r["n"] for r in rows}):
+        points = sorted(((r["generation_s"] or 0) + r["quantize_s"], 100 * r["top1"], r["iterations_per_unit"])
+                        for r in rows if r["n"] == n and r["seed"] == 0)
+        ax.plot([m / 60 for m, _, _ in points], [t for _, t, _ in points], marker="o", label=f"{n} DGH images")
+        for minutes, top1, iterations in points:
+            ax.annotate(f"{iterations} it", (minutes / 60, top1), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.axhline(100 * FP32["resnet20"], color="black", linestyle="--", linewidth=1, label="FP32 81.03 %")
+    ax.axhline(100 * FP32["resnet20"] - 1.0, color="grey", linestyle=":", linewidth=1, label="goal: FP32 - 1.0")
+    ax.set_xlabel("wall minutes on 2 CPU cores (generation + quantization)")
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title("ResNet-20 W4A4, zero-shot (DGH + pdquant), seed 0", fontsize=10)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return True
 
 
 def main() -> None:
