@@ -99,9 +99,10 @@ def execution_options(reconstruction: bool = False, providers: bool = False) -> 
             click.option("--device", default="auto", show_default=True,
                          help="Where torch runs: auto (a GPU when torch sees one), cpu, cuda or cuda:N."),
             click.option("--threads", type=click.IntRange(min=1),
-                         help="torch (and onnxruntime) intra-op threads [default: the cores this process may use, "
-                              "shared among torchrun's local processes]. On a shared machine, fewer threads than "
-                              "cores avoids oversubscription: see the README's table."),
+                         help="torch (and onnxruntime) intra-op threads [default: OMP_NUM_THREADS if set, else the "
+                              "cores this process may use, shared among torchrun's local processes]. Threads wait "
+                              "passively (OMP_WAIT_POLICY=PASSIVE, unless set): beside a busy process, spinning "
+                              "threads made generation 4-20x slower (README, threads table)."),
         ]
         if reconstruction:
             options += [
