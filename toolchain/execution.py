@@ -4,7 +4,7 @@ Usage:
     execution = Execution(device="auto", threads=None, cache_budget=None)   # the defaults
     device = execution.torch_device()        # cuda when torch sees a GPU (auto), else cpu
     execution.apply_threads()                # torch intra-op threads: the cores this process may use
-    execution.ort_threads                    # the same count, for onnxruntime sessions
+    execution.thread_count                   # the same count, for onnxruntime sessions
 
 None of this changes what is computed, only where and how fast (and, for the cache budget, in which
 memory): it is kept apart from QuantConfig / ReconConfig, which reports and checkpoints record as the
@@ -105,10 +105,6 @@ class Execution:
         except ValueError:
             from_env = 0
         return from_env if from_env > 0 else usable_cores()
-
-    @property
-    def ort_threads(self) -> int:
-        return self.thread_count
 
     def apply_threads(self) -> int:
         """Set torch's intra-op threads (once per process matters: it is global); returns the count."""

@@ -143,7 +143,7 @@ def choose_parameters(float_model: onnx.ModelProto, plan: QuantPlan, calib: np.n
     roots = [t for t, spec in plan.activations.items() if spec.shared_with is None]
     observed = observe_activations(float_model, [t for t in roots if not plan.activations[t].constant], calib,
                                    config.calib_batch_size, config.samples_per_tensor, progress=progress,
-                                   threads=execution.ort_threads, providers=execution.providers)
+                                   threads=execution.thread_count, providers=execution.providers)
     # only the initializers this function reads, decoded after onnxruntime let go of its copy (large models)
     needed = set(roots) | set(plan.weights) | {bias.tensor for bias in plan.biases.values()}
     initializers = {init.name: numpy_helper.to_array(init) for init in float_model.graph.initializer if init.name in needed}
@@ -278,7 +278,7 @@ def _resume_point(float_model: onnx.ModelProto, calib: np.ndarray, config: Quant
 def _session(model: onnx.ModelProto, names: list[str], optimize: bool, execution: Execution) -> ort.InferenceSession:
     options = ort.SessionOptions()
     options.log_severity_level = 3
-    options.intra_op_num_threads = execution.ort_threads
+    options.intra_op_num_threads = execution.thread_count
     if not optimize:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     with exposing(model, names) as probe:
