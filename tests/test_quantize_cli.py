@@ -80,10 +80,11 @@ def test_calibration_npz_without_inputs_or_images(digits, tmp_path):
     assert _nothing_written(tmp_path)
 
 
-@pytest.mark.parametrize("flag, value", [("--w-bits", 3), ("--a-bits", 16), ("--w-bits", 1)])
-def test_bits_out_of_range(digits, calib_npz, tmp_path, flag, value):
-    """Bits outside {2, 4, 8}: one line naming the flag and the choices."""
-    assert_user_error(run("quantize", digits, "--calib", calib_npz, "-o", tmp_path / "out.onnx", flag, value), flag, "2, 4, 8")
+@pytest.mark.parametrize("flag, value, choices", [("--w-bits", 3, "2, 4, 8"), ("--a-bits", 16, "2/4/8"), ("--w-bits", 1, "2, 4, 8"),
+                                                   ("--a-bits", 5, "2, 4, 8, 16")])
+def test_bits_out_of_range(digits, calib_npz, tmp_path, flag, value, choices):
+    """Bits no target supports, or (16-bit activations) the default target does not: one line naming the flag and the choices."""
+    assert_user_error(run("quantize", digits, "--calib", calib_npz, "-o", tmp_path / "out.onnx", flag, value), flag, choices)
 
 
 def test_existing_output_is_not_replaced(digits, calib_npz, tmp_path):

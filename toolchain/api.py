@@ -125,8 +125,10 @@ def evaluate_model(
     overrides: PreprocessingOverrides = PreprocessingOverrides(),
     progress: bool = True,
     providers: str | tuple[str, ...] | None = None,
+    runtime: str = "ort",
 ):
-    """Top-1/top-5 in onnxruntime (and agreement with `reference`): an evaluate.EvalResult.
+    """Top-1/top-5 in `runtime` (ort, openvino, qnn) and agreement with `reference` (in onnxruntime):
+    an evaluate.EvalResult.
 
     `providers`: onnxruntime execution providers, e.g. "cuda,cpu" (default: the CPU provider)."""
     from toolchain.evaluate import evaluate
@@ -137,7 +139,7 @@ def evaluate_model(
     if reference is not None:
         _check_reference(reference, pre)
     return evaluate(model, data, pre, reference_path=reference, limit=limit, batch_size=batch_size,
-                    threads=threads, progress=progress, seed=seed, providers=chosen)
+                    threads=threads, progress=progress, seed=seed, providers=chosen, runtime=runtime)
 
 
 def _checked_preprocessing(model: str | Path, overrides: PreprocessingOverrides) -> Preprocessing:

@@ -141,12 +141,15 @@ def stamp_command(model: str, output: str | None, **kwargs: Any) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="onnxruntime intra-op threads.")
 @click.option("--providers", help="onnxruntime execution providers in order, e.g. cuda,cpu [default: cpu].")
+@click.option("--runtime", type=click.Choice(["ort", "openvino", "qnn"]), default="ort", show_default=True,
+              help="Runtime that runs MODEL: onnxruntime, OpenVINO (CPU) or QNN HTP (CPU fallback off; an emulator on x86). "
+                   "openvino and qnn need their extras.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout (progress bar still on stderr).")
 @preprocessing_options
 @handle_errors
 def evaluate_command(model: str, data: str, reference: str | None, limit: int | None, seed: int, batch_size: int,
-                     threads: int, providers: str | None, as_json: bool, **kwargs: Any) -> None:
-    """Top-1/top-5 accuracy of MODEL.onnx in onnxruntime on labelled images.
+                     threads: int, providers: str | None, runtime: str, as_json: bool, **kwargs: Any) -> None:
+    """Top-1/top-5 accuracy of MODEL.onnx in onnxruntime (or --runtime) on labelled images.
 
     The model's stored preprocessing is applied (override it, or give it for foreign models, with the
     options below). Class folders are matched to the model's class names.
@@ -155,17 +158,22 @@ def evaluate_command(model: str, data: str, reference: str | None, limit: int | 
     Examples:
       toolchain evaluate resnet20.onnx --data ../shared/datasets/cifar10-test-jpg.tar.gz
       toolchain evaluate r20_w4a4.onnx --data test.tar.gz --reference resnet20.onnx --limit 1000 --json
+      toolchain evaluate r20_w8a8_ov.onnx --data test.tar.gz --runtime openvino
+      toolchain evaluate r20_qnn.onnx --data test.tar.gz --runtime qnn --limit 500    # HTP emulator: slow
     """
     from toolchain import api
 
     result = api.evaluate_model(model, data, reference, limit, batch_size, threads, seed, preprocessing_overrides(kwargs),
-                                providers=providers)
+                                providers=providers, runtime=runtime)
     if as_json:
         click.echo(json.dumps(result.to_dict()))
         return
     agreement = f", top-1 agreement with {reference}: {result.agreement:.4f}" if result.agreement is not None else ""
     click.echo(f"{model}: top-1 {result.top1:.4f}, top-5 {result.top5:.4f} on {result.n} images{agreement} "
-               f"({result.images_per_second:.0f} images/s in onnxruntime, {threads} threads)")
+               f"({result.images_per_second:.0f} images/s in {_RUNTIME_NAMES[runtime]}, {threads} threads)")
+
+
+_RUNTIME_NAMES = {"ort": "onnxruntime", "openvino": "OpenVINO", "qnn": "QNN HTP"}
 
 
 @cli.command("run")

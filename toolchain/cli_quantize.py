@@ -14,6 +14,7 @@ import click
 
 from toolchain.cli_errors import handle_errors
 from toolchain.cli_options import execution_from, execution_options, preprocessing_options, preprocessing_overrides
+from toolchain.quant.targets import TARGETS
 
 
 @click.command("quantize")
@@ -21,12 +22,19 @@ from toolchain.cli_options import execution_from, execution_options, preprocessi
 @click.option("--calib", required=True, type=click.Path(),
               help="Calibration .npz (float32 'inputs', see calib_data/README.md) or an image dataset (folder, .tar.gz, .npz of images).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="QDQ model to write; the report goes to OUTPUT's .report.json.")
-@click.option("--w-bits", type=int, default=8, show_default=True, help="Weight bits: 2, 4 or 8 (symmetric, per channel).")
-@click.option("--a-bits", type=int, default=8, show_default=True, help="Activation bits: 2, 4 or 8 (asymmetric, per tensor).")
+@click.option("--w-bits", type=int, default=8, show_default=True,
+              help="Weight bits: 2, 4 or 8 (symmetric, per channel); each --target supports some of them.")
+@click.option("--a-bits", type=int, default=8, show_default=True,
+              help="Activation bits: 2, 4, 8 or 16 (per tensor; 16: uint16, --target qnn).")
 @click.option("--calibrator", type=click.Choice(["minmax", "percentile", "mse"]),
               help="How ranges are chosen [default: mse; weights keep their exact range at 8 bits].")
 @click.option("--percentile", type=float, default=99.99, show_default=True, help="Upper percentile of the percentile calibrator.")
-@click.option("--target", type=click.Choice(["ort-x86"]), default="ort-x86", show_default=True, help="Runtime profile.")
+@click.option("--target", type=click.Choice(list(TARGETS)), default="ort-x86", show_default=True,
+              help="Runtime profile: types, symmetry, bias, Q/DQ placement and shapes that runtime turns into integer "
+                   "kernels (README 'Targets'): ort-x86 (uint8), ort-arm (int8), openvino, qnn (HTP: uint8/uint16, "
+                   "static batch), tensorrt (symmetric int8, Q/DQ on layer inputs, float bias).")
+@click.option("--batch", type=click.IntRange(min=1),
+              help="Fix the model's batch dimension to this size [default: dynamic; 1 for --target qnn].")
 @click.option("--first-last-8bit", is_flag=True, help="Academic setting: first/last layer weights at 8 bits, output in float.")
 @click.option("--low-bit-storage", type=click.Choice(["ort", "native"]), default="ort", show_default=True,
               help="native: INT4/UINT4/INT2/UINT2 types; ort: containers onnxruntime 1.32 loads with default optimisations.")
@@ -64,7 +72,7 @@ from toolchain.cli_options import execution_from, execution_options, preprocessi
 @execution_options(reconstruction=True, providers=True)
 @handle_errors
 def quantize_command(model: str, calib: str, output: str, w_bits: int, a_bits: int, calibrator: str | None, percentile: float,
-                     target: str, first_last_8bit: bool, low_bit_storage: str, reduce_range: bool, calib_limit: int | None,
+                     target: str, batch: int | None, first_last_8bit: bool, low_bit_storage: str, reduce_range: bool, calib_limit: int | None,
                      seed: int,
                      reconstruct: str, preset: str, recon_iterations: int | None, recon_batch_size: int | None,
                      pd_weight: float | None, no_qdrop: bool, no_pd: bool, no_dc: bool, no_learn_scales: bool, resume: bool,
@@ -84,6 +92,7 @@ def quantize_command(model: str, calib: str, output: str, w_bits: int, a_bits: i
       toolchain quantize resnet20.onnx --calib ../shared/datasets/cifar10-train-jpg.tar.gz -o r20_w8a8.onnx
       toolchain quantize resnet20.onnx --calib calib_data/dgh256.npz --w-bits 4 --a-bits 4 -o r20_w4a4.onnx
       toolchain quantize resnet20.onnx --calib calib_data/dgh256.npz --w-bits 4 --a-bits 4 --reconstruct pdquant -o r20_pd.onnx
+      toolchain quantize resnet20.onnx --calib calib_data/dgh256.npz --target qnn --a-bits 16 -o r20_qnn_w8a16.onnx
       toolchain quantize ...same options... --resume     # after a stop: continues from r20_pd.onnx.ckpt
       toolchain quantize r18.onnx --calib calib_data/dgh1024.npz --w-bits 4 --a-bits 4 --reconstruct pdquant \
           --device cuda --cache-budget 8G -o r18_pd.onnx
@@ -108,7 +117,7 @@ def quantize_command(model: str, calib: str, output: str, w_bits: int, a_bits: i
     if no_learn_scales:
         recon = replace(recon, learn_scales=False)
     config = QuantConfig(w_bits=w_bits, a_bits=a_bits, calibrator=calibrator, percentile=percentile, target=target,
-                         first_last_8bit=first_last_8bit, require_all_quantized=require_all_quantized,
+                         batch=batch, first_last_8bit=first_last_8bit, require_all_quantized=require_all_quantized,
                          require_full_integer=require_full_integer,
                          low_bit_storage=low_bit_storage, reduce_range=reduce_range, reconstruction=recon)
     execution = execution_from(kwargs)
@@ -141,6 +150,18 @@ def _print_quantized(outcome: Any, config: Any, as_json: bool) -> None:
         f"wrote {outcome.path}: W{config.w_bits}A{config.a_bits} ({config.effective_calibrator}"
         f"{', ' + recon.method + ' ' + recon.preset_name if recon.enabled else ''}), {summary['quantized_layers']} layers quantized, "
         f"{sqnr_text} on {outcome.report['calibration']['sqnr_samples']} calibration inputs; "
-        f"integer coverage {summary['fusion_coverage']:.2f} of ops{macs} (float ops left: {float_ops_text(fusion)}); "
-        f"report {outcome.report_path}"
+        f"{'' if config.target == 'ort-x86' else 'onnxruntime x86 '}integer coverage {summary['fusion_coverage']:.2f} of ops{macs} "
+        f"(float ops left: {float_ops_text(fusion)}){_target_text(outcome.report.get('target'))}; report {outcome.report_path}"
     )
+
+
+def _target_text(target: dict | None) -> str:
+    """The target runtime's own verdict, for targets other than ort-x86 (whose verdict is the fusion report)."""
+    if not target or target["name"] == "ort-x86":
+        return ""
+    problems = target.get("layout_problems") or []
+    layout = f"layout: {len(problems)} problem(s), first: {problems[0]}" if problems else "layout ok"
+    if target.get("coverage") is not None:
+        verdict = "every node on HTP" if target.get("details", {}).get("on_htp") else f"integer coverage {target['coverage']:.2f}"
+        return f"; {target['name']}: {layout}, {target['runtime']} {verdict}"
+    return f"; {target['name']}: {layout}, not run here ({target['why']})"

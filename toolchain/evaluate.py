@@ -1,8 +1,9 @@
-"""Top-1 / top-5 accuracy of an ONNX classifier on labelled images, with onnxruntime on the CPU.
+"""Top-1 / top-5 accuracy of an ONNX classifier on labelled images, in onnxruntime, OpenVINO or QNN (HTP).
 
 Usage:
     result = evaluate("resnet20.onnx", "../shared/datasets/cifar10-test-jpg.tar.gz", pre)
     result = evaluate("resnet20_int8.onnx", data, pre, reference_path="resnet20.onnx", limit=1000)
+    result = evaluate("r20_qnn.onnx", data, pre, runtime="qnn", limit=500)     # the HTP emulator
     print(result.top1, result.agreement)       # result.to_dict() for JSON
 
 The model file is opened by onnxruntime as is: validate it first (graph.load_model) for clear errors.
@@ -63,14 +64,16 @@ def evaluate(
     progress: bool = True,
     seed: int | None = 0,
     providers: tuple[str, ...] = ("CPUExecutionProvider",),
+    runtime: str = "ort",
 ) -> EvalResult:
     """Evaluate `model_path` on `data_path` (see data.open_images); `limit` images, a random sample drawn
-    with `seed` (the first `limit` when seed is None: in sorted order those are only the first classes)."""
+    with `seed` (the first `limit` when seed is None: in sorted order those are only the first classes).
+    `runtime`: ort, openvino or qnn (toolchain.runtimes) runs the model; the reference always runs in ort."""
     if batch_size < 1 or threads < 1:
         raise ConfigError(f"batch size and threads must be at least 1, got {batch_size} and {threads}")
     start = time.perf_counter()
     data = open_images(data_path, pre, limit=limit, seed=seed)
-    model = _Classifier(model_path, pre, threads, providers)
+    model = _Classifier(model_path, pre, threads, providers, runtime)
     reference = _Classifier(reference_path, pre, threads, providers) if reference_path is not None else None
 
     max_label = int(data.labels.max())
@@ -108,21 +111,18 @@ def evaluate(
 
 
 class _Classifier:
-    """An onnxruntime session mapping float32 NCHW batches to (N, classes) logits."""
+    """A runtime session (toolchain.runtimes) mapping float32 NCHW batches to (N, classes) logits."""
 
     def __init__(self, path: PathLike, pre: Preprocessing, threads: int,
-                 providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> None:
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.log_severity_level = 3  # onnxruntime's warnings (e.g. unused initializers) are not the user's concern here
-        self.session = ort.InferenceSession(os.fspath(path), options, providers=list(providers))
-        inputs = self.session.get_inputs()
-        if len(inputs) != 1:
-            names = ", ".join(i.name for i in inputs)
-            raise GraphError(f"{path}: the model has {len(inputs)} inputs ({names}); evaluation feeds one image input")
-        self.input = inputs[0].name
-        shape = list(inputs[0].shape)
+                 providers: tuple[str, ...] = ("CPUExecutionProvider",), runtime: str = "ort") -> None:
+        from toolchain.runtimes import open_runtime
+
+        self.session = open_runtime(runtime, path, threads, providers)
+        names = getattr(self.session, "input_names", [self.session.input_name])
+        if len(names) != 1:
+            raise GraphError(f"{path}: the model has {len(names)} inputs ({', '.join(names)}); evaluation feeds one image input")
+        self.input = self.session.input_name
+        shape = list(self.session.input_shape)
         expected = [None, pre.num_channels, *pre.input_size]
         if len(shape) != 4 or any(isinstance(d, int) and e is not None and d != e for d, e in zip(shape, expected)):
             raise PreprocessingError(
@@ -136,6 +136,5 @@ class _Classifier:
         n = len(inputs)
         if self.batch_size is not None and n < self.batch_size:
             inputs = np.concatenate([inputs, np.zeros((self.batch_size - n, *inputs.shape[1:]), inputs.dtype)])
-        logits = self.session.run(None, {self.input: inputs})[0]
+        logits = self.session.run(inputs)
         return np.asarray(logits).reshape(len(inputs), -1)[:n]
-

@@ -188,8 +188,9 @@ def annotate(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
         if tensor not in plan.activations:
             plan.activations[tensor] = ActivationSpec(tensor, bits, one_sided, constant=tensor in constants, floor=floor)
 
+    profile = config.profile
     for name in graph_inputs:
-        own(name, config.input_bits)
+        own(name, config.effective_input_bits)
     floors: dict[str, float] = {}  # known lower bounds of tensors (HardSwish outputs and what keeps them)
     gates: set[str] = set()  # tensors in [0, 1]
 
@@ -227,17 +228,46 @@ def annotate(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
         floor = _output_floor(node, floors, gates) if activation is None else None
         if floor is not None:
             floors[output] = floor
-        if not (academic_output and output in graph_outputs):
+        if not (output in graph_outputs and (academic_output or not profile.quantize_output)):
             own(output, config.a_bits, one_sided, floor)
         weight = None
         if node.op_type in WEIGHTED_OPS and len(node.input) > 1 and node.input[1] in constants:
             weight = node.input[1]
             bits = 8 if node.name in first_last else config.w_bits
             plan.weights[weight] = WeightSpec(weight, node.name, _weight_axis(node), bits)
-            if len(node.input) > 2 and node.input[2] in constants and len(constants[node.input[2]].dims) == 1:
+            if (not profile.float_bias and len(node.input) > 2 and node.input[2] in constants
+                    and len(constants[node.input[2]].dims) == 1):
                 plan.biases[node.input[2]] = BiasSpec(node.input[2], node.name, node.input[0], weight)
             if academic_output:
                 root = plan.root(node.input[0])
                 plan.activations[root] = replace(plan.activations[root], bits=8)
         plan.layers.append(QuantLayer(node.name, node.op_type, output, weight, activation.name if activation is not None else None))
+    if profile.inputs_only:
+        _keep_layer_inputs_only(plan, graph, constants)
     return plan
+
+
+def _keep_layer_inputs_only(plan: QuantPlan, graph: onnx.GraphProto, constants: dict[str, onnx.TensorProto]) -> None:
+    """Explicit-quantization placement (TensorRT): Q/DQ only on what the integer layers read.
+
+    Kept: the activation input of each Conv/Gemm/MatMul (both inputs of a MatMul of two activations), and
+    the inputs of a two-input Add except one produced directly by a weighted layer (TensorRT fuses that
+    layer with the Add and quantizes the other, the skip input). Everything else loses its Q/DQ; a kept
+    tensor that shared a pass-through op's input parameters gets its own (the input is no longer quantized).
+    """
+    producer = {name: node for node in graph.node for name in node.output}
+    keep: set[str] = set()
+    for node in graph.node:
+        if node.op_type in WEIGHTED_OPS:
+            keep.update(name for name in node.input[:2] if name and name not in constants and name in plan.activations)
+        elif node.op_type == "Add" and len(node.input) == 2 and not set(node.input) & set(constants):
+            fused = next((name for name in node.input if name in producer and producer[name].op_type in WEIGHTED_OPS), None)
+            keep.update(name for name in node.input if name != fused and name in plan.activations)
+    kept = {}
+    for tensor in keep:
+        spec = plan.activations[tensor]
+        if spec.shared_with is not None:
+            root = plan.activations[plan.root(tensor)]
+            spec = replace(spec, shared_with=None, one_sided=root.one_sided, floor=root.floor)
+        kept[tensor] = spec
+    plan.activations = {t: kept[t] for t in plan.activations if t in kept}

@@ -97,8 +97,19 @@ def constant_observation(value: np.ndarray) -> Observation:
     return Observation(float(flat.min()), float(flat.max()), flat)
 
 
-def activation_params(obs: Observation, spec: ActivationSpec, calibrator: str, qtype: IntType, percentile: float = 99.99) -> QParams:
-    """Per-tensor parameters for one activation from what calibration observed."""
+def activation_params(obs: Observation, spec: ActivationSpec, calibrator: str, qtype: IntType, percentile: float = 99.99,
+                      symmetric: bool = False) -> QParams:
+    """Per-tensor parameters for one activation from what calibration observed.
+
+    `symmetric` (TensorRT): zero point 0 and the range [-a, a], one-sided tensors included; `a` is the
+    largest |value|, its percentile, or the MSE-best fraction of it."""
+    if symmetric:
+        absmax = max(abs(obs.minimum), abs(obs.maximum))
+        if calibrator == "percentile":
+            absmax = float(np.percentile(np.abs(obs.sample), percentile))
+        elif calibrator == "mse":
+            absmax = _best_top(obs.sample, absmax, lambda top: symmetric_params(np.float32(top), qtype, None))
+        return symmetric_params(np.float32(absmax), qtype, None)
     if spec.floor is not None:  # only the top end is chosen: the known floor stays on the grid
         hi = max(obs.maximum, 0.0)
         if calibrator == "percentile":

@@ -4,6 +4,7 @@ Usage:
     config = QuantConfig(w_bits=4, a_bits=4)                      # MSE calibrator chosen automatically below 8 bits
     config = QuantConfig(w_bits=8, a_bits=8, calibrator="percentile", percentile=99.99)
     config = QuantConfig(w_bits=4, a_bits=4, reconstruction=ReconConfig.preset("pdquant", "default"))
+    config = QuantConfig(w_bits=8, a_bits=16, target="qnn")                 # uint16 activations, batch fixed to 1
     config.to_dict(); QuantConfig.from_dict(d)                    # JSON round trip (with a version)
 """
 
@@ -13,11 +14,11 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Literal
 
 from toolchain.errors import ConfigError
+from toolchain.quant.targets import TargetName, TargetProfile, target_profile
 from toolchain.recon.config import ReconConfig
 
-SUPPORTED_BITS = (2, 4, 8)
+SUPPORTED_BITS = {"w_bits": (2, 4, 8), "a_bits": (2, 4, 8, 16), "input_bits": (2, 4, 8, 16)}  # each target's own: quant.targets
 Calibrator = Literal["minmax", "percentile", "mse"]
-Target = Literal["ort-x86"]
 LowBitStorage = Literal["ort", "native"]
 CONFIG_VERSION = 1
 
@@ -29,11 +30,15 @@ class QuantConfig:
     Attributes:
         w_bits: weight bits (symmetric, per output channel).
         a_bits: activation bits (asymmetric unsigned, per tensor).
-        input_bits: bits of the network input (image data: 8 by nature; see benchmark-protocol.md).
+        input_bits: bits of the network input (image data: 8 by nature; see benchmark-protocol.md); targets whose
+            layers take one activation type (qnn) quantize it at `a_bits` instead (effective_input_bits).
         calibrator: how ranges are chosen; None = "mse" (for weights the MSE search runs below 8 bits only,
             see quantize.weight_calibrator).
         percentile: the percentile calibrator's upper percentile of activation values.
-        target: runtime profile deciding types and Q/DQ placement.
+        target: runtime profile deciding types, symmetry, bias, Q/DQ placement and shapes (quant.targets);
+            it also limits the bit-widths.
+        batch: fix the batch dimension of the emitted model to this size (None: keep it dynamic, except for
+            targets that need static shapes, qnn, where it is 1).
         first_last_8bit: the papers' "academic" setting: first and last layer weights at 8 bits,
             network output left in float.
         require_all_quantized: an op the quantizer has no rule for is an error instead of a warning.
@@ -59,7 +64,8 @@ class QuantConfig:
     input_bits: int = 8
     calibrator: Calibrator | None = None
     percentile: float = 99.99
-    target: Target = "ort-x86"
+    target: TargetName = "ort-x86"
+    batch: int | None = None
     first_last_8bit: bool = False
     require_all_quantized: bool = False
     require_full_integer: bool = False
@@ -73,19 +79,33 @@ class QuantConfig:
     def __post_init__(self) -> None:
         for name in ("w_bits", "a_bits", "input_bits"):
             value = getattr(self, name)
-            if value not in SUPPORTED_BITS:
+            if value not in SUPPORTED_BITS[name]:
                 flag = "--" + name.replace("_", "-")
-                raise ConfigError(f"{flag} {value} is not supported: choose one of {', '.join(map(str, SUPPORTED_BITS))}")
+                raise ConfigError(f"{flag} {value} is not supported: choose one of {', '.join(map(str, SUPPORTED_BITS[name]))}")
+        self.profile.check_bits(self.w_bits, self.a_bits)
+        if self.batch is not None and self.batch < 1:
+            raise ConfigError(f"--batch must be >= 1, got {self.batch}")
         if self.calibrator not in (None, "minmax", "percentile", "mse"):
             raise ConfigError(f"unknown calibrator {self.calibrator!r}: choose minmax, percentile or mse")
         if not 50.0 < self.percentile <= 100.0:
             raise ConfigError(f"percentile must be in (50, 100], got {self.percentile}")
-        if self.target != "ort-x86":
-            raise ConfigError(f"unknown target {self.target!r}: supported targets are ort-x86")
         if self.low_bit_storage not in ("ort", "native"):
             raise ConfigError(f"unknown low-bit storage {self.low_bit_storage!r}: choose ort or native")
         if self.calib_batch_size < 1 or self.samples_per_tensor < 1024:
             raise ConfigError("calib_batch_size must be >= 1 and samples_per_tensor >= 1024")
+
+    @property
+    def profile(self) -> TargetProfile:
+        return target_profile(self.target)
+
+    @property
+    def effective_input_bits(self) -> int:
+        return self.profile.input_bits(self.a_bits, self.input_bits)
+
+    @property
+    def effective_batch(self) -> int | None:
+        """The batch the emitted model fixes (None: dynamic)."""
+        return self.batch if self.batch is not None else (1 if self.profile.static_batch else None)
 
     @property
     def effective_calibrator(self) -> str:
@@ -96,6 +116,7 @@ class QuantConfig:
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["effective_calibrator"] = self.effective_calibrator
+        data["effective_batch"] = self.effective_batch
         return data
 
     @classmethod
@@ -103,7 +124,7 @@ class QuantConfig:
         if int(data.get("version", CONFIG_VERSION)) > CONFIG_VERSION:
             raise ConfigError(f"config version {data['version']} is newer than this toolchain reads ({CONFIG_VERSION})")
         known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known - {"effective_calibrator"})
+        unknown = sorted(set(data) - known - {"effective_calibrator", "effective_batch"})
         if unknown:
             raise ConfigError(f"unknown quantizer config keys: {', '.join(unknown)}")
         values = {k: v for k, v in data.items() if k in known}

@@ -52,12 +52,15 @@ INT_TYPES = {
     ("uint", 4): IntType("UINT4", 4, False, _T.UINT4, 21),
     ("int", 2): IntType("INT2", 2, True, _T.INT2, 25),
     ("uint", 2): IntType("UINT2", 2, False, _T.UINT2, 25),
+    ("int", 16): IntType("INT16", 16, True, _T.INT16, 21),
+    ("uint", 16): IntType("UINT16", 16, False, _T.UINT16, 21),
     ("int", 32): IntType("INT32", 32, True, _T.INT32, 13),
 }
 
 
-def activation_type(bits: int) -> IntType:
-    return INT_TYPES[("uint", bits)]
+def activation_type(bits: int, signed: bool = False) -> IntType:
+    """Activations: unsigned by default (uint8 on x86); signed for runtimes that want int8 (ARM, TensorRT)."""
+    return INT_TYPES[("int" if signed else "uint", bits)]
 
 
 # 8-bit weights restricted to 7 bits ([-64, 63] in an INT8 tensor): onnxruntime's u8s8 kernels on x86 CPUs
@@ -111,7 +114,7 @@ class QParams:
         return np.clip(np.rint(x / scale).astype(np.int64) + zero, self.low, self.qtype.qmax)
 
     def quantize_compact(self, x: np.ndarray) -> np.ndarray:
-        """`quantize` in the smallest integer dtype that holds the range (int8, uint8, int16; int64 for 32-bit types).
+        """`quantize` in the smallest integer dtype that holds the range (int8, uint8, int16, uint16; int64 for 32-bit types).
 
         Same values; computed in float32, where types of up to 16 bits are exact, without int64 temporaries of
         8 bytes per value (a 537 M-parameter weight would need 4.3 GB for each).
@@ -123,8 +126,7 @@ class QParams:
         np.rint(q, out=q)
         q += self._broadcast(self.zero_point.astype(np.float32), x.ndim)
         np.clip(q, self.low, self.qtype.qmax, out=q)
-        dtype = np.int8 if self.low >= -128 and self.qtype.qmax <= 127 else np.uint8 if self.low >= 0 and self.qtype.qmax <= 255 else np.int16
-        return q.astype(dtype)
+        return q.astype(_compact_dtype(self.low, self.qtype.qmax))
 
     def dequantize(self, q: np.ndarray) -> np.ndarray:
         scale = self._broadcast(self.scale.astype(np.float32), q.ndim)
@@ -154,6 +156,14 @@ class QParams:
             "scale": self.scale.astype(float).tolist(),
             "zero_point": self.zero_point.astype(int).tolist(),
         }
+
+
+def _compact_dtype(low: int, high: int) -> type:
+    for dtype in (np.int8, np.uint8, np.int16, np.uint16):
+        info = np.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return dtype
+    return np.int32
 
 
 _TINY = np.float32(1e-8)  # a floor for scales: an all-zero tensor still needs a valid (positive) scale

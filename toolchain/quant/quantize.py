@@ -44,9 +44,10 @@ from toolchain.quant.integer_rewrites import integer_rewrite_passes
 from toolchain.quant.fusion import float_ops_text, fusion_coverage
 from toolchain.quant.materialize import guard_bias_overflow, materialize
 from toolchain.quant.opset import upgrade_opset
+from toolchain.quant.static_batch import check_batch, fix_batch
+from toolchain.quant.target_check import layout_problems, verify_on_runtime
 from toolchain.quant.qparams import (
     QParams,
-    activation_type,
     storage_type,
     weight_type,
 )
@@ -119,7 +120,9 @@ def prepare_float_model(model: onnx.ModelProto, config: QuantConfig, before_fold
     StandaloneBatchNormToConvPass()(float_model)  # pre-activation BN: a depthwise 1x1 Conv, quantized like any layer
     run_passes(float_model, integer_rewrite_passes(config.a_bits))
     folded = before - sum(n.op_type == "BatchNormalization" for n in float_model.graph.node)
-    types = (activation_type(config.a_bits), weight_type(config.w_bits), activation_type(config.input_bits))
+    profile = config.profile
+    types = (profile.activation_type(config.a_bits), weight_type(config.w_bits),
+             profile.activation_type(config.effective_input_bits))
     needed = max(storage_type(t, config.low_bit_storage).min_opset for t in types)
     return upgrade_opset(float_model, needed), folded
 
@@ -149,8 +152,9 @@ def choose_parameters(float_model: onnx.ModelProto, plan: QuantPlan, calib: np.n
     initializers = {init.name: numpy_helper.to_array(init) for init in float_model.graph.initializer if init.name in needed}
     observed.update({t: constant_observation(initializers[t]) for t in roots if plan.activations[t].constant})
     searching = tqdm(roots, desc=f"{calibrator} ranges", unit="tensor", file=sys.stderr, disable=not progress)
-    act = {t: activation_params(observed[t], plan.activations[t], calibrator, activation_type(plan.activations[t].bits),
-                                config.percentile) for t in searching}
+    profile = config.profile
+    act = {t: activation_params(observed[t], plan.activations[t], calibrator, profile.activation_type(plan.activations[t].bits),
+                                config.percentile, symmetric=profile.symmetric_activations) for t in searching}
     weights = {}
     for name, spec in plan.weights.items():
         qtype = weight_type(spec.bits, config.reduce_range)
@@ -179,6 +183,8 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
     start = time.perf_counter()
     check_not_quantized(model, source)
     check_calibration(model, calib, source)
+    if config.effective_batch is not None:
+        check_batch(model, config.effective_batch, source)
     if config.reconstruction.enabled and len(calib) < config.reconstruction.batch_size:
         raise DataError(f"the calibration set has {len(calib)} images, fewer than the reconstruction batch size "
                         f"{config.reconstruction.batch_size}: give more images or a smaller --recon-batch-size")
@@ -190,7 +196,8 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
         listed = ", ".join(f"{op} {name!r}" for name, op in plan.float_nodes[:5])
         raise GraphError(f"{source}: {len(plan.float_nodes)} node(s) have no quantization rule ({listed}); "
                          "drop --require-all-quantized to leave them in float")
-    if not config.reduce_range and 8 in {spec.bits for spec in plan.weights.values()} and has_vnni() is False:
+    if (config.target == "ort-x86" and not config.reduce_range and 8 in {spec.bits for spec in plan.weights.values()}
+            and has_vnni() is False):
         warnings.append("this CPU has no VNNI: onnxruntime's 8-bit integer kernels saturate here with full-range "
                         "weights (ResNet-20 W8A8: 92.3 % top-1 agreement with the QDQ semantics); pass --reduce-range "
                         "if the model will run on such CPUs (99.9 %)")
@@ -226,6 +233,11 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
         raise GraphError(f"{source}: onnxruntime runs {len(fusion['float_ops'])} op(s) in float ({listed}; "
                          f"{float_ops_text(fusion)}); drop --require-full-integer to accept them, or see the "
                          "report's fusion section for what has no integer kernel")
+    if config.effective_batch is not None:  # after the report, whose SQNR runs in batches of any size
+        fix_batch(qdq, config.effective_batch)
+        report["batch"] = config.effective_batch
+    report["target"] = {"name": config.target, "layout_problems": layout_problems(qdq, config.profile, config.effective_batch),
+                        **verify_on_runtime(qdq, config.profile, execution.thread_count)}
     report["warnings"] = warnings
     report["reconstruction"] = recon_report or {"config": config.reconstruction.to_dict()}
     report["seconds"] = round(time.perf_counter() - start, 3)

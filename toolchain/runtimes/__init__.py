@@ -1,0 +1,58 @@
+"""Runtimes that execute the QDQ models: onnxruntime (CPU), OpenVINO (CPU) and Qualcomm QNN (HTP).
+
+Usage:
+    session = open_runtime("openvino", "r20_w8a8.onnx", threads=2)   # RuntimeSession
+    logits = session.run(batch)                                      # float32 (N, classes) from (N, C, H, W)
+    session.input_shape                                              # [N or None, C, H, W]
+    coverage = runtime_coverage("qnn", "r20_qnn.onnx")               # what that runtime runs on integers
+
+Each runtime is an optional package (extras `openvino`, `qnn`): asking for one that is not installed is
+a ConfigError naming the extra. On x86, QNN's HTP backend is Qualcomm's emulator: its results are the
+NPU's arithmetic, its speed is not the NPU's.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from typing import Protocol
+
+import numpy as np
+
+from toolchain.errors import ConfigError
+
+RUNTIMES = ("ort", "openvino", "qnn")
+_MODULES = {"ort": "toolchain.runtimes.ort", "openvino": "toolchain.runtimes.openvino", "qnn": "toolchain.runtimes.qnn"}
+PathLike = str | os.PathLike[str]
+
+
+class RuntimeSession(Protocol):
+    input_name: str
+    input_shape: list[int | str | None]  # str or None: a dynamic dim
+
+    def run(self, inputs: np.ndarray) -> np.ndarray: ...
+
+
+def _module(name: str):
+    if name not in _MODULES:
+        raise ConfigError(f"unknown runtime {name!r}: choose one of {', '.join(RUNTIMES)}")
+    return importlib.import_module(_MODULES[name])
+
+
+def open_runtime(name: str, path: PathLike, threads: int = 2, providers: tuple[str, ...] | None = None) -> RuntimeSession:
+    """A session of `path` in runtime `name`; `providers` only applies to onnxruntime."""
+    module = _module(name)
+    if name == "ort":
+        return module.OrtSession(path, threads, providers or ("CPUExecutionProvider",))
+    return module.open_session(path, threads)
+
+
+def runtime_coverage(name: str, path: PathLike, threads: int = 2) -> dict:
+    """What runtime `name` runs on integer kernels in `path` (keys: runtime, coverage, integer_layers,
+    float_layers, layers: [{type, precision, name}], notes); see each runtime's module."""
+    return _module(name).coverage(path, threads)
+
+
+def missing_runtime(package: str, extra: str) -> ConfigError:
+    return ConfigError(f"this needs the {package} package, which is not installed: pip install -e \".[{extra}]\" "
+                       f"(or pip install {package})")
