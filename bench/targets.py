@@ -1,0 +1,172 @@
+"""Deployment targets on ResNet-20: each target's file in its own runtime (coverage, top-1, latency).
+
+Usage:
+    python bench/targets.py --calib /work/budget_work/resnet20_dgh_n256_s0.npz   # 256 DGH images (zero-shot)
+    python bench/targets.py --calib ... --only qnn --qnn-sample 1000
+    python bench/targets.py --render-only
+
+Per row (target, bits): the QDQ file is quantized from the same zero-shot calibration set (pdquant
+`default` where the weights have 4 bits, the calibrator alone at 8), then
+- the coverage the target's runtime reports (OpenVINO: runtime precision of every compute layer; QNN:
+  every node on HTP with CPU fallback off; onnxruntime x86: quant.fusion), or the layout check alone
+  where this machine lacks the runtime (TensorRT: a GPU; ort-arm: an ARM build);
+- top-1 in that runtime and, on the same images, in onnxruntime CPU (the same file): the difference is
+  what the runtime changes;
+- latency at batch 1 (median of --runs after a warm-up) of the file and of the FP32 model in the same
+  runtime, 2 threads, one after the other in this process. QNN's HTP is an emulator on x86: its speed is
+  not the NPU's, so no latency is reported for it.
+
+Rows are merged into bench/results/targets.json and rendered to targets.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from toolchain import api
+from toolchain.paths import shared_dir
+from toolchain.quant.config import QuantConfig
+from toolchain.recon import ReconConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results"
+WEIGHTS = "resnet20-12fca82f.th"
+# (target, w_bits, a_bits, extra QuantConfig fields): the configurations each runtime runs
+ROWS = [
+    ("ort-x86", 8, 8, {"reduce_range": True}),  # this CPU has no VNNI (see quant.config reduce_range)
+    ("ort-x86", 4, 4, {}),
+    ("ort-arm", 8, 8, {}),
+    ("openvino", 8, 8, {}),
+    ("openvino", 4, 8, {}),
+    ("qnn", 8, 8, {}),
+    ("qnn", 8, 16, {}),
+    ("qnn", 4, 8, {}),
+    ("qnn", 4, 16, {}),
+    ("tensorrt", 8, 8, {}),
+]
+RUNTIME_OF = {"ort-x86": "ort", "ort-arm": "ort", "openvino": "openvino", "qnn": "qnn", "tensorrt": "ort"}
+
+
+def _latency_ms(runtime: str, path: Path, shape: list[int], runs: int) -> float:
+    from toolchain.runtimes import open_runtime
+
+    session = open_runtime(runtime, path, threads=2)
+    x = np.random.default_rng(0).standard_normal([1, *shape[1:]]).astype(np.float32)
+    for _ in range(max(runs // 10, 5)):
+        session.run(x)
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        session.run(x)
+        times.append(time.perf_counter() - start)
+    return 1000 * statistics.median(times)
+
+
+def measure(target: str, w_bits: int, a_bits: int, extra: dict, model: Path, calib: Path, test: Path, work: Path,
+            limit: int | None, qnn_sample: int, runs: int) -> dict:
+    method = "pdquant" if w_bits < 8 or a_bits < 8 else "none"
+    config = QuantConfig(w_bits=w_bits, a_bits=a_bits, target=target, reconstruction=ReconConfig.preset(method, "default"),
+                         **extra)
+    out = work / f"resnet20_{target}_w{w_bits}a{a_bits}.onnx"
+    started = time.perf_counter()
+    outcome = api.quantize_model(model, calib, out, config, overwrite=True, progress=False)
+    quantize_s = time.perf_counter() - started
+    runtime = RUNTIME_OF[target]
+    sample = min(qnn_sample, limit or 10000) if runtime == "qnn" else limit
+    in_runtime = api.evaluate_model(out, test, limit=sample, progress=False, runtime=runtime)
+    in_ort = api.evaluate_model(out, test, limit=sample, progress=False) if runtime != "ort" else in_runtime
+    fp32 = api.evaluate_model(model, test, limit=sample, progress=False, runtime="openvino" if runtime == "openvino" else "ort")
+    verdict = outcome.report["target"]
+    row = {"target": target, "bits": f"W{w_bits}A{a_bits}", "method": method, "runtime": runtime,
+           "verified_in_runtime": verdict["verified"], "runtime_coverage": verdict.get("coverage"),
+           "runtime_details": verdict.get("details") or verdict.get("why"),
+           "layout_problems": verdict["layout_problems"], "ort_x86_fusion_coverage": outcome.report["summary"]["fusion_coverage"],
+           "top1_runtime": in_runtime.top1, "top1_ort_cpu": in_ort.top1, "top1_fp32": fp32.top1, "images": in_runtime.n,
+           "quantize_s": round(quantize_s, 1), "extra": extra}
+    if runtime != "qnn":
+        shape = [1, 3, 32, 32]
+        row["latency_ms"] = round(_latency_ms(runtime, out, shape, runs), 4)
+        row["latency_fp32_ms"] = round(_latency_ms(runtime, model, shape, runs), 4)
+    return row
+
+
+def load() -> list[dict]:
+    path = RESULTS / "targets.json"
+    return json.loads(path.read_text())["rows"] if path.exists() else []
+
+
+def save(rows: list[dict]) -> None:
+    merged = {(r["target"], r["bits"]): r for r in load()}
+    merged.update({(r["target"], r["bits"]): r for r in rows})
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "targets.json").write_text(json.dumps({"machine": platform.processor() or platform.machine(),
+                                                      "rows": list(merged.values())}, indent=1))
+
+
+def _coverage_text(row: dict) -> str:
+    if row["runtime"] == "qnn":
+        details = row["runtime_details"] or {}
+        return "every node on HTP" if isinstance(details, dict) and details.get("on_htp") else f"{row['runtime_coverage']}"
+    if row["target"] == "openvino":
+        layers = row["runtime_details"].get("layers", {})
+        return f"{row['runtime_coverage']:.2f} ({', '.join(f'{k} x{v}' for k, v in layers.items())})"
+    if row["target"] == "ort-x86":
+        return f"{row['ort_x86_fusion_coverage']:.2f} (onnxruntime fusion)"
+    return f"not run here: {row['runtime_details']}; layout {'ok' if not row['layout_problems'] else 'problems'}"
+
+
+def render() -> str:
+    rows = load()
+    lines = ["# Deployment targets on ResNet-20 (zero-shot: 256 DGH images, seed 0; FP32 81.03 %)", "",
+             "Each file runs in its own runtime; `top-1 ort` is the same file in onnxruntime CPU on the same images. "
+             "Latency: batch 1, 2 threads, median, the FP32 model in the same runtime.", "",
+             "| target | bits | runtime | integer coverage (by that runtime) | top-1 runtime % | top-1 ort % | images "
+             "| latency ms (FP32 ms) | ratio |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        latency = f"{r['latency_ms']:.3f} ({r['latency_fp32_ms']:.3f})" if "latency_ms" in r else "emulator: n/a"
+        ratio = f"{r['latency_ms'] / r['latency_fp32_ms']:.2f}" if "latency_ms" in r else ""
+        lines.append(f"| {r['target']} | {r['bits']} ({r['method']}) | {r['runtime']} | {_coverage_text(r)} | "
+                     f"{100 * r['top1_runtime']:.2f} | {100 * r['top1_ort_cpu']:.2f} | {r['images']} | {latency} | {ratio} |")
+    text = "\n".join(lines) + "\n"
+    (RESULTS / "targets.md").write_text(text)
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--calib", type=Path, help="ResNet-20 calibration .npz (zero-shot DGH images)")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/targets_bench"))
+    parser.add_argument("--only", nargs="+", help="targets to run (default: all rows)")
+    parser.add_argument("--bits", nargs="+", help="e.g. W8A8 W4A16")
+    parser.add_argument("--limit", type=int, help="test images (default: all 10,000)")
+    parser.add_argument("--qnn-sample", type=int, default=1000, help="test images through the HTP emulator")
+    parser.add_argument("--runs", type=int, default=300, help="latency runs per model")
+    parser.add_argument("--render-only", action="store_true")
+    args = parser.parse_args()
+    if not args.render_only:
+        shared = shared_dir()
+        args.work.mkdir(parents=True, exist_ok=True)
+        model = args.work / "resnet20.onnx"
+        if not model.exists():
+            api.export_model("resnet20_cifar10", model, weights=shared / "weights" / WEIGHTS)
+        test = shared / "datasets" / "cifar10-test-jpg.tar.gz"
+        for target, w_bits, a_bits, extra in ROWS:
+            if (args.only and target not in args.only) or (args.bits and f"W{w_bits}A{a_bits}" not in args.bits):
+                continue
+            row = measure(target, w_bits, a_bits, extra, model, args.calib, test, args.work, args.limit, args.qnn_sample,
+                          args.runs)
+            print(json.dumps({k: v for k, v in row.items() if k != "runtime_details"}), flush=True)
+            save([row])
+    print(render())
+
+
+if __name__ == "__main__":
+    main()
