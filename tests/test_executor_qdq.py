@@ -35,9 +35,13 @@ QTYPES = {
     "int4": (TensorProto.INT4, -8, 7, 21),
     "uint2": (TensorProto.UINT2, 0, 3, 25),
     "int2": (TensorProto.INT2, -2, 1, 25),
+    "uint16": (TensorProto.UINT16, 0, 65535, 21),
+    "int16": (TensorProto.INT16, -32768, 32767, 21),
 }
-# (weight type, activation type, opset): what the quantizer emits at 8, 4 and 2 bits
-BIT_WIDTHS = [("int8", "uint8", 17), ("int4", "uint4", 21), ("int2", "uint2", 25)]
+# (weight type, activation type, opset): what the quantizer emits at 8, 4 and 2 bits, with the int8 activations
+# of --target ort-arm / tensorrt and the uint16 ones of --target qnn --a-bits 16
+BIT_WIDTHS = [("int8", "uint8", 17), ("int4", "uint4", 21), ("int2", "uint2", 25), ("int8", "int8", 17),
+              ("int8", "uint16", 21), ("int4", "uint16", 21)]
 
 
 # ----------------------------------------------------------------------------------------------- helpers
@@ -116,12 +120,17 @@ def _activation_params(lo: float, hi: float, qtype: str) -> tuple[np.float32, in
     return scale, int(np.clip(round(qmin - lo / float(scale)), qmin, qmax))
 
 
-def _assert_within_one_step(got: np.ndarray, want: np.ndarray, step: float) -> None:
+def _assert_within_one_step(got: np.ndarray, want: np.ndarray, step: float, fine_grid: bool = False) -> None:
+    """`fine_grid` (16-bit outputs): a step is 1/65535 of the range, so the float32 summation-order differences of
+    torch's and onnxruntime's Conv/Gemm (~1e-7 of the magnitude) land on more rounding ties (measured: 99.69 % equal).
+    The difference of two dequantized values (q - zp) * s is exact only up to the float32 spacing of the largest
+    output, which at 16 bits is ~1e-3 of a step: the bound is one step plus two such spacings."""
     assert got.shape == want.shape
     diff = np.abs(got.astype(np.float64) - want.astype(np.float64))
     exact = float(np.mean(diff == 0))
-    assert exact >= EXACT_FRACTION, f"only {exact:.4%} of outputs equal onnxruntime's"
-    assert diff.max() <= step * (1 + 1e-5), f"max diff {diff.max()} exceeds one step {step}"
+    assert exact >= (0.995 if fine_grid else EXACT_FRACTION), f"only {exact:.4%} of outputs equal onnxruntime's"
+    bound = step * (1 + 1e-5) + 2 * float(np.spacing(np.float32(np.abs(want).max())))
+    assert diff.max() <= bound, f"max diff {diff.max()} exceeds one step {step}"
 
 
 # ------------------------------------------------------------------------------------- forward parity
@@ -246,7 +255,7 @@ def test_qdq_conv_matches_ort(weight_type: str, act_type: str, opset: int) -> No
     model, x, step = _conv_model(weight_type, act_type, opset, np.random.default_rng(3))
     (want,), (got,) = _run_ort(model, {"x": x}), _run_executor(model, {"x": x})
     assert len(np.unique(want)) > 2  # not degenerate
-    _assert_within_one_step(got, want, step)
+    _assert_within_one_step(got, want, step, fine_grid=act_type.endswith("16"))
 
 
 @pytest.mark.parametrize("weight_type,act_type,opset", BIT_WIDTHS)
@@ -289,7 +298,7 @@ def test_qdq_gemm_and_matmul_match_ort(weight_type: str, act_type: str, opset: i
         inits = [i for i in inits if not i.name.startswith("b_")]
     model = _model(nodes, [_float_input("x", x.shape)], [_output("y")], inits, opset)
     (want,), (got,) = _run_ort(model, {"x": x}), _run_executor(model, {"x": x})
-    _assert_within_one_step(got, want, float(s_y))
+    _assert_within_one_step(got, want, float(s_y), fine_grid=act_type.endswith("16"))
 
 
 @pytest.mark.parametrize("opset", [17, 21, 25])
@@ -359,7 +368,8 @@ def test_trainable_makes_only_float_scales_parameters(weight_type: str, act_type
     assert parameters == {"x_s", "w_s", "b_s", "y_s"}
     holders = {"int8": torch.int8, "int4": torch.int8, "int2": torch.int8}
     assert module.initializer("w_q").dtype == holders[weight_type]
-    assert module.initializer("x_zp").dtype == torch.uint8 and module.initializer("b_q").dtype == torch.int32
+    act_holders = {"uint8": torch.uint8, "uint4": torch.uint8, "uint2": torch.uint8, "int8": torch.int8, "uint16": torch.uint16}
+    assert module.initializer("x_zp").dtype == act_holders[act_type] and module.initializer("b_q").dtype == torch.int32
     assert module.initializer_types["w_q"] == QTYPES[weight_type][0]
 
 
