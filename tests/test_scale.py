@@ -19,7 +19,8 @@ from toolchain.execution import Execution, usable_cores
 from toolchain.quant.calibrate import batch_rows
 from toolchain.quant.config import QuantConfig
 from toolchain.quant.qparams import sqnr_db
-from toolchain.quant.quantize import quantize, streamed_sqnr
+from toolchain.quant.quantize import quantize
+from toolchain.quant.report import streamed_sqnr
 from toolchain.recon import ReconConfig
 from toolchain.recon.cache import SampleCache, parse_bytes
 
