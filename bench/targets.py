@@ -10,8 +10,8 @@ Per row (target, bits): the QDQ file is quantized from the same zero-shot calibr
 - the coverage the target's runtime reports (OpenVINO: runtime precision of every compute layer; QNN:
   every node on HTP with CPU fallback off; onnxruntime x86: quant.fusion), or the layout check alone
   where this machine lacks the runtime (TensorRT: a GPU; ort-arm: an ARM build);
-- top-1 in that runtime and, on the same images, in onnxruntime CPU (the same file): the difference is
-  what the runtime changes;
+- top-1 in that runtime and, on the same images, in onnxruntime CPU (the same file) and in the reference
+  (onnxruntime unoptimised: the file's exact Q/DQ semantics): the differences are what each runtime changes;
 - latency at batch 1 (median of --runs after a warm-up) of the file and of the FP32 model in the same
   runtime, 2 threads, one after the other in this process. QNN's HTP is an emulator on x86: its speed is
   not the NPU's, so no latency is reported for it.
@@ -82,13 +82,14 @@ def measure(target: str, w_bits: int, a_bits: int, extra: dict, model: Path, cal
     sample = min(qnn_sample, limit or 10000) if runtime == "qnn" else limit
     in_runtime = api.evaluate_model(out, test, limit=sample, progress=False, runtime=runtime)
     in_ort = api.evaluate_model(out, test, limit=sample, progress=False) if runtime != "ort" else in_runtime
+    reference = api.evaluate_model(out, test, limit=sample, progress=False, runtime="reference")
     fp32 = api.evaluate_model(model, test, limit=sample, progress=False, runtime="openvino" if runtime == "openvino" else "ort")
     verdict = outcome.report["target"]
     row = {"target": target, "bits": f"W{w_bits}A{a_bits}", "method": method, "runtime": runtime,
            "verified_in_runtime": verdict["verified"], "runtime_coverage": verdict.get("coverage"),
            "runtime_details": verdict.get("details") or verdict.get("why"),
            "layout_problems": verdict["layout_problems"], "ort_x86_fusion_coverage": outcome.report["summary"]["fusion_coverage"],
-           "top1_runtime": in_runtime.top1, "top1_ort_cpu": in_ort.top1, "top1_fp32": fp32.top1, "images": in_runtime.n,
+           "top1_runtime": in_runtime.top1, "top1_ort_cpu": in_ort.top1, "top1_reference": reference.top1, "top1_fp32": fp32.top1, "images": in_runtime.n,
            "quantize_s": round(quantize_s, 1), "extra": extra}
     if runtime != "qnn":
         shape = [1, 3, 32, 32]
@@ -125,16 +126,18 @@ def _coverage_text(row: dict) -> str:
 def render() -> str:
     rows = load()
     lines = ["# Deployment targets on ResNet-20 (zero-shot: 256 DGH images, seed 0; FP32 81.03 %)", "",
-             "Each file runs in its own runtime; `top-1 ort` is the same file in onnxruntime CPU on the same images. "
+             "Each file runs in its own runtime; `top-1 ort` is the same file in onnxruntime CPU on the same images, "
+             "`reference` the same in unoptimised onnxruntime (the file's exact Q/DQ semantics). "
              "Latency: batch 1, 2 threads, median, the FP32 model in the same runtime.", "",
-             "| target | bits | runtime | integer coverage (by that runtime) | top-1 runtime % | top-1 ort % | images "
-             "| latency ms (FP32 ms) | ratio |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|"]
+             "| target | bits | runtime | integer coverage (by that runtime) | top-1 runtime % | top-1 ort % "
+             "| top-1 reference % | images | latency ms (FP32 ms) | ratio |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         latency = f"{r['latency_ms']:.3f} ({r['latency_fp32_ms']:.3f})" if "latency_ms" in r else "emulator: n/a"
         ratio = f"{r['latency_ms'] / r['latency_fp32_ms']:.2f}" if "latency_ms" in r else ""
         lines.append(f"| {r['target']} | {r['bits']} ({r['method']}) | {r['runtime']} | {_coverage_text(r)} | "
-                     f"{100 * r['top1_runtime']:.2f} | {100 * r['top1_ort_cpu']:.2f} | {r['images']} | {latency} | {ratio} |")
+                     f"{100 * r['top1_runtime']:.2f} | {100 * r['top1_ort_cpu']:.2f} | {100 * r['top1_reference']:.2f} | "
+                     f"{r['images']} | {latency} | {ratio} |")
     text = "\n".join(lines) + "\n"
     (RESULTS / "targets.md").write_text(text)
     return text

@@ -141,9 +141,10 @@ def stamp_command(model: str, output: str | None, **kwargs: Any) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="onnxruntime intra-op threads.")
 @click.option("--providers", help="onnxruntime execution providers in order, e.g. cuda,cpu [default: cpu].")
-@click.option("--runtime", type=click.Choice(["ort", "openvino", "qnn"]), default="ort", show_default=True,
-              help="Runtime that runs MODEL: onnxruntime, OpenVINO (CPU) or QNN HTP (CPU fallback off; an emulator on x86). "
-                   "openvino and qnn need their extras.")
+@click.option("--runtime", type=click.Choice(["ort", "reference", "openvino", "qnn"]), default="ort", show_default=True,
+              help="Runtime that runs MODEL: onnxruntime, reference (onnxruntime without graph optimisation: the file's exact "
+                   "Q/DQ semantics), OpenVINO (CPU) or QNN HTP (CPU fallback off; an emulator on x86). openvino and qnn "
+                   "need their extras.")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout (progress bar still on stderr).")
 @preprocessing_options
 @handle_errors
@@ -173,7 +174,8 @@ def evaluate_command(model: str, data: str, reference: str | None, limit: int | 
                f"({result.images_per_second:.0f} images/s in {_RUNTIME_NAMES[runtime]}, {threads} threads)")
 
 
-_RUNTIME_NAMES = {"ort": "onnxruntime", "openvino": "OpenVINO", "qnn": "QNN HTP"}
+_RUNTIME_NAMES = {"ort": "onnxruntime", "reference": "onnxruntime (unoptimised reference)", "openvino": "OpenVINO",
+                  "qnn": "QNN HTP"}
 
 
 @cli.command("run")

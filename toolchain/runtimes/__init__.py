@@ -1,5 +1,9 @@
 """Runtimes that execute the QDQ models: onnxruntime (CPU), OpenVINO (CPU) and Qualcomm QNN (HTP).
 
+`reference` is onnxruntime with its graph optimisations off: every Q/DQ runs as written, so it gives the
+file's exact semantics, which integer kernels approximate (x86 CPUs without VNNI saturate full-range
+8-bit weights: quant.config reduce_range). Compare a runtime against it to see what the runtime changes.
+
 Usage:
     session = open_runtime("openvino", "r20_w8a8.onnx", threads=2)   # RuntimeSession
     logits = session.run(batch)                                      # float32 (N, classes) from (N, C, H, W)
@@ -21,8 +25,9 @@ import numpy as np
 
 from toolchain.errors import ConfigError
 
-RUNTIMES = ("ort", "openvino", "qnn")
-_MODULES = {"ort": "toolchain.runtimes.ort", "openvino": "toolchain.runtimes.openvino", "qnn": "toolchain.runtimes.qnn"}
+RUNTIMES = ("ort", "reference", "openvino", "qnn")
+_MODULES = {"ort": "toolchain.runtimes.ort", "reference": "toolchain.runtimes.ort", "openvino": "toolchain.runtimes.openvino",
+            "qnn": "toolchain.runtimes.qnn"}
 PathLike = str | os.PathLike[str]
 
 
@@ -42,8 +47,8 @@ def _module(name: str):
 def open_runtime(name: str, path: PathLike, threads: int = 2, providers: tuple[str, ...] | None = None) -> RuntimeSession:
     """A session of `path` in runtime `name`; `providers` only applies to onnxruntime."""
     module = _module(name)
-    if name == "ort":
-        return module.OrtSession(path, threads, providers or ("CPUExecutionProvider",))
+    if name in ("ort", "reference"):
+        return module.OrtSession(path, threads, providers or ("CPUExecutionProvider",), optimize=name == "ort")
     return module.open_session(path, threads)
 
 

@@ -2,6 +2,7 @@
 
 Usage:
     session = OrtSession("r20_w8a8.onnx", threads=2)
+    reference = OrtSession("r20_w8a8.onnx", threads=2, optimize=False)   # the file's Q/DQ semantics, no fused kernels
     logits = session.run(batch)
     coverage("r20_w8a8.onnx")     # quant.fusion's integer coverage after onnxruntime's graph optimisation
 """
@@ -16,8 +17,11 @@ import onnxruntime as ort
 
 
 class OrtSession:
-    def __init__(self, path: str | os.PathLike[str], threads: int, providers: tuple[str, ...]) -> None:
+    def __init__(self, path: str | os.PathLike[str], threads: int, providers: tuple[str, ...] = ("CPUExecutionProvider",),
+                 optimize: bool = True) -> None:
         options = ort.SessionOptions()
+        if not optimize:  # every Q/DQ runs as written: what the file means, whatever a CPU's integer kernels do
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.log_severity_level = 3  # onnxruntime's warnings (e.g. unused initializers) are not the user's concern here
