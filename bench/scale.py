@@ -37,8 +37,10 @@ IMAGENET = ["--mean", "0.485,0.456,0.406", "--std", "0.229,0.224,0.225", "--inpu
 FACTORIES = {"resnet18": "toolchain_models.statistics:resnet18_data_bn",
              "mobilenetv2": "toolchain_models.statistics:mobilenetv2_data_bn"}
 # The CPU budget of the ImageNet-size pipeline (per stage options; see the README's table for its cost)
-CPU_GENERATE = ["--method", "dgh", "-n", "64", "--batch-size", "32", "--iterations", "100"]
-CPU_RECON = ["--reconstruct", "pdquant", "--preset", "default", "--recon-iterations", "100", "--recon-batch-size", "8"]
+# The `cpu` presets: the same settings the first pipeline rows ran with explicit flags (generate `--preset default
+# --batch-size 32 --iterations 100`, quantize `--preset default --recon-iterations 100 --recon-batch-size 8`).
+CPU_GENERATE = ["--method", "dgh", "-n", "64", "--preset", "cpu"]
+CPU_RECON = ["--reconstruct", "pdquant", "--preset", "cpu"]
 
 
 def _env(threads: int | None = None) -> dict[str, str]:

@@ -254,3 +254,17 @@ def test_the_cli_sets_the_wait_policy_before_torch_is_imported():
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
     done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
     assert "policy PASSIVE torch loaded False" in done.stdout, done.stdout + done.stderr
+
+
+def test_cpu_presets_are_the_settings_the_imagenet_pipeline_measured():
+    """`--preset cpu` (generate and quantize) is what bench/scale.py's ImageNet-size rows ran with explicit flags
+    (DGH default at 100 iterations, batch 32; pdquant default at 100 iterations per unit, batch 8): the README's
+    wall times hold for the preset only while this is so."""
+    from dataclasses import replace
+
+    from toolchain.datagen import preset
+    from toolchain.recon import ReconConfig
+
+    cpu, measured = ReconConfig.preset("pdquant", "cpu"), ReconConfig.preset("pdquant", "default", iterations=100, batch_size=8)
+    assert replace(cpu, preset_name="") == replace(measured, preset_name="")
+    assert replace(preset("cpu", "dgh"), name="") == replace(preset("default", "dgh"), iterations=100, batch_size=32, name="")

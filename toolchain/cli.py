@@ -212,8 +212,9 @@ cli.add_command(quantize_command)
               help="dgh: zero-shot; fdda: few-shot (needs --data); bns: ZeroQ-style baseline; gaussian: noise floor; real: sample --data.")
 @click.option("-n", "n", type=int, default=256, show_default=True, help="Number of calibration images.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Output .npz [default: calib_data/MODEL_METHODN_sSEED.npz].")
-@click.option("--preset", "preset_name", type=click.Choice(["fast", "default", "paper"]), default="default", show_default=True,
-              help="paper: the papers' settings; default: best accuracy per CPU-minute measured on ResNet-20; fast: tests.")
+@click.option("--preset", "preset_name", type=click.Choice(["fast", "cpu", "default", "paper"]), default="default", show_default=True,
+              help="paper: the papers' settings; default: best accuracy per CPU-minute measured on ResNet-20; "
+                   "cpu: ImageNet-size models on a few cores (100 iterations, batch 32); fast: tests.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--data", type=click.Path(), help="Labelled real images (fdda: the few-shot set; real: the pool to sample).")
 @click.option("--per-class", type=click.IntRange(min=1), help="fdda: real images per class for the class centres (default 1).")

@@ -47,9 +47,10 @@ from toolchain.quant.targets import TARGETS
 @click.option("--reconstruct", type=click.Choice(["none", "brecq", "pdquant"]), default="none", show_default=True,
               help="After calibration: brecq = AdaRound + QDrop per unit; pdquant = brecq + prediction-difference loss, "
                    "learned activation step sizes and distribution correction.")
-@click.option("--preset", type=click.Choice(["fast", "default", "paper"]), default="default", show_default=True,
+@click.option("--preset", type=click.Choice(["fast", "cpu", "default", "paper"]), default="default", show_default=True,
               help="Reconstruction budget: paper = PD-Quant's (20k iterations per unit); default = best accuracy per "
-                   "CPU-minute measured on ResNet-20 (about 3 min there on 2 cores); fast = a smoke test, 6 iterations "
+                   "CPU-minute measured on ResNet-20 (about 3 min there on 2 cores); cpu = ImageNet-size models on a few cores "
+                   "(100 iterations per unit, batch 8: ResNet-18 @224 W4A4 in 24 min on 2 cores); fast = a smoke test, 6 iterations "
                    "per unit (3-8 s on the small family models of bench/families.py).")
 @click.option("--recon-iterations", type=click.IntRange(min=1), help="Iterations per unit (the preset's by default).")
 @click.option("--recon-batch-size", type=click.IntRange(min=1), help="Reconstruction batch size (the preset's by default).")

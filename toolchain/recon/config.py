@@ -15,7 +15,8 @@ Methods (../shared/docs/methods.md sections 0 and 3):
 
 Presets: `paper` = PD-Quant's settings (20k iterations per unit, 500 DC steps, PD weight 10 at every
 bit-width); `default` = the best accuracy per CPU-minute measured on ResNet-20 (bench/pdquant.py; PD
-weight by weight bits, see `pd_weight`); `fast` = tests (seconds).
+weight by weight bits, see `pd_weight`); `cpu` = ImageNet-size models on a few CPU cores (100 iterations
+per unit at batch 8: ResNet-18 @224 W4A4 in 23.5 min on 2 cores, bench/scale.py); `fast` = tests (seconds).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from toolchain.errors import ConfigError
 
 Method = Literal["none", "brecq", "pdquant"]
 METHODS = ("none", "brecq", "pdquant")
-PRESETS = ("fast", "default", "paper")
+PRESETS = ("fast", "cpu", "default", "paper")
 
 
 @dataclass(frozen=True)
@@ -121,6 +122,8 @@ class ReconConfig:
             "paper": {"iterations": 20000, "batch_size": 32, "dc_steps": 500, "pd_weight": 10.0},
             # Measured on ResNet-20 W4A4 (bench/pdquant.py): see the README's reconstruction table.
             "default": {"iterations": 300, "batch_size": 32, "dc_steps": 50},  # 100: 78.81 % in 92 s; 300: 79.55 % in 195 s
+            # ImageNet-size models on CPUs: ResNet-18 @224 W4A4 in 23.5 min, MobileNetV2 in bench/scale.py's table.
+            "cpu": {"iterations": 100, "batch_size": 8, "dc_steps": 50},
             "fast": {"iterations": 6, "batch_size": 8, "dc_steps": 2, "dc_batch_size": 16},
         }[preset]
         return replace(base, **{**budget, **{k: v for k, v in overrides.items() if v is not None}})
