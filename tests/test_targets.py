@@ -206,3 +206,15 @@ def test_cli_evaluate_in_each_runtime(emitted, tmp_path):
     assert abs(tops["openvino"] - tops["reference"]) <= 0.02 and abs(tops["qnn"] - tops["reference"]) <= 0.02, tops
     refused = CliRunner().invoke(cli, ["evaluate", str(paths["openvino"]), "--data", str(data), "--runtime", "qnn", "--limit", "4"])
     assert_user_error(refused, "dynamic shape", "--target qnn")
+
+
+def test_ort_arm_low_bit_activations_sit_in_int8_containers(digits, calib):
+    """ort-arm at A4 with the default 'ort' storage: the 4-bit grid is held in INT8 Q/DQ (clipped to [-8, 7] first), as
+    ort-x86 holds it in UINT8; the model loads in onnxruntime with its default optimisations."""
+    result = quantize(digits, calib, QuantConfig(w_bits=4, a_bits=4, target="ort-arm"), progress=False)
+    inits = {i.name: i for i in result.model.graph.initializer}
+    types = {inits[n.input[2]].data_type for n in result.model.graph.node if n.op_type == "QuantizeLinear"}
+    assert types == {onnx.TensorProto.INT8}
+    clips = [n for n in result.model.graph.node if n.op_type == "Clip" and n.output[0].endswith("_clipped")]
+    assert clips, "the low-bit range is enforced before the QuantizeLinear"
+    assert result.report["fusion"] is not None and result.report["target"]["layout_problems"] == []

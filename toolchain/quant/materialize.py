@@ -134,7 +134,7 @@ def materialize(
     for tensor, spec in plan.activations.items():
         root = plan.root(tensor)
         params = activation_params[root]
-        storage = storage_type(params.qtype, low_bit_storage)
+        storage = storage_type(params.qtype, low_bit_storage, activation=True)
         scale, zero = builder.qparam_inputs(root, params, storage)
         if spec.constant:
             array = numpy_helper.to_array(builder.initializers[tensor])

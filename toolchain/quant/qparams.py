@@ -78,10 +78,14 @@ def weight_type(bits: int, reduce_range: bool = False) -> IntType:
 BIAS_TYPE = INT_TYPES[("int", 32)]
 
 
-def storage_type(qtype: IntType, low_bit_storage: str) -> IntType:
-    """The ONNX type that holds values of `qtype` in the file (see QuantConfig.low_bit_storage)."""
+def storage_type(qtype: IntType, low_bit_storage: str, activation: bool = False) -> IntType:
+    """The ONNX type that holds values of `qtype` in the file (see QuantConfig.low_bit_storage): under "ort",
+    low-bit weights in INT4, low-bit activations in an 8-bit container of their signedness (UINT8; INT8 for
+    the signed activations of ort-arm)."""
     if low_bit_storage == "native" or qtype.bits >= 7:  # 7: REDUCED_INT8, values of 7 bits in INT8
         return qtype
+    if activation:
+        return INT_TYPES[("int" if qtype.signed else "uint", 8)]
     return INT_TYPES[("int", 4)] if qtype.signed else INT_TYPES[("uint", 8)]
 
 

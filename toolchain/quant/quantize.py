@@ -117,9 +117,10 @@ def prepare_float_model(model: onnx.ModelProto, config: QuantConfig, before_fold
     run_passes(float_model, integer_rewrite_passes(config.a_bits))
     folded = before - sum(n.op_type == "BatchNormalization" for n in float_model.graph.node)
     profile = config.profile
-    types = (profile.activation_type(config.a_bits), weight_type(config.w_bits),
-             profile.activation_type(config.effective_input_bits))
-    needed = max(storage_type(t, config.low_bit_storage).min_opset for t in types)
+    stored = [storage_type(weight_type(config.w_bits), config.low_bit_storage)]
+    stored += [storage_type(profile.activation_type(bits), config.low_bit_storage, activation=True)
+               for bits in (config.a_bits, config.effective_input_bits)]
+    needed = max(t.min_opset for t in stored)
     return upgrade_opset(float_model, needed), folded
 
 
