@@ -218,3 +218,22 @@ def test_ort_arm_low_bit_activations_sit_in_int8_containers(digits, calib):
     clips = [n for n in result.model.graph.node if n.op_type == "Clip" and n.output[0].endswith("_clipped")]
     assert clips, "the low-bit range is enforced before the QuantizeLinear"
     assert result.report["fusion"] is not None and result.report["target"]["layout_problems"] == []
+
+
+def test_qnn_pads_stay_inside_dq_pad_q(tmp_path):
+    """ResNet-20's shortcut zero Pad: ort-x86 runs it on the integers (its input is a QuantizeLinear's output), qnn
+    keeps DQ -> Pad -> Q, which HTP takes (measured: the integer Pad and the Adds after it fell back to the CPU);
+    with onnxruntime-qnn installed, every node of the qnn model is on HTP."""
+    from quant_fixtures import export_random
+
+    model = export_random("toolchain_models.resnet_cifar:resnet20", 32)
+    calib = np.random.default_rng(0).standard_normal((16, 3, 32, 32)).astype(np.float32)
+
+    def pad_sources(result):
+        producers = {o: n.op_type for n in result.model.graph.node for o in n.output}
+        return {producers.get(n.input[0]) for n in result.model.graph.node if n.op_type == "Pad"}
+    assert pad_sources(quantize(model, calib, QuantConfig(), progress=False)) == {"QuantizeLinear"}
+    qnn = quantize(model, calib, QuantConfig(target="qnn"), progress=False)
+    assert pad_sources(qnn) == {"DequantizeLinear"}
+    if HAS_QNN:
+        assert qnn.report["target"]["details"]["on_htp"], qnn.report["target"]

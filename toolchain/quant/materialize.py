@@ -100,8 +100,10 @@ def materialize(
     weight_params: dict[str, QParams],
     low_bit_storage: str = "ort",
     weight_integers: dict[str, np.ndarray] | None = None,
+    integer_pads: bool = True,
 ) -> onnx.ModelProto:
-    """A new QDQ model; `model` is not modified. `low_bit_storage`: see QuantConfig.
+    """A new QDQ model; `model` is not modified. `low_bit_storage`: see QuantConfig. `integer_pads`: run 8-bit
+    zero Pads on the integers (onnxruntime, OpenVINO); off for QNN, whose HTP takes a Pad only inside DQ -> Pad -> Q.
 
     `weight_integers` (by weight tensor) replaces nearest rounding with given integers, e.g. the learned
     rounding of reconstruction; biases are always derived from the float bias and the current scales.
@@ -130,7 +132,7 @@ def materialize(
         builder.replace_uses(bias, f"{bias}_dequantized")
         builder.dq_node(f"{bias}_quantized", scale, zero, f"{bias}_dequantized", f"{bias}_DequantizeLinear", 0)
 
-    integer_pads = _integer_domain_pads(qdq.graph, plan)
+    integer_pads = _integer_domain_pads(qdq.graph, plan) if integer_pads else {}
     for tensor, spec in plan.activations.items():
         root = plan.root(tensor)
         params = activation_params[root]

@@ -215,7 +215,8 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
                         "seconds": result.seconds, "cache": result.cache}
         warnings.extend(result.notes)  # e.g. a region reconstructed layer by layer: the CLI prints these
     act = cap_to_fused_clips(float_model, plan, act)
-    qdq = materialize(float_model, plan, act, weights, config.low_bit_storage, integers)
+    qdq = materialize(float_model, plan, act, weights, config.low_bit_storage, integers,
+                      integer_pads=config.profile.integer_domain_pad)
     qdq.producer_name, qdq.producer_version = "toolchain", toolchain.__version__
     try:
         check_model(qdq)

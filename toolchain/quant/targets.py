@@ -49,6 +49,8 @@ class TargetProfile:
         static_batch: the emitted model has a fixed batch dimension (`--batch`, default 1).
         input_at_activation_bits: the network input is quantized at the activation width, not at 8 bits
             (HTP's layers take one activation type; 8-bit image data is exact at 16 bits).
+        integer_domain_pad: a zero Pad runs on the quantized integers (no float op for onnxruntime to leave);
+            QNN's HTP refuses such a Pad (measured on ResNet-20's shortcut padding) and takes DQ -> Pad -> Q.
         notes: what the docs table says besides the fields.
     """
 
@@ -63,6 +65,7 @@ class TargetProfile:
     quantize_output: bool = True
     static_batch: bool = False
     input_at_activation_bits: bool = False
+    integer_domain_pad: bool = True
     notes: str = ""
 
     def activation_type(self, bits: int) -> IntType:
@@ -95,6 +98,7 @@ TARGETS: dict[str, TargetProfile] = {
         notes="8-bit Conv/MatMul/Add run on u8/i8 kernels; 4-bit weights are decompressed (weight compression)"),
     "qnn": TargetProfile(
         "qnn", "qnn", weight_bits=(4, 8), activation_bits=(8, 16), static_batch=True, input_at_activation_bits=True,
+        integer_domain_pad=False,
         notes="HTP: every node on the NPU with CPU fallback off; static shapes"),
     "tensorrt": TargetProfile(
         "tensorrt", "tensorrt", weight_bits=(8,), activation_bits=(8,), signed_activations=True,
