@@ -237,3 +237,19 @@ def test_qnn_pads_stay_inside_dq_pad_q(tmp_path):
     assert pad_sources(qnn) == {"DequantizeLinear"}
     if HAS_QNN:
         assert qnn.report["target"]["details"]["on_htp"], qnn.report["target"]
+
+
+@pytest.mark.skipif(not HAS_QNN, reason="onnxruntime-qnn is not installed (pip install -e '.[qnn]')")
+def test_a_model_htp_refuses_names_the_ops_left_to_the_cpu(digits, calib, tmp_path):
+    """An ort-x86 W4A4 file with its batch fixed: HTP takes its 4-bit activations nowhere; opening it under the qnn
+    runtime is a GraphError naming the op types that would fall back (the Gemm among them) and the fix."""
+    from toolchain.errors import GraphError
+    from toolchain.quant.static_batch import fix_batch
+    from toolchain.runtimes import open_runtime, runtime_coverage
+
+    model = quantize(digits, calib, QuantConfig(w_bits=4, a_bits=4), progress=False).model
+    fix_batch(model, 1)
+    onnx.save(model, tmp_path / "w4a4.onnx")
+    assert not runtime_coverage("qnn", tmp_path / "w4a4.onnx")["on_htp"]
+    with pytest.raises(GraphError, match=r"Gemm x1.*--target qnn"):
+        open_runtime("qnn", tmp_path / "w4a4.onnx")

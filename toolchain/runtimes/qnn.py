@@ -67,7 +67,7 @@ class QnnSession:
         _check_static(model, path)
         session = _strict_session(path, threads)
         if session is None:
-            left = coverage(path, threads)["cpu_ops"]
+            left, _ = _cpu_ops(path, threads)  # the strict session already failed: do not open it again
             listed = ", ".join(f"{op} x{n}" for op, n in sorted(left.items()))
             raise GraphError(f"{path}: QNN HTP does not run every node ({listed} would fall back to the CPU); "
                              "quantize with --target qnn, whose layout HTP takes whole")
@@ -104,6 +104,15 @@ def coverage(path: str | os.PathLike[str], threads: int) -> dict:
     version = getattr(_qnn(), "__version__", "?")
     if _strict_session(path, threads) is not None:
         return {"runtime": "qnn", "version": version, "on_htp": True, "coverage": 1.0, "cpu_ops": {}, "notes": notes}
+    cpu_ops, providers = _cpu_ops(path, threads)
+    nodes = len(model.graph.node)
+    return {"runtime": "qnn", "version": version, "on_htp": False,
+            "coverage": (nodes - sum(cpu_ops.values())) / nodes if nodes else 0.0, "cpu_ops": dict(cpu_ops),
+            "kernels": dict(providers), "notes": notes}
+
+
+def _cpu_ops(path: str | os.PathLike[str], threads: int) -> tuple[Counter, Counter]:
+    """(op type -> count left to the CPU, provider -> kernel count) from one profiled run with fallback allowed."""
     with tempfile.TemporaryDirectory() as folder:
         options = _options(threads, fallback=True)
         options.enable_profiling = True
@@ -122,7 +131,4 @@ def coverage(path: str | os.PathLike[str], threads: int) -> dict:
         providers[args["provider"]] += 1
         if args["provider"] != "QNNExecutionProvider":
             cpu_ops[args.get("op_name", "?")] += 1
-    nodes = len(model.graph.node)
-    return {"runtime": "qnn", "version": version, "on_htp": False,
-            "coverage": (nodes - sum(cpu_ops.values())) / nodes if nodes else 0.0, "cpu_ops": dict(cpu_ops),
-            "kernels": dict(providers), "notes": notes}
+    return cpu_ops, providers
