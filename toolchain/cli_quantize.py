@@ -164,5 +164,9 @@ def _target_text(target: dict | None) -> str:
     layout = f"layout: {len(problems)} problem(s), first: {problems[0]}" if problems else "layout ok"
     if target.get("coverage") is not None:
         verdict = "every node on HTP" if target.get("details", {}).get("on_htp") else f"integer coverage {target['coverage']:.2f}"
+        if "agreement_db" in target:
+            verdict += f", SQNR {target['agreement_db']} dB against the reference"
+        if not target["verified"] and "why" in target:
+            verdict += " (NOT VERIFIED: see the warning above)"
         return f"; {target['name']}: {layout}, {target['runtime']} {verdict}"
     return f"; {target['name']}: {layout}, not run here ({target['why']})"

@@ -158,12 +158,17 @@ def _best_two_sided(sample: np.ndarray, lo: float, hi: float, qtype: IntType) ->
     return lo, hi
 
 
-def weight_params(weight: np.ndarray, axis: int, qtype: IntType, calibrator: str) -> QParams:
-    """Symmetric per-channel parameters; with "mse" the clipping threshold is searched per channel."""
+def weight_params(weight: np.ndarray, axis: int, qtype: IntType, calibrator: str,
+                  max_scale_ratio: float | None = None) -> QParams:
+    """Symmetric per-channel parameters; with "mse" the clipping threshold is searched per channel.
+
+    `max_scale_ratio` (a target's limit, e.g. QNN's HTP): no channel's scale is below the layer's largest
+    divided by it; a smaller channel (a near-dead filter) is raised to that floor, so its few tiny weights
+    round on the coarser grid while its bias, exact at any scale, still carries the channel."""
     channels = np.moveaxis(np.asarray(weight, np.float32), axis, 0).reshape(weight.shape[axis], -1)
     absmax = np.maximum(channels.max(axis=1), -channels.min(axis=1))  # no |weight| temporary (large models)
     if calibrator != "mse":
-        return symmetric_params(absmax, qtype, axis)
+        return symmetric_params(_floored(absmax, max_scale_ratio), qtype, axis)
     best_error = np.full(absmax.shape, np.inf)
     best = absmax.copy()
     for fraction in _MSE_GRID:
@@ -172,4 +177,10 @@ def weight_params(weight: np.ndarray, axis: int, qtype: IntType, calibrator: str
         better = error < best_error
         best_error = np.where(better, error, best_error)
         best = np.where(better, absmax * fraction, best)
-    return symmetric_params(best, qtype, axis)
+    return symmetric_params(_floored(best, max_scale_ratio), qtype, axis)
+
+
+def _floored(thresholds: np.ndarray, max_ratio: float | None) -> np.ndarray:
+    if max_ratio is None or thresholds.size == 0:
+        return thresholds
+    return np.maximum(thresholds, thresholds.max() / np.float32(max_ratio)).astype(np.float32)

@@ -51,6 +51,9 @@ from toolchain.quant.qparams import (
 )
 
 logger = logging.getLogger(__name__)
+# x86 CPU targets whose u8 x s8 kernels saturate without VNNI (vpmaddubsw pairs overflow int16): the runtime's name
+_X86_CPU_TARGETS = {"ort-x86": "onnxruntime", "openvino": "OpenVINO"}
+_AGREEMENT_INPUTS = 8  # calibration inputs the target runtime runs against the reference (seconds on the HTP emulator)
 
 QUANTIZED_OP_TYPES = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
                       "ConvInteger", "MatMulInteger", "QGemm", "QLinearAdd", "MatMulNBits"}
@@ -155,7 +158,8 @@ def choose_parameters(float_model: onnx.ModelProto, plan: QuantPlan, calib: np.n
     weights = {}
     for name, spec in plan.weights.items():
         qtype = weight_type(spec.bits, config.reduce_range)
-        params = weight_params(initializers[name], spec.axis, qtype, weight_calibrator(calibrator, spec.bits))
+        params = weight_params(initializers[name], spec.axis, qtype, weight_calibrator(calibrator, spec.bits),
+                               max_scale_ratio=profile.max_weight_scale_ratio)
         for bias in (b for b in plan.biases.values() if b.weight == name):
             params = guard_bias_overflow(act[plan.root(bias.activation)], params, initializers[bias.tensor])
         weights[name] = params
@@ -193,11 +197,12 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
         listed = ", ".join(f"{op} {name!r}" for name, op in plan.float_nodes[:5])
         raise GraphError(f"{source}: {len(plan.float_nodes)} node(s) have no quantization rule ({listed}); "
                          "drop --require-all-quantized to leave them in float")
-    if (config.target == "ort-x86" and not config.reduce_range and 8 in {spec.bits for spec in plan.weights.values()}
-            and has_vnni() is False):
-        warnings.append("this CPU has no VNNI: onnxruntime's 8-bit integer kernels saturate here with full-range "
-                        "weights (ResNet-20 W8A8: 92.3 % top-1 agreement with the QDQ semantics); pass --reduce-range "
-                        "if the model will run on such CPUs (99.9 %)")
+    if (config.target in _X86_CPU_TARGETS and not config.reduce_range
+            and 8 in {spec.bits for spec in plan.weights.values()} and has_vnni() is False):
+        warnings.append(f"this CPU has no VNNI: {_X86_CPU_TARGETS[config.target]}'s 8-bit integer kernels saturate here "
+                        "with full-range weights (ResNet-20 W8A8: onnxruntime 92.3 % top-1 agreement with the QDQ "
+                        "semantics, OpenVINO 13 dB SQNR); pass --reduce-range if the model will run on such CPUs "
+                        "(99.9 %, 32 dB)")
     resume_point = _resume_point(float_model, calib, config, checkpoint, resume)
     act, weights = choose_parameters(float_model, plan, calib, config, progress, execution)
     integers, recon_report = None, None
@@ -235,7 +240,11 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
         fix_batch(qdq, config.effective_batch)
         report["batch"] = config.effective_batch
     report["target"] = {"name": config.target, "layout_problems": layout_problems(qdq, config.profile, config.effective_batch),
-                        **verify_on_runtime(qdq, config.profile, execution.thread_count)}
+                        **verify_on_runtime(qdq, config.profile, execution.thread_count, calib[:_AGREEMENT_INPUTS])}
+    if not report["target"]["verified"] and "agreement_db" in report["target"]:
+        if config.target in _X86_CPU_TARGETS and not config.reduce_range and has_vnni() is False:
+            report["target"]["why"] += "; this CPU has no VNNI, so its kernels saturate: quantize with --reduce-range"
+        warnings.append(report["target"]["why"])
     report["warnings"] = warnings
     report["reconstruction"] = recon_report or {"config": config.reconstruction.to_dict()}
     report["seconds"] = round(time.perf_counter() - start, 3)
