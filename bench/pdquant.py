@@ -6,6 +6,7 @@ Usage:
     python bench/pdquant.py --suite resnet56 --seeds 0        # ResNet-56 W4A4: none / brecq / pdquant on DGH data
     python bench/pdquant.py --suite sweep --seeds 0           # pdquant W4A4 at 100 iterations per unit (default: 300)
     python bench/pdquant.py --suite budget --seeds 0 --n 1024 --iterations 1000 3000   # what budget buys (images x iterations)
+    python bench/pdquant.py --suite budget --seeds 0 --n 1024 --iterations 3000 --resume  # continue a stopped row
     python bench/pdquant.py --suite ingredients --seeds 0     # pdquant without PD / learned step sizes / DC, W2A4 then W4A4
     python bench/pdquant.py --suite ablation --seeds 1 2 --data bns --method pdquant --bits W4A4   # a subset
     python bench/pdquant.py --suite datagen --seeds 0          # generation settings judged by pdquant W4A4
@@ -105,6 +106,16 @@ def suite_jobs(suite: str, seeds: list[int], iterations: list[int] | None = None
     return jobs
 
 
+def _finished_units(qdq: Path) -> int:
+    """Units a stopped run of this row left in its checkpoint (QDQ.onnx.ckpt), 0 when there is none."""
+    checkpoint = qdq.with_name(qdq.name + ".ckpt")
+    if not checkpoint.exists():
+        return 0
+    import torch
+
+    return len(json.loads(torch.load(checkpoint, map_location="cpu", weights_only=True)["units"]))
+
+
 def load_rows(path: Path) -> list[dict]:
     return json.loads(path.read_text())["rows"] if path.exists() else []
 
@@ -154,18 +165,21 @@ def run(args: argparse.Namespace) -> None:
             generation_s = float((work / f"{calib.name}.seconds").read_text())
         recon = replace(ReconConfig.preset(method, args.preset, seed=seed), **overrides)
         qdq = work / f"{model_name}_{data}_s{seed}_{method}_w{w_bits}a{a_bits}_{preset_label}.onnx"
+        restored = _finished_units(qdq) if args.resume else 0
         started = time.perf_counter()
         outcome = api.quantize_model(model, calib, qdq, QuantConfig(w_bits=w_bits, a_bits=a_bits, reconstruction=recon),
-                                     overwrite=True, progress=args.progress)
-        quantize_s = round(time.perf_counter() - started, 1)
-        top1 = api.evaluate_model(qdq, test, limit=args.limit, progress=False).top1
+                                     overwrite=True, progress=args.progress, resume=restored > 0)
         units = outcome.report["reconstruction"].get("units", [])
+        # a resumed run: this run's wall time plus what the restored units took when they ran (the interrupted
+        # unit's lost work is not counted, so the sum is the cost of an uninterrupted run)
+        quantize_s = round(time.perf_counter() - started + sum(u["seconds"] for u in units[:restored]), 1)
+        top1 = api.evaluate_model(qdq, test, limit=args.limit, progress=False).top1
         row = {"model": model_name, "data": data, "seed": seed, "method": method, "bits": f"W{w_bits}A{a_bits}",
                "preset": preset_label, "n": args.n, "top1": top1, "generation_s": generation_s, "quantize_s": quantize_s,
                "iterations_per_unit": recon.iterations if recon.enabled else 0, "units": len(units),
                "pd_weight": outcome.report["reconstruction"]["config"].get("pd_weight") if method == "pdquant" else None,
                "fusion_coverage": outcome.report["summary"]["fusion_coverage"], "test_images": args.limit or 10000,
-               "torch_threads": args.threads}
+               "torch_threads": args.threads, **({"resumed_units": restored} if restored else {})}
         print(json.dumps(row), flush=True)
         rows = [r for r in load_rows(out) if key(r) != key(row)] + [row]
         save(out, rows)
@@ -344,6 +358,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="test images (default: all 10,000)")
     parser.add_argument("--work", default="/tmp/pdquant_bench", help="exported models, calibration sets, QDQ models")
     parser.add_argument("--redo", action="store_true", help="run rows already in the results again")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue a row from the units its stopped run checkpointed (quantize s adds their time)")
     parser.add_argument("--data", nargs="+", help="only these calibration data kinds (e.g. bns fdda)")
     parser.add_argument("--method", nargs="+", help="only these methods (none brecq pdquant)")
     parser.add_argument("--bits", nargs="+", help="only these bit-widths (e.g. W4A4)")
