@@ -3,6 +3,7 @@
 Usage:
     python bench/targets.py --calib /work/budget_work/resnet20_dgh_n256_s0.npz   # 256 DGH images (zero-shot)
     python bench/targets.py --calib ... --only qnn --qnn-sample 1000
+    python bench/targets.py --calib ... --no-latency && python bench/targets.py --latency-only
     python bench/targets.py --render-only
 
 Per row (target, bits): the QDQ file is quantized from the same zero-shot calibration set (pdquant
@@ -12,8 +13,10 @@ Per row (target, bits): the QDQ file is quantized from the same zero-shot calibr
   where this machine lacks the runtime (TensorRT: a GPU; ort-arm: an ARM build);
 - top-1 in that runtime and, on the same images, in onnxruntime CPU (the same file) and in the reference
   (onnxruntime unoptimised: the file's exact Q/DQ semantics): the differences are what each runtime changes;
-- latency at batch 1 (median of --runs after a warm-up) of the file and of the FP32 model in the same
-  runtime, 2 threads, one after the other in this process. QNN's HTP is an emulator on x86: its speed is
+- the runtime's outputs against the reference on 8 calibration inputs (SQNR dB, the quantize verdict);
+- latency at batch 1 (median of --runs after a warm-up) and at batch 32 of the file and of the FP32 model in
+  the same runtime, 2 threads, one after the other in this process (--no-latency, then --latency-only with
+  the machine alone, when accuracy rows run beside other work). QNN's HTP is an emulator on x86: its speed is
   not the NPU's, so no latency is reported for it.
 
 Rows are merged into bench/results/targets.json and rendered to targets.md.
@@ -43,7 +46,8 @@ ROWS = [
     ("ort-x86", 8, 8, {"reduce_range": True}),  # this CPU has no VNNI (see quant.config reduce_range)
     ("ort-x86", 4, 4, {}),
     ("ort-arm", 8, 8, {}),
-    ("openvino", 8, 8, {}),
+    ("openvino", 8, 8, {}),  # full-range weights: saturate on this CPU (no VNNI), kept to show it
+    ("openvino", 8, 8, {"reduce_range": True}),
     ("openvino", 4, 8, {}),
     ("qnn", 8, 8, {}),
     ("qnn", 8, 16, {}),
@@ -58,7 +62,7 @@ def _latency_ms(runtime: str, path: Path, shape: list[int], runs: int) -> float:
     from toolchain.runtimes import open_runtime
 
     session = open_runtime(runtime, path, threads=2)
-    x = np.random.default_rng(0).standard_normal([1, *shape[1:]]).astype(np.float32)
+    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     for _ in range(max(runs // 10, 5)):
         session.run(x)
     times = []
@@ -70,11 +74,11 @@ def _latency_ms(runtime: str, path: Path, shape: list[int], runs: int) -> float:
 
 
 def measure(target: str, w_bits: int, a_bits: int, extra: dict, model: Path, calib: Path, test: Path, work: Path,
-            limit: int | None, qnn_sample: int, runs: int) -> dict:
+            limit: int | None, qnn_sample: int, runs: int, skip_latency: bool = False) -> dict:
     method = "pdquant" if w_bits < 8 or a_bits < 8 else "none"
     config = QuantConfig(w_bits=w_bits, a_bits=a_bits, target=target, reconstruction=ReconConfig.preset(method, "default"),
                          **extra)
-    out = work / f"resnet20_{target}_w{w_bits}a{a_bits}.onnx"
+    out = work / f"resnet20_{target}_w{w_bits}a{a_bits}{_variant(extra)}.onnx"
     started = time.perf_counter()
     outcome = api.quantize_model(model, calib, out, config, overwrite=True, progress=False)
     quantize_s = time.perf_counter() - started
@@ -91,11 +95,29 @@ def measure(target: str, w_bits: int, a_bits: int, extra: dict, model: Path, cal
            "layout_problems": verdict["layout_problems"], "ort_x86_fusion_coverage": outcome.report["summary"]["fusion_coverage"],
            "top1_runtime": in_runtime.top1, "top1_ort_cpu": in_ort.top1, "top1_reference": reference.top1, "top1_fp32": fp32.top1, "images": in_runtime.n,
            "quantize_s": round(quantize_s, 1), "extra": extra}
-    if runtime != "qnn":
-        shape = [1, 3, 32, 32]
-        row["latency_ms"] = round(_latency_ms(runtime, out, shape, runs), 4)
-        row["latency_fp32_ms"] = round(_latency_ms(runtime, model, shape, runs), 4)
+    row["agreement_db"] = verdict.get("agreement_db")
+    if runtime != "qnn" and not skip_latency:
+        row.update(latency(runtime, model, out, runs))
     return row
+
+
+def latency(runtime: str, model: Path, out: Path, runs: int) -> dict:
+    """Median ms per call of the file and the FP32 model in the same runtime, at batch 1 and at batch 32
+    (per call of 32 images: throughput, where the integer kernels' advantage is not hidden by per-call overhead)."""
+    timed = {}
+    for batch, suffix, count in ((1, "", runs), (32, "_b32", max(runs // 10, 20))):
+        shape = [batch, 3, 32, 32]
+        timed[f"latency{suffix}_ms"] = round(_latency_ms(runtime, out, shape, count), 4)
+        timed[f"latency{suffix}_fp32_ms"] = round(_latency_ms(runtime, model, shape, count), 4)
+    return timed
+
+
+def _variant(extra: dict) -> str:
+    return "".join(f"_{k}" for k, v in sorted(extra.items()) if v)
+
+
+def _key(row: dict) -> tuple:
+    return row["target"], row["bits"], _variant(row.get("extra") or {})
 
 
 def load() -> list[dict]:
@@ -104,8 +126,8 @@ def load() -> list[dict]:
 
 
 def save(rows: list[dict]) -> None:
-    merged = {(r["target"], r["bits"]): r for r in load()}
-    merged.update({(r["target"], r["bits"]): r for r in rows})
+    merged = {_key(r): r for r in load()}
+    merged.update({_key(r): r for r in rows})
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "targets.json").write_text(json.dumps({"machine": platform.processor() or platform.machine(),
                                                       "rows": list(merged.values())}, indent=1))
@@ -128,16 +150,25 @@ def render() -> str:
     lines = ["# Deployment targets on ResNet-20 (zero-shot: 256 DGH images, seed 0; FP32 81.03 %)", "",
              "Each file runs in its own runtime; `top-1 ort` is the same file in onnxruntime CPU on the same images, "
              "`reference` the same in unoptimised onnxruntime (the file's exact Q/DQ semantics). "
-             "Latency: batch 1, 2 threads, median, the FP32 model in the same runtime.", "",
-             "| target | bits | runtime | integer coverage (by that runtime) | top-1 runtime % | top-1 ort % "
-             "| top-1 reference % | images | latency ms (FP32 ms) | ratio |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|"]
+             "Latency: batch 1 and batch 32 (one call of 32 images), 2 threads, median, the FP32 model in the same runtime; "
+             "timed with the machine alone (`--latency-only`).", "",
+             "| target | bits | runtime | integer coverage (by that runtime) | SQNR vs reference dB | top-1 runtime % "
+             "| top-1 ort % | top-1 reference % | images | batch-1 ms (FP32 ms) | ratio | batch-32 ms (FP32 ms) | ratio |",
+             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
-        latency = f"{r['latency_ms']:.3f} ({r['latency_fp32_ms']:.3f})" if "latency_ms" in r else "emulator: n/a"
-        ratio = f"{r['latency_ms'] / r['latency_fp32_ms']:.2f}" if "latency_ms" in r else ""
-        lines.append(f"| {r['target']} | {r['bits']} ({r['method']}) | {r['runtime']} | {_coverage_text(r)} | "
+        timing = []
+        for suffix in ("", "_b32"):
+            if f"latency{suffix}_ms" in r:
+                timing += [f"{r[f'latency{suffix}_ms']:.3f} ({r[f'latency{suffix}_fp32_ms']:.3f})",
+                           f"{r[f'latency{suffix}_ms'] / r[f'latency{suffix}_fp32_ms']:.2f}"]
+            else:
+                timing += ["emulator: n/a" if r["runtime"] == "qnn" else "–", ""]
+        variant = "".join(f", {k.replace('_', '-')}" for k, v in sorted((r.get("extra") or {}).items()) if v)
+        agreement = r.get("agreement_db")
+        lines.append(f"| {r['target']} | {r['bits']} ({r['method']}{variant}) | {r['runtime']} | {_coverage_text(r)} | "
+                     f"{'–' if agreement is None else agreement} | "
                      f"{100 * r['top1_runtime']:.2f} | {100 * r['top1_ort_cpu']:.2f} | {100 * r['top1_reference']:.2f} | "
-                     f"{r['images']} | {latency} | {ratio} |")
+                     f"{r['images']} | {' | '.join(timing)} |")
     text = "\n".join(lines) + "\n"
     (RESULTS / "targets.md").write_text(text)
     return text
@@ -152,6 +183,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, help="test images (default: all 10,000)")
     parser.add_argument("--qnn-sample", type=int, default=1000, help="test images through the HTP emulator")
     parser.add_argument("--runs", type=int, default=300, help="latency runs per model")
+    parser.add_argument("--no-latency", action="store_true", help="accuracy only (time latency with the machine alone)")
+    parser.add_argument("--latency-only", action="store_true", help="re-time the rows already measured (files in --work)")
     parser.add_argument("--render-only", action="store_true")
     args = parser.parse_args()
     if not args.render_only:
@@ -164,8 +197,15 @@ def main() -> None:
         for target, w_bits, a_bits, extra in ROWS:
             if (args.only and target not in args.only) or (args.bits and f"W{w_bits}A{a_bits}" not in args.bits):
                 continue
-            row = measure(target, w_bits, a_bits, extra, model, args.calib, test, args.work, args.limit, args.qnn_sample,
-                          args.runs)
+            if args.latency_only:
+                row = next((r for r in load() if _key(r) == (target, f"W{w_bits}A{a_bits}", _variant(extra))), None)
+                if row is None or row["runtime"] == "qnn":
+                    continue
+                row.update(latency(row["runtime"], model, args.work / f"resnet20_{target}_w{w_bits}a{a_bits}{_variant(extra)}.onnx",
+                                   args.runs))
+            else:
+                row = measure(target, w_bits, a_bits, extra, model, args.calib, test, args.work, args.limit,
+                              args.qnn_sample, args.runs, skip_latency=args.no_latency)
             print(json.dumps({k: v for k, v in row.items() if k != "runtime_details"}), flush=True)
             save([row])
     print(render())
