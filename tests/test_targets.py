@@ -323,3 +323,15 @@ def test_openvino_verdict_measures_agreement_and_names_reduce_range(digits, cali
     result = quantize(digits, calib, QuantConfig(target="openvino"), progress=False)
     assert not result.report["target"]["verified"] and "--reduce-range" in result.report["target"]["why"]
     assert any("12.7 dB" in w and "--reduce-range" in w for w in result.warnings)
+
+
+def test_agreement_runs_whole_fixed_batches():
+    """The runtime check feeds whole batches of a fixed-batch model: 8 inputs at batch 1, 16 at --batch 16, and no check
+    (None, not an error) when the calibration set is smaller than one batch."""
+    from toolchain.quant.quantize import _agreement_inputs
+
+    calib = np.zeros((32, 1, 8, 8), np.float32)
+    assert len(_agreement_inputs(calib, QuantConfig(target="qnn"))) == 8
+    assert len(_agreement_inputs(calib, QuantConfig(target="qnn", batch=16))) == 16
+    assert len(_agreement_inputs(calib, QuantConfig(target="openvino"))) == 8
+    assert _agreement_inputs(calib[:8], QuantConfig(target="qnn", batch=16)) is None

@@ -240,7 +240,7 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
         fix_batch(qdq, config.effective_batch)
         report["batch"] = config.effective_batch
     report["target"] = {"name": config.target, "layout_problems": layout_problems(qdq, config.profile, config.effective_batch),
-                        **verify_on_runtime(qdq, config.profile, execution.thread_count, calib[:_AGREEMENT_INPUTS])}
+                        **verify_on_runtime(qdq, config.profile, execution.thread_count, _agreement_inputs(calib, config))}
     if not report["target"]["verified"] and "agreement_db" in report["target"]:
         if config.target in _X86_CPU_TARGETS and not config.reduce_range and has_vnni() is False:
             report["target"]["why"] += "; this CPU has no VNNI, so its kernels saturate: quantize with --reduce-range"
@@ -249,6 +249,13 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
     report["reconstruction"] = recon_report or {"config": config.reconstruction.to_dict()}
     report["seconds"] = round(time.perf_counter() - start, 3)
     return QuantResult(qdq, report, tuple(warnings))
+
+
+def _agreement_inputs(calib: np.ndarray, config: QuantConfig) -> np.ndarray | None:
+    """The calibration inputs the target runtime runs against the reference: whole fixed batches, or None (too few)."""
+    batch = config.effective_batch or 1
+    count = max(_AGREEMENT_INPUTS // batch, 1) * batch
+    return calib[:count] if len(calib) >= count else None
 
 
 def cap_to_fused_clips(float_model: onnx.ModelProto, plan: QuantPlan, act: dict[str, QParams]) -> dict[str, QParams]:
