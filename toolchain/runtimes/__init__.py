@@ -76,7 +76,8 @@ def runtime_agreement_db(name: str, path: PathLike, inputs: np.ndarray, threads:
     usable = len(inputs) - len(inputs) % step
     if usable == 0:
         raise ValueError(f"runtime_agreement_db needs at least {step} inputs (the model's fixed batch)")
-    got = np.concatenate([session.run(inputs[i:i + step]) for i in range(0, usable, step)]).astype(np.float64)
-    want = np.concatenate([reference.run(inputs[i:i + step]) for i in range(0, usable, step)]).astype(np.float64)
-    noise = float(np.sum((got - want) ** 2))
-    return float("inf") if noise == 0.0 else 10.0 * float(np.log10(float(np.sum(want ** 2)) / noise))
+    from toolchain.quant.qparams import sqnr_db
+
+    got = np.concatenate([session.run(inputs[i:i + step]) for i in range(0, usable, step)])
+    want = np.concatenate([reference.run(inputs[i:i + step]) for i in range(0, usable, step)])
+    return sqnr_db(want, got)
