@@ -199,10 +199,11 @@ def main() -> None:
                 continue
             if args.latency_only:
                 row = next((r for r in load() if _key(r) == (target, f"W{w_bits}A{a_bits}", _variant(extra))), None)
-                if row is None or row["runtime"] == "qnn":
+                out = args.work / f"resnet20_{target}_w{w_bits}a{a_bits}{_variant(extra)}.onnx"
+                if row is None or row["runtime"] == "qnn" or not out.exists():
+                    print(f"skipped {target} W{w_bits}A{a_bits}{_variant(extra)}: no measured row or no file {out}")
                     continue
-                row.update(latency(row["runtime"], model, args.work / f"resnet20_{target}_w{w_bits}a{a_bits}{_variant(extra)}.onnx",
-                                   args.runs))
+                row.update(latency(row["runtime"], model, out, args.runs))
             else:
                 row = measure(target, w_bits, a_bits, extra, model, args.calib, test, args.work, args.limit,
                               args.qnn_sample, args.runs, skip_latency=args.no_latency)
