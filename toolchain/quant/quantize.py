@@ -197,8 +197,9 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
         listed = ", ".join(f"{op} {name!r}" for name, op in plan.float_nodes[:5])
         raise GraphError(f"{source}: {len(plan.float_nodes)} node(s) have no quantization rule ({listed}); "
                          "drop --require-all-quantized to leave them in float")
-    if (config.target in _X86_CPU_TARGETS and not config.reduce_range
-            and 8 in {spec.bits for spec in plan.weights.values()} and has_vnni() is False):
+    # full-range 8-bit weights on an x86 CPU target, quantized on a CPU without VNNI: its kernels saturate here
+    saturates_here = config.target in _X86_CPU_TARGETS and not config.reduce_range and has_vnni() is False
+    if saturates_here and 8 in {spec.bits for spec in plan.weights.values()}:
         warnings.append(f"this CPU has no VNNI: {_X86_CPU_TARGETS[config.target]}'s 8-bit integer kernels saturate here "
                         "with full-range weights (ResNet-20 W8A8: onnxruntime 92.3 % top-1 agreement with the QDQ "
                         "semantics, OpenVINO 13 dB SQNR); pass --reduce-range if the model will run on such CPUs "
@@ -242,7 +243,7 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
     report["target"] = {"name": config.target, "layout_problems": layout_problems(qdq, config.profile, config.effective_batch),
                         **verify_on_runtime(qdq, config.profile, execution.thread_count, _agreement_inputs(calib, config))}
     if not report["target"]["verified"] and "agreement_db" in report["target"]:
-        if config.target in _X86_CPU_TARGETS and not config.reduce_range and has_vnni() is False:
+        if saturates_here:
             report["target"]["why"] += "; this CPU has no VNNI, so its kernels saturate: quantize with --reduce-range"
         warnings.append(report["target"]["why"])
     report["warnings"] = warnings
