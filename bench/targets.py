@@ -15,7 +15,7 @@ Per row (target, bits): the QDQ file is quantized from the same zero-shot calibr
   (onnxruntime unoptimised: the file's exact Q/DQ semantics): the differences are what each runtime changes;
 - the runtime's outputs against the reference on 8 calibration inputs (SQNR dB, the quantize verdict);
 - latency at batch 1 (median of --runs after a warm-up) and at batch 32 of the file and of the FP32 model in
-  the same runtime, 2 threads, one after the other in this process (--no-latency, then --latency-only with
+  the same runtime, 2 threads, in alternating rounds in this process (so drift hits both) (--no-latency, then --latency-only with
   the machine alone, when accuracy rows run beside other work). QNN's HTP is an emulator on x86: its speed is
   not the NPU's, so no latency is reported for it.
 
@@ -27,13 +27,14 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 
+from timing import interleaved_ms
 from toolchain import api
+from toolchain.cpu import has_vnni
 from toolchain.paths import shared_dir
 from toolchain.quant.config import QuantConfig
 from toolchain.recon import ReconConfig
@@ -43,7 +44,8 @@ RESULTS = ROOT / "bench" / "results"
 WEIGHTS = "resnet20-12fca82f.th"
 # (target, w_bits, a_bits, extra QuantConfig fields): the configurations each runtime runs
 ROWS = [
-    ("ort-x86", 8, 8, {"reduce_range": True}),  # this CPU has no VNNI (see quant.config reduce_range)
+    ("ort-x86", 8, 8, {}),  # full-range weights: right on CPUs with VNNI, saturating without
+    ("ort-x86", 8, 8, {"reduce_range": True}),  # for CPUs without VNNI (see quant.config reduce_range)
     ("ort-x86", 4, 4, {}),
     ("ort-arm", 8, 8, {}),
     ("openvino", 8, 8, {}),  # full-range weights: saturate on this CPU (no VNNI), kept to show it
@@ -56,21 +58,6 @@ ROWS = [
     ("tensorrt", 8, 8, {}),
 ]
 RUNTIME_OF = {"ort-x86": "ort", "ort-arm": "ort", "openvino": "openvino", "qnn": "qnn", "tensorrt": "ort"}
-
-
-def _latency_ms(runtime: str, path: Path, shape: list[int], runs: int) -> float:
-    from toolchain.runtimes import open_runtime
-
-    session = open_runtime(runtime, path, threads=2)
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    for _ in range(max(runs // 10, 5)):
-        session.run(x)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(x)
-        times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
 
 
 def measure(target: str, w_bits: int, a_bits: int, extra: dict, model: Path, calib: Path, test: Path, work: Path,
@@ -96,6 +83,12 @@ def measure(target: str, w_bits: int, a_bits: int, extra: dict, model: Path, cal
            "top1_runtime": in_runtime.top1, "top1_ort_cpu": in_ort.top1, "top1_reference": reference.top1, "top1_fp32": fp32.top1, "images": in_runtime.n,
            "quantize_s": round(quantize_s, 1), "extra": extra}
     row["agreement_db"] = verdict.get("agreement_db")
+    if row["agreement_db"] is None and runtime == "ort":  # ort-x86's verdict is its fusion report: measure it here too
+        from toolchain.runtimes import runtime_agreement_db
+
+        inputs = np.load(calib)["inputs"][:8]
+        row["agreement_db"] = round(runtime_agreement_db("ort", out, inputs), 2)
+    row["cpu_vnni"] = has_vnni()  # sessions run on different machines: saturation and speed depend on it
     if runtime != "qnn" and not skip_latency:
         row.update(latency(runtime, model, out, runs))
     return row
@@ -105,10 +98,10 @@ def latency(runtime: str, model: Path, out: Path, runs: int) -> dict:
     """Median ms per call of the file and the FP32 model in the same runtime, at batch 1 and at batch 32
     (per call of 32 images: throughput, where the integer kernels' advantage is not hidden by per-call overhead)."""
     timed = {}
-    for batch, suffix, count in ((1, "", runs), (32, "_b32", max(runs // 10, 20))):
-        shape = [batch, 3, 32, 32]
-        timed[f"latency{suffix}_ms"] = round(_latency_ms(runtime, out, shape, count), 4)
-        timed[f"latency{suffix}_fp32_ms"] = round(_latency_ms(runtime, model, shape, count), 4)
+    for batch, suffix, count in ((1, "", runs), (32, "_b32", max(runs // 5, 40))):
+        quantized_ms, fp32_ms = interleaved_ms(runtime, (out, model), [batch, 3, 32, 32], count)
+        timed[f"latency{suffix}_ms"], timed[f"latency{suffix}_fp32_ms"] = round(quantized_ms, 4), round(fp32_ms, 4)
+    timed["latency_cpu_vnni"] = has_vnni()
     return timed
 
 
@@ -150,11 +143,14 @@ def render() -> str:
     lines = ["# Deployment targets on ResNet-20 (zero-shot: 256 DGH images, seed 0; FP32 81.03 %)", "",
              "Each file runs in its own runtime; `top-1 ort` is the same file in onnxruntime CPU on the same images, "
              "`reference` the same in unoptimised onnxruntime (the file's exact Q/DQ semantics). "
-             "Latency: batch 1 and batch 32 (one call of 32 images), 2 threads, median, the FP32 model in the same runtime; "
+             "Latency: batch 1 and batch 32 (one call of 32 images), 2 threads, median, the FP32 model in the same runtime "
+             "timed in alternating rounds with the file; "
              "timed with the machine alone (`--latency-only`).", "",
-             "| target | bits | runtime | integer coverage (by that runtime) | SQNR vs reference dB | top-1 runtime % "
+             "`CPU`: whether the machine that measured the row (accuracy / latency) had VNNI; rows without the field were "
+             "measured on the first AVX2 machine, which had none.", "",
+             "| target | bits | runtime | CPU | integer coverage (by that runtime) | SQNR vs reference dB | top-1 runtime % "
              "| top-1 ort % | top-1 reference % | images | batch-1 ms (FP32 ms) | ratio | batch-32 ms (FP32 ms) | ratio |",
-             "|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---|---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         timing = []
         for suffix in ("", "_b32"):
@@ -165,7 +161,8 @@ def render() -> str:
                 timing += ["emulator: n/a" if r["runtime"] == "qnn" else "–", ""]
         variant = "".join(f", {k.replace('_', '-')}" for k, v in sorted((r.get("extra") or {}).items()) if v)
         agreement = r.get("agreement_db")
-        lines.append(f"| {r['target']} | {r['bits']} ({r['method']}{variant}) | {r['runtime']} | {_coverage_text(r)} | "
+        cpu = " / ".join("VNNI" if r.get(field, False) else "no VNNI" for field in ("cpu_vnni", "latency_cpu_vnni"))
+        lines.append(f"| {r['target']} | {r['bits']} ({r['method']}{variant}) | {r['runtime']} | {cpu} | {_coverage_text(r)} | "
                      f"{'–' if agreement is None else agreement} | "
                      f"{100 * r['top1_runtime']:.2f} | {100 * r['top1_ort_cpu']:.2f} | {100 * r['top1_reference']:.2f} | "
                      f"{r['images']} | {' | '.join(timing)} |")

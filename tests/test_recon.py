@@ -252,3 +252,30 @@ def test_pd_weight_default_follows_the_weight_bits():
 
 def test_paper_preset_keeps_pd_quants_weight_at_every_bit_width():
     assert ReconConfig.preset("pdquant", "paper").resolved(2).pd_weight == 10.0
+
+
+def test_thorough_preset_is_the_measured_budget_point():
+    """Rule: `thorough` is exactly the budget grid's point `default@iterations=3000` (bench/pdquant.py --suite
+    budget), the one whose accuracy the README reports for it; changing it needs a new measurement."""
+    thorough = ReconConfig.preset("pdquant", "thorough")
+    measured = ReconConfig.preset("pdquant", "default", iterations=3000)
+    assert replace(thorough, preset_name="default") == measured
+    assert (thorough.iterations, thorough.batch_size, thorough.dc_steps) == (3000, 32, 50)
+
+
+def test_thorough_preset_warns_below_the_images_it_was_measured_with():
+    """Rule: a preset measured with N calibration images warns when given fewer (naming N and how to get
+    them), and says nothing at N or above, for other presets, or without reconstruction."""
+    thorough = ReconConfig.preset("pdquant", "thorough")
+    advice = thorough.calibration_advice(256)
+    assert advice is not None and "1024" in advice and "256" in advice and "toolchain generate -n 1024" in advice
+    assert thorough.calibration_advice(1024) is None
+    assert ReconConfig.preset("pdquant", "default").calibration_advice(16) is None
+    assert ReconConfig.preset("none", "thorough").calibration_advice(16) is None
+
+
+def test_preset_advice_reaches_the_report_warnings(resnet20_random, calib):
+    """The quantizer puts the preset's calibration advice among the report's warnings (which the CLI prints)."""
+    recon = replace(ReconConfig.preset("brecq", "fast"), preset_name="thorough")
+    result = quantize(resnet20_random, calib, QuantConfig(w_bits=4, a_bits=4, reconstruction=recon), progress=False)
+    assert any("measured with 1024 calibration images and this set has 32" in w for w in result.report["warnings"])

@@ -204,6 +204,9 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
                         "with full-range weights (ResNet-20 W8A8: onnxruntime 92.3 % top-1 agreement with the QDQ "
                         "semantics, OpenVINO 13 dB SQNR); pass --reduce-range if the model will run on such CPUs "
                         "(99.9 %, 32 dB)")
+    advice = config.reconstruction.calibration_advice(len(calib))
+    if advice:
+        warnings.append(advice)
     resume_point = _resume_point(float_model, calib, config, checkpoint, resume)
     act, weights = choose_parameters(float_model, plan, calib, config, progress, execution)
     integers, recon_report = None, None

@@ -16,7 +16,9 @@ Methods (../shared/docs/methods.md sections 0 and 3):
 Presets: `paper` = PD-Quant's settings (20k iterations per unit, 500 DC steps, PD weight 10 at every
 bit-width); `default` = the best accuracy per CPU-minute measured on ResNet-20 (bench/pdquant.py; PD
 weight by weight bits, see `pd_weight`); `cpu` = ImageNet-size models on a few CPU cores (100 iterations
-per unit at batch 8: ResNet-18 @224 W4A4 in 23.5 min on 2 cores, bench/scale.py); `fast` = tests (seconds).
+per unit at batch 8: ResNet-18 @224 W4A4 in 23.5 min on 2 cores, bench/scale.py); `thorough` = the
+budget point that reaches FP32 - 1.0 on ResNet-20 W4A4 zero-shot (3000 iterations per unit, measured with
+1024 calibration images: bench/pdquant.py --suite budget; about 2 h per model on 2 cores); `fast` = tests.
 """
 
 from __future__ import annotations
@@ -28,7 +30,10 @@ from toolchain.errors import ConfigError
 
 Method = Literal["none", "brecq", "pdquant"]
 METHODS = ("none", "brecq", "pdquant")
-PRESETS = ("fast", "cpu", "default", "paper")
+PRESETS = ("fast", "cpu", "default", "thorough", "paper")
+# The calibration set size a preset was measured with, where fewer images lose what its budget buys
+# (ResNet-20 W4A4: 256 -> 1024 DGH images gains more than 300 -> 3000 iterations per unit; README "Scale").
+PRESET_IMAGES = {"thorough": 1024}
 
 
 @dataclass(frozen=True)
@@ -122,11 +127,22 @@ class ReconConfig:
             "paper": {"iterations": 20000, "batch_size": 32, "dc_steps": 500, "pd_weight": 10.0},
             # Measured on ResNet-20 W4A4 (bench/pdquant.py): see the README's reconstruction table.
             "default": {"iterations": 300, "batch_size": 32, "dc_steps": 50},  # 100: 78.81 % in 92 s; 300: 79.55 % in 195 s
+            # The budget grid's best point (README "Scale"): with 1024 DGH images, 10x the default's iterations.
+            "thorough": {"iterations": 3000, "batch_size": 32, "dc_steps": 50},
             # ImageNet-size models on CPUs: ResNet-18 @224 W4A4 in 23.5 min, MobileNetV2 in bench/scale.py's table.
             "cpu": {"iterations": 100, "batch_size": 8, "dc_steps": 50},
             "fast": {"iterations": 6, "batch_size": 8, "dc_steps": 2, "dc_batch_size": 16},
         }[preset]
         return replace(base, **{**budget, **{k: v for k, v in overrides.items() if v is not None}})
+
+    def calibration_advice(self, images: int) -> str | None:
+        """A warning when the calibration set is smaller than the one this preset was measured with, else None."""
+        wanted = PRESET_IMAGES.get(self.preset_name)
+        if not self.enabled or wanted is None or images >= wanted:
+            return None
+        return (f"reconstruction preset {self.preset_name!r} was measured with {wanted} calibration images and this set "
+                f"has {images}: more images buy more accuracy than more iterations (README, Scale); generate "
+                f"{wanted} with `toolchain generate -n {wanted}`")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
