@@ -83,7 +83,8 @@ def measure(target: str, w_bits: int, a_bits: int, extra: dict, model: Path, cal
            "top1_runtime": in_runtime.top1, "top1_ort_cpu": in_ort.top1, "top1_reference": reference.top1, "top1_fp32": fp32.top1, "images": in_runtime.n,
            "quantize_s": round(quantize_s, 1), "extra": extra}
     row["agreement_db"] = verdict.get("agreement_db")
-    if row["agreement_db"] is None and runtime == "ort":  # ort-x86's verdict is its fusion report: measure it here too
+    if target == "ort-x86":  # its verdict is the fusion report: measure the kernels against the reference here too
+        # (not ort-arm or tensorrt: onnxruntime x86 stands in for their runtimes, whose kernels are not these)
         from toolchain.runtimes import runtime_agreement_db
 
         inputs = np.load(calib)["inputs"][:8]
@@ -161,7 +162,8 @@ def render() -> str:
                 timing += ["emulator: n/a" if r["runtime"] == "qnn" else "–", ""]
         variant = "".join(f", {k.replace('_', '-')}" for k, v in sorted((r.get("extra") or {}).items()) if v)
         agreement = r.get("agreement_db")
-        cpu = " / ".join("VNNI" if r.get(field, False) else "no VNNI" for field in ("cpu_vnni", "latency_cpu_vnni"))
+        cpu = " / ".join("VNNI" if r.get(field, False) else "no VNNI" for field in ("cpu_vnni", "latency_cpu_vnni")
+                         if field == "cpu_vnni" or "latency_ms" in r)
         lines.append(f"| {r['target']} | {r['bits']} ({r['method']}{variant}) | {r['runtime']} | {cpu} | {_coverage_text(r)} | "
                      f"{'–' if agreement is None else agreement} | "
                      f"{100 * r['top1_runtime']:.2f} | {100 * r['top1_ort_cpu']:.2f} | {100 * r['top1_reference']:.2f} | "
