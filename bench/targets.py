@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from timing import interleaved_ms
+from timing import interleaved_ms, sessions_ms
 from toolchain import api
 from toolchain.cpu import has_vnni
 from toolchain.paths import shared_dir
@@ -100,7 +100,15 @@ def latency(runtime: str, model: Path, out: Path, runs: int) -> dict:
     (per call of 32 images: throughput, where the integer kernels' advantage is not hidden by per-call overhead)."""
     timed = {}
     for batch, suffix, count in ((1, "", runs), (32, "_b32", max(runs // 5, 40))):
-        quantized_ms, fp32_ms = interleaved_ms(runtime, (out, model), [batch, 3, 32, 32], count)
+        if runtime == "openvino":  # its FP32 default is bf16 on CPUs that have it: time true f32 beside it
+            from toolchain.runtimes import openvino
+
+            sessions = [openvino.open_session(out, 2), openvino.open_session(model, 2),
+                        openvino.open_session(model, 2, precision="f32")]
+            quantized_ms, fp32_ms, f32_ms = sessions_ms(sessions, [batch, 3, 32, 32], count)
+            timed[f"latency{suffix}_f32_hint_ms"] = round(f32_ms, 4)
+        else:
+            quantized_ms, fp32_ms = interleaved_ms(runtime, (out, model), [batch, 3, 32, 32], count)
         timed[f"latency{suffix}_ms"], timed[f"latency{suffix}_fp32_ms"] = round(quantized_ms, 4), round(fp32_ms, 4)
     timed["latency_cpu_vnni"] = has_vnni()
     return timed
@@ -145,7 +153,8 @@ def render() -> str:
              "Each file runs in its own runtime; `top-1 ort` is the same file in onnxruntime CPU on the same images, "
              "`reference` the same in unoptimised onnxruntime (the file's exact Q/DQ semantics). "
              "Latency: batch 1 and batch 32 (one call of 32 images), 2 threads, median, the FP32 model in the same runtime "
-             "timed in alternating rounds with the file; "
+             "timed in alternating rounds with the file (OpenVINO: its default, bf16 on CPUs that have it, and in brackets "
+             "true f32 via INFERENCE_PRECISION_HINT); "
              "timed with the machine alone (`--latency-only`).", "",
              "`CPU`: whether the machine that measured the row (accuracy / latency) had VNNI; rows without the field were "
              "measured on the first AVX2 machine, which had none.", "",
@@ -156,8 +165,11 @@ def render() -> str:
         timing = []
         for suffix in ("", "_b32"):
             if f"latency{suffix}_ms" in r:
-                timing += [f"{r[f'latency{suffix}_ms']:.3f} ({r[f'latency{suffix}_fp32_ms']:.3f})",
-                           f"{r[f'latency{suffix}_ms'] / r[f'latency{suffix}_fp32_ms']:.2f}"]
+                quantized, fp32, f32 = (r[f"latency{suffix}_ms"], r[f"latency{suffix}_fp32_ms"],
+                                        r.get(f"latency{suffix}_f32_hint_ms"))
+                f32_time = "" if f32 is None else f"; f32 {f32:.3f}"
+                f32_ratio = "" if f32 is None else f" ({quantized / f32:.2f})"
+                timing += [f"{quantized:.3f} ({fp32:.3f}{f32_time})", f"{quantized / fp32:.2f}{f32_ratio}"]
             else:
                 timing += ["emulator: n/a" if r["runtime"] == "qnn" else "–", ""]
         variant = "".join(f", {k.replace('_', '-')}" for k, v in sorted((r.get("extra") or {}).items()) if v)

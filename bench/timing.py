@@ -22,12 +22,16 @@ def interleaved_ms(runtime: str, paths: tuple[Path, Path], shape: list[int], run
     so their ratio is what the files change, not when each one ran."""
     from toolchain.runtimes import open_runtime
 
-    sessions = [open_runtime(runtime, path, threads=2) for path in paths]
+    return sessions_ms([open_runtime(runtime, path, threads=2) for path in paths], shape, runs, rounds)
+
+
+def sessions_ms(sessions: list, shape: list[int], runs: int, rounds: int = 10) -> tuple[float, ...]:
+    """Median ms per call of each session (anything with .run(x)), timed in alternating rounds."""
     x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
     for session in sessions:
         for _ in range(max(runs // 10, 5)):
             session.run(x)
-    times: list[list[float]] = [[], []]
+    times: list[list[float]] = [[] for _ in sessions]
     per_round = max(runs // rounds, 1)
     for _ in range(rounds):
         for session, timed in zip(sessions, times):
@@ -35,4 +39,4 @@ def interleaved_ms(runtime: str, paths: tuple[Path, Path], shape: list[int], run
                 start = time.perf_counter()
                 session.run(x)
                 timed.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times[0]), 1000 * statistics.median(times[1])
+    return tuple(1000 * statistics.median(timed) for timed in times)
