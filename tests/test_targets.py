@@ -171,6 +171,23 @@ def test_openvino_runs_the_w8a8_model_on_integers(emitted):
     assert all(k.split()[1] in ("u8", "i8") for k in report["details"]["layers"])
 
 
+@pytest.mark.skipif(not HAS_OPENVINO, reason="openvino is not installed (pip install -e '.[openvino]')")
+def test_openvino_precision_hint_reaches_the_compiled_model(digits, tmp_path):
+    """open_session(precision="f32") compiles the FP32 model with INFERENCE_PRECISION_HINT f32 (what the latency
+    bench times against, since OpenVINO's default is bf16 on CPUs that have it) and computes the same logits as
+    onnxruntime within 1e-4 relative (tolerance: f32 kernels differ only in summation order)."""
+    from toolchain.runtimes import open_runtime
+    from toolchain.runtimes.openvino import open_session
+
+    path = tmp_path / "digits.onnx"
+    onnx.save(digits, path)
+    session = open_session(path, 1, precision="f32")
+    assert str(session.compiled.get_property("INFERENCE_PRECISION_HINT")) == "<Type: 'float32'>"
+    x = np.random.default_rng(1).standard_normal((4, 1, 8, 8)).astype(np.float32)
+    reference = open_runtime("ort", path).run(x)
+    assert np.abs(session.run(x) - reference).max() <= 1e-4 * np.abs(reference).max()
+
+
 def test_missing_runtime_names_the_extra(monkeypatch, emitted, tmp_path):
     """A runtime whose package is missing: ConfigError with the pip command of its extra."""
     import sys
