@@ -97,7 +97,7 @@ def quantize_command(model: str, calib: str, output: str, w_bits: int, a_bits: i
       toolchain quantize resnet20.onnx --calib calib_data/dgh256.npz --w-bits 4 --a-bits 4 -o r20_w4a4.onnx
       toolchain quantize resnet20.onnx --calib calib_data/dgh256.npz --w-bits 4 --a-bits 4 --reconstruct pdquant -o r20_pd.onnx
       toolchain quantize resnet20.onnx --calib calib_data/dgh1024.npz --w-bits 4 --a-bits 4 --reconstruct pdquant \
-          --preset thorough -o r20_pd.onnx     # the most accurate budget measured (about 2 h on 2 cores)
+          --preset thorough -o r20_pd.onnx     # the most accurate budget measured (1-2 h on 2 cores)
       toolchain quantize resnet20.onnx --calib calib_data/dgh256.npz --target qnn --a-bits 16 -o r20_qnn_w8a16.onnx
       toolchain quantize ...same options... --resume     # after a stop: continues from r20_pd.onnx.ckpt
       toolchain quantize r18.onnx --calib calib_data/dgh1024.npz --w-bits 4 --a-bits 4 --reconstruct pdquant \
