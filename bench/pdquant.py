@@ -319,8 +319,11 @@ def render(path: Path) -> None:
         lines += [f"\n{n} images x {it} iterations per unit over {len(v)} seeds: **{_stats([x / 100 for x in v])}** "
                   f"({' / '.join(f'{x:.2f}' for x in v)}; preset `thorough` with {n} DGH images)."
                   for (n, it), v in points.items() if len(v) > 1]
-        lines += ["Seeds 1 and 2 of 1024 x 3000 ran in a later session on another machine of the same size (2 cores, with "
-                  "AVX-512 VNNI), which took 3774 s and 3808 s at 1 thread where seed 0's machine took 6942 s."]
+        later = [r for r in budget if r["seed"] != 0]
+        if later:  # the other seeds ran in a later session, on a machine of the same size but a faster CPU
+            lines += ["Seeds other than 0 ran in a later session on another machine of the same size (2 cores, with "
+                      "AVX-512 VNNI): quantize s " + ", ".join(f"{r['quantize_s']:.0f} (seed {r['seed']}, {r['n']} x "
+                                                                f"{r['iterations_per_unit']})" for r in later) + "."]
         if _plot_budget(budget, path.with_name("budget_resnet20_w4a4.png")):
             lines += ["", "![accuracy against cost](budget_resnet20_w4a4.png)"]
     (path.with_suffix(".md")).write_text("\n".join(lines) + "\n")

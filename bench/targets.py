@@ -15,8 +15,9 @@ Per row (target, bits): the QDQ file is quantized from the same zero-shot calibr
   (onnxruntime unoptimised: the file's exact Q/DQ semantics): the differences are what each runtime changes;
 - the runtime's outputs against the reference on 8 calibration inputs (SQNR dB, the quantize verdict);
 - latency at batch 1 (median of --runs after a warm-up) and at batch 32 of the file and of the FP32 model in
-  the same runtime, 2 threads, in alternating rounds in this process (so drift hits both) (--no-latency, then --latency-only with
-  the machine alone, when accuracy rows run beside other work). QNN's HTP is an emulator on x86: its speed is
+  the same runtime, 2 threads, in alternating rounds in this process so that drift hits both (--no-latency,
+  then --latency-only with the machine alone, when accuracy rows run beside other work); OpenVINO's FP32 model
+  also with INFERENCE_PRECISION_HINT f32, since its default is bf16 on CPUs that have it. QNN's HTP is an emulator on x86: its speed is
   not the NPU's, so no latency is reported for it.
 
 Rows are merged into bench/results/targets.json and rendered to targets.md.
@@ -48,7 +49,7 @@ ROWS = [
     ("ort-x86", 8, 8, {"reduce_range": True}),  # for CPUs without VNNI (see quant.config reduce_range)
     ("ort-x86", 4, 4, {}),
     ("ort-arm", 8, 8, {}),
-    ("openvino", 8, 8, {}),  # full-range weights: saturate on this CPU (no VNNI), kept to show it
+    ("openvino", 8, 8, {}),  # full-range weights: saturate on CPUs without VNNI, kept to show it
     ("openvino", 8, 8, {"reduce_range": True}),
     ("openvino", 4, 8, {}),
     ("qnn", 8, 8, {}),
