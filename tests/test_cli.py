@@ -1,4 +1,4 @@
-"""The CLI as a user runs it: real output on good input; one line, exit 1, no traceback, no file on bad input."""
+"""The CLI as a user runs it: real output on good input; one line, exit 2, no traceback, no file on bad input."""
 
 import json
 
@@ -18,8 +18,8 @@ def run(*args: str):
 
 
 def assert_user_error(result, *needles: str) -> str:
-    """Exit code 1, a single 'Error: ...' line that names what is wrong, and no traceback."""
-    assert result.exit_code == 1, result.output
+    """Exit code 2 (bad input), a single 'Error: ...' line that names what is wrong, and no traceback."""
+    assert result.exit_code == 2, result.output
     assert result.exc_info is None or result.exc_info[0] is SystemExit, "a user error must not raise"
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("Error: "), result.output

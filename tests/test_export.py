@@ -98,7 +98,7 @@ def test_dynamo_exporter_keeps_batchnorm_and_folds_its_shape_arithmetic(tmp_path
 
 
 def test_dynamo_exporter_without_onnxscript_says_what_to_install(tmp_path, monkeypatch):
-    """Without onnxscript the dynamo exporter cannot run: one line naming the package, exit 1, no file."""
+    """Without onnxscript the dynamo exporter cannot run: one line naming the package, exit 2, no file."""
     import importlib.util
 
     from click.testing import CliRunner
@@ -109,6 +109,6 @@ def test_dynamo_exporter_without_onnxscript_says_what_to_install(tmp_path, monke
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real_find_spec(name, *a))
     out = tmp_path / "d.onnx"
     result = CliRunner().invoke(cli, ["export", "digits_resnet", "--exporter", "dynamo", "-o", str(out)])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert "pip install onnxscript" in result.output and "Traceback" not in result.output
     assert not out.exists()

@@ -27,9 +27,10 @@ def run(*args, env: dict | None = None):
     return CliRunner().invoke(cli, [str(a) for a in args], env=env)
 
 
-def one_error_line(result) -> str:
-    """Exit 1, no exception escaping, exactly one 'Error: ' line on stderr; returns it."""
-    assert result.exit_code == 1, result.output
+def one_error_line(result, code: int = 2) -> str:
+    """Exit `code` (2: bad input, 1: internal error), no exception escaping, exactly one 'Error: ' line on stderr;
+    returns it."""
+    assert result.exit_code == code, result.output
     assert result.exc_info is None or result.exc_info[0] is SystemExit
     assert "Traceback" not in result.stderr
     errors = [line for line in result.stderr.splitlines() if line.startswith("Error: ")]
@@ -58,7 +59,7 @@ def test_a_bug_inside_a_command_is_one_line_naming_the_log_with_the_traceback(di
     """An unexpected exception: exit 1, one line with the error and the log file, the traceback in that file only."""
     monkeypatch.setattr(api, "inspect_model", lambda path: 1 / 0)
     result = run("inspect", digits, env={"TOOLCHAIN_LOG_DIR": str(tmp_path)})
-    line = one_error_line(result)
+    line = one_error_line(result, code=1)
     assert INTERNAL_ERROR in line and "ZeroDivisionError" in line and "--debug" in line
     logs = list(tmp_path.glob("crash-*.log"))
     assert len(logs) == 1 and str(logs[0]) in line
@@ -73,7 +74,7 @@ def test_debug_prints_the_traceback_too(digits, tmp_path, monkeypatch):
 
 
 def test_an_os_error_is_the_systems_message_with_the_file(digits, tmp_path, monkeypatch):
-    """A full disk or a permission problem: one line with the system's reason and the path, exit 1, no traceback."""
+    """A full disk or a permission problem: one line with the system's reason and the path, exit 2, no traceback."""
     def full_disk(path):
         raise OSError(28, "No space left on device", str(tmp_path / "x.onnx"))
 

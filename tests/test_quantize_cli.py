@@ -131,12 +131,12 @@ def test_op_without_rule_is_left_in_float_with_a_warning(conv_sin, calib_npz, tm
 
 
 def test_require_full_integer_fails_while_an_op_runs_in_float(conv_sin, digits, calib_npz, tmp_path):
-    """--require-full-integer: exit 1 naming the float op and writing nothing; a model onnxruntime runs
+    """--require-full-integer: exit 2 naming the float op and writing nothing; a model onnxruntime runs
     entirely on integers (the digits ResNet) passes with the same flag."""
     out = tmp_path / "out.onnx"
     failed = run("quantize", conv_sin, "--calib", calib_npz, "-o", out, "--require-full-integer")
     lines = [line for line in failed.output.splitlines() if line.startswith("Error: ")]  # after calibration's progress bars
-    assert failed.exit_code == 1 and len(lines) == 1 and "Sin 'sin'" in lines[0] and "Traceback" not in failed.output
+    assert failed.exit_code == 2 and len(lines) == 1 and "Sin 'sin'" in lines[0] and "Traceback" not in failed.output
     assert _nothing_written(tmp_path)
     result = run("quantize", digits, "--calib", calib_npz, "-o", tmp_path / "digits.onnx", "--require-full-integer")
     assert result.exit_code == 0, result.output
@@ -179,7 +179,7 @@ def test_quantize_rejects_a_calibration_set_smaller_than_the_reconstruction_batc
 
 
 def test_quantize_divergence_names_the_unit_and_writes_nothing(digits, calib_npz, tmp_path, monkeypatch):
-    """A NaN loss mid-reconstruction: one-line error naming the unit, exit 1, no model or report."""
+    """A NaN loss mid-reconstruction: one-line error naming the unit, exit 2, no model or report."""
     from dataclasses import replace
 
     from toolchain.recon import ReconConfig
@@ -191,7 +191,7 @@ def test_quantize_divergence_names_the_unit_and_writes_nothing(digits, calib_npz
 
     monkeypatch.setattr(ReconConfig, "preset", classmethod(diverging))
     result = run("quantize", digits, "--calib", calib_npz, "--reconstruct", "brecq", "--preset", "fast", "-o", tmp_path / "out.onnx")
-    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.exit_code == 2 and "Traceback" not in result.output
     last = [line for line in result.output.splitlines() if line.strip()][-1]  # after the progress bars
     assert last.startswith("Error: unit 0 (") and "loss became nan" in last and "no model was written" in last
     assert _nothing_written(tmp_path)  # no finished unit: no checkpoint either
@@ -231,7 +231,7 @@ def test_quantize_resume_after_a_stop_gives_the_uninterrupted_model(digits, cali
     checkpoint = tmp_path / "out.onnx.ckpt"
     assert not (tmp_path / "out.onnx").exists() and checkpoint.is_file()
     if stop == "divergence":
-        assert stopped.exit_code == 1 and "Traceback" not in stopped.output
+        assert stopped.exit_code == 2 and "Traceback" not in stopped.output
         assert "The 2 finished unit(s) are kept in" in stopped.output and "--resume" in stopped.output
     else:
         assert stopped.exit_code == 130 and "--resume continues" in stopped.output
@@ -250,7 +250,7 @@ def test_quantize_resume_refuses_a_checkpoint_of_another_run(digits, calib_npz, 
     args = ["quantize", digits, "--calib", calib_npz, "--reconstruct", "brecq", "--preset", "fast", "-o", tmp_path / "out.onnx"]
     with monkeypatch.context() as patch:
         _stop_at_unit(patch, 1, ReconstructionError("unit 1 (block): the loss became nan at iteration 1"))
-        assert run(*args, "--w-bits", 4).exit_code == 1
+        assert run(*args, "--w-bits", 4).exit_code == 2
     result = run(*args, "--w-bits", 8, "--resume")
     assert_user_error(result, "was written by a run with different", "quantizer")
     assert not (tmp_path / "out.onnx").exists()
@@ -298,7 +298,7 @@ def test_quantize_records_the_pd_weight_chosen_by_the_weight_bits(digits, calib_
     (["--providers", "NoSuchExecutionProvider"], ["NoSuchExecutionProvider", "--providers cpu"]),
 ])
 def test_bad_execution_options_are_one_line_errors_and_write_nothing(digits, calib_npz, tmp_path, options, needles):
-    """Rule: a device torch cannot use, an unknown device or a missing onnxruntime provider exits 1 with the fix."""
+    """Rule: a device torch cannot use, an unknown device or a missing onnxruntime provider exits 2 with the fix."""
     import torch
 
     if "cuda" in options and torch.cuda.is_available():

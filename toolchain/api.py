@@ -228,29 +228,24 @@ def report_path_for(model_path: Path) -> Path:
 DEFAULT_CALIB_IMAGES = 512
 
 
-def load_calibration_inputs(calib: str | Path, proto: onnx.ModelProto, source: str, limit: int | None, seed: int,
+def load_calibration_inputs(calib, proto: onnx.ModelProto, source: str, limit: int | None, seed: int,
                             overrides: PreprocessingOverrides = PreprocessingOverrides()):
-    """A CalibrationSet from a calibration .npz (`inputs`; the first `limit`, all when None) or an image
+    """A CalibrationSet from any form calibforms reads (a calibration .npz, an .npz keyed by the input name, a
+    test_data_set_* folder, a CalibrationDataReader: the first `limit` inputs, all when None) or from an image
     dataset (`limit` images, default 512, sampled with `seed`)."""
-    from toolchain.calibdata import CalibrationSet, load_calibration, npz_keys, sample_calibration
-    from toolchain.errors import DataError
+    from toolchain.calibdata import sample_calibration
+    from toolchain.calibforms import read_calibration_form
 
-    path = Path(calib)
-    if not path.exists():
-        raise DataError(f"calibration data {path} does not exist")
-    if path.suffix == ".npz":
-        if "inputs" in npz_keys(path, "calibration data", "give a calibration .npz ('inputs', see calib_data/README.md) "
-                                "or an image dataset (.npz with 'images' and 'labels')"):
-            loaded = load_calibration(path)
-            inputs = loaded.inputs[:limit] if limit else loaded.inputs
-            return CalibrationSet(inputs, loaded.labels, {**loaded.manifest, "file": str(path), "n": int(len(inputs))})
+    loaded = read_calibration_form(calib, image_input(proto, source).name, source, limit)
+    if loaded is not None:
+        return loaded
     pre = model_preprocessing(proto, overrides, source)
-    return sample_calibration(path, pre, limit if limit is not None else DEFAULT_CALIB_IMAGES, seed)
+    return sample_calibration(Path(calib), pre, limit if limit is not None else DEFAULT_CALIB_IMAGES, seed)
 
 
 def quantize_model(
     model: str | Path,
-    calib: str | Path,
+    calib,
     out: str | Path,
     config=None,
     calib_limit: int | None = None,
@@ -263,6 +258,9 @@ def quantize_model(
     distributed=None,
 ) -> QuantizeOutcome | None:
     """Quantize MODEL with calibration data CALIB; write OUT and OUT's .report.json (both or neither).
+
+    CALIB: a path (calibration .npz, .npz keyed by the input name, test_data_set_* folder of input_*.pb, or an
+    image dataset), or an onnxruntime CalibrationDataReader (see calibforms).
 
     With reconstruction, `OUT.ckpt` keeps the finished units while it runs (removed once OUT is written);
     after a divergence, a crash or Ctrl-C, `resume=True` continues from it. `execution` (an

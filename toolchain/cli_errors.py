@@ -8,10 +8,11 @@ Usage:
     toolchain --debug quantize ...        # an internal error prints its traceback too
     TOOLCHAIN_DEBUG=1 toolchain ...       # the same, for pipelines that cannot change the command line
 
-What a command raises becomes:
-- ToolchainError (bad input the user can fix): its one-line message, exit 1;
-- OSError (disk full, permission denied, a file vanished): the system's message naming the file, exit 1;
-- MemoryError: a line saying so and what to reduce, exit 1;
+What a command raises becomes (the exit codes are EXIT_CODES, listed in `toolchain --help` and the README):
+- ToolchainError (bad input the user can fix): its one-line message, exit 2 (as click's usage errors);
+- OSError (disk full, permission denied, a file vanished): the system's message naming the file, exit 2;
+- MemoryError: a line saying so and what to reduce, exit 2;
+- GateFailed (an accuracy gate of `toolchain run`): the failed gates in one line, exit 3;
 - KeyboardInterrupt: a line saying what was kept, exit 130;
 - anything else (a bug in the toolchain): one line naming the error and the log file that holds the full
   traceback, exit 1.
@@ -32,9 +33,20 @@ from typing import Any, TypeVar
 
 import click
 
-from toolchain.errors import ToolchainError
+from toolchain.errors import GateFailed, ToolchainError
 
 F = TypeVar("F", bound=Callable[..., Any])
+
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_GATE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_CODES_TEXT = ("Exit codes: 0 success; 1 internal error (one line names the log file holding the traceback; "
+                   "--debug prints it); 2 usage error or bad input (one line says what to fix); 3 an accuracy gate "
+                   "failed (--min-top1, --max-drop, --min-agreement; the outputs are written); 130 interrupted.")
+
+
+class BadInput(click.ClickException):
+    """A ToolchainError on its way out: click prints 'Error: MESSAGE' and exits EXIT_BAD_INPUT."""
+
+    exit_code = EXIT_BAD_INPUT
 
 DEBUG_ENV = "TOOLCHAIN_DEBUG"
 LOG_DIR_ENV = "TOOLCHAIN_LOG_DIR"
@@ -75,7 +87,7 @@ def _command_name() -> str:
     return context.command_path if context is not None else "toolchain"
 
 
-def _fail(message: str, code: int = 1) -> None:
+def _fail(message: str, code: int = EXIT_BAD_INPUT) -> None:
     click.echo(f"Error: {message}", err=True)
     sys.exit(code)
 
@@ -89,7 +101,7 @@ def _internal_error(err: BaseException) -> None:
     where = f"the traceback is in {log}" if log is not None else "no log file could be written"
     summary = " ".join(f"{type(err).__name__}: {err}".split())[:300]
     _fail(f"{INTERNAL_ERROR} in `{command}` ({summary}); {where}. Rerun with `toolchain --debug ...` to print it, "
-          "and please report it with that file")
+          "and please report it with that file", EXIT_INTERNAL)
 
 
 def handle_errors(func: F) -> F:
@@ -100,12 +112,14 @@ def handle_errors(func: F) -> F:
         try:
             return func(*args, **kwargs)
         except ToolchainError as err:
-            raise click.ClickException(str(err)) from err
+            raise BadInput(str(err)) from err
+        except GateFailed as err:
+            _fail(str(err), EXIT_GATE)
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort, SystemExit):
             raise
         except KeyboardInterrupt:
             click.echo("interrupted; no output was written (where OUTPUT.ckpt exists, --resume continues from it)", err=True)
-            sys.exit(130)
+            sys.exit(EXIT_INTERRUPTED)
         except MemoryError:
             _fail("out of memory; use fewer calibration images (--calib-limit, -n) or a smaller batch size")
         except OSError as err:

@@ -69,7 +69,7 @@ from toolchain.recon.config import PRESETS
                    "which keeps the finished units; give the same model, calibration set and bits.")
 @click.option("--require-all-quantized", is_flag=True, help="Fail when an op has no quantization rule (default: warn, leave it in float).")
 @click.option("--require-full-integer", is_flag=True,
-              help="Fail (exit 1, no output) unless onnxruntime runs every compute op on integer kernels; the message lists the float ops.")
+              help="Fail (exit 2, no output) unless onnxruntime runs every compute op on integer kernels; the message lists the float ops.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT and its report if they exist.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report's summary as one JSON object.")
 @preprocessing_options

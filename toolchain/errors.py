@@ -39,3 +39,8 @@ class DataError(ToolchainError):
 
 class ExportError(ToolchainError):
     """Export to ONNX failed or did not verify."""
+
+
+class GateFailed(Exception):
+    """An accuracy gate of `toolchain run` failed: the run finished and wrote its outputs, the model is not good
+    enough. Not a ToolchainError: the input was valid, so the CLI exits 3, not 2."""

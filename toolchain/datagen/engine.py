@@ -91,6 +91,9 @@ class Engine:
         self.iteration = 0
         self.elapsed = 0.0  # seconds spent in outer iterations, over every session of this run
         self.initial_losses: dict[str, float] = {}
+        # Mean training loss of this process's images per outer iteration (augmented batches, as optimised): the
+        # run report's generation curve. Under torchrun it is this rank's share.
+        self.loss_curve: list[float] = []
         self.session_steps = 0  # image-steps of the whole set (all processes) in this session
         self.session_time = 0.0
 
@@ -118,7 +121,7 @@ class Engine:
         """This process's state: its batches' images, optimisers, schedules, generators and stored rows."""
         return {
             "iteration": self.iteration, "elapsed": self.elapsed, "initial_losses": self.initial_losses,
-            "owned": list(self.owned),
+            "loss_curve": list(self.loss_curve), "owned": list(self.owned),
             "images": [x.detach().clone() for x in self.images],
             "optimizers": [o.state_dict() for o in self.optimizers],
             "schedules": [s.state_dict() for s in self.schedules],
@@ -141,6 +144,7 @@ class Engine:
             generator.set_state(saved)
         self.iteration, self.elapsed = int(state["iteration"]), float(state["elapsed"])
         self.initial_losses = dict(state["initial_losses"])
+        self.loss_curve = list(state.get("loss_curve", []))  # checkpoints written before the curve existed: none
         if self.reduce is not None:  # every rank must continue from the same iteration
             it = float(self.iteration)
             total, squares = (float(v) for v in self.reduce(torch.tensor([it, it * it], dtype=torch.float64)))
@@ -173,6 +177,7 @@ class Engine:
                 self.elapsed += spent
                 self.session_time += spent
                 self.session_steps += self.n
+                self.loss_curve.append(loss / self.own_images)
                 bar.update(1)
                 bar.set_postfix(loss=f"{loss / self.own_images:.4g}", lr=f"{self.schedules[0].lr:.3g}", refresh=False)
                 if checkpoint is not None and (self.iteration % every == 0 or self.iteration == total_iterations):

@@ -224,7 +224,8 @@ def _optimise(model: onnx.ModelProto, pre: Preprocessing, method: str, n: int, c
     manifest.update(
         config=config.to_dict(), num_bn_layers=len(teacher.layout.names), batches=engine.sizes,
         border=engine.pipeline.border, plateau_patience=config.optim.resolved_patience(config.iterations),
-        losses={"initial": engine.initial_losses, "final": final},
+        losses={"initial": engine.initial_losses, "final": final,
+                "curve": [float(f"{v:.6g}") for v in engine.loss_curve]},
         iterations=engine.iteration, optimisation_time_s=round(engine.elapsed, 3),
         image_iterations_per_s=round(rate, 2) if rate else None,
     )
