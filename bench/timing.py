@@ -1,42 +1,10 @@
-"""Latency of two ONNX files in one runtime, timed in alternating rounds so machine drift hits both.
+"""The benchmarks' latency helpers: toolchain.runtimes.timing (alternating rounds, median ms per call).
 
 Usage (from a script in bench/, whose folder is on sys.path):
     from timing import interleaved_ms
     quantized_ms, fp32_ms = interleaved_ms("ort", (qdq_path, fp32_path), [1, 3, 32, 32], runs=300)
 """
 
-from __future__ import annotations
+from toolchain.runtimes.timing import interleaved_ms, sessions_ms
 
-import statistics
-import time
-from pathlib import Path
-
-import numpy as np
-
-
-def interleaved_ms(runtime: str, paths: tuple[Path, Path], shape: list[int], runs: int, rounds: int = 10) -> tuple[float, float]:
-    """Median ms per call of each of two files in `runtime`, timed in alternating rounds of runs/rounds calls.
-
-    The machine's speed drifts by up to 30 % between minutes here (FP32 baselines of the same model in
-    earlier runs: 1.12-1.64 ms); alternating the two files round by round puts the same drift on both,
-    so their ratio is what the files change, not when each one ran."""
-    from toolchain.runtimes import open_runtime
-
-    return sessions_ms([open_runtime(runtime, path, threads=2) for path in paths], shape, runs, rounds)
-
-
-def sessions_ms(sessions: list, shape: list[int], runs: int, rounds: int = 10) -> tuple[float, ...]:
-    """Median ms per call of each session (anything with .run(x)), timed in alternating rounds."""
-    x = np.random.default_rng(0).standard_normal(shape).astype(np.float32)
-    for session in sessions:
-        for _ in range(max(runs // 10, 5)):
-            session.run(x)
-    times: list[list[float]] = [[] for _ in sessions]
-    per_round = max(runs // rounds, 1)
-    for _ in range(rounds):
-        for session, timed in zip(sessions, times):
-            for _ in range(per_round):
-                start = time.perf_counter()
-                session.run(x)
-                timed.append(time.perf_counter() - start)
-    return tuple(1000 * statistics.median(timed) for timed in times)
+__all__ = ["interleaved_ms", "sessions_ms"]

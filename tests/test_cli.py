@@ -200,16 +200,3 @@ def test_evaluate_foreign_model_without_preprocessing(folded_onnx, tmp_path):
     """A foreign model with no metadata and no options: says which options are missing and about `toolchain stamp`."""
     archive = _tar_of_classes(tmp_path / "c.tar.gz", ["airplane"])
     assert_user_error(run("evaluate", folded_onnx, "--data", archive), "--mean", "toolchain stamp")
-
-
-def test_run_main_job_writes_model_and_summary(tmp_path):
-    """`toolchain run`: export, inspect, DGH calibration data, W8A8/W4A4 quantization and evaluation of the built-in
-    model; W8A8 keeps the FP32 accuracy within 2 points and fuses fully; everything is written to the out dir."""
-    result = run("run", "--out-dir", tmp_path / "out", "--json")
-    assert result.exit_code == 0, result.output
-    record = json.loads(result.stdout)
-    assert record["inspect"]["num_batchnorm"] == 6 and record["evaluate"]["top1"] >= 0.97
-    w8a8 = record["quantized"]["W8A8"]
-    assert w8a8["top1"] >= record["evaluate"]["top1"] - 0.02 and w8a8["fusion_coverage"] == 1.0
-    assert (tmp_path / "out" / "digits_resnet_w4a4.report.json").is_file()
-    assert (tmp_path / "out" / "digits_resnet.onnx").is_file() and (tmp_path / "out" / "run.json").is_file()

@@ -6,6 +6,7 @@ Usage:
     summary = api.inspect_model("resnet20.onnx")                            # GraphSummary
     api.stamp_model("theirs.onnx", PreprocessingOverrides(mean=(0.5,), std=(0.5,), input_size=(28, 28)))
     metrics = api.evaluate_model("resnet20.onnx", "../shared/datasets/cifar10-test-jpg.tar.gz")
+    result = api.run(RunConfig(...))                                        # the whole job: pipeline.RunResult
 
 Every function raises a ToolchainError subclass for problems the user can fix, and writes files
 atomically (a failure leaves no partial output).
@@ -157,57 +158,24 @@ def _check_reference(reference: str | Path, pre: Preprocessing) -> None:
     check_runs(proto, str(reference), pre.input_size)
 
 
-def run_default_pipeline(out_dir: Path, progress: bool = True, calib_images: int = 128) -> dict:
-    """The main job, zero-shot, on the built-in digits model: export -> inspect -> generate (DGH, from the
-    BN statistics only) -> quantize at W8A8 and W4A4 -> evaluate every model in onnxruntime.
+def run(config=None, config_name: str = "default", progress: bool = True):
+    """The whole job from one typed config (pipeline.RunConfig; None: the built-in default run) into one run
+    directory: export -> generate -> quantize each entry -> evaluate -> gates -> report. Returns a
+    pipeline.RunResult (run_dir, report, failures; exit_code 3 when a gate failed); raises ToolchainError for
+    bad input, leaving no run directory behind.
 
-    Writes OUT_DIR/digits_resnet.onnx, the calibration set, the QDQ models with their reports, and run.json.
+    Example, an MLOps step:
+        from toolchain import api
+        from toolchain.pipeline import EvaluateSpec, Gates, QuantizeSpec, RunConfig
+        result = api.run(RunConfig(model="model.onnx", calibration="calib.npz", run_dir="runs/nightly",
+                                   quantize=(QuantizeSpec(w_bits=4, a_bits=4, reconstruct="pdquant"),),
+                                   evaluate=EvaluateSpec(data="val.tar.gz"), gates=Gates(max_drop=0.02)))
+        if not result.passed:
+            raise SystemExit(result.failures)
     """
-    import json
+    from toolchain.pipeline import RunConfig, run_pipeline
 
-    from toolchain.cpu import has_vnni
-    from toolchain.modelio import atomic_output
-    from toolchain.quant.config import QuantConfig
-    from toolchain.zoo import DEFAULT_MODEL, default_eval_data
-
-    model_path = out_dir / f"{DEFAULT_MODEL}.onnx"
-    exported = export_model(DEFAULT_MODEL, model_path, overwrite=True)  # the job owns its output folder
-    summary = inspect_model(model_path)
-    data = default_eval_data()
-    fp32 = evaluate_model(model_path, data, progress=progress)
-    calib = generate_calibration(model_path, "dgh", calib_images, out_dir / f"{DEFAULT_MODEL}_dgh{calib_images}.npz",
-                                 overwrite=True, progress=progress)
-    log = [
-        f"export   {model_path}: {exported.num_batchnorm} BatchNormalization kept, onnxruntime vs PyTorch "
-        f"max|diff|/max|ref| {exported.relative_diff:.1e} (<= {exported.tolerance:.0e})",
-        f"inspect  {summary.num_batchnorm} BN layers, {len(summary.quantizable)} quantizable layers, "
-        + ", ".join(f"{op} {n}" for op, n in summary.ops.items()),
-        f"generate {calib.path}: {calib_images} images by DGH from the BN statistics alone "
-        f"({calib.manifest.get('wall_time_s', 0):.1f} s, no training data)",
-        f"evaluate FP32 top-1 {fp32.top1:.4f} on {fp32.n} held-out digits",
-    ]
-    record: dict = {"model": str(model_path), "export": {"num_batchnorm": exported.num_batchnorm, "relative_diff": exported.relative_diff},
-                    "inspect": {"ops": summary.ops, "num_batchnorm": summary.num_batchnorm},
-                    "calibration": {"path": str(calib.path), "method": "dgh", "n": calib_images},
-                    "evaluate": fp32.to_dict(), "quantized": {}}
-    # The models are evaluated on this machine: on a CPU without VNNI, 8-bit weights in 7 bits (QuantConfig.reduce_range).
-    reduce_range = has_vnni() is False
-    for w_bits, a_bits in ((8, 8), (4, 4)):
-        name = f"W{w_bits}A{a_bits}"
-        out = out_dir / f"{DEFAULT_MODEL}_{name.lower()}.onnx"
-        quantized = quantize_model(model_path, calib.path, out, QuantConfig(w_bits=w_bits, a_bits=a_bits, reduce_range=reduce_range),
-                                   calib_limit=calib_images, overwrite=True, progress=progress)
-        metrics = evaluate_model(out, data, reference=model_path, progress=progress)
-        coverage = quantized.report["fusion"]["coverage"]
-        note = ", 8-bit weights in 7 bits: this CPU has no VNNI" if reduce_range and w_bits == 8 else ""
-        log.append(f"quantize {name} {out}: top-1 {metrics.top1:.4f} (agreement with FP32 {metrics.agreement:.4f}), "
-                   f"integer coverage {coverage:.2f} of ops{note}")
-        record["quantized"][name] = {"path": str(out), "top1": metrics.top1, "agreement": metrics.agreement,
-                                     "fusion_coverage": coverage, "reduce_range": reduce_range and w_bits == 8}
-    record["log"] = log
-    with atomic_output(out_dir / "run.json") as tmp:
-        tmp.write_text(json.dumps(record, indent=2) + "\n")
-    return record
+    return run_pipeline(config if config is not None else RunConfig(), config_name, progress)
 
 
 @dataclass(frozen=True)

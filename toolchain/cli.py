@@ -2,6 +2,7 @@
 
 Usage:
     toolchain run                                   # the main job on the built-in default model
+    toolchain run pipeline.yaml --set generate.n=512 --max-drop 0.02
     toolchain export resnet20_cifar10 -o resnet20.onnx
     toolchain inspect resnet20.onnx [--json]
     toolchain evaluate resnet20.onnx --data ../shared/datasets/cifar10-test-jpg.tar.gz [--json]
@@ -9,50 +10,58 @@ Usage:
     toolchain zoo
 
 Every failure ends as one line on stderr and a non-zero exit code, never a traceback (cli_errors.py):
-bad input exits 1 with what to fix; an internal error exits 1 naming the log file with its traceback
-(`toolchain --debug ...` prints it); a usage error (unknown option) exits 2; Ctrl-C exits 130.
+a usage error or bad input exits 2 with what to fix; a failed accuracy gate exits 3; an internal error
+exits 1 naming the log file with its traceback (`toolchain --debug ...` prints it); Ctrl-C exits 130.
+Every command takes --json, --quiet and --log-level (cli_output.py) and never prompts.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 from typing import Any
 
 import click
 
 from toolchain import __version__
-from toolchain.cli_errors import handle_errors
+from toolchain.cli_errors import EXIT_CODES_TEXT, handle_errors
+from toolchain.cli_output import output_options, progress_wanted, say
 from toolchain.cli_options import execution_from, execution_options, preprocessing_options, preprocessing_overrides
 from toolchain.cli_quantize import quantize_command
+from toolchain.cli_run import run_command
 
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.version_option(__version__, prog_name="toolchain")
-@click.option("--debug", is_flag=True, help="Print the traceback of an internal error (it always goes to a log file).")
-def cli(debug: bool) -> None:
-    """ONNX post-training quantization with synthetic calibration data.
+_GROUP_HELP = f"""ONNX post-training quantization with synthetic calibration data.
 
     \b
     Start with:
-      toolchain run                      # export, inspect and evaluate the built-in digits model
+      toolchain run                      # the whole job on the built-in digits model: W8A8 and W4A4 pdquant
+      toolchain run pipeline.yaml        # the same from your config (README 'toolchain run')
       toolchain zoo                      # the models `export` knows by name
 
-    \b
-    Exit codes: 0 success; 1 bad input (one line says what to fix) or an internal error (one line names
-    the log file holding the traceback; --debug prints it); 2 usage error; 130 interrupted.
+    {EXIT_CODES_TEXT}
     """
 
 
+@click.group(help=_GROUP_HELP, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="toolchain")
+@click.option("--debug", is_flag=True, help="Print the traceback of an internal error (it always goes to a log file).")
+def cli(debug: bool) -> None:
+    pass
+
+
 @cli.command("zoo")
+@output_options()
 @handle_errors
-def zoo_command() -> None:
+def zoo_command(as_json: bool) -> None:
     """List the models `toolchain export` knows by name."""
     from toolchain.zoo import DEFAULT_MODEL, ZOO
 
+    if as_json:
+        click.echo(json.dumps([{"name": name, "description": entry.description, "default": name == DEFAULT_MODEL}
+                               for name, entry in ZOO.items()]))
+        return
     for name, entry in ZOO.items():
         marker = " (default)" if name == DEFAULT_MODEL else ""
-        click.echo(f"{name:<20} {entry.description}{marker}")
+        say(f"{name:<20} {entry.description}{marker}")
 
 
 @cli.command("export")
@@ -65,9 +74,10 @@ def zoo_command() -> None:
                    "so BN stays; opset 18 or newer; needs onnxscript).")
 @click.option("--overwrite", is_flag=True, help="Replace the output file if it exists.")
 @preprocessing_options
+@output_options()
 @handle_errors
 def export_command(model: str, weights: str | None, output: str | None, opset: int, exporter: str, overwrite: bool,
-                   **kwargs: Any) -> None:
+                   as_json: bool, **kwargs: Any) -> None:
     """Export MODEL to ONNX with its BatchNormalization nodes kept.
 
     MODEL is a zoo name (see `toolchain zoo`) or package.module:factory. The model's preprocessing
@@ -84,7 +94,12 @@ def export_command(model: str, weights: str | None, output: str | None, opset: i
     from toolchain import api
 
     report = api.export_model(model, output, weights, preprocessing_overrides(kwargs), opset, overwrite, exporter)
-    click.echo(
+    if as_json:
+        from dataclasses import asdict
+
+        click.echo(json.dumps({**asdict(report), "path": str(report.path)}))
+        return
+    say(
         f"wrote {report.path}: {report.num_nodes} nodes, {report.num_batchnorm} BatchNormalization kept, opset {report.opset}; "
         f"verified: onnx.checker ok, onnxruntime vs PyTorch max|diff|/max|ref| = {report.relative_diff:.1e} "
         f"<= {report.tolerance:.0e} on {report.samples} random inputs"
@@ -93,7 +108,7 @@ def export_command(model: str, weights: str | None, output: str | None, opset: i
 
 @cli.command("inspect")
 @click.argument("model", type=click.Path())
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of text.")
+@output_options()
 @handle_errors
 def inspect_command(model: str, as_json: bool) -> None:
     """Show MODEL.onnx's inputs, op histogram, BatchNormalization layers and quantizable layers.
@@ -110,15 +125,16 @@ def inspect_command(model: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(summary.to_dict()))
     else:
-        click.echo(format_summary(summary, model))
+        say(format_summary(summary, model))
 
 
 @cli.command("stamp")
 @click.argument("model", type=click.Path())
 @click.option("-o", "--output", type=click.Path(dir_okay=False), help="Write a copy here instead of changing MODEL in place.")
 @preprocessing_options
+@output_options()
 @handle_errors
-def stamp_command(model: str, output: str | None, **kwargs: Any) -> None:
+def stamp_command(model: str, output: str | None, as_json: bool, **kwargs: Any) -> None:
     """Store input preprocessing in MODEL.onnx's metadata (for models exported elsewhere).
 
     \b
@@ -129,7 +145,10 @@ def stamp_command(model: str, output: str | None, **kwargs: Any) -> None:
     from toolchain import api
 
     pre = api.stamp_model(model, preprocessing_overrides(kwargs), output)
-    click.echo(f"stamped {output or model}: {json.dumps(pre.to_dict())}")
+    if as_json:
+        click.echo(json.dumps({"path": str(output or model), "preprocessing": pre.to_dict()}))
+        return
+    say(f"stamped {output or model}: {json.dumps(pre.to_dict())}")
 
 
 @cli.command("evaluate")
@@ -145,8 +164,8 @@ def stamp_command(model: str, output: str | None, **kwargs: Any) -> None:
               help="Runtime that runs MODEL: onnxruntime, reference (onnxruntime without graph optimisation: the file's exact "
                    "Q/DQ semantics), OpenVINO (CPU) or QNN HTP (CPU fallback off; an emulator on x86). openvino and qnn "
                    "need their extras.")
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout (progress bar still on stderr).")
 @preprocessing_options
+@output_options()
 @handle_errors
 def evaluate_command(model: str, data: str, reference: str | None, limit: int | None, seed: int, batch_size: int,
                      threads: int, providers: str | None, runtime: str, as_json: bool, **kwargs: Any) -> None:
@@ -165,12 +184,12 @@ def evaluate_command(model: str, data: str, reference: str | None, limit: int | 
     from toolchain import api
 
     result = api.evaluate_model(model, data, reference, limit, batch_size, threads, seed, preprocessing_overrides(kwargs),
-                                providers=providers, runtime=runtime)
+                                providers=providers, runtime=runtime, progress=progress_wanted())
     if as_json:
         click.echo(json.dumps(result.to_dict()))
         return
     agreement = f", top-1 agreement with {reference}: {result.agreement:.4f}" if result.agreement is not None else ""
-    click.echo(f"{model}: top-1 {result.top1:.4f}, top-5 {result.top5:.4f} on {result.n} images{agreement} "
+    say(f"{model}: top-1 {result.top1:.4f}, top-5 {result.top5:.4f} on {result.n} images{agreement} "
                f"({result.images_per_second:.0f} images/s in {_RUNTIME_NAMES[runtime]}, {threads} threads)")
 
 
@@ -178,32 +197,8 @@ _RUNTIME_NAMES = {"ort": "onnxruntime", "reference": "onnxruntime (unoptimised r
                   "qnn": "QNN HTP"}
 
 
-@cli.command("run")
-@click.option("--out-dir", type=click.Path(file_okay=False), default="out", show_default=True, help="Where to write the model and summary.")
-@click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object.")
-@handle_errors
-def run_command(out_dir: str, as_json: bool) -> None:
-    """The main job on the built-in default model (no downloads, no training data needed).
-
-    Exports the digits ResNet trained by this project (BN kept), inspects it, generates calibration
-    images from its BN statistics alone (DGH), quantizes it at W8A8 and W4A4 (every layer) and evaluates
-    all models in onnxruntime on the held-out digits; writes the models, reports and OUT_DIR/run.json.
-
-    \b
-    Example:
-      toolchain run --out-dir out
-    """
-    from toolchain import api
-
-    summary = api.run_default_pipeline(Path(out_dir))
-    if as_json:
-        click.echo(json.dumps(summary))
-        return
-    for line in summary["log"]:
-        click.echo(line)
-
-
 cli.add_command(quantize_command)
+cli.add_command(run_command)
 
 
 @cli.command("generate")
@@ -224,10 +219,11 @@ cli.add_command(quantize_command)
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT if it exists.")
 @preprocessing_options
 @execution_options()
+@output_options()
 @handle_errors
 def generate_command(model: str, method: str, n: int, output: str | None, preset_name: str, seed: int, data: str | None,
                      per_class: int | None, batch_size: int | None, iterations: int | None, resume: bool, overwrite: bool,
-                     **kwargs: Any) -> None:
+                     as_json: bool, **kwargs: Any) -> None:
     """Synthesise calibration images for MODEL.onnx from its BatchNormalization statistics.
 
     The images are optimised through the torch executor so that the statistics at every
@@ -249,8 +245,11 @@ def generate_command(model: str, method: str, n: int, output: str | None, preset
     with distributed_session() as distributed:  # destroyed on exit, so a torchrun run exits 0 after writing
         outcome = api.generate_calibration(model, method, n, output, preset_name, seed, data, batch_size, iterations,
                                            per_class, resume, overwrite, preprocessing_overrides(kwargs),
-                                           distributed=distributed, execution=execution)
-    if outcome.path is not None:
+                                           distributed=distributed, execution=execution, progress=progress_wanted())
+    if outcome.path is not None and as_json:
+        click.echo(json.dumps({"path": str(outcome.path), **{k: v for k, v in outcome.manifest.items() if k != "config"}},
+                              default=str))
+    elif outcome.path is not None:
         _print_generated(outcome, n, method, preset_name, seed)
     if distributed is not None:
         exit_process(0)  # a torchrun worker skips interpreter teardown (see datagen.distributed.exit_process)
@@ -259,7 +258,7 @@ def generate_command(model: str, method: str, n: int, output: str | None, preset
 def _print_generated(outcome: Any, n: int, method: str, preset_name: str, seed: int) -> None:
     losses = outcome.manifest.get("losses", {}).get("final")
     loss_text = f", final BN distance {losses['bn_distance']:.4g}" if isinstance(losses, dict) and "bn_distance" in losses else ""
-    click.echo(f"wrote {outcome.path}: {n} images, method {method}"
+    say(f"wrote {outcome.path}: {n} images, method {method}"
                f"{', preset ' + preset_name if method in ('dgh', 'fdda', 'bns') else ''}, seed {seed}{loss_text}, "
                f"{outcome.manifest.get('wall_time_s', 0):.1f} s")
 

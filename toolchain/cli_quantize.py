@@ -13,6 +13,7 @@ from typing import Any
 import click
 
 from toolchain.cli_errors import handle_errors
+from toolchain.cli_output import output_options, progress_wanted, say, warn
 from toolchain.cli_options import execution_from, execution_options, preprocessing_options, preprocessing_overrides
 from toolchain.quant.targets import TARGETS
 from toolchain.recon.config import PRESETS
@@ -71,9 +72,9 @@ from toolchain.recon.config import PRESETS
 @click.option("--require-full-integer", is_flag=True,
               help="Fail (exit 2, no output) unless onnxruntime runs every compute op on integer kernels; the message lists the float ops.")
 @click.option("--overwrite", is_flag=True, help="Replace OUTPUT and its report if they exist.")
-@click.option("--json", "as_json", is_flag=True, help="Print the report's summary as one JSON object.")
 @preprocessing_options
 @execution_options(reconstruction=True, providers=True)
+@output_options()
 @handle_errors
 def quantize_command(model: str, calib: str, output: str, w_bits: int, a_bits: int, calibrator: str | None, percentile: float,
                      target: str, batch: int | None, first_last_8bit: bool, low_bit_storage: str, reduce_range: bool, calib_limit: int | None,
@@ -105,32 +106,24 @@ def quantize_command(model: str, calib: str, output: str, w_bits: int, a_bits: i
       torchrun --nproc-per-node 2 -m toolchain.cli quantize resnet20.onnx --calib calib_data/dgh256.npz \
           --w-bits 4 --a-bits 4 --reconstruct pdquant -o r20_pd.onnx    # 2 processes share the reconstruction
     """
-    from dataclasses import replace
-
     from toolchain import api
     from toolchain.datagen.distributed import distributed_session, exit_process
-    from toolchain.quant.config import QuantConfig
-    from toolchain.recon import ReconConfig
+    from toolchain.pipeline.config import QuantizeSpec
 
-    recon = ReconConfig.preset(reconstruct, preset, iterations=recon_iterations, batch_size=recon_batch_size, seed=seed,
-                               pd_weight=pd_weight)
-    if no_qdrop:
-        recon = replace(recon, qdrop=False)
-    if no_pd:
-        recon = replace(recon, prediction_difference=False)
-    if no_dc:
-        recon = replace(recon, distribution_correction=False)
-    if no_learn_scales:
-        recon = replace(recon, learn_scales=False)
-    config = QuantConfig(w_bits=w_bits, a_bits=a_bits, calibrator=calibrator, percentile=percentile, target=target,
-                         batch=batch, first_last_8bit=first_last_8bit, require_all_quantized=require_all_quantized,
-                         require_full_integer=require_full_integer,
-                         low_bit_storage=low_bit_storage, reduce_range=reduce_range, reconstruction=recon)
+    # The options map one to one onto `toolchain run`'s quantize entries: one translation for both.
+    spec = QuantizeSpec(w_bits=w_bits, a_bits=a_bits, calibrator=calibrator, percentile=percentile, target=target,
+                        batch=batch, first_last_8bit=first_last_8bit, low_bit_storage=low_bit_storage,
+                        reduce_range=reduce_range, calib_limit=calib_limit, seed=seed, reconstruct=reconstruct,
+                        preset=preset, recon_iterations=recon_iterations, recon_batch_size=recon_batch_size,
+                        pd_weight=pd_weight, no_qdrop=no_qdrop, no_pd=no_pd, no_dc=no_dc, no_learn_scales=no_learn_scales,
+                        require_all_quantized=require_all_quantized, require_full_integer=require_full_integer)
+    config = spec.quant_config()
     execution = execution_from(kwargs)
     overrides = preprocessing_overrides(kwargs)
     with distributed_session() as distributed:  # destroyed on exit, so a torchrun run exits 0 after writing
         outcome = api.quantize_model(model, calib, output, config, calib_limit, seed, overwrite, overrides,
-                                     resume=resume, execution=execution, distributed=distributed)
+                                     resume=resume, execution=execution, distributed=distributed,
+                                     progress=progress_wanted())
     if outcome is None:  # a torchrun rank other than 0: rank 0 wrote and reports
         exit_process(0)
     _print_quantized(outcome, config, as_json)
@@ -143,7 +136,7 @@ def _print_quantized(outcome: Any, config: Any, as_json: bool) -> None:
 
     recon = config.reconstruction
     for warning in outcome.warnings:
-        click.echo(f"warning: {warning}", err=True)
+        warn(warning)
     summary = outcome.report["summary"]
     if as_json:
         click.echo(json.dumps({**summary, "path": str(outcome.path), "report": str(outcome.report_path)}))
@@ -152,7 +145,7 @@ def _print_quantized(outcome: Any, config: Any, as_json: bool) -> None:
     macs = f", {fusion['mac_coverage']:.3f} of MACs" if fusion.get("mac_coverage") is not None else ""
     sqnr = summary["output_sqnr_db"]
     sqnr_text = f"output SQNR {sqnr:.1f} dB" + (" (network output in float: --first-last-8bit)" if config.first_last_8bit else "")
-    click.echo(
+    say(
         f"wrote {outcome.path}: W{config.w_bits}A{config.a_bits} ({config.effective_calibrator}"
         f"{', ' + recon.method + ' ' + recon.preset_name if recon.enabled else ''}), {summary['quantized_layers']} layers quantized, "
         f"{sqnr_text} on {outcome.report['calibration']['sqnr_samples']} calibration inputs; "

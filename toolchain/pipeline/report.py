@@ -1,0 +1,138 @@
+"""The run's report: report.json (every fact) and report.md (the same facts for people, with the plots).
+
+Usage:
+    write_reports(report, folder, images)     # draws the plots, writes report.json and report.md
+    print(summary_table(report))              # the table `toolchain run` prints
+
+Fields that depend on timing are all under keys named "timing" (report["timing"], each model's "timing"),
+so two runs of one config compare equal once those are dropped (tests/test_pipeline.py does so).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from toolchain.modelio import atomic_output
+from toolchain.pipeline.plots import draw_plots
+
+
+def write_reports(report: dict, folder: Path, images: dict) -> None:
+    report["plots"] = draw_plots(report, folder, images)
+    with atomic_output(folder / "report.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=1, default=float) + "\n")
+    with atomic_output(folder / "report.md") as tmp:
+        tmp.write_text(markdown(report), encoding="utf-8")
+
+
+def _percent(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.2f}"
+
+
+def _size(count: int) -> str:
+    return f"{count / 1024:.1f} KiB" if count < 1 << 20 else f"{count / (1 << 20):.2f} MiB"
+
+
+def table_rows(report: dict) -> list[list[str]]:
+    """Header and one row per model: FP32 first, then each quantized model."""
+    evaluated = report.get("evaluation") is not None
+    timing = report.get("timing", {})
+    fp32_ms = timing.get("fp32_latency_ms_batch1")
+    header = ["model", "top-1 %", "vs FP32", "agreement", "parameters", "vs FP32", "batch-1 ms", "vs FP32", "integer ops", "gates"]
+    first = report["models"][0]["size"]["fp32"] if report["models"] else 0
+    rows = [header, ["FP32", _percent(report["evaluation"]["fp32"]["top1"]) if evaluated else "–", "", "", _size(first), "1.00",
+                     f"{fp32_ms:.3f}" if fp32_ms else "–", "1.00" if fp32_ms else "–", "", ""]]
+    for model in report["models"]:
+        size, speed = model["size"], model.get("timing", {})
+        gates = model["gates"]
+        rows.append([
+            model["name"], _percent(model.get("top1")),
+            f"{-100 * model['drop'] + 0.0:+.2f}" if "drop" in model else "–",
+            _percent(model.get("agreement")), _size(size["bytes"]), f"{size['bytes'] / size['fp32']:.2f}",
+            f"{speed['latency_ms_batch1']:.3f}" if speed else "–", f"{speed['latency_vs_fp32']:.2f}" if speed else "–",
+            f"{model['coverage']['ops']:.2f}",
+            ("pass" if gates["passed"] else "FAIL") if gates["given"] else "–",
+        ])
+    return rows
+
+
+def summary_table(report: dict) -> str:
+    rows = table_rows(report)
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def _markdown_table(rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(rows[0]) + " |", "|" + "|".join("---" for _ in rows[0]) + "|"]
+    lines += ["| " + " | ".join(cell or " " for cell in row) + " |" for row in rows[1:]]
+    return "\n".join(lines)
+
+
+_RUNTIMES = {"ort": "onnxruntime", "reference": "onnxruntime unoptimised (the reference)", "openvino": "OpenVINO",
+             "qnn": "QNN HTP"}
+_CAPTIONS = {
+    "accuracy": "Top-1: FP32 and each quantized model",
+    "layer_sqnr": "Per-layer SQNR against FP32",
+    "reconstruction": "Per-unit reconstruction loss before and after",
+    "generation": "Calibration-image generation loss",
+    "images": "Calibration images (and real ones, where given)",
+    "coverage": "Integer coverage in onnxruntime",
+}
+_MISSING = {
+    "accuracy": "no evaluation data (set evaluate.data)",
+    "reconstruction": "no model was reconstructed (reconstruct: brecq or pdquant)",
+    "generation": "the calibration set was given, not generated",
+    "layer_sqnr": "no layer output is quantized",
+}
+
+
+def markdown(report: dict) -> str:
+    tool, calibration = report["toolchain"], report["calibration"]
+    model = report["model"]
+    lines = [f"# Run report: {model['source']}", ""]
+    gates = report.get("gates", {})
+    if gates.get("failures"):
+        lines += ["**Accuracy gate FAILED:** " + "; ".join(gates["failures"]), ""]
+    elif any(m["gates"]["given"] for m in report["models"]):
+        lines += ["Every accuracy gate passed.", ""]
+    evaluation = report.get("evaluation")
+    where = (f"top-1 on {evaluation['n']} images ({evaluation['data']}), quantized models in "
+             f"{_RUNTIMES.get(evaluation['runtime'], evaluation['runtime'])}; "
+             if evaluation else "no evaluation data; ")
+    timing = report.get("timing", {})
+    lines += [_markdown_table(table_rows(report)), "",
+              f"{where}parameters at their bit-widths (biases 32-bit); batch-1 latency in onnxruntime with "
+              f"{timing.get('latency_threads', '?')} threads, median of {timing.get('latency_runs', 0)} calls in "
+              f"alternating rounds; integer ops: onnxruntime CPU's fused integer kernels (0 below 8 bits: emulated in float).",
+              ""]
+    lines += ["## Figures", ""]
+    for name, caption in _CAPTIONS.items():
+        file = report.get("plots", {}).get(name)
+        lines += [f"![{caption}]({file})", ""] if file else [f"*{caption}: not drawn, {_MISSING.get(name, 'no data')}.*", ""]
+    lines += ["## Models", ""]
+    for entry in report["models"]:
+        recon = f", {entry['reconstruct']} preset {entry['preset']}" if entry["reconstruct"] != "none" else ""
+        lines.append(f"- **{entry['name']}** `{entry['file']}` (report `{entry['report']}`): W{entry['w_bits']}A{entry['a_bits']}, "
+                     f"{entry['calibrator']}{recon}, target {entry['target']}"
+                     f"{', 8-bit weights in 7 bits (reduce_range)' if entry['reduce_range'] else ''}; output SQNR "
+                     f"{entry['output_sqnr_db']} dB; ops onnxruntime runs in float: {entry['coverage']['float_ops']}")
+        for warning in entry["warnings"]:
+            lines.append(f"  - warning: {warning}")
+    losses = calibration.get("losses") or {}
+    final = losses.get("final", {})
+    lines += ["", "## Calibration", "",
+              f"`{calibration['file']}`: {calibration['n']} inputs, method {calibration['method']}"
+              + (f", preset {calibration['preset']}" if calibration.get("preset") else "")
+              + (f", seed {calibration['seed']}" if calibration.get("seed") is not None else "")
+              + (f", final BN distance {final['bn_distance']:.4g}" if "bn_distance" in final else "")
+              + (f", from {calibration['source']}" if calibration.get("source") else "") + ".", ""]
+    lines += ["## Provenance", "",
+              f"- config: `{report['config']}`, sha256 {report['config_hash']}",
+              f"- seeds: generate {report['seeds']['generate']}, evaluate {report['seeds']['evaluate']}, quantize "
+              + ", ".join(f"{k} {v}" for k, v in report["seeds"]["quantize"].items()),
+              f"- model: `{model['file']}`, sha256 {model['sha256']}",
+              "- versions: " + ", ".join(f"{k} {v}" for k, v in tool.items() if k not in ("cpu", "platform", "machine") and v),
+              f"- machine: {tool['platform']}, {tool['cpu']['usable_cores']} usable cores, VNNI {tool['cpu']['vnni']}",
+              f"- wall time: {timing.get('total_s', 0):.1f} s ("
+              + ", ".join(f"{k} {v:.1f} s" for k, v in timing.get("stages_s", {}).items()) + ")", ""]
+    return "\n".join(lines)

@@ -1,0 +1,298 @@
+"""`toolchain run`'s stages: model -> calibration set -> quantize each entry -> evaluate -> gates -> report.
+
+Usage:
+    result = run_pipeline(RunConfig(), config_name="default")     # RunResult: run_dir, report, passed, failures
+    result.exit_code                                              # 0, or 3 when a gate failed
+
+Everything goes into one run directory (pipeline.rundir): the FP32 model (when exported), calibration.npz,
+NAME.onnx and NAME.report.json per quantized model, config.resolved.yaml, report.json, report.md, the plots
+and run.log. Paths inside report.json are relative to the run directory, so a run directory can be moved.
+A failure other than a gate removes the run directory again; a failed gate keeps it (its report says why).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from toolchain.pipeline.config import QuantizeSpec, RunConfig
+from toolchain.pipeline.config_io import config_hash, resolved_yaml
+from toolchain.pipeline.rundir import RUN_MARKER, run_directory, run_log
+
+CALIBRATION_FILE = "calibration.npz"
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a run wrote and whether its gates passed."""
+
+    run_dir: Path
+    report: dict
+    failures: tuple[str, ...]
+
+    @property
+    def passed(self) -> bool:
+        return not self.failures
+
+    @property
+    def exit_code(self) -> int:
+        from toolchain.cli_errors import EXIT_GATE, EXIT_OK
+
+        return EXIT_OK if self.passed else EXIT_GATE
+
+
+def default_run_dir(config_name: str) -> Path:
+    return Path("runs") / config_name
+
+
+def resolve(config: RunConfig, config_name: str) -> RunConfig:
+    """`config` with what is decided at run time written in: the run directory and each reduce_range."""
+    run_dir = config.run_dir or str(default_run_dir(config_name))
+    specs = tuple(replace(spec, reduce_range=spec.resolved_reduce_range()) for spec in config.quantize)
+    return replace(config, run_dir=run_dir, quantize=specs)
+
+
+def run_pipeline(config: RunConfig, config_name: str = "default", progress: bool = True) -> RunResult:
+    """Run every stage of `config` into its run directory (see the module docstring)."""
+    config.validate()
+    config = resolve(config, config_name)
+    folder = Path(config.run_dir)  # type: ignore[arg-type]  # resolve() set it
+    started = time.perf_counter()
+    with run_directory(folder, config.overwrite), run_log(folder / "run.log") as log:
+        (folder / RUN_MARKER).write_text(resolved_yaml(config), encoding="utf-8")
+        log.info("run %s: config hash %s, resolved config in %s", folder, config_hash(config)[:12], folder / RUN_MARKER)
+        stages = _Stages(config, folder, log, progress)
+        report = stages.run()
+        report["timing"]["total_s"] = round(time.perf_counter() - started, 2)
+        failures = tuple(f for m in report["models"] for f in m["gates"]["failures"])
+        report["gates"] = {"passed": not failures, "failures": list(failures)}
+        from toolchain.pipeline.report import write_reports
+
+        write_reports(report, folder, stages.images_for_plots())
+        for failure in failures:
+            log.warning("gate failed: %s", failure)
+        log.info("report %s (%.1f s in all)", folder / "report.md", report["timing"]["total_s"])
+    return RunResult(folder, report, failures)
+
+
+class _Stages:
+    """The stages of one run, sharing the run's config, folder and logger."""
+
+    def __init__(self, config: RunConfig, folder: Path, log: Any, progress: bool) -> None:
+        self.config, self.folder, self.log, self.progress = config, folder, log, progress
+        self.execution = config.execution.execution()
+        self.timing: dict[str, float] = {}
+        self.model_path: Path | None = None
+        self.pre: Any = None
+
+    def _timed(self, stage: str, started: float) -> None:
+        self.timing[stage] = round(self.timing.get(stage, 0.0) + time.perf_counter() - started, 2)
+
+    def run(self) -> dict:
+        from toolchain.pipeline.provenance import provenance
+
+        config = self.config
+        report: dict[str, Any] = {"toolchain": provenance(), "config_hash": config_hash(config), "config": RUN_MARKER,
+                                  "seeds": {"generate": config.generate.seed, "evaluate": config.evaluate.seed,
+                                            "quantize": {s.label: s.seed for s in config.quantize}}}
+        report["model"] = self.model()
+        report["calibration"] = self.calibration()
+        data = config.evaluation_data()
+        fp32 = self.evaluate_fp32(data) if data is not None else None
+        report["evaluation"] = ({"data": "built-in digits test split" if config.evaluate.data is None else data,
+                                 "runtime": config.evaluate.runtime, "n": fp32.n,
+                                 "fp32": {"top1": fp32.top1, "top5": fp32.top5}} if fp32 is not None else None)
+        report["models"] = [self.quantize(spec, data, fp32) for spec in config.quantize]
+        latency = self.latency(report["models"])
+        report["timing"] = {"stages_s": dict(self.timing), **latency}
+        return report
+
+    # ---------------------------------------------------------------------------------------------- stages
+
+    def model(self) -> dict:
+        from toolchain import api
+        from toolchain.modelio import load_model
+
+        config, started = self.config, time.perf_counter()
+        if config.model_is_file:
+            path = Path(config.model)
+            exported = None
+        else:
+            path = self.folder / f"{config.model.split(':')[-1].replace('.', '_')}.onnx"
+            exported = api.export_model(config.model, path, config.export.weights, config.preprocessing, config.export.opset,
+                                        overwrite=True, exporter=config.export.exporter)
+        summary = api.inspect_model(path)
+        self.model_path = path
+        self.pre = api.model_preprocessing(load_model(path), config.preprocessing, str(path))
+        self._timed("export" if exported else "inspect", started)
+        where = (f"exported with {exported.num_batchnorm} BatchNormalization kept, onnxruntime vs PyTorch "
+                 f"max|diff|/max|ref| {exported.relative_diff:.1e}" if exported else "given as a file")
+        self.log.info("model    %s: %s; %d BN layers, %d quantizable layers", path, where, summary.num_batchnorm,
+                      len(summary.quantizable))
+        return {"source": config.model, "file": self._relative(path), "sha256": _sha256(path),
+                "num_batchnorm": summary.num_batchnorm, "quantizable_layers": len(summary.quantizable), "ops": summary.ops,
+                "input_shape": [1, self.pre.num_channels, *self.pre.input_size],
+                "export": {"relative_diff": exported.relative_diff, "tolerance": exported.tolerance} if exported else None}
+
+    def calibration(self) -> dict:
+        from toolchain import api
+        from toolchain.calibdata import sample_calibration, save_calibration
+        from toolchain.calibforms import read_calibration_form
+        from toolchain.graph import image_input
+        from toolchain.modelio import load_model
+
+        config, out, started = self.config, self.folder / CALIBRATION_FILE, time.perf_counter()
+        gen = config.generate
+        if config.calibration is not None:
+            calib = read_calibration_form(config.calibration, image_input(load_model(self.model_path), str(self.model_path)).name,
+                                          str(self.model_path))
+            if calib is None:  # an image dataset: generate.n images drawn with generate.seed
+                calib = sample_calibration(Path(config.calibration), self.pre, gen.n, gen.seed)
+            save_calibration(out, calib)
+            manifest = calib.manifest
+            what = f"{len(calib)} inputs from {config.calibration if isinstance(config.calibration, str) else 'a reader'}"
+        else:
+            outcome = api.generate_calibration(self.model_path, gen.method, gen.n, out, gen.preset, gen.seed, gen.data,
+                                               gen.batch_size, gen.iterations, gen.per_class, overwrite=True,
+                                               overrides=config.preprocessing, progress=self.progress,
+                                               execution=self.execution)
+            manifest = outcome.manifest
+            what = f"{gen.n} images by {gen.method.upper()} (preset {gen.preset}, seed {gen.seed})"
+        self._timed("calibration", started)
+        self.log.info("calibrate %s: %s", out, what)
+        losses = manifest.get("losses") or {}
+        return {"file": CALIBRATION_FILE, "method": manifest.get("method"), "n": manifest.get("n", gen.n),
+                "form": manifest.get("form"), "source": manifest.get("source") or manifest.get("file"),
+                "preset": manifest.get("preset"), "seed": manifest.get("seed"),
+                "losses": {k: losses[k] for k in ("initial", "final") if k in losses},
+                "loss_curve": losses.get("curve", [])}
+
+    def evaluate_fp32(self, data: str):
+        from toolchain import api
+
+        started = time.perf_counter()
+        result = api.evaluate_model(self.model_path, data, None, self.config.evaluate.limit, self.config.evaluate.batch_size,
+                                    self.execution.thread_count, self.config.evaluate.seed, self.config.preprocessing,
+                                    progress=self.progress, providers=self.execution.providers)
+        self._timed("evaluate", started)
+        self.log.info("evaluate FP32 top-1 %.4f on %d images", result.top1, result.n)
+        return result
+
+    def quantize(self, spec: QuantizeSpec, data: str | None, fp32: Any) -> dict:
+        from toolchain import api
+        from toolchain.modelio import load_model
+        from toolchain.pipeline.measure import parameter_bytes
+
+        config, out, started = self.config, self.folder / f"{spec.label}.onnx", time.perf_counter()
+        quant_config = spec.quant_config()
+        outcome = api.quantize_model(self.model_path, self.folder / CALIBRATION_FILE, out, quant_config, spec.calib_limit,
+                                     spec.seed, overwrite=True, overrides=config.preprocessing, progress=self.progress,
+                                     execution=self.execution)
+        self._timed("quantize", started)
+        for warning in outcome.warnings:
+            self.log.warning("%s: %s", spec.label, warning)
+        report = outcome.report
+        entry = _model_entry(spec, quant_config, report, self._relative(out), self._relative(outcome.report_path))
+        entry["size"] = {**parameter_bytes(load_model(out), report), "file_bytes": out.stat().st_size}
+        if fp32 is not None:
+            started = time.perf_counter()
+            metrics = api.evaluate_model(out, data, self.model_path, config.evaluate.limit, config.evaluate.batch_size,
+                                         self.execution.thread_count, config.evaluate.seed, config.preprocessing,
+                                         progress=self.progress, providers=self.execution.providers,
+                                         runtime=config.evaluate.runtime)
+            self._timed("evaluate", started)
+            entry.update(top1=metrics.top1, top5=metrics.top5, agreement=metrics.agreement,
+                         drop=round(fp32.top1 - metrics.top1, 6))
+        entry["gates"] = _gate_result(spec.label, config.gates.merged(spec.gates).given(), entry, fp32)
+        accuracy = (f"top-1 {entry['top1']:.4f} (FP32 {fp32.top1:.4f}, agreement {entry['agreement']:.4f}), "
+                    if fp32 is not None else "")
+        self.log.info("quantize %s %s: %sinteger coverage %.2f of ops, %s bytes of parameters (FP32 %s)", spec.label, out,
+                      accuracy, entry["coverage"]["ops"], f"{entry['size']['bytes']:,}", f"{entry['size']['fp32']:,}")
+        return entry
+
+    def latency(self, models: list[dict]) -> dict:
+        """Batch-1 latency of FP32 and every quantized model in onnxruntime, timed in alternating rounds."""
+        from toolchain.pipeline.measure import batch1_latency_ms
+
+        runs = self.config.evaluate.latency_runs
+        if runs == 0:
+            return {}
+        started = time.perf_counter()
+        paths = [self.model_path, *(self.folder / m["file"] for m in models)]
+        shape = [1, self.pre.num_channels, *self.pre.input_size]
+        ms = batch1_latency_ms(paths, shape, runs, self.execution.thread_count)
+        self._timed("latency", started)
+        for model, value in zip(models, ms[1:]):
+            model["timing"] = {"latency_ms_batch1": round(value, 4), "latency_vs_fp32": round(value / ms[0], 3)}
+        return {"fp32_latency_ms_batch1": round(ms[0], 4), "latency_runs": runs,
+                "latency_threads": self.execution.thread_count}
+
+    # ---------------------------------------------------------------------------------------------- helpers
+
+    def images_for_plots(self) -> dict:
+        """Synthesised (calibration) and real images for the report's grid, as model inputs, with their preprocessing."""
+        import numpy as np
+
+        from toolchain.data import open_images
+
+        inputs = np.load(self.folder / CALIBRATION_FILE)["inputs"][:16]
+        real_source = self.config.generate.data or self.config.evaluation_data()
+        real = None
+        if real_source is not None:
+            images = open_images(real_source, self.pre, limit=16, seed=0)
+            real = next(iter(images.batches(16)))[0] if len(images) else None
+        return {"synthetic": inputs, "real": real, "preprocessing": self.pre,
+                "synthetic_label": "calibration inputs" if self.config.calibration is not None
+                else f"{self.config.generate.method.upper()} (synthesised)"}
+
+    def _relative(self, path: Path) -> str:
+        try:
+            return str(path.relative_to(self.folder))
+        except ValueError:
+            return str(path.resolve())
+
+
+def _model_entry(spec: QuantizeSpec, quant_config: Any, report: dict, file: str, report_file: str) -> dict:
+    from toolchain.quant.fusion import float_ops_text
+
+    fusion, summary = report["fusion"], report["summary"]
+    recon = report.get("reconstruction") or {}
+    return {
+        "name": spec.label, "file": file, "report": report_file, "w_bits": spec.w_bits, "a_bits": spec.a_bits,
+        "reconstruct": spec.reconstruct, "preset": spec.preset if spec.reconstruct != "none" else None,
+        "calibrator": quant_config.effective_calibrator, "target": spec.target, "reduce_range": quant_config.reduce_range,
+        "output_sqnr_db": summary["output_sqnr_db"],
+        "coverage": {"ops": fusion["coverage"], "macs": fusion["mac_coverage"], "fully_integer": fusion["fully_integer"],
+                     "float_ops": float_ops_text(fusion)},
+        "target_verdict": report.get("target"),
+        "layers": [{"node": layer["node"], "op_type": layer["op_type"], "weight_bits": layer.get("weight_bits"),
+                    "output_bits": layer.get("output_bits"), "sqnr_db": layer.get("sqnr_db")} for layer in report["layers"]],
+        "reconstruction": [{"unit": u["unit"], "kind": u["kind"], "output": u["output"], "loss_before": u["loss_before"],
+                            "loss_after": u["loss_after"]} for u in recon.get("units", [])],
+        "warnings": list(report.get("warnings", [])),
+    }
+
+
+def _gate_result(name: str, gates: dict[str, float], entry: dict, fp32: Any) -> dict:
+    """Each given gate checked against the model's measured accuracy (a tolerance of 1e-9 for float rounding)."""
+    failures = []
+    if fp32 is not None:
+        checks = {"min_top1": (entry["top1"], ">=", "top-1"), "max_drop": (entry["drop"], "<=", "top-1 drop against FP32"),
+                  "min_agreement": (entry["agreement"], ">=", "top-1 agreement with FP32")}
+        for gate, bound in gates.items():
+            value, direction, what = checks[gate]
+            ok = value >= bound - 1e-9 if direction == ">=" else value <= bound + 1e-9
+            if not ok:
+                failures.append(f"{name}: {what} {value:.4f} {'<' if direction == '>=' else '>'} {gate} {bound}")
+    return {"given": gates, "passed": not failures, "failures": failures}
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
