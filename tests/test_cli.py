@@ -200,3 +200,21 @@ def test_evaluate_foreign_model_without_preprocessing(folded_onnx, tmp_path):
     """A foreign model with no metadata and no options: says which options are missing and about `toolchain stamp`."""
     archive = _tar_of_classes(tmp_path / "c.tar.gz", ["airplane"])
     assert_user_error(run("evaluate", folded_onnx, "--data", archive), "--mean", "toolchain stamp")
+
+
+def test_every_command_takes_json_quiet_and_log_level():
+    """Rule: every command has --json, --quiet and --log-level (and none of them prompts: no prompt options)."""
+    for name, command in cli.commands.items():
+        options = {p.name: p for p in command.params}
+        assert {"as_json", "quiet", "log_level"} <= set(options), name
+        assert not any(getattr(p, "prompt", None) for p in command.params), name
+
+
+def test_zoo_export_and_stamp_print_json(tmp_path):
+    """Rule: --json prints one JSON object (or list) with the command's result."""
+    zoo = json.loads(run("zoo", "--json").stdout)
+    assert {"name": "digits_resnet", "default": True}.items() <= next(z for z in zoo if z["name"] == "digits_resnet").items()
+    exported = json.loads(run("export", "digits_resnet", "-o", tmp_path / "d.onnx", "--json").stdout)
+    assert exported["path"] == str(tmp_path / "d.onnx") and exported["num_batchnorm"] == 6
+    stamped = json.loads(run("stamp", tmp_path / "d.onnx", "--mean", "0.5", "--std", "0.5", "--json").stdout)
+    assert stamped["preprocessing"]["mean"] == [0.5]

@@ -326,3 +326,13 @@ def test_a_spilling_run_reports_its_cache(digits, calib_npz, tmp_path):
     assert cache["budget_bytes"] == 0 and cache["peak_ram_bytes"] == 0 and cache["spilled_bytes"] > 0
     assert cache["device"] == "cpu" and cache["processes"] == 1
     assert list(spill.iterdir()) == []
+
+
+def test_quiet_and_log_level_error_hide_the_warning_but_not_the_output(conv_sin, calib_npz, tmp_path):
+    """Rule: --quiet prints nothing (no warning, no result line, no progress bar) and --log-level error hides the
+    warning but keeps the result line; both still write the model."""
+    quiet = run("quantize", conv_sin, "--calib", calib_npz, "-o", tmp_path / "a.onnx", "--quiet")
+    assert quiet.exit_code == 0 and quiet.stdout == "" and quiet.stderr == "" and (tmp_path / "a.onnx").is_file()
+    errors_only = run("quantize", conv_sin, "--calib", calib_npz, "-o", tmp_path / "b.onnx", "--log-level", "error")
+    assert errors_only.exit_code == 0 and "no quantization rule" not in errors_only.stderr
+    assert errors_only.stdout.startswith("wrote ")
