@@ -86,6 +86,17 @@ _MISSING = {
 }
 
 
+def _verdict(target: dict | None) -> str:
+    """The target runtime's own verdict (ort-x86's is the integer-coverage column)."""
+    if not target or target["name"] == "ort-x86":
+        return ""
+    if target.get("coverage") is None:
+        return f" (not run here: {target.get('why')})"
+    state = "verified" if target["verified"] else f"NOT verified: {target.get('why')}"
+    sqnr = f", SQNR {target['agreement_db']} dB against the reference" if "agreement_db" in target else ""
+    return f" ({target['runtime']}: integer coverage {target['coverage']:.2f}{sqnr}, {state})"
+
+
 def markdown(report: dict) -> str:
     tool, calibration = report["toolchain"], report["calibration"]
     model = report["model"]
@@ -114,7 +125,8 @@ def markdown(report: dict) -> str:
         recon = f", {entry['reconstruct']} preset {entry['preset']}" if entry["reconstruct"] != "none" else ""
         lines.append(f"- **{entry['name']}** `{entry['file']}` (report `{entry['report']}`): W{entry['w_bits']}A{entry['a_bits']}, "
                      f"{entry['calibrator']}{recon}, target {entry['target']}"
-                     f"{', 8-bit weights in 7 bits (reduce_range)' if entry['reduce_range'] else ''}; output SQNR "
+                     f"{', 8-bit weights in 7 bits (reduce_range)' if entry['reduce_range'] else ''}"
+                     f"{_verdict(entry['target_verdict'])}; output SQNR "
                      f"{entry['output_sqnr_db']} dB; ops onnxruntime runs in float: {entry['coverage']['float_ops']}")
         for warning in entry["warnings"]:
             lines.append(f"  - warning: {warning}")
