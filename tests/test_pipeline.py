@@ -287,3 +287,19 @@ def test_python_api_runs_with_a_calibration_data_reader(digits_files, tmp_path):
     assert result.report["calibration"]["form"] == "CalibrationDataReader"
     assert not result.passed and result.exit_code == 3 and "min_top1 1.0" in result.failures[0]
     assert "<CalibrationDataReader _Reader>" in (tmp_path / "api" / "config.resolved.yaml").read_text()
+
+
+def test_run_under_torchrun_is_refused(tmp_path):
+    """Rule: `toolchain run` under torchrun (WORLD_SIZE > 1) exits 2 saying which commands scale out, before any work."""
+    result = run("run", "--run-dir", tmp_path / "r", env={"WORLD_SIZE": "2"})
+    assert result.exit_code == 2 and "torchrun scales out its stages" in result.stderr and not (tmp_path / "r").exists()
+
+
+def test_a_damaged_model_file_exits_2_and_leaves_no_run_directory(tmp_path):
+    """Rule: bad input found mid-run (a truncated .onnx) is one line naming the file, exit 2, and the run directory
+    that was started is removed again."""
+    model = tmp_path / "cut.onnx"
+    model.write_bytes(b"\x08\x07\x12\x04abc")
+    result = run("run", "--model", model, "--run-dir", tmp_path / "r")
+    assert result.exit_code == 2 and str(model) in result.stderr and "Traceback" not in result.output
+    assert not (tmp_path / "r").exists()

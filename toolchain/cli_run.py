@@ -71,10 +71,16 @@ def run_command(config_file: str | None, run_dir: str | None, overwrite: bool, m
       toolchain run --model resnet20.onnx --calib calib.npz --eval-data test.tar.gz --set quantize.1.preset=thorough
       toolchain run pipeline.yaml --json --quiet | jq .gates
     """
+    import os
+
     from toolchain import api
+    from toolchain.errors import ConfigError
     from toolchain.pipeline.config_io import apply_overrides, config_from_mapping, read_config_file
     from toolchain.pipeline.report import summary_table
 
+    if (os.environ.get("WORLD_SIZE") or "1") != "1":  # every process would run the whole job into one folder
+        raise ConfigError("toolchain run is one process; torchrun scales out its stages: run `torchrun ... -m "
+                          "toolchain.cli generate|quantize ...` and pass the results with --calib or model:")
     raw = read_config_file(config_file) if config_file else {}
     flags = _flag_overrides(model, run_dir, overwrite, calib, eval_data, min_top1, max_drop, min_agreement, seed, device,
                             threads)
