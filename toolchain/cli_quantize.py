@@ -68,6 +68,13 @@ from toolchain.recon.config import PRESETS
 @click.option("--resume", is_flag=True,
               help="Continue a reconstruction that stopped (divergence, crash, Ctrl-C) from OUTPUT.ckpt, "
                    "which keeps the finished units; give the same model, calibration set and bits.")
+@click.option("--weight-bits-budget", type=click.FloatRange(min=0, min_open=True),
+              help="Mixed precision: each layer's weight bits from --w-bits-choices so that the average over all "
+                   "weights (counted by parameters) is at most this, e.g. 3.0; chosen by each layer's measured "
+                   "prediction difference on the calibration set (README 'Mixed precision').")
+@click.option("--size-budget", help="Mixed precision by size: the weights in at most this many bytes, e.g. 120KB or 1.5M.")
+@click.option("--w-bits-choices", callback=lambda ctx, param, value: _bit_list(value),
+              help="Candidate weight bits for a budget, e.g. 2,4,8 [default: the target's among 2, 4, 8].")
 @click.option("--require-all-quantized", is_flag=True, help="Fail when an op has no quantization rule (default: warn, leave it in float).")
 @click.option("--require-full-integer", is_flag=True,
               help="Fail (exit 2, no output) unless onnxruntime runs every compute op on integer kernels; the message lists the float ops.")
@@ -81,6 +88,7 @@ def quantize_command(model: str, calib: str, output: str, w_bits: int, a_bits: i
                      seed: int,
                      reconstruct: str, preset: str, recon_iterations: int | None, recon_batch_size: int | None,
                      pd_weight: float | None, no_qdrop: bool, no_pd: bool, no_dc: bool, no_learn_scales: bool, resume: bool,
+                     weight_bits_budget: float | None, size_budget: str | None, w_bits_choices: tuple[int, ...] | None,
                      require_all_quantized: bool, require_full_integer: bool, overwrite: bool, as_json: bool, **kwargs: Any) -> None:
     """Quantize every layer of MODEL.onnx (first and last included) into a QDQ model.
 
@@ -116,7 +124,8 @@ def quantize_command(model: str, calib: str, output: str, w_bits: int, a_bits: i
                         reduce_range=reduce_range, calib_limit=calib_limit, seed=seed, reconstruct=reconstruct,
                         preset=preset, recon_iterations=recon_iterations, recon_batch_size=recon_batch_size,
                         pd_weight=pd_weight, no_qdrop=no_qdrop, no_pd=no_pd, no_dc=no_dc, no_learn_scales=no_learn_scales,
-                        require_all_quantized=require_all_quantized, require_full_integer=require_full_integer)
+                        require_all_quantized=require_all_quantized, require_full_integer=require_full_integer,
+                        weight_bits_budget=weight_bits_budget, size_budget=size_budget, w_bits_choices=w_bits_choices)
     config = spec.quant_config()
     execution = execution_from(kwargs)
     overrides = preprocessing_overrides(kwargs)
@@ -129,6 +138,15 @@ def quantize_command(model: str, calib: str, output: str, w_bits: int, a_bits: i
     _print_quantized(outcome, config, as_json)
     if distributed is not None:
         exit_process(0)  # a torchrun worker skips interpreter teardown (see datagen.distributed.exit_process)
+
+
+def _bit_list(value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        return tuple(sorted({int(v) for v in value.replace(" ", "").split(",") if v}))
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated bit-widths such as 2,4,8, got {value!r}") from None
 
 
 def _print_quantized(outcome: Any, config: Any, as_json: bool) -> None:
@@ -145,9 +163,13 @@ def _print_quantized(outcome: Any, config: Any, as_json: bool) -> None:
     macs = f", {fusion['mac_coverage']:.3f} of MACs" if fusion.get("mac_coverage") is not None else ""
     sqnr = summary["output_sqnr_db"]
     sqnr_text = f"output SQNR {sqnr:.1f} dB" + (" (network output in float: --first-last-8bit)" if config.first_last_8bit else "")
+    mixed = outcome.report.get("mixed_precision")
+    weights = f"W{mixed['average_bits']:.2f}mixed" if mixed else f"W{config.w_bits}"
+    mixed_text = (f" (weights {mixed['size_bytes']:,} bytes, bits per layer in the report; sensitivity measured in "
+                  f"{mixed['sensitivity_seconds']:.0f} s)" if mixed else "")
     say(
-        f"wrote {outcome.path}: W{config.w_bits}A{config.a_bits} ({config.effective_calibrator}"
-        f"{', ' + recon.method + ' ' + recon.preset_name if recon.enabled else ''}), {summary['quantized_layers']} layers quantized, "
+        f"wrote {outcome.path}: {weights}A{config.a_bits} ({config.effective_calibrator}"
+        f"{', ' + recon.method + ' ' + recon.preset_name if recon.enabled else ''}), {summary['quantized_layers']} layers quantized{mixed_text}, "
         f"{sqnr_text} on {outcome.report['calibration']['sqnr_samples']} calibration inputs; "
         f"{'' if config.target == 'ort-x86' else 'onnxruntime x86 '}integer coverage {summary['fusion_coverage']:.2f} of ops{macs} "
         f"(float ops left: {float_ops_text(fusion)}){_target_text(outcome.report.get('target'))}; report {outcome.report_path}"

@@ -83,6 +83,8 @@ class QuantizeSpec:
     name: the model's file stem in the run directory [default: W{w_bits}A{a_bits}, plus -RECONSTRUCT].
     reduce_range: True, False or "auto" (True when the target is ort-x86, the weights have 8 bits and this
     CPU has no VNNI: `run` evaluates the model here, where full-range weights would saturate).
+    weight_bits_budget / size_budget (e.g. "120KB"): mixed precision, each layer's weight bits chosen from
+    w_bits_choices [default: the target's among 2, 4, 8] so the weights fit (quant.bitalloc).
     gates: this model's own gates, in place of the run's where given."""
 
     name: str | None = None
@@ -108,13 +110,34 @@ class QuantizeSpec:
     no_learn_scales: bool = False
     require_all_quantized: bool = False
     require_full_integer: bool = False
+    weight_bits_budget: float | None = None
+    size_budget: str | None = None
+    w_bits_choices: tuple[int, ...] | None = None
     gates: Gates | None = None
 
     @property
     def label(self) -> str:
         if self.name is not None:
             return self.name
-        return f"W{self.w_bits}A{self.a_bits}" + (f"-{self.reconstruct}" if self.reconstruct != "none" else "")
+        weights = (f"W{self.weight_bits_budget:g}mix" if self.weight_bits_budget is not None
+                   else f"W{self.size_budget}mix" if self.size_budget is not None else f"W{self.w_bits}")
+        return f"{weights}A{self.a_bits}" + (f"-{self.reconstruct}" if self.reconstruct != "none" else "")
+
+    def bit_budget(self):
+        """The BitBudget these options describe (None without a budget)."""
+        from toolchain.quant.config import BitBudget
+        from toolchain.quant.targets import target_profile
+        from toolchain.recon.cache import parse_bytes
+
+        if self.weight_bits_budget is None and self.size_budget is None:
+            if self.w_bits_choices is not None:
+                raise ConfigError("--w-bits-choices chooses among bit-widths under a budget: add --weight-bits-budget "
+                                  "or --size-budget")
+            return None
+        size = (parse_bytes(self.size_budget, "--size-budget", "120KB, 1.5M or 250000 (bytes of weights)")
+                if self.size_budget is not None else None)
+        choices = self.w_bits_choices or tuple(b for b in (2, 4, 8) if b in target_profile(self.target).weight_bits)
+        return BitBudget(average_bits=self.weight_bits_budget, size_bytes=size, choices=tuple(choices))
 
     def resolved_reduce_range(self) -> bool:
         if self.reduce_range == "auto":
@@ -141,7 +164,8 @@ class QuantizeSpec:
                            first_last_8bit=self.first_last_8bit, require_all_quantized=self.require_all_quantized,
                            require_full_integer=self.require_full_integer,
                            low_bit_storage=self.low_bit_storage,  # type: ignore[arg-type]
-                           reduce_range=self.resolved_reduce_range(), reconstruction=recon)
+                           reduce_range=self.resolved_reduce_range(), reconstruction=recon,
+                           bit_budget=self.bit_budget())
 
 
 @dataclass(frozen=True)

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field, replace
 import onnx
 from onnx import helper, numpy_helper
 
+from toolchain.errors import ConfigError
 from toolchain.graph import tensor_types
 from toolchain.quant.config import QuantConfig
 from toolchain.quant.rules import (ALL_INPUTS, FLOOR_KEEPING_POOLS, FUSIBLE_PRODUCERS, GATE_OUTPUTS, NON_NEGATIVE_OUTPUTS,
@@ -173,6 +174,12 @@ def annotate(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
 
     weighted = [n for n in graph.node if n.op_type in WEIGHTED_OPS and len(n.input) > 1 and n.input[1] in constants]
     first_last = {weighted[0].name, weighted[-1].name} if config.first_last_8bit and weighted else set()
+    layer_bits = dict(config.layer_w_bits)
+    unknown = sorted(set(layer_bits) - {n.name for n in weighted})
+    if unknown:
+        names = ", ".join(repr(n.name) for n in weighted[:4])
+        raise ConfigError(f"layer_w_bits names {', '.join(map(repr, unknown))}, which are not weighted layers of the "
+                          f"model (those are {names}, ...: the names in the quantize report's layers)")
     last_layer = weighted[-1] if weighted else None
 
     # A Conv/Gemm/MatMul/Add whose output only feeds one ReLU/Clip(0, x) is quantized after that activation.
@@ -233,7 +240,7 @@ def annotate(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
         weight = None
         if node.op_type in WEIGHTED_OPS and len(node.input) > 1 and node.input[1] in constants:
             weight = node.input[1]
-            bits = 8 if node.name in first_last else config.w_bits
+            bits = 8 if node.name in first_last else layer_bits.get(node.name, config.w_bits)
             plan.weights[weight] = WeightSpec(weight, node.name, _weight_axis(node), bits)
             if (not profile.float_bias and len(node.input) > 2 and node.input[2] in constants
                     and len(constants[node.input[2]].dims) == 1):

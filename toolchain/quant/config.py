@@ -5,6 +5,7 @@ Usage:
     config = QuantConfig(w_bits=8, a_bits=8, calibrator="percentile", percentile=99.99)
     config = QuantConfig(w_bits=4, a_bits=4, reconstruction=ReconConfig.preset("pdquant", "default"))
     config = QuantConfig(w_bits=8, a_bits=16, target="qnn")                 # uint16 activations, batch fixed to 1
+    config = QuantConfig(a_bits=4, bit_budget=BitBudget(average_bits=3.0))  # per-layer weight bits, chosen zero-shot
     config.to_dict(); QuantConfig.from_dict(d)                    # JSON round trip (with a version)
 """
 
@@ -21,6 +22,33 @@ SUPPORTED_BITS = {"w_bits": (2, 4, 8), "a_bits": (2, 4, 8, 16), "input_bits": (2
 Calibrator = Literal["minmax", "percentile", "mse"]
 LowBitStorage = Literal["ort", "native"]
 CONFIG_VERSION = 1
+
+
+@dataclass(frozen=True)
+class BitBudget:
+    """Mixed precision: per-layer weight bits from `choices` whose total fits the budget (quant.bitalloc).
+
+    Give one of average_bits (mean weight bits over all weights, counted by parameters) and size_bytes
+    (bytes of the weights at their bits). `samples`: calibration inputs the per-layer sensitivity is
+    measured on."""
+
+    average_bits: float | None = None
+    size_bytes: int | None = None
+    choices: tuple[int, ...] = (2, 4, 8)
+    samples: int = 256
+
+    def __post_init__(self) -> None:
+        if (self.average_bits is None) == (self.size_bytes is None):
+            raise ConfigError("give one budget: --weight-bits-budget (average bits) or --size-budget (bytes), not both")
+        if self.average_bits is not None and self.average_bits <= 0:
+            raise ConfigError(f"--weight-bits-budget must be > 0, got {self.average_bits}")
+        if self.size_bytes is not None and self.size_bytes <= 0:
+            raise ConfigError(f"--size-budget must be > 0 bytes, got {self.size_bytes}")
+        if not self.choices or any(b not in SUPPORTED_BITS["w_bits"] for b in self.choices):
+            raise ConfigError(f"--w-bits-choices {','.join(map(str, self.choices))}: choose among "
+                              f"{', '.join(map(str, SUPPORTED_BITS['w_bits']))}")
+        if self.samples < 1:
+            raise ConfigError(f"the sensitivity needs at least one sample, got {self.samples}")
 
 
 @dataclass(frozen=True)
@@ -57,6 +85,10 @@ class QuantConfig:
         calib_batch_size: calibration batch size for onnxruntime.
         samples_per_tensor: values kept per activation tensor for the percentile/MSE searches.
         reconstruction: what runs after the calibrator (none / brecq / pdquant; see recon.config).
+        bit_budget: choose each layer's weight bits under this budget (mixed precision, quant.bitalloc);
+            `w_bits` is then unused.
+        layer_w_bits: (node name, weight bits) pairs that replace `w_bits` for those layers (what bit_budget's
+            allocation writes in; also settable by hand).
     """
 
     w_bits: int = 8
@@ -74,6 +106,8 @@ class QuantConfig:
     calib_batch_size: int = 64
     samples_per_tensor: int = 1 << 18
     reconstruction: ReconConfig = field(default_factory=ReconConfig)
+    bit_budget: BitBudget | None = None
+    layer_w_bits: tuple[tuple[str, int], ...] = ()
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -83,6 +117,11 @@ class QuantConfig:
                 flag = "--" + name.replace("_", "-")
                 raise ConfigError(f"{flag} {value} is not supported: choose one of {', '.join(map(str, SUPPORTED_BITS[name]))}")
         self.profile.check_bits(self.w_bits, self.a_bits)
+        for bits in sorted({b for _, b in self.layer_w_bits} | set(self.bit_budget.choices if self.bit_budget else ())):
+            self.profile.check_bits(bits, self.a_bits)
+        if (self.bit_budget or self.layer_w_bits) and self.first_last_8bit:
+            raise ConfigError("--first-last-8bit fixes the first and last layer's bits; with a bit budget the "
+                              "allocation chooses them: drop one of the two")
         if self.batch is not None and self.batch < 1:
             raise ConfigError(f"--batch must be >= 1, got {self.batch}")
         if self.calibrator not in (None, "minmax", "percentile", "mse"):
@@ -93,6 +132,14 @@ class QuantConfig:
             raise ConfigError(f"unknown low-bit storage {self.low_bit_storage!r}: choose ort or native")
         if self.calib_batch_size < 1 or self.samples_per_tensor < 1024:
             raise ConfigError("calib_batch_size must be >= 1 and samples_per_tensor >= 1024")
+
+    @property
+    def weight_bits_used(self) -> tuple[int, ...]:
+        """Every weight bit-width the model may hold (for the storage types and the opset)."""
+        bits = {self.w_bits, *(b for _, b in self.layer_w_bits)}
+        if self.bit_budget is not None:
+            bits |= set(self.bit_budget.choices)
+        return tuple(sorted(bits))
 
     @property
     def profile(self) -> TargetProfile:
@@ -130,4 +177,9 @@ class QuantConfig:
         values = {k: v for k, v in data.items() if k in known}
         if isinstance(values.get("reconstruction"), dict):
             values["reconstruction"] = ReconConfig.from_dict(values["reconstruction"])
+        if isinstance(values.get("bit_budget"), dict):
+            budget = dict(values["bit_budget"])
+            values["bit_budget"] = BitBudget(**{**budget, "choices": tuple(budget.get("choices", (2, 4, 8)))})
+        if "layer_w_bits" in values:
+            values["layer_w_bits"] = tuple((str(node), int(bits)) for node, bits in values["layer_w_bits"])
         return cls(**values)

@@ -30,17 +30,18 @@ from toolchain.errors import ConfigError
 _UNITS = {"": 1, "k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
 
 
-def parse_bytes(text: str) -> int:
-    """'2G', '512M', '1.5g', '0' or a plain number of bytes -> bytes; ConfigError naming the value otherwise."""
+def parse_bytes(text: str, what: str = "cache budget", example: str = "4G, 512M or 0 (always spill to disk)") -> int:
+    """'2G', '512M', '120KB', '1.5g', '0' or a plain number of bytes -> bytes (K, M, G, T: powers of 1024);
+    ConfigError naming `what` and the value otherwise."""
     value = text.strip().lower().removesuffix("b").removesuffix("i")  # 2GB, 2GiB and 2G all mean 2 * 2**30
     unit = value[-1:] if value[-1:] in _UNITS and not value[-1:].isdigit() else ""
     number = value[: len(value) - len(unit)]
     try:
         size = float(number)
     except ValueError:
-        raise ConfigError(f"cache budget {text!r} is not a size: write e.g. 4G, 512M or 0 (always spill to disk)") from None
+        raise ConfigError(f"{what} {text!r} is not a size: write e.g. {example}") from None
     if size < 0:
-        raise ConfigError(f"cache budget {text!r} is negative: write e.g. 4G, 512M or 0 (always spill to disk)")
+        raise ConfigError(f"{what} {text!r} is negative: write e.g. {example}")
     return int(size * _UNITS[unit])
 
 

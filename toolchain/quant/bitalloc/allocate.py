@@ -1,0 +1,103 @@
+"""The bit allocation: each layer's bits from the candidates, least total sensitivity within the budget.
+
+Usage:
+    allocation = allocate(layers, BitBudget(average_bits=3.0))
+    allocation.layer_bits          # (("/conv1/Conv", 8), ("/layer1/.../Conv", 2), ...)
+    allocation.average_bits, allocation.size_bytes, allocation.predicted_kl
+
+A multiple-choice knapsack: choose b_l in the candidates for every layer l, minimising sum_l KL_l(b_l)
+subject to sum_l params_l * b_l <= budget. It is solved exactly by a dynamic programme over Pareto fronts:
+after each layer, keep every reachable total size with the least KL reaching it, dropping any state that
+is both larger and no better than another. The front stays small (a few thousand states for ResNet-20's
+21 layers), and no state that could be optimal is dropped, so the result is the true optimum of the
+additive model. Ties go to the larger size, then to the earlier layers' higher bits (deterministic).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from toolchain.errors import ConfigError
+from toolchain.quant.bitalloc.sensitivity import LayerSensitivity
+from toolchain.quant.config import BitBudget
+
+
+@dataclass(frozen=True)
+class Allocation:
+    """The chosen bits per layer and what they add up to."""
+
+    layer_bits: tuple[tuple[str, int], ...]
+    size_bits: int
+    total_params: int
+    budget_bits: int
+    predicted_kl: float
+    front_size: int
+
+    @property
+    def average_bits(self) -> float:
+        return self.size_bits / self.total_params
+
+    @property
+    def size_bytes(self) -> int:
+        return -(-self.size_bits // 8)
+
+    def to_dict(self) -> dict:
+        return {"layer_bits": [list(pair) for pair in self.layer_bits], "size_bits": self.size_bits,
+                "size_bytes": self.size_bytes, "average_bits": round(self.average_bits, 4),
+                "total_params": self.total_params, "budget_bits": self.budget_bits,
+                "predicted_kl": self.predicted_kl, "front_size": self.front_size}
+
+
+def budget_bits(params: list[int], budget: BitBudget) -> int:
+    """The budget in bits of weights for layers of `params` weights each; ConfigError (saying which budgets are
+    possible) when no choice fits it or every choice does."""
+    total = sum(params)
+    low, high = min(budget.choices), max(budget.choices)
+    smallest, largest = total * low, total * high
+    bits = (round(budget.average_bits * total) if budget.average_bits is not None
+            else 8 * int(budget.size_bytes))  # type: ignore[arg-type]  # BitBudget holds one of the two
+    if smallest <= bits <= largest:
+        return bits
+    given = (f"--weight-bits-budget {budget.average_bits}" if budget.average_bits is not None
+             else f"--size-budget {budget.size_bytes} bytes")
+    side = "below the smallest" if bits < smallest else "above the largest"
+    raise ConfigError(f"{given} is {side} possible model with --w-bits-choices {','.join(map(str, budget.choices))}: "
+                      f"give {low:.2f}..{high:.2f} average bits, or {-(-smallest // 8):,}..{largest // 8:,} bytes "
+                      f"of weights ({total:,} weights)")
+
+
+def allocate(layers: list[LayerSensitivity], budget: BitBudget) -> Allocation:
+    """The exact optimum of the additive model under `budget` (see the module docstring)."""
+    if not layers:
+        raise ConfigError("the model has no weighted layer to give bits to; drop the bit budget")
+    capacity = budget_bits([layer.params for layer in layers], budget)
+    choices = sorted(budget.choices, reverse=True)
+    # A state: (size in bits, total KL, index of the previous state in the previous front, bits of this layer).
+    fronts: list[list[tuple[int, float, int, int]]] = [[(0, 0.0, -1, 0)]]
+    for layer in layers:
+        candidates = []
+        for index, (size, kl, _, _) in enumerate(fronts[-1]):
+            for bits in choices:
+                new_size = size + layer.params * bits
+                if new_size <= capacity:
+                    candidates.append((new_size, kl + layer.kl[bits], index, bits))
+        candidates.sort(key=lambda s: (s[0], s[1], -s[3]))
+        front: list[tuple[int, float, int, int]] = []
+        for state in candidates:  # increasing size: keep a state only when it lowers the best KL so far
+            if not front or state[1] < front[-1][1]:
+                if front and state[0] == front[-1][0]:
+                    continue
+                front.append(state)
+        fronts.append(front)
+    # budget_bits checked that every layer at its smallest width fits, so the last front is never empty
+    best = min(range(len(fronts[-1])), key=lambda i: (fronts[-1][i][1], -fronts[-1][i][0]))
+    chosen = []
+    index = best
+    for depth in range(len(layers), 0, -1):
+        size, kl, parent, bits = fronts[depth][index]
+        chosen.append(bits)
+        index = parent
+    chosen.reverse()
+    final = fronts[-1][best]
+    return Allocation(tuple((layer.node, bits) for layer, bits in zip(layers, chosen)), final[0],
+                      sum(layer.params for layer in layers), capacity, final[1], max(len(f) for f in fronts))
