@@ -10,6 +10,6 @@ allocate.py: the multiple-choice knapsack over layers, solved exactly by a Paret
 """
 
 from toolchain.quant.bitalloc.allocate import Allocation, allocate, budget_bits
-from toolchain.quant.bitalloc.sensitivity import LayerSensitivity, measure_sensitivity
+from toolchain.quant.bitalloc.sensitivity import LayerSensitivity, measure_sensitivity, weights_only_kl
 
-__all__ = ["Allocation", "LayerSensitivity", "allocate", "budget_bits", "measure_sensitivity"]
+__all__ = ["Allocation", "LayerSensitivity", "allocate", "budget_bits", "measure_sensitivity", "weights_only_kl"]

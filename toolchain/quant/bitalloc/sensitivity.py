@@ -44,43 +44,78 @@ class LayerSensitivity:
 def measure_sensitivity(float_model: onnx.ModelProto, plan: QuantPlan, calib: np.ndarray, config: QuantConfig,
                         progress: bool = False, device: str = "cpu") -> list[LayerSensitivity]:
     """Every weighted layer of `plan` at every bit-width of config.bit_budget.choices (see the module docstring)."""
-    import torch
-
-    from toolchain.executor import OnnxModule
-    from toolchain.quant.calibrate import weight_params
-    from toolchain.quant.qparams import weight_type
-    from toolchain.quant.quantize import weight_calibrator
-
     assert config.bit_budget is not None
     budget = config.bit_budget
-    module = OnnxModule(float_model).to(device).eval()
-    sample = torch.from_numpy(np.ascontiguousarray(calib[:budget.samples])).to(device)
-    with torch.no_grad():
-        reference = _log_softmax(module, sample)
-    calibrator = config.effective_calibrator
-    profile = config.profile
+    probe = _Probe(float_model, calib[:budget.samples], config, device)
     specs = list(plan.weights.values())
     bar = tqdm(total=len(specs) * len(budget.choices), desc="layer sensitivity", unit="run", file=sys.stderr,
                disable=not progress, leave=False)
     layers = []
     try:
         for spec in specs:
-            buffer = getattr(module, module.initializer_names[spec.tensor])
-            original = buffer.detach().clone()
-            weight = original.cpu().numpy()
             kl = {}
             for bits in sorted(budget.choices):
-                params = weight_params(weight, spec.axis, weight_type(bits, config.reduce_range),
-                                       weight_calibrator(calibrator, bits), max_scale_ratio=profile.max_weight_scale_ratio)
-                buffer.copy_(torch.from_numpy(params.fake_quantize(weight).astype(np.float32)))
-                with torch.no_grad():
-                    kl[bits] = _mean_kl(reference, _log_softmax(module, sample))
+                kl[bits] = probe.kl({spec.tensor: (spec.axis, bits)})
                 bar.update(1)
-            buffer.copy_(original)
-            layers.append(LayerSensitivity(spec.node, spec.tensor, int(weight.size), kl))
+            layers.append(LayerSensitivity(spec.node, spec.tensor, probe.size(spec.tensor), kl))
     finally:
         bar.close()
     return layers
+
+
+def weights_only_kl(float_model: onnx.ModelProto, plan: QuantPlan, calib: np.ndarray, config: QuantConfig,
+                    layer_bits: dict[str, int], device: str = "cpu") -> float:
+    """Mean KL of the float model with every layer of `layer_bits` (node -> bits) quantized at once, the rest
+    float: what the sum of the per-layer sensitivities predicts, measured (the additivity check)."""
+    samples = config.bit_budget.samples if config.bit_budget is not None else 256
+    probe = _Probe(float_model, calib[:samples], config, device)
+    return probe.kl({spec.tensor: (spec.axis, layer_bits[spec.node]) for spec in plan.weights.values()
+                     if spec.node in layer_bits})
+
+
+class _Probe:
+    """The float model in the torch executor with its FP predictions on a sample; .kl() swaps weights in and out."""
+
+    def __init__(self, float_model: onnx.ModelProto, sample: np.ndarray, config: QuantConfig, device: str) -> None:
+        import torch
+
+        from toolchain.executor import OnnxModule
+
+        self.config = config
+        self.module = OnnxModule(float_model).to(device).eval()
+        self.sample = torch.from_numpy(np.ascontiguousarray(sample)).to(device)
+        with torch.no_grad():
+            self.reference = _log_softmax(self.module, self.sample)
+
+    def _buffer(self, tensor: str):
+        return getattr(self.module, self.module.initializer_names[tensor])
+
+    def size(self, tensor: str) -> int:
+        return int(self._buffer(tensor).numel())
+
+    def kl(self, quantized: dict[str, tuple[int, int]]) -> float:
+        """Mean KL with each tensor of `quantized` (tensor -> (axis, bits)) fake-quantized as the quantizer would."""
+        import torch
+
+        from toolchain.quant.calibrate import weight_params
+        from toolchain.quant.qparams import weight_type
+        from toolchain.quant.quantize import weight_calibrator
+
+        calibrator, profile = self.config.effective_calibrator, self.config.profile
+        originals = {}
+        try:
+            for tensor, (axis, bits) in quantized.items():
+                buffer = self._buffer(tensor)
+                originals[tensor] = buffer.detach().clone()
+                weight = originals[tensor].cpu().numpy()
+                params = weight_params(weight, axis, weight_type(bits, self.config.reduce_range),
+                                       weight_calibrator(calibrator, bits), max_scale_ratio=profile.max_weight_scale_ratio)
+                buffer.copy_(torch.from_numpy(params.fake_quantize(weight).astype(np.float32)))
+            with torch.no_grad():
+                return _mean_kl(self.reference, _log_softmax(self.module, self.sample))
+        finally:
+            for tensor, original in originals.items():
+                self._buffer(tensor).copy_(original)
 
 
 def _log_softmax(module, sample):

@@ -1,0 +1,191 @@
+"""Mixed precision under a weight budget vs uniform bits, ResNet-20 zero-shot (DGH data, pdquant default, A4).
+
+Usage:
+    python bench/mixed_precision.py --seeds 0 --points budget:3.0 budget:2.5     # one process per core, see below
+    python bench/mixed_precision.py --seeds 0 --points uniform:2 uniform:4 uniform:8 academic:2 budget:2.25 budget:6
+    python bench/mixed_precision.py --render-only
+
+A point is `uniform:B` (every layer's weights at B bits), `academic:B` (B bits, first and last layer at 8 and
+the network output in float: the papers' setting) or `budget:B` (average B weight bits, each layer's bits
+from {2, 4, 8} chosen by quant.bitalloc). Every point: 256 DGH images (default preset, the row's seed;
+cached in --work), activations at 4 bits, every layer quantized (first/last and the output, except
+academic), MSE calibrator then pdquant `default`, top-1 on the 10,000 CIFAR-10 test images in onnxruntime.
+Rows merge into bench/results/mixed_precision.json as they finish, so points can run in separate
+processes (pin each to a core with --threads 1: `taskset -c 0 python bench/mixed_precision.py ...`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+from toolchain import api
+from toolchain.paths import shared_dir
+from toolchain.quant.config import BitBudget, QuantConfig
+from toolchain.recon import ReconConfig
+
+RESULTS = Path(__file__).resolve().parent / "results"
+FP32 = {"resnet20_cifar10": 0.8103}
+WEIGHTS = {"resnet20_cifar10": "resnet20-12fca82f.th"}
+
+
+def point_config(point: str) -> QuantConfig:
+    kind, _, value = point.partition(":")
+    recon = ReconConfig.preset("pdquant", "default")
+    if kind == "uniform":
+        return QuantConfig(w_bits=int(value), a_bits=4, reconstruction=recon)
+    if kind == "academic":
+        return QuantConfig(w_bits=int(value), a_bits=4, first_last_8bit=True, reconstruction=recon)
+    if kind == "budget":
+        return QuantConfig(a_bits=4, bit_budget=BitBudget(average_bits=float(value)), reconstruction=recon)
+    raise SystemExit(f"unknown point {point!r}: uniform:B, academic:B or budget:B")
+
+
+def calibration(model: str, onnx_path: Path, seed: int, work: Path) -> Path:
+    path = work / f"{model}_dgh256_s{seed}.npz"
+    if not path.exists():
+        api.generate_calibration(onnx_path, "dgh", 256, path, seed=seed, progress=False)
+    return path
+
+
+def run(args: argparse.Namespace) -> None:
+    from toolchain.cpu import has_vnni
+    from toolchain.execution import Execution
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    execution = Execution(threads=args.threads)
+    test = shared_dir() / "datasets" / "cifar10-test-jpg.tar.gz"
+    onnx_path = work / f"{args.model}.onnx"
+    if not onnx_path.exists():
+        api.export_model(args.model, onnx_path, shared_dir() / "weights" / WEIGHTS[args.model])
+    for seed in args.seeds:
+        calib = calibration(args.model, onnx_path, seed, work)
+        for point in args.points:
+            out = work / f"{args.model}_{point.replace(':', '')}_s{seed}.onnx"
+            started = time.perf_counter()
+            outcome = api.quantize_model(onnx_path, calib, out, point_config(point), seed=seed, overwrite=True,
+                                         progress=False, execution=execution)
+            seconds = time.perf_counter() - started
+            metrics = api.evaluate_model(out, test, threads=execution.thread_count, progress=False)
+            report = outcome.report
+            mixed = report.get("mixed_precision")
+            layers = [layer for layer in report["layers"] if layer.get("weight_bits")]
+            params = _weight_params(onnx_path, report)
+            total = sum(params.values())
+            bits = sum(params[layer["node"]] * layer["weight_bits"] for layer in layers) / total
+            row = {"model": args.model, "point": point, "seed": seed, "top1": metrics.top1, "average_bits": round(bits, 4),
+                   "weight_bytes": int(round(bits * total / 8)), "layer_bits": [layer["weight_bits"] for layer in layers],
+                   "quantize_s": round(seconds, 1), "threads": execution.thread_count, "cpu_vnni": has_vnni(),
+                   "machine": platform.platform()}
+            if mixed:
+                row.update(predicted_kl=mixed["predicted_kl"], measured_kl=mixed["measured_kl"],
+                           sensitivity_s=mixed["sensitivity_seconds"], sensitivity=[l["kl"] for l in mixed["layers"]])
+            merge(RESULTS / "mixed_precision.json", row)
+            print(f"{args.model} {point} seed {seed}: top-1 {metrics.top1:.4f}, {bits:.3f} bits, {seconds:.0f} s", flush=True)
+    render(RESULTS / "mixed_precision.json")
+
+
+def _weight_params(onnx_path: Path, report: dict) -> dict[str, int]:
+    """Parameters of each weighted layer (node name -> count), from the QDQ report's per-channel scales and the
+    float model's weight shapes matched in layer order."""
+    import numpy as np
+    import onnx
+
+    from toolchain.quant.config import QuantConfig as _Q
+    from toolchain.quant.quantize import prepare_float_model
+
+    folded, _ = prepare_float_model(onnx.load(str(onnx_path)), _Q())
+    inits = {t.name: t for t in folded.graph.initializer}
+    nodes = {n.name: n for n in folded.graph.node}
+    return {layer["node"]: int(np.prod(inits[nodes[layer["node"]].input[1]].dims))
+            for layer in report["layers"] if layer.get("weight_bits")}
+
+
+def merge(path: Path, row: dict) -> None:
+    """Replace or add `row` in the JSON list at `path`, under a lock (two pinned processes write it)."""
+    import fcntl
+
+    with open(path.with_suffix(".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        rows = json.loads(path.read_text()) if path.exists() else []
+        rows = [r for r in rows if (r["model"], r["point"], r["seed"]) != (row["model"], row["point"], row["seed"])]
+        rows.append(row)
+        rows.sort(key=lambda r: (r["model"], r["point"], r["seed"]))
+        path.write_text(json.dumps(rows, indent=1) + "\n")
+
+
+def render(path: Path) -> None:
+    rows = json.loads(path.read_text()) if path.exists() else []
+    lines = ["# Mixed precision vs uniform bits (ResNet-20, zero-shot DGH 256, pdquant default, A4)", "",
+             "Every layer quantized (first/last and output) except `academic` (first/last weights at 8 bits, output in "
+             "float). Top-1 on the 10,000 CIFAR-10 test images in onnxruntime; FP32 81.03. `budget:B`: average B weight "
+             "bits over all weights, each layer's bits from {2, 4, 8} by measured KL sensitivity and an exact knapsack.", "",
+             "| point | average weight bits | weight KiB | top-1 % (seeds) | mean ± sd | KL predicted / measured | sensitivity s | quantize s |",
+             "|---|---:|---:|---|---:|---:|---:|---:|"]
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        groups.setdefault((row["model"], row["point"]), []).append(row)
+    for (model, point), group in sorted(groups.items(), key=lambda g: g[1][0]["average_bits"]):
+        tops = [100 * r["top1"] for r in group]
+        spread = f"{statistics.mean(tops):.2f} ± {statistics.stdev(tops):.2f}" if len(tops) > 1 else f"{tops[0]:.2f}"
+        first = group[0]
+        kl = (f"{first['predicted_kl']:.3g} / {first['measured_kl']:.3g}" if "predicted_kl" in first else "–")
+        lines.append(f"| {point} | {first['average_bits']:.3f} | {first['weight_bytes'] / 1024:.1f} | "
+                     + " / ".join(f"{t:.2f} (s{r['seed']})" for t, r in zip(tops, group))
+                     + f" | {spread} | {kl} | {first.get('sensitivity_s', '–')} | {first['quantize_s']:.0f} |")
+    lines += ["", "Bits per layer (graph order) of seed 0's mixed models:", ""]
+    for (model, point), group in sorted(groups.items()):
+        if point.startswith("budget"):
+            lines.append(f"- {point}: {' '.join(map(str, group[0]['layer_bits']))}")
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+    _plot(groups, path.with_name("mixed_precision.png"))
+
+
+def _plot(groups: dict, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    figure, axis = plt.subplots(figsize=(7, 4.2), dpi=110)
+    styles = {"budget": ("o-", "mixed (budget)"), "uniform": ("s", "uniform"), "academic": ("^", "academic (first/last 8-bit)")}
+    for kind, (marker, label) in styles.items():
+        points = sorted((g[0]["average_bits"], statistics.mean(100 * r["top1"] for r in g))
+                        for (m, p), g in groups.items() if p.startswith(kind))
+        if points:
+            axis.plot([p[0] for p in points], [p[1] for p in points], marker, label=label)
+    axis.axhline(81.03, color="grey", linestyle=":", label="FP32")
+    axis.set_xlabel("average weight bits (size / parameters)")
+    axis.set_ylabel("top-1 % (A4)")
+    axis.set_title("ResNet-20 W?A4 zero-shot: mixed precision vs uniform")
+    axis.legend()
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="resnet20_cifar10", choices=sorted(FP32))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--points", nargs="+", default=["budget:3.0", "budget:2.5"])
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--work", default="/work/bench_work/mixed")
+    parser.add_argument("--render-only", action="store_true")
+    args = parser.parse_args()
+    if args.render_only:
+        render(RESULTS / "mixed_precision.json")
+    else:
+        run(args)
+
+
+if __name__ == "__main__":
+    main()
