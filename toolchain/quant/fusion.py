@@ -29,6 +29,8 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
+from toolchain.errors import ConfigError
+
 from toolchain.ortsession import inference_session
 
 INTEGER_LAYER_OPS = {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulIntegerToFloat", "ConvInteger", "MatMulInteger"}
@@ -48,8 +50,20 @@ def _optimized(model: onnx.ModelProto, threads: int) -> onnx.ModelProto:
         options.optimized_model_filepath = str(optimized_path)
         options.intra_op_num_threads = threads
         options.log_severity_level = 3  # the "hardware specific optimizations" notice is expected here
-        inference_session(model, options)
+        try:
+            inference_session(model, options)
+        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own InvalidGraph/Fail types
+            if "INVALID_GRAPH" in str(err) and _has_native_low_bit_types(model):
+                raise ConfigError("onnxruntime 1.32's QDQ fusion turns this file's INT2/INT4/UINT4 tensors next to "
+                                  "other widths into an invalid graph (" + " ".join(str(err).split())[:160] + "); "
+                                  "use --low-bit-storage ort, which holds the same values in types it loads") from None
+            raise
         return onnx.load(str(optimized_path))
+
+
+def _has_native_low_bit_types(model: onnx.ModelProto) -> bool:
+    low = {_T.INT4, _T.UINT4, *(getattr(_T, name) for name in ("INT2", "UINT2") if hasattr(_T, name))}
+    return any(t.data_type in low for t in model.graph.initializer)
 
 
 def _output_type(node: onnx.NodeProto, types: dict[str, int]) -> int | None:
