@@ -303,3 +303,16 @@ def test_a_damaged_model_file_exits_2_and_leaves_no_run_directory(tmp_path):
     result = run("run", "--model", model, "--run-dir", tmp_path / "r")
     assert result.exit_code == 2 and str(model) in result.stderr and "Traceback" not in result.output
     assert not (tmp_path / "r").exists()
+
+
+def test_a_mixed_precision_entry_reports_its_bits_per_layer(digits_files, tmp_path):
+    """Rule: a quantize entry with weight_bits_budget is made under that budget and report.md lists its bits and
+    sensitivities per layer; the size column counts its weights at their bits."""
+    config = small_config(tmp_path, *digits_files, quantize=[{"weight_bits_budget": 3.5, "a_bits": 8}])
+    result = run("run", config, "--json", "--quiet")
+    assert result.exit_code == 0, result.output
+    model = json.loads(result.stdout)["models"][0]
+    assert model["name"] == "W3.5mixA8" and model["mixed_precision"]["size_bits"] <= model["mixed_precision"]["budget_bits"]
+    text = (tmp_path / "run" / "report.md").read_text()
+    assert "### W3.5mixA8: bits per layer under the budget" in text and "| KL at 2 bits |" in text
+    assert model["size"]["weights"] * 8 <= model["mixed_precision"]["budget_bits"]

@@ -86,6 +86,24 @@ _MISSING = {
 }
 
 
+def _mixed_section(entry: dict) -> list[str]:
+    """Per-layer bits and sensitivities of a model made under a bit budget."""
+    mixed = entry.get("mixed_precision")
+    if not mixed:
+        return []
+    choices = sorted(mixed["layers"][0]["kl"], key=int) if mixed["layers"] else []
+    lines = ["", f"### {entry['name']}: bits per layer under the budget", "",
+             f"{mixed['average_bits']:.3f} average weight bits, {mixed['size_bytes']:,} bytes of weights (budget "
+             f"{mixed['budget_bits'] // 8:,}); KL predicted by the sum {mixed['predicted_kl']:.4g}, measured "
+             f"(weights only) {mixed['measured_kl']:.4g}; sensitivity measured in {mixed['sensitivity_seconds']} s.", "",
+             "| layer | weights | bits | " + " | ".join(f"KL at {b} bits" for b in choices) + " |",
+             "|---|---:|---:|" + "---:|" * len(choices)]
+    for layer in mixed["layers"]:
+        lines.append(f"| {layer['node']} | {layer['params']:,} | {layer['bits']} | "
+                     + " | ".join(f"{layer['kl'][b]:.3g}" for b in choices) + " |")
+    return lines
+
+
 def _verdict(target: dict | None) -> str:
     """The target runtime's own verdict (ort-x86's is the integer-coverage column)."""
     if not target or target["name"] == "ort-x86":
@@ -130,6 +148,8 @@ def markdown(report: dict) -> str:
                      f"{entry['output_sqnr_db']} dB; ops onnxruntime runs in float: {entry['coverage']['float_ops']}")
         for warning in entry["warnings"]:
             lines.append(f"  - warning: {warning}")
+    for entry in report["models"]:
+        lines += _mixed_section(entry)
     losses = calibration.get("losses") or {}
     final = losses.get("final", {})
     lines += ["", "## Calibration", "",

@@ -273,6 +273,7 @@ def _model_entry(spec: QuantizeSpec, quant_config: Any, report: dict, file: str,
         "reconstruction": [{"unit": u["unit"], "kind": u["kind"], "output": u["output"], "loss_before": u["loss_before"],
                             "loss_after": u["loss_after"]} for u in recon.get("units", [])],
         "warnings": list(report.get("warnings", [])),
+        "mixed_precision": report.get("mixed_precision"),
     }
 
 
