@@ -6,8 +6,8 @@ Usage:
     python bench/mixed_precision.py --render-only
 
 A point is `uniform:B` (every layer's weights at B bits), `academic:B` (B bits, first and last layer at 8 and
-the network output in float: the papers' setting) or `budget:B` (average B weight bits, each layer's bits
-from {2, 4, 8} chosen by quant.bitalloc). Every point: 256 DGH images (default preset, the row's seed;
+the network output in float: the papers' setting) or `budget:B[@CHOICES]` (average B weight bits, each layer's
+bits from {2, 4, 8}, or the digits of CHOICES, e.g. @2348, chosen by quant.bitalloc). Every point: 256 DGH images (default preset, the row's seed;
 cached in --work), activations at 4 bits, every layer quantized (first/last and the output, except
 academic), MSE calibrator then pdquant `default`, top-1 on the 10,000 CIFAR-10 test images in onnxruntime.
 Rows merge into bench/results/mixed_precision.json as they finish, so points can run in separate
@@ -40,9 +40,11 @@ def point_config(point: str) -> QuantConfig:
         return QuantConfig(w_bits=int(value), a_bits=4, reconstruction=recon)
     if kind == "academic":
         return QuantConfig(w_bits=int(value), a_bits=4, first_last_8bit=True, reconstruction=recon)
-    if kind == "budget":
-        return QuantConfig(a_bits=4, bit_budget=BitBudget(average_bits=float(value)), reconstruction=recon)
-    raise SystemExit(f"unknown point {point!r}: uniform:B, academic:B or budget:B")
+    if kind == "budget":  # budget:B or budget:B@2348 (candidates 2, 3, 4, 8; default 2, 4, 8)
+        bits, _, choices = value.partition("@")
+        budget = BitBudget(average_bits=float(bits), choices=tuple(int(c) for c in choices) if choices else (2, 4, 8))
+        return QuantConfig(a_bits=4, bit_budget=budget, reconstruction=recon)
+    raise SystemExit(f"unknown point {point!r}: uniform:B, academic:B or budget:B[@CHOICES]")
 
 
 def calibration(model: str, onnx_path: Path, seed: int, work: Path) -> Path:
@@ -66,7 +68,7 @@ def run(args: argparse.Namespace) -> None:
     for seed in args.seeds:
         calib = calibration(args.model, onnx_path, seed, work)
         for point in args.points:
-            out = work / f"{args.model}_{point.replace(':', '')}_s{seed}.onnx"
+            out = work / f"{args.model}_{point.replace(':', '').replace('@', 'c')}_s{seed}.onnx"
             started = time.perf_counter()
             outcome = api.quantize_model(onnx_path, calib, out, point_config(point), seed=seed, overwrite=True,
                                          progress=False, execution=execution)

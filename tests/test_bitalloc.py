@@ -157,3 +157,21 @@ def test_bad_budgets_are_one_line_errors(digits, tmp_path, args, needle):
     result = CliRunner().invoke(cli, ["quantize", str(model), "--calib", str(calib), "-o", str(tmp_path / "m.onnx"), *args])
     assert result.exit_code == 2 and needle in result.stderr, result.output
     assert not (tmp_path / "m.onnx").exists()
+
+
+@pytest.mark.parametrize("storage", ["ort", "native"])
+def test_three_bit_weights_are_held_in_int4_with_three_bit_values(digits, tmp_path, storage):
+    """Rule: --w-bits 3 writes every weight in an INT4 tensor (ONNX has no 3-bit type) holding values in [-4, 3] only,
+    in both storages; a target without 3-bit weights (openvino) refuses it naming its widths."""
+    model, calib = digits
+    out = tmp_path / "w3.onnx"
+    result = CliRunner().invoke(cli, ["quantize", str(model), "--calib", str(calib), "--w-bits", "3", "--a-bits", "8",
+                                      "--low-bit-storage", storage, "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    weights = [t for t in onnx.load(str(out)).graph.initializer if t.name.endswith("weight_quantized")]
+    assert weights and all(t.data_type == onnx.TensorProto.INT4 for t in weights)
+    values = np.concatenate([numpy_helper.to_array(t).astype(np.int32).ravel() for t in weights])
+    assert values.min() == -4 and values.max() == 3
+    refused = CliRunner().invoke(cli, ["quantize", str(model), "--calib", str(calib), "--w-bits", "3", "--target", "openvino",
+                                       "-o", str(tmp_path / "ov.onnx")])
+    assert refused.exit_code == 2 and "supports --w-bits 4/8, not 3" in refused.stderr

@@ -48,7 +48,7 @@ def test_hash_ignores_where_the_run_goes():
     ({"quantise": []}, ["unknown key 'quantise'", "did you mean 'quantize'"]),
     ({"generate": {"n": "many"}}, ["generate.n", "expected an integer"]),
     ({"generate": {"n": 0}}, ["generate.n must be >= 1"]),
-    ({"quantize": [{"w_bits": 3}]}, ["quantize[0] (W3A8)", "--w-bits 3"]),
+    ({"quantize": [{"w_bits": 5}]}, ["quantize[0] (W5A8)", "--w-bits 5"]),
     ({"quantize": [{"name": "a b"}]}, ["quantize[0].name 'a b'"]),
     ({"quantize": [{"name": "x"}, {"name": "x"}]}, ["the name 'x' is used twice"]),
     ({"quantize": []}, ["quantize is empty"]),

@@ -80,7 +80,7 @@ def test_calibration_npz_without_inputs_or_images(digits, tmp_path):
     assert _nothing_written(tmp_path)
 
 
-@pytest.mark.parametrize("flag, value, choices", [("--w-bits", 3, "2, 4, 8"), ("--a-bits", 16, "2/4/8"), ("--w-bits", 1, "2, 4, 8"),
+@pytest.mark.parametrize("flag, value, choices", [("--w-bits", 5, "2, 3, 4, 8"), ("--a-bits", 16, "2/4/8"), ("--w-bits", 1, "2, 3, 4, 8"),
                                                    ("--a-bits", 5, "2, 4, 8, 16")])
 def test_bits_out_of_range(digits, calib_npz, tmp_path, flag, value, choices):
     """Bits no target supports, or (16-bit activations) the default target does not: one line naming the flag and the choices."""

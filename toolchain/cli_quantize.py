@@ -25,7 +25,8 @@ from toolchain.recon.config import PRESETS
               help="Calibration .npz (float32 'inputs', see calib_data/README.md) or an image dataset (folder, .tar.gz, .npz of images).")
 @click.option("-o", "--output", required=True, type=click.Path(dir_okay=False), help="QDQ model to write; the report goes to OUTPUT's .report.json.")
 @click.option("--w-bits", type=int, default=8, show_default=True,
-              help="Weight bits: 2, 4 or 8 (symmetric, per channel); each --target supports some of them.")
+              help="Weight bits: 2, 3, 4 or 8 (symmetric, per channel; 3 bits are held in INT4); each --target supports "
+                   "some of them.")
 @click.option("--a-bits", type=int, default=8, show_default=True,
               help="Activation bits: 2, 4, 8 or 16 (per tensor; 16: uint16, --target qnn).")
 @click.option("--calibrator", type=click.Choice(["minmax", "percentile", "mse"]),

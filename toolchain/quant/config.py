@@ -18,7 +18,7 @@ from toolchain.errors import ConfigError
 from toolchain.quant.targets import TargetName, TargetProfile, target_profile
 from toolchain.recon.config import ReconConfig
 
-SUPPORTED_BITS = {"w_bits": (2, 4, 8), "a_bits": (2, 4, 8, 16), "input_bits": (2, 4, 8, 16)}  # each target's own: quant.targets
+SUPPORTED_BITS = {"w_bits": (2, 3, 4, 8), "a_bits": (2, 4, 8, 16), "input_bits": (2, 4, 8, 16)}  # each target's own: quant.targets
 Calibrator = Literal["minmax", "percentile", "mse"]
 LowBitStorage = Literal["ort", "native"]
 CONFIG_VERSION = 1

@@ -69,9 +69,16 @@ def activation_type(bits: int, signed: bool = False) -> IntType:
 REDUCED_INT8 = IntType("INT8", 7, True, _T.INT8, 13)
 
 
+# 3-bit weights ([-4, 3]) have no ONNX type of their own: they are held in INT4 in either storage, as 7-bit
+# weights are in INT8 (what a runtime reads is the container; the values only use 3 bits).
+INT3_IN_INT4 = IntType("INT4", 3, True, _T.INT4, 21)
+
+
 def weight_type(bits: int, reduce_range: bool = False) -> IntType:
     if reduce_range and bits == 8:
         return REDUCED_INT8
+    if bits == 3:
+        return INT3_IN_INT4
     return INT_TYPES[("int", bits)]
 
 
@@ -82,7 +89,7 @@ def storage_type(qtype: IntType, low_bit_storage: str, activation: bool = False)
     """The ONNX type that holds values of `qtype` in the file (see QuantConfig.low_bit_storage): under "ort",
     low-bit weights in INT4, low-bit activations in an 8-bit container of their signedness (UINT8; INT8 for
     the signed activations of ort-arm)."""
-    if low_bit_storage == "native" or qtype.bits >= 7:  # 7: REDUCED_INT8, values of 7 bits in INT8
+    if low_bit_storage == "native" or qtype.bits >= 7 or qtype is INT3_IN_INT4:  # 7: REDUCED_INT8 in INT8; 3: in INT4
         return qtype
     if activation:
         return INT_TYPES[("int" if qtype.signed else "uint", 8)]

@@ -92,11 +92,11 @@ class TargetProfile:
 
 TARGETS: dict[str, TargetProfile] = {
     "ort-x86": TargetProfile(
-        "ort-x86", "ort", weight_bits=(2, 4, 8), activation_bits=(2, 4, 8),
+        "ort-x86", "ort", weight_bits=(2, 3, 4, 8), activation_bits=(2, 4, 8),
         notes="8-bit runs on integer kernels (QLinearConv, QGemm, QLinearAdd, ...); 2/4-bit files run as "
               "float emulation in onnxruntime (no kernels below 8 bits)"),
     "ort-arm": TargetProfile(
-        "ort-arm", "ort", weight_bits=(2, 4, 8), activation_bits=(2, 4, 8), signed_activations=True,
+        "ort-arm", "ort", weight_bits=(2, 3, 4, 8), activation_bits=(2, 4, 8), signed_activations=True,
         notes="S8S8: onnxruntime fuses int8-activation Conv/MatMul groups on ARM builds only (QDQIsInt8Allowed); "
               "on x86 the same file runs, partly on integers"),
     "openvino": TargetProfile(
