@@ -50,10 +50,10 @@ def test_a_budget_outside_the_possible_sizes_names_the_possible_ones():
     """Rule: below all-2-bit or above all-8-bit is refused, naming the possible range in bits and in bytes."""
     layers = [LayerSensitivity("a", "wa", 100, {2: 1.0, 4: 0.1, 8: 0.0}), LayerSensitivity("b", "wb", 300, {2: 1.0, 4: 0.1, 8: 0.0})]
     with pytest.raises(ConfigError, match=r"below the smallest possible.*2\.00\.\.8\.00 average bits, or 100\.\.400 bytes"):
-        allocate(layers, BitBudget(average_bits=1.9))
+        allocate(layers, BitBudget(average_bits=1.9, choices=CHOICES))
     with pytest.raises(ConfigError, match="above the largest possible"):
-        allocate(layers, BitBudget(size_bytes=401))
-    assert dict(allocate(layers, BitBudget(size_bytes=400)).layer_bits) == {"a": 8, "b": 8}
+        allocate(layers, BitBudget(size_bytes=401, choices=CHOICES))
+    assert dict(allocate(layers, BitBudget(size_bytes=400, choices=CHOICES)).layer_bits) == {"a": 8, "b": 8}
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_the_mixed_model_carries_each_layers_bits_and_fits_the_budget(digits, tm
     allocated = {node: bits for node, bits in mixed["layer_bits"]}
     assert len(set(allocated.values())) > 1  # a real mix at 3.5 bits, not one width
     assert mixed["size_bits"] <= mixed["budget_bits"] == round(3.5 * mixed["total_params"])
-    assert all(set(layer["kl"]) == {"2", "4", "8"} and layer["bits"] == allocated[layer["node"]] for layer in mixed["layers"])
+    assert all(set(layer["kl"]) == {"2", "3", "4", "8"} and layer["bits"] == allocated[layer["node"]] for layer in mixed["layers"])
     assert mixed["measured_kl"] > 0 and mixed["predicted_kl"] > 0
     qdq = onnx.load(str(out))
     inits = {t.name: t for t in qdq.graph.initializer}

@@ -34,7 +34,7 @@ class BitBudget:
 
     average_bits: float | None = None
     size_bytes: int | None = None
-    choices: tuple[int, ...] = (2, 4, 8)
+    choices: tuple[int, ...] = (2, 3, 4, 8)
     samples: int = 256
 
     def __post_init__(self) -> None:
@@ -179,7 +179,7 @@ class QuantConfig:
             values["reconstruction"] = ReconConfig.from_dict(values["reconstruction"])
         if isinstance(values.get("bit_budget"), dict):
             budget = dict(values["bit_budget"])
-            values["bit_budget"] = BitBudget(**{**budget, "choices": tuple(budget.get("choices", (2, 4, 8)))})
+            values["bit_budget"] = BitBudget(**{**budget, "choices": tuple(budget.get("choices", (2, 3, 4, 8)))})
         if "layer_w_bits" in values:
             values["layer_w_bits"] = tuple((str(node), int(bits)) for node, bits in values["layer_w_bits"])
         return cls(**values)
