@@ -238,7 +238,8 @@ class _Stages:
 
         from toolchain.data import open_images
 
-        inputs = np.load(self.folder / CALIBRATION_FILE)["inputs"][:16]
+        with np.load(self.folder / CALIBRATION_FILE) as calibration:  # closes the archive (np.load keeps it open)
+            inputs = calibration["inputs"][:16]
         real_source = self.config.generate.data or self.config.evaluation_data()
         real = None
         if real_source is not None:
