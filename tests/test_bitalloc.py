@@ -175,3 +175,73 @@ def test_three_bit_weights_are_held_in_int4_with_three_bit_values(digits, tmp_pa
     refused = CliRunner().invoke(cli, ["quantize", str(model), "--calib", str(calib), "--w-bits", "3", "--target", "openvino",
                                        "-o", str(tmp_path / "ov.onnx")])
     assert refused.exit_code == 2 and "supports --w-bits 4/8, not 3" in refused.stderr
+
+
+def test_compensated_rounding_lowers_the_output_error_and_stays_on_the_grid():
+    """Rule: compensated rounding (quant.bitalloc.compensate) gives every weight a value of the quantizer's grid and,
+    on correlated inputs, a smaller output error ||(W - Q) X||^2 than rounding to nearest at 2, 3 and 4 bits (by at
+    least 10 %: measured 26-30 % here); with uncorrelated inputs (H = I) there is nothing to compensate and it is
+    rounding to nearest exactly."""
+    from toolchain.quant.bitalloc.compensate import LayerHessian, compensated_weight
+    from toolchain.quant.calibrate import weight_params
+    from toolchain.quant.qparams import weight_type
+
+    rng = np.random.default_rng(0)
+    inputs = rng.standard_normal((48, 3000))
+    inputs[1:] += 0.8 * inputs[:-1]  # neighbouring inputs correlated, as neighbouring pixels are
+    weight = rng.standard_normal((24, 48)).astype(np.float32)
+    hessian = LayerHessian((inputs @ inputs.T / inputs.shape[1])[None])
+    for bits in (2, 3, 4):
+        params = weight_params(weight, 0, weight_type(bits), "mse")
+        nearest, compensated = params.fake_quantize(weight), compensated_weight(weight, 0, params, hessian)
+        steps = compensated / params.scale[:, None]
+        assert np.allclose(steps, np.round(steps), atol=1e-4)
+        assert np.round(steps).min() >= params.low and np.round(steps).max() <= params.qtype.qmax
+        error = lambda q: float(np.sum(((weight - q) @ inputs) ** 2))  # noqa: E731
+        assert error(compensated) < 0.9 * error(nearest), bits
+    params = weight_params(weight, 0, weight_type(2), "mse")
+    assert np.array_equal(compensated_weight(weight, 0, params, LayerHessian(np.eye(48)[None])), params.fake_quantize(weight))
+
+
+@pytest.mark.parametrize("groups, strides, pads", [(1, (1, 1), (1, 1, 1, 1)), (2, (2, 2), (1, 0, 1, 0)), (6, (1, 2), (0, 0, 0, 0))])
+def test_patch_columns_are_what_the_convolution_multiplies(groups, strides, pads):
+    """Rule: the columns H is built from are the convolution's input patches in its weight rows' element order, per
+    group: multiplying them by the reshaped weight gives torch's conv2d (abs. 1e-4), for grouped, strided and
+    asymmetrically padded convolutions."""
+    import torch
+
+    from toolchain.quant.bitalloc.compensate import _columns, _Patches
+
+    torch.manual_seed(0)
+    values, weight = torch.randn(2, 6, 9, 9), torch.randn(6, 6 // groups, 3, 3)
+    top, left, bottom, right = pads
+    patch = _Patches("x", "conv", (3, 3), strides, (1, 1), (left, right, top, bottom), groups)
+    columns = _columns(values, patch)
+    per_group = 6 // groups
+    products = torch.stack([weight[g * per_group:(g + 1) * per_group].reshape(per_group, -1) @ columns[g] for g in range(groups)])
+    expected = torch.nn.functional.conv2d(torch.nn.functional.pad(values, (left, right, top, bottom)), weight,
+                                          stride=strides, groups=groups)
+    got = products.reshape(6, 2, -1).permute(1, 0, 2).reshape(expected.shape)
+    assert torch.allclose(got, expected, atol=1e-4)
+
+
+def test_input_hessians_are_the_layers_input_second_moments(digits):
+    """Rule: a layer's H is E[x x^T] over its input patches on the calibration set: for the classifier (a Gemm) the
+    mean outer product of its input rows as onnxruntime computes them (rel. 1e-4; 64 inputs, nothing sampled)."""
+    from toolchain.ortsession import exposing, inference_session
+    from toolchain.quant.annotate import annotate
+    from toolchain.quant.bitalloc.compensate import input_hessians
+    from toolchain.quant.quantize import prepare_float_model
+
+    model, calib = digits
+    inputs = np.load(calib)["inputs"]
+    config = QuantConfig(a_bits=4)
+    float_model, _ = prepare_float_model(onnx.load(str(model)), config)
+    plan = annotate(float_model, config)
+    hessians = input_hessians(float_model, plan, inputs)
+    assert set(hessians) == set(plan.weights)  # every layer of this model is understood
+    gemm = next(n for n in float_model.graph.node if n.op_type == "Gemm")
+    with exposing(float_model, [gemm.input[0]]) as probe:
+        session = inference_session(probe)
+    rows = session.run([gemm.input[0]], {session.get_inputs()[0].name: inputs})[0].astype(np.float64)
+    np.testing.assert_allclose(hessians[gemm.input[1]].matrix[0], rows.T @ rows / len(rows), rtol=1e-4, atol=1e-7)

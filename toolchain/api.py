@@ -228,7 +228,7 @@ def quantize_model(
     """Quantize MODEL with calibration data CALIB; write OUT and OUT's .report.json (both or neither).
 
     CALIB: a path (calibration .npz, .npz keyed by the input name, test_data_set_* folder of input_*.pb, or an
-    image dataset), or an onnxruntime CalibrationDataReader (see calibforms).
+    image dataset), an onnxruntime CalibrationDataReader, or a float32 numpy array of model inputs (see calibforms).
 
     With reconstruction, `OUT.ckpt` keeps the finished units while it runs (removed once OUT is written);
     after a divergence, a crash or Ctrl-C, `resume=True` continues from it. `execution` (an

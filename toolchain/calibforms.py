@@ -4,13 +4,15 @@ Usage:
     calib = read_calibration_form("calib.npz", "input", "model.onnx")           # {'input': (N,C,H,W)} (ModelOpt's form)
     calib = read_calibration_form("calib_pb/", "input", "model.onnx")           # test_data_set_*/input_*.pb
     calib = read_calibration_form(my_reader, "input", "model.onnx", limit=256)  # onnxruntime CalibrationDataReader
+    calib = read_calibration_form(inputs, "input", "model.onnx")                # a float32 (N,C,H,W) numpy array
     read_calibration_form("images.tar.gz", "input", "model.onnx")               # None: an image dataset, sampled elsewhere
 
 Besides this project's calibration .npz (`inputs`, see calib_data/README.md), a user may hold:
 - an .npz keyed by the model's input name, as TensorRT Model Optimizer (ModelOpt) reads it;
 - a folder of ONNX TensorProto files, `test_data_set_0/input_0.pb`, ..., as onnxruntime's tools and the ONNX
   model zoo write them (each set holds one batch; the sets are concatenated along the batch axis);
-- from Python, an `onnxruntime.quantization.CalibrationDataReader` (get_next() -> {input name: array} | None).
+- from Python, an `onnxruntime.quantization.CalibrationDataReader` (get_next() -> {input name: array} | None),
+  or the preprocessed inputs as one numpy array.
 All give float32 model inputs, already preprocessed; check_calibration checks shape, dtype and values afterwards.
 """
 
@@ -41,6 +43,8 @@ def read_calibration_form(source: Any, input_name: str, model_source: str, limit
     `limit`: keep the first `limit` inputs (all when None)."""
     if is_calibration_reader(source):
         return _from_reader(source, input_name, model_source, limit)
+    if isinstance(source, np.ndarray):  # from Python: the preprocessed inputs themselves (check_calibration checks them)
+        return _limited(source, None, {"method": "array", "form": "numpy array"}, limit)
     path = Path(source)
     if not path.exists():
         raise DataError(f"calibration data {path} does not exist")

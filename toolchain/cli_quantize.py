@@ -77,6 +77,9 @@ from toolchain.recon.config import PRESETS
 @click.option("--w-bits-choices", callback=lambda ctx, param, value: _bit_list(value),
               help="Candidate weight bits for a budget, e.g. 2,4,8 [default: the target's among 2, 3, 4, 8; 3-bit "
                    "candidates measured +3.2 points at 2.5 bits on ResNet-20 W?A4, 3 seeds].")
+@click.option("--sensitivity-rounding", type=click.Choice(["nearest", "compensated"]),
+              help="How a layer is rounded while its sensitivity to a bit budget is measured: to nearest, or "
+                   "compensated by its input Hessian (GPTQ-style, as reconstruction recovers it) [default: compensated].")
 @click.option("--require-all-quantized", is_flag=True, help="Fail when an op has no quantization rule (default: warn, leave it in float).")
 @click.option("--require-full-integer", is_flag=True,
               help="Fail (exit 2, no output) unless onnxruntime runs every compute op on integer kernels; the message lists the float ops.")
@@ -91,7 +94,7 @@ def quantize_command(model: str, calib: str, output: str, w_bits: int, a_bits: i
                      reconstruct: str, preset: str, recon_iterations: int | None, recon_batch_size: int | None,
                      pd_weight: float | None, no_qdrop: bool, no_pd: bool, no_dc: bool, no_learn_scales: bool, resume: bool,
                      weight_bits_budget: float | None, size_budget: str | None, w_bits_choices: tuple[int, ...] | None,
-                     require_all_quantized: bool, require_full_integer: bool, overwrite: bool, as_json: bool, **kwargs: Any) -> None:
+                     sensitivity_rounding: str | None, require_all_quantized: bool, require_full_integer: bool, overwrite: bool, as_json: bool, **kwargs: Any) -> None:
     """Quantize every layer of MODEL.onnx (first and last included) into a QDQ model.
 
     BN is folded after its statistics are read; weights are stored as integers behind
@@ -127,7 +130,8 @@ def quantize_command(model: str, calib: str, output: str, w_bits: int, a_bits: i
                         preset=preset, recon_iterations=recon_iterations, recon_batch_size=recon_batch_size,
                         pd_weight=pd_weight, no_qdrop=no_qdrop, no_pd=no_pd, no_dc=no_dc, no_learn_scales=no_learn_scales,
                         require_all_quantized=require_all_quantized, require_full_integer=require_full_integer,
-                        weight_bits_budget=weight_bits_budget, size_budget=size_budget, w_bits_choices=w_bits_choices)
+                        weight_bits_budget=weight_bits_budget, size_budget=size_budget, w_bits_choices=w_bits_choices,
+                        sensitivity_rounding=sensitivity_rounding)
     config = spec.quant_config()
     execution = execution_from(kwargs)
     overrides = preprocessing_overrides(kwargs)

@@ -87,7 +87,8 @@ class QuantizeSpec:
     reduce_range: True, False or "auto" (True when the target is ort-x86, the weights have 8 bits and this
     CPU has no VNNI: `run` evaluates the model here, where full-range weights would saturate).
     weight_bits_budget / size_budget (e.g. "120KB"): mixed precision, each layer's weight bits chosen from
-    w_bits_choices [default: the target's among 2, 3, 4, 8] so the weights fit (quant.bitalloc).
+    w_bits_choices [default: the target's among 2, 3, 4, 8] so the weights fit (quant.bitalloc);
+    sensitivity_rounding: "nearest" or "compensated" [default: BitBudget's] for the sensitivity measurement.
     gates: this model's own gates, in place of the run's where given."""
 
     name: str | None = None
@@ -116,6 +117,7 @@ class QuantizeSpec:
     weight_bits_budget: float | None = None
     size_budget: str | None = None
     w_bits_choices: tuple[int, ...] | None = None
+    sensitivity_rounding: str | None = None
     gates: Gates | None = None
 
     @property
@@ -133,14 +135,16 @@ class QuantizeSpec:
         from toolchain.recon.cache import parse_bytes
 
         if self.weight_bits_budget is None and self.size_budget is None:
-            if self.w_bits_choices is not None:
-                raise ConfigError("--w-bits-choices chooses among bit-widths under a budget: add --weight-bits-budget "
-                                  "or --size-budget")
+            for given, flag in ((self.w_bits_choices, "--w-bits-choices"), (self.sensitivity_rounding, "--sensitivity-rounding")):
+                if given is not None:
+                    raise ConfigError(f"{flag} applies to mixed precision under a budget: add --weight-bits-budget "
+                                      "or --size-budget")
             return None
         size = (parse_bytes(self.size_budget, "--size-budget", "120KB, 1.5M or 250000 (bytes of weights)")
                 if self.size_budget is not None else None)
         choices = self.w_bits_choices or tuple(b for b in DEFAULT_W_BITS_CHOICES if b in target_profile(self.target).weight_bits)
-        return BitBudget(average_bits=self.weight_bits_budget, size_bytes=size, choices=tuple(choices))
+        rounding = {"rounding": self.sensitivity_rounding} if self.sensitivity_rounding is not None else {}
+        return BitBudget(average_bits=self.weight_bits_budget, size_bytes=size, choices=tuple(choices), **rounding)
 
     def resolved_reduce_range(self) -> bool:
         if self.reduce_range == "auto":

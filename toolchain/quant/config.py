@@ -30,12 +30,15 @@ class BitBudget:
 
     Give one of average_bits (mean weight bits over all weights, counted by parameters) and size_bytes
     (bytes of the weights at their bits). `samples`: calibration inputs the per-layer sensitivity is
-    measured on."""
+    measured on. `rounding`: how a layer is quantized while its sensitivity is measured, "nearest" or
+    "compensated" (each input column's rounding error spread over the rest by the layer's input Hessian, as
+    reconstruction will later recover it; quant.bitalloc.compensate)."""
 
     average_bits: float | None = None
     size_bytes: int | None = None
     choices: tuple[int, ...] = (2, 3, 4, 8)
     samples: int = 256
+    rounding: Literal["nearest", "compensated"] = "nearest"
 
     def __post_init__(self) -> None:
         if (self.average_bits is None) == (self.size_bytes is None):
@@ -49,6 +52,8 @@ class BitBudget:
                               f"{', '.join(map(str, SUPPORTED_BITS['w_bits']))}")
         if self.samples < 1:
             raise ConfigError(f"the sensitivity needs at least one sample, got {self.samples}")
+        if self.rounding not in ("nearest", "compensated"):
+            raise ConfigError(f"--sensitivity-rounding {self.rounding!r}: choose nearest or compensated")
 
 
 @dataclass(frozen=True)

@@ -266,19 +266,20 @@ def _allocate_bits(float_model: onnx.ModelProto, plan: QuantPlan, calib: np.ndar
     the report's mixed_precision section (every layer's sensitivity per candidate, its bits, the sizes)."""
     from dataclasses import replace
 
-    from toolchain.quant.bitalloc import allocate, budget_bits, measure_sensitivity, weights_only_kl
+    from toolchain.quant.bitalloc import SensitivityProbe, allocate, budget_bits
 
     dims = {init.name: init.dims for init in float_model.graph.initializer if init.name in plan.weights}
     budget_bits([int(np.prod(dims[w])) for w in plan.weights], config.bit_budget)  # type: ignore[arg-type]  # fails before measuring
     started = time.perf_counter()
     execution.apply_threads()
-    layers = measure_sensitivity(float_model, plan, calib, config, progress, device=execution.torch_device())
+    probe = SensitivityProbe(float_model, plan, calib, config, progress, device=execution.torch_device())
+    layers = probe.layers()
     measured = time.perf_counter() - started
     allocation = allocate(layers, config.bit_budget)  # type: ignore[arg-type]  # the caller checked it is set
     config = replace(config, layer_w_bits=allocation.layer_bits)
     bits = dict(allocation.layer_bits)
     # the allocation trusts the layers' KLs to add up: measure the chosen model's (weights only) beside the sum
-    together = weights_only_kl(float_model, plan, calib, config, bits, device=execution.torch_device())
+    together = probe.together(bits)
     section = {"budget": config.bit_budget.__dict__ | {"choices": list(config.bit_budget.choices)},  # type: ignore[union-attr]
                **allocation.to_dict(), "measured_kl": together, "sensitivity_seconds": round(measured, 2),
                "layers": [{**layer.to_dict(), "bits": bits[layer.node]} for layer in layers]}

@@ -1,15 +1,20 @@
 """How much each layer's predictions suffer at each weight bit-width, measured on the calibration set alone.
 
 Usage:
-    layers = measure_sensitivity(float_model, plan, calib, config, progress=True)
+    probe = SensitivityProbe(float_model, plan, calib, config, progress=True)
+    layers = probe.layers()
     layers[0].node, layers[0].params, layers[0].kl[2]     # mean KL(FP || this layer at 2 bits, the rest FP)
+    probe.together({"/conv1/Conv": 8, ...})              # the KL of those layers quantized at once (additivity)
 
 The measure is PD-Quant's prediction difference, per layer: the BN-folded float model runs with one layer's
 weights quantized as the quantizer would (symmetric per channel, the calibrator's clipping search below 8
 bits) and every other tensor in float; the mean KL divergence between the float model's softmax and this
 model's over the calibration inputs is the layer's cost at that width. It needs no labels, so it works on
-DGH images. Summing the layers' costs assumes they add up; bench/mixed_precision.py measures how well
-the sum predicts the KL of the mixed model.
+DGH images. The layer's weights are rounded to nearest (BitBudget.rounding "nearest") or with compensation
+("compensated", quant.bitalloc.compensate: each input column's rounding error spread over the others by the
+layer's input Hessian, a closed-form stand-in for the rounding that reconstruction learns later). Summing
+the layers' costs assumes they add up; the report and bench/mixed_precision.py measure how well the sum
+predicts the KL of the mixed model.
 """
 
 from __future__ import annotations
@@ -41,47 +46,77 @@ class LayerSensitivity:
                 "kl": {str(bits): value for bits, value in sorted(self.kl.items())}}
 
 
+class SensitivityProbe:
+    """The float model ready to measure: per-layer sensitivities, then the chosen plan's KL, from one set-up
+    (the float predictions and, for compensated rounding, the layers' input Hessians are computed once)."""
+
+    def __init__(self, float_model: onnx.ModelProto, plan: QuantPlan, calib: np.ndarray, config: QuantConfig,
+                 progress: bool = False, device: str = "cpu") -> None:
+        samples = config.bit_budget.samples if config.bit_budget is not None else 256
+        self.plan, self.config, self.progress = plan, config, progress
+        self._probe = _Probe(float_model, calib[:samples], config, device,
+                             _hessians(float_model, plan, calib, config, progress))
+
+    def layers(self) -> list[LayerSensitivity]:
+        """Every weighted layer of the plan at every bit-width of config.bit_budget.choices (module docstring)."""
+        assert self.config.bit_budget is not None
+        choices = sorted(self.config.bit_budget.choices)
+        specs = list(self.plan.weights.values())
+        bar = tqdm(total=len(specs) * len(choices), desc="layer sensitivity", unit="run", file=sys.stderr,
+                   disable=not self.progress, leave=False)
+        layers = []
+        try:
+            for spec in specs:
+                kl = {}
+                for bits in choices:
+                    kl[bits] = self._probe.kl({spec.tensor: (spec.axis, bits)})
+                    bar.update(1)
+                layers.append(LayerSensitivity(spec.node, spec.tensor, self._probe.size(spec.tensor), kl))
+        finally:
+            bar.close()
+        return layers
+
+    def together(self, layer_bits: dict[str, int]) -> float:
+        """Mean KL of the float model with every layer of `layer_bits` (node -> bits) quantized at once, the rest
+        float: what the sum of the per-layer sensitivities predicts, measured (the additivity check)."""
+        return self._probe.kl({spec.tensor: (spec.axis, layer_bits[spec.node]) for spec in self.plan.weights.values()
+                               if spec.node in layer_bits})
+
+
 def measure_sensitivity(float_model: onnx.ModelProto, plan: QuantPlan, calib: np.ndarray, config: QuantConfig,
                         progress: bool = False, device: str = "cpu") -> list[LayerSensitivity]:
-    """Every weighted layer of `plan` at every bit-width of config.bit_budget.choices (see the module docstring)."""
-    assert config.bit_budget is not None
-    budget = config.bit_budget
-    probe = _Probe(float_model, calib[:budget.samples], config, device)
-    specs = list(plan.weights.values())
-    bar = tqdm(total=len(specs) * len(budget.choices), desc="layer sensitivity", unit="run", file=sys.stderr,
-               disable=not progress, leave=False)
-    layers = []
-    try:
-        for spec in specs:
-            kl = {}
-            for bits in sorted(budget.choices):
-                kl[bits] = probe.kl({spec.tensor: (spec.axis, bits)})
-                bar.update(1)
-            layers.append(LayerSensitivity(spec.node, spec.tensor, probe.size(spec.tensor), kl))
-    finally:
-        bar.close()
-    return layers
+    """SensitivityProbe(...).layers(): every layer at every candidate bit-width."""
+    return SensitivityProbe(float_model, plan, calib, config, progress, device).layers()
 
 
 def weights_only_kl(float_model: onnx.ModelProto, plan: QuantPlan, calib: np.ndarray, config: QuantConfig,
                     layer_bits: dict[str, int], device: str = "cpu") -> float:
-    """Mean KL of the float model with every layer of `layer_bits` (node -> bits) quantized at once, the rest
-    float: what the sum of the per-layer sensitivities predicts, measured (the additivity check)."""
-    samples = config.bit_budget.samples if config.bit_budget is not None else 256
-    probe = _Probe(float_model, calib[:samples], config, device)
-    return probe.kl({spec.tensor: (spec.axis, layer_bits[spec.node]) for spec in plan.weights.values()
-                     if spec.node in layer_bits})
+    """SensitivityProbe(...).together(layer_bits): the KL of those layers quantized at once."""
+    return SensitivityProbe(float_model, plan, calib, config, device=device).together(layer_bits)
+
+
+def _hessians(float_model: onnx.ModelProto, plan: QuantPlan, calib: np.ndarray, config: QuantConfig,
+              progress: bool = False) -> dict:
+    """The layers' input Hessians when the budget asks for compensated rounding, else none (round to nearest)."""
+    budget = config.bit_budget
+    if budget is None or budget.rounding != "compensated":
+        return {}
+    from toolchain.quant.bitalloc.compensate import input_hessians
+
+    return input_hessians(float_model, plan, calib[:budget.samples], progress=progress)
 
 
 class _Probe:
     """The float model in the torch executor with its FP predictions on a sample; .kl() swaps weights in and out."""
 
-    def __init__(self, float_model: onnx.ModelProto, sample: np.ndarray, config: QuantConfig, device: str) -> None:
+    def __init__(self, float_model: onnx.ModelProto, sample: np.ndarray, config: QuantConfig, device: str,
+                 hessians: dict) -> None:
         import torch
 
         from toolchain.executor import OnnxModule
 
         self.config = config
+        self.hessians = hessians
         self.module = OnnxModule(float_model).to(device).eval()
         self.sample = torch.from_numpy(np.ascontiguousarray(sample)).to(device)
         with torch.no_grad():
@@ -97,6 +132,7 @@ class _Probe:
         """Mean KL with each tensor of `quantized` (tensor -> (axis, bits)) fake-quantized as the quantizer would."""
         import torch
 
+        from toolchain.quant.bitalloc.compensate import compensated_weight
         from toolchain.quant.calibrate import weight_params
         from toolchain.quant.qparams import weight_type
         from toolchain.quant.quantize import weight_calibrator
@@ -110,7 +146,10 @@ class _Probe:
                 weight = originals[tensor].cpu().numpy()
                 params = weight_params(weight, axis, weight_type(bits, self.config.reduce_range),
                                        weight_calibrator(calibrator, bits), max_scale_ratio=profile.max_weight_scale_ratio)
-                buffer.copy_(torch.from_numpy(params.fake_quantize(weight).astype(np.float32)))
+                hessian = self.hessians.get(tensor)
+                fake = (params.fake_quantize(weight) if hessian is None or bits >= 8  # 8 bits: nothing to compensate
+                        else compensated_weight(weight, axis, params, hessian))
+                buffer.copy_(torch.from_numpy(fake.astype(np.float32)))
             with torch.no_grad():
                 return _mean_kl(self.reference, _log_softmax(self.module, self.sample))
         finally:
