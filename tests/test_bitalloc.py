@@ -66,10 +66,12 @@ def digits(tmp_path_factory):
     return model, calib
 
 
-def test_sensitivity_is_the_kl_onnxruntime_measures_for_that_layer_alone(digits):
+@pytest.mark.parametrize("rounding", ["nearest", "compensated"])
+def test_sensitivity_is_the_kl_onnxruntime_measures_for_that_layer_alone(digits, rounding):
     """Rule: a layer's sensitivity at b bits is the mean KL between the float model and the float model with only
-    that layer's weights quantized (as the quantizer would), here recomputed in onnxruntime (rel. 1e-3: torch and
-    onnxruntime round float32 differently)."""
+    that layer's weights quantized (as the quantizer would: rounded to nearest, or compensated by the layer's input
+    Hessian), here recomputed in onnxruntime (rel. 1e-3: torch and onnxruntime round float32 differently)."""
+    from toolchain.quant.bitalloc.compensate import compensated_weight, input_hessians
     from toolchain.quant.annotate import annotate
     from toolchain.quant.calibrate import weight_params
     from toolchain.quant.qparams import weight_type
@@ -77,7 +79,7 @@ def test_sensitivity_is_the_kl_onnxruntime_measures_for_that_layer_alone(digits)
 
     model, calib = digits
     inputs = np.load(calib)["inputs"]
-    config = QuantConfig(a_bits=4, bit_budget=BitBudget(average_bits=4.0))
+    config = QuantConfig(a_bits=4, bit_budget=BitBudget(average_bits=4.0, rounding=rounding))
     float_model, _ = prepare_float_model(onnx.load(str(model)), config)
     plan = annotate(float_model, config)
     layers = measure_sensitivity(float_model, plan, inputs, config)
@@ -95,7 +97,10 @@ def test_sensitivity_is_the_kl_onnxruntime_measures_for_that_layer_alone(digits)
     quantized.CopyFrom(float_model)
     init = next(t for t in quantized.graph.initializer if t.name == spec.tensor)
     weight = numpy_helper.to_array(init)
-    fake = weight_params(weight, spec.axis, weight_type(2), "mse").fake_quantize(weight).astype(np.float32)
+    params = weight_params(weight, spec.axis, weight_type(2), "mse")
+    fake = (params.fake_quantize(weight) if rounding == "nearest" else
+            compensated_weight(weight, spec.axis, params, input_hessians(float_model, plan, inputs)[spec.tensor]))
+    fake = fake.astype(np.float32)
     init.CopyFrom(numpy_helper.from_array(fake, spec.tensor))
     expected = float(np.mean(np.sum(np.exp(reference) * (reference - log_softmax(quantized)), axis=1)))
     assert expected > 1e-4 and layer.kl[2] == pytest.approx(expected, rel=1e-3)
@@ -146,12 +151,13 @@ def test_native_storage_that_onnxruntime_cannot_load_is_a_one_line_error(digits,
      "--target openvino supports --w-bits 4/8, not 2"),
     (["--weight-bits-budget", "3", "--size-budget", "10KB"], "give one budget"),
     (["--w-bits-choices", "2,4"], "add --weight-bits-budget or --size-budget"),
+    (["--sensitivity-rounding", "nearest"], "--sensitivity-rounding applies to mixed precision under a budget"),
     (["--weight-bits-budget", "3", "--first-last-8bit"], "drop one of the two"),
     (["--size-budget", "lots"], "--size-budget 'lots' is not a size"),
     (["--weight-bits-budget", "1.5"], "below the smallest possible"),
 ])
 def test_bad_budgets_are_one_line_errors(digits, tmp_path, args, needle):
-    """Rule: unsupported candidates, two budgets, candidates without a budget, the academic setting with a budget, an
+    """Rule: unsupported candidates, two budgets, candidates or a sensitivity rounding without a budget, the academic setting with a budget, an
     unreadable size and an impossible budget each exit 2 with one line saying what to change, writing nothing."""
     model, calib = digits
     result = CliRunner().invoke(cli, ["quantize", str(model), "--calib", str(calib), "-o", str(tmp_path / "m.onnx"), *args])
