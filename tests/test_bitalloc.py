@@ -251,3 +251,15 @@ def test_input_hessians_are_the_layers_input_second_moments(digits):
         session = inference_session(probe)
     rows = session.run([gemm.input[0]], {session.get_inputs()[0].name: inputs})[0].astype(np.float64)
     np.testing.assert_allclose(hessians[gemm.input[1]].matrix[0], rows.T @ rows / len(rows), rtol=1e-4, atol=1e-7)
+
+
+def test_a_budget_without_candidates_takes_the_targets_widths():
+    """Rule: a BitBudget that names no candidates gets the target's widths among 2, 3, 4, 8 (OpenVINO: 4 and 8; onnxruntime
+    x86: all four), so a Python caller need not know them; explicit candidates the target lacks are still refused; the
+    filled-in candidates survive the config's JSON round trip."""
+    openvino = QuantConfig(target="openvino", a_bits=8, bit_budget=BitBudget(average_bits=6.0))
+    assert openvino.bit_budget.choices == (4, 8)
+    assert QuantConfig(a_bits=4, bit_budget=BitBudget(average_bits=3.0)).bit_budget.choices == (2, 3, 4, 8)
+    assert QuantConfig.from_dict(openvino.to_dict()) == openvino
+    with pytest.raises(ConfigError, match="supports --w-bits 4/8, not 2"):
+        QuantConfig(target="openvino", a_bits=8, bit_budget=BitBudget(average_bits=6.0, choices=(2, 8)))

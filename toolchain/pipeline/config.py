@@ -25,7 +25,6 @@ from toolchain.zoo import DEFAULT_MODEL
 CONFIG_VERSION = 1
 # Measured on ResNet-20 W?A4 (bench/results/mixed_precision.md, 3 seeds): with 3-bit candidates the allocation
 # scores 74.86 at 2.5 bits and 76.49 at 3.0, without them 71.62 and 73.19.
-DEFAULT_W_BITS_CHOICES = (2, 3, 4, 8)
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$")
 
 
@@ -131,7 +130,6 @@ class QuantizeSpec:
     def bit_budget(self):
         """The BitBudget these options describe (None without a budget)."""
         from toolchain.quant.config import BitBudget
-        from toolchain.quant.targets import target_profile
         from toolchain.recon.cache import parse_bytes
 
         if self.weight_bits_budget is None and self.size_budget is None:
@@ -142,9 +140,10 @@ class QuantizeSpec:
             return None
         size = (parse_bytes(self.size_budget, "--size-budget", "120KB, 1.5M or 250000 (bytes of weights)")
                 if self.size_budget is not None else None)
-        choices = self.w_bits_choices or tuple(b for b in DEFAULT_W_BITS_CHOICES if b in target_profile(self.target).weight_bits)
+        choices = self.w_bits_choices  # None: the target's among 2, 3, 4, 8 (QuantConfig)
         rounding = {"rounding": self.sensitivity_rounding} if self.sensitivity_rounding is not None else {}
-        return BitBudget(average_bits=self.weight_bits_budget, size_bytes=size, choices=tuple(choices), **rounding)
+        return BitBudget(average_bits=self.weight_bits_budget, size_bytes=size,
+                         choices=tuple(choices) if choices is not None else None, **rounding)
 
     def resolved_reduce_range(self) -> bool:
         if self.reduce_range == "auto":

@@ -11,13 +11,14 @@ Usage:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 from toolchain.errors import ConfigError
 from toolchain.quant.targets import TargetName, TargetProfile, target_profile
 from toolchain.recon.config import ReconConfig
 
+DEFAULT_W_BITS_CHOICES = (2, 3, 4, 8)  # a budget's candidates: the target's among these (measured: README)
 SUPPORTED_BITS = {"w_bits": (2, 3, 4, 8), "a_bits": (2, 4, 8, 16), "input_bits": (2, 4, 8, 16)}  # each target's own: quant.targets
 Calibrator = Literal["minmax", "percentile", "mse"]
 LowBitStorage = Literal["ort", "native"]
@@ -30,13 +31,14 @@ class BitBudget:
 
     Give one of average_bits (mean weight bits over all weights, counted by parameters) and size_bytes
     (bytes of the weights at their bits). `samples`: calibration inputs the per-layer sensitivity is
-    measured on. `rounding`: how a layer is quantized while its sensitivity is measured, "nearest" or
+    measured on. `choices`: the candidate widths; None = the target's among 2, 3, 4, 8 (QuantConfig fills
+    them in). `rounding`: how a layer is quantized while its sensitivity is measured, "nearest" or
     "compensated" (each input column's rounding error spread over the rest by the layer's input Hessian, as
     reconstruction will later recover it; quant.bitalloc.compensate)."""
 
     average_bits: float | None = None
     size_bytes: int | None = None
-    choices: tuple[int, ...] = (2, 3, 4, 8)
+    choices: tuple[int, ...] | None = None
     samples: int = 256
     rounding: Literal["nearest", "compensated"] = "nearest"
 
@@ -47,7 +49,7 @@ class BitBudget:
             raise ConfigError(f"--weight-bits-budget must be > 0, got {self.average_bits}")
         if self.size_bytes is not None and self.size_bytes <= 0:
             raise ConfigError(f"--size-budget must be > 0 bytes, got {self.size_bytes}")
-        if not self.choices or any(b not in SUPPORTED_BITS["w_bits"] for b in self.choices):
+        if self.choices is not None and (not self.choices or any(b not in SUPPORTED_BITS["w_bits"] for b in self.choices)):
             raise ConfigError(f"--w-bits-choices {','.join(map(str, self.choices))}: choose among "
                               f"{', '.join(map(str, SUPPORTED_BITS['w_bits']))}")
         if self.samples < 1:
@@ -122,6 +124,9 @@ class QuantConfig:
                 flag = "--" + name.replace("_", "-")
                 raise ConfigError(f"{flag} {value} is not supported: choose one of {', '.join(map(str, SUPPORTED_BITS[name]))}")
         self.profile.check_bits(self.w_bits, self.a_bits)
+        if self.bit_budget is not None and self.bit_budget.choices is None:  # frozen: set once, here
+            choices = tuple(b for b in DEFAULT_W_BITS_CHOICES if b in self.profile.weight_bits)
+            object.__setattr__(self, "bit_budget", replace(self.bit_budget, choices=choices))
         for bits in sorted({b for _, b in self.layer_w_bits} | set(self.bit_budget.choices if self.bit_budget else ())):
             self.profile.check_bits(bits, self.a_bits)
         if (self.bit_budget or self.layer_w_bits) and self.first_last_8bit:
@@ -184,7 +189,8 @@ class QuantConfig:
             values["reconstruction"] = ReconConfig.from_dict(values["reconstruction"])
         if isinstance(values.get("bit_budget"), dict):
             budget = dict(values["bit_budget"])
-            values["bit_budget"] = BitBudget(**{**budget, "choices": tuple(budget.get("choices", (2, 3, 4, 8)))})
+            choices = budget.get("choices")
+            values["bit_budget"] = BitBudget(**{**budget, "choices": tuple(choices) if choices is not None else None})
         if "layer_w_bits" in values:
             values["layer_w_bits"] = tuple((str(node), int(bits)) for node, bits in values["layer_w_bits"])
         return cls(**values)

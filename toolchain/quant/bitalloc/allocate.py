@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 from toolchain.errors import ConfigError
 from toolchain.quant.bitalloc.sensitivity import LayerSensitivity
-from toolchain.quant.config import BitBudget
+from toolchain.quant.config import DEFAULT_W_BITS_CHOICES, BitBudget
 
 
 @dataclass(frozen=True)
@@ -48,11 +48,18 @@ class Allocation:
                 "predicted_kl": self.predicted_kl, "front_size": self.front_size}
 
 
+def candidate_bits(budget: BitBudget) -> tuple[int, ...]:
+    """The budget's candidate widths: its own, or 2, 3, 4, 8 when it names none (QuantConfig narrows that default
+    to the target's widths)."""
+    return budget.choices if budget.choices is not None else DEFAULT_W_BITS_CHOICES
+
+
 def budget_bits(params: list[int], budget: BitBudget) -> int:
     """The budget in bits of weights for layers of `params` weights each; ConfigError (saying which budgets are
     possible) when no choice fits it or every choice does."""
     total = sum(params)
-    low, high = min(budget.choices), max(budget.choices)
+    choices = candidate_bits(budget)
+    low, high = min(choices), max(choices)
     smallest, largest = total * low, total * high
     bits = (round(budget.average_bits * total) if budget.average_bits is not None
             else 8 * int(budget.size_bytes))  # type: ignore[arg-type]  # BitBudget holds one of the two
@@ -61,7 +68,7 @@ def budget_bits(params: list[int], budget: BitBudget) -> int:
     given = (f"--weight-bits-budget {budget.average_bits}" if budget.average_bits is not None
              else f"--size-budget {budget.size_bytes} bytes")
     side = "below the smallest" if bits < smallest else "above the largest"
-    raise ConfigError(f"{given} is {side} possible model with --w-bits-choices {','.join(map(str, budget.choices))}: "
+    raise ConfigError(f"{given} is {side} possible model with --w-bits-choices {','.join(map(str, choices))}: "
                       f"give {low:.2f}..{high:.2f} average bits, or {-(-smallest // 8):,}..{largest // 8:,} bytes "
                       f"of weights ({total:,} weights)")
 
@@ -71,7 +78,7 @@ def allocate(layers: list[LayerSensitivity], budget: BitBudget) -> Allocation:
     if not layers:
         raise ConfigError("the model has no weighted layer to give bits to; drop the bit budget")
     capacity = budget_bits([layer.params for layer in layers], budget)
-    choices = sorted(budget.choices, reverse=True)
+    choices = sorted(candidate_bits(budget), reverse=True)
     # A state: (size in bits, total KL, index of the previous state in the previous front, bits of this layer).
     fronts: list[list[tuple[int, float, int, int]]] = [[(0, 0.0, -1, 0)]]
     for layer in layers:
