@@ -95,7 +95,8 @@ def _mixed_section(entry: dict) -> list[str]:
     lines = ["", f"### {entry['name']}: bits per layer under the budget", "",
              f"{mixed['average_bits']:.3f} average weight bits, {mixed['size_bytes']:,} bytes of weights (budget "
              f"{mixed['budget_bits'] // 8:,}); KL predicted by the sum {mixed['predicted_kl']:.4g}, measured "
-             f"(weights only) {mixed['measured_kl']:.4g}; sensitivity measured in {mixed['sensitivity_seconds']} s.", "",
+             f"(weights only) {mixed['measured_kl']:.4g}; sensitivity measured in {mixed['sensitivity_seconds']} s, each layer "
+             f"rounded {'with compensation' if mixed['budget'].get('rounding') == 'compensated' else 'to nearest'}.", "",
              "| layer | weights | bits | " + " | ".join(f"KL at {b} bits" for b in choices) + " |",
              "|---|---:|---:|" + "---:|" * len(choices)]
     for layer in mixed["layers"]:

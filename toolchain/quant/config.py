@@ -33,14 +33,15 @@ class BitBudget:
     (bytes of the weights at their bits). `samples`: calibration inputs the per-layer sensitivity is
     measured on. `choices`: the candidate widths; None = the target's among 2, 3, 4, 8 (QuantConfig fills
     them in). `rounding`: how a layer is quantized while its sensitivity is measured, "nearest" or
-    "compensated" (each input column's rounding error spread over the rest by the layer's input Hessian, as
-    reconstruction will later recover it; quant.bitalloc.compensate)."""
+    "compensated" (default: each input column's rounding error spread over the rest by the layer's input
+    Hessian, as reconstruction will later recover much of it; quant.bitalloc.compensate; measured against
+    nearest in bench/results/mixed_precision.md)."""
 
     average_bits: float | None = None
     size_bytes: int | None = None
     choices: tuple[int, ...] | None = None
     samples: int = 256
-    rounding: Literal["nearest", "compensated"] = "nearest"
+    rounding: Literal["nearest", "compensated"] = "compensated"
 
     def __post_init__(self) -> None:
         if (self.average_bits is None) == (self.size_bytes is None):

@@ -67,13 +67,14 @@ def input_hessians(float_model: onnx.ModelProto, plan: QuantPlan, calib: np.ndar
     import torch
 
     from toolchain.ortsession import exposing, inference_session
+    from toolchain.quant.calibrate import batch_rows
 
     nodes = {node.name: node for node in float_model.graph.node}
     constants = {init.name: init for init in float_model.graph.initializer}
     patches = {}
     for tensor, spec in plan.weights.items():
         found = _patches(nodes[spec.node], constants[tensor])
-        if found is not None:
+        if found is not None and found.input not in constants:  # a product of two constants has nothing to learn
             patches[tensor] = found
     input_name = next(i.name for i in float_model.graph.input if i.name not in constants)
     wanted = sorted({p.input for p in patches.values()} - {input_name})
@@ -84,11 +85,12 @@ def input_hessians(float_model: onnx.ModelProto, plan: QuantPlan, calib: np.ndar
         session = inference_session(probe, options)
     sums: dict[str, torch.Tensor] = {}
     counts = dict.fromkeys(patches, 0)
-    batches = range(0, len(calib), BATCH)
+    rows = batch_rows(session, input_name, wanted, calib, BATCH) if wanted else BATCH  # large inputs: fewer per run
+    batches = range(0, len(calib), rows)
     generator = torch.Generator().manual_seed(seed)
     for start in tqdm(batches, desc="layer input Hessians", unit="batch", file=sys.stderr, disable=not progress,
                       leave=False):
-        batch = calib[start:start + BATCH]
+        batch = calib[start:start + rows]
         values = dict(zip(wanted, session.run(wanted, {input_name: batch}))) if wanted else {}
         values[input_name] = batch
         for tensor, patch in patches.items():
