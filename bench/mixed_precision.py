@@ -1,13 +1,16 @@
-"""Mixed precision under a weight budget vs uniform bits, ResNet-20 zero-shot (DGH data, pdquant default, A4).
+"""Mixed precision under a weight budget vs uniform bits, zero-shot (DGH data, pdquant default, A4): ResNet-20 and
+the trained ShuffleNetV2.
 
 Usage:
-    python bench/mixed_precision.py --seeds 0 --points budget:3.0 budget:2.5     # one process per core, see below
-    python bench/mixed_precision.py --seeds 0 --points uniform:2 uniform:4 uniform:8 academic:2 budget:2.25 budget:6
+    python bench/mixed_precision.py --seeds 0 1 2 --points budget:3.0@2348:compensated uniform:3   # one process per core
+    python bench/mixed_precision.py --seeds 0 --points uniform:2 uniform:4 uniform:8 academic:2 budget:2.25@2348:compensated
+    python bench/mixed_precision.py --model shufflenet_v2_cifar10 --seeds 0 --points budget:2.5@2348:compensated
     python bench/mixed_precision.py --render-only
 
 A point is `uniform:B` (every layer's weights at B bits), `academic:B` (B bits, first and last layer at 8 and
 the network output in float: the papers' setting) or `budget:B[@CHOICES]` (average B weight bits, each layer's
-bits from {2, 4, 8}, or the digits of CHOICES, e.g. @2348, chosen by quant.bitalloc). Every point: 256 DGH images (default preset, the row's seed;
+bits from {2, 4, 8}, or the digits of CHOICES, e.g. @2348, chosen by quant.bitalloc; a `:compensated` suffix: the
+sensitivity rounds with compensation, the toolchain's default; a `/pd10` suffix on any point: pdquant's PD weight 10). Every point: 256 DGH images (default preset, the row's seed;
 cached in --work), activations at 4 bits, every layer quantized (first/last and the output, except
 academic), MSE calibrator then pdquant `default`, top-1 on the 10,000 CIFAR-10 test images in onnxruntime.
 Rows merge into bench/results/mixed_precision.json as they finish, so points can run in separate
@@ -29,20 +32,24 @@ from toolchain.quant.config import BitBudget, QuantConfig
 from toolchain.recon import ReconConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
-FP32 = {"resnet20_cifar10": 0.8103}
-WEIGHTS = {"resnet20_cifar10": "resnet20-12fca82f.th"}
+FP32 = {"resnet20_cifar10": 0.8103, "shufflenet_v2_cifar10": 0.8198}  # bench/results/{pdquant,trained_families}.md
+WEIGHTS = {"resnet20_cifar10": "resnet20-12fca82f.th"}  # in ../shared/weights; the trained models' are the zoo's
+TITLES = {"resnet20_cifar10": "ResNet-20", "shufflenet_v2_cifar10": "ShuffleNetV2 (trained here, bench/trained_families.py)"}
 
 
 def point_config(point: str) -> QuantConfig:
+    point, _, pd_weight = point.partition("/pd")  # ".../pd10": pdquant's PD weight fixed (default: by weight bits)
     kind, _, value = point.partition(":")
-    recon = ReconConfig.preset("pdquant", "default")
+    recon = ReconConfig.preset("pdquant", "default", pd_weight=float(pd_weight) if pd_weight else None)
     if kind == "uniform":
         return QuantConfig(w_bits=int(value), a_bits=4, reconstruction=recon)
     if kind == "academic":
         return QuantConfig(w_bits=int(value), a_bits=4, first_last_8bit=True, reconstruction=recon)
-    if kind == "budget":  # budget:B or budget:B@2348 (candidates 2, 3, 4, 8; default 2, 4, 8)
+    if kind == "budget":  # budget:B, budget:B@2348 (candidates 2, 3, 4, 8; default 2, 4, 8), budget:B@2348:compensated
+        value, _, rounding = value.partition(":")
         bits, _, choices = value.partition("@")
-        budget = BitBudget(average_bits=float(bits), choices=tuple(int(c) for c in choices) if choices else (2, 4, 8))
+        budget = BitBudget(average_bits=float(bits), choices=tuple(int(c) for c in choices) if choices else (2, 4, 8),
+                           rounding=rounding or "nearest")
         return QuantConfig(a_bits=4, bit_budget=budget, reconstruction=recon)
     raise SystemExit(f"unknown point {point!r}: uniform:B, academic:B or budget:B[@CHOICES]")
 
@@ -64,11 +71,12 @@ def run(args: argparse.Namespace) -> None:
     test = shared_dir() / "datasets" / "cifar10-test-jpg.tar.gz"
     onnx_path = work / f"{args.model}.onnx"
     if not onnx_path.exists():
-        api.export_model(args.model, onnx_path, shared_dir() / "weights" / WEIGHTS[args.model])
+        weights = shared_dir() / "weights" / WEIGHTS[args.model] if args.model in WEIGHTS else None
+        api.export_model(args.model, onnx_path, weights)
     for seed in args.seeds:
         calib = calibration(args.model, onnx_path, seed, work)
         for point in args.points:
-            out = work / f"{args.model}_{point.replace(':', '').replace('@', 'c')}_s{seed}.onnx"
+            out = work / f"{args.model}_{point.replace(':', '').replace('@', 'c').replace('/', '')}_s{seed}.onnx"
             started = time.perf_counter()
             outcome = api.quantize_model(onnx_path, calib, out, point_config(point), seed=seed, overwrite=True,
                                          progress=False, execution=execution)
@@ -123,34 +131,43 @@ def merge(path: Path, row: dict) -> None:
 
 def render(path: Path) -> None:
     rows = json.loads(path.read_text()) if path.exists() else []
-    lines = ["# Mixed precision vs uniform bits (ResNet-20, zero-shot DGH 256, pdquant default, A4)", "",
+    lines = ["# Mixed precision vs uniform bits (zero-shot DGH 256, pdquant default, A4)", "",
              "Every layer quantized (first/last and output) except `academic` (first/last weights at 8 bits, output in "
-             "float). Top-1 on the 10,000 CIFAR-10 test images in onnxruntime; FP32 81.03. `budget:B`: average B weight "
-             "bits over all weights, each layer's bits from {2, 4, 8} (`@2348`: from {2, 3, 4, 8}) by measured KL sensitivity "
-             "and an exact knapsack. Each row ran with 1 thread pinned to a core, the other core running another row "
-             "(sensitivity s and quantize s are on that core).", "",
-             "| point | average weight bits | weight KiB | top-1 % (seeds) | mean ± sd | KL predicted / measured | sensitivity s | quantize s |",
-             "|---|---:|---:|---|---:|---:|---:|---:|"]
+             "float). Top-1 on the 10,000 CIFAR-10 test images in onnxruntime. `budget:B`: average B weight "
+             "bits over all weights, each layer's bits from {2, 4, 8} (`@2348`: from {2, 3, 4, 8}) by measured KL "
+             "sensitivity and an exact knapsack; the sensitivity rounds each layer to nearest, or `:compensated` by its "
+             "input Hessian (the toolchain's default). Each row ran with 1 thread pinned to a core, the other core "
+             "running another row (sensitivity s and quantize s are on that core).", ""]
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
         groups.setdefault((row["model"], row["point"]), []).append(row)
-    for (model, point), group in sorted(groups.items(), key=lambda g: g[1][0]["average_bits"]):
-        tops = [100 * r["top1"] for r in group]
-        spread = f"{statistics.mean(tops):.2f} ± {statistics.stdev(tops):.2f}" if len(tops) > 1 else f"{tops[0]:.2f}"
-        first = group[0]
-        kl = (f"{first['predicted_kl']:.3g} / {first['measured_kl']:.3g}" if "predicted_kl" in first else "–")
-        lines.append(f"| {point} | {first['average_bits']:.3f} | {first['weight_bytes'] / 1024:.1f} | "
-                     + " / ".join(f"{t:.2f} (s{r['seed']})" for t, r in zip(tops, group))
-                     + f" | {spread} | {kl} | {first.get('sensitivity_s', '–')} | {first['quantize_s']:.0f} |")
-    lines += ["", "Bits per layer (graph order) of seed 0's mixed models:", ""]
-    for (model, point), group in sorted(groups.items()):
-        if point.startswith("budget"):
-            lines.append(f"- {point}: {' '.join(map(str, group[0]['layer_bits']))}")
-    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
-    _plot(groups, path.with_name("mixed_precision.png"))
+    for model in sorted({m for m, _ in groups}, key=lambda m: list(FP32).index(m)):
+        mine = {key: group for key, group in groups.items() if key[0] == model}
+        lines += [f"## {TITLES[model]}: FP32 {100 * FP32[model]:.2f} %", "",
+                  "| point | average weight bits | weight KiB | top-1 % (seeds) | mean ± sd | KL predicted / measured | sensitivity s | quantize s |",
+                  "|---|---:|---:|---|---:|---:|---:|---:|"]
+        for (_, point), group in sorted(mine.items(), key=lambda g: (g[1][0]["average_bits"], g[0][1])):
+            tops = [100 * r["top1"] for r in group]
+            spread = f"{statistics.mean(tops):.2f} ± {statistics.stdev(tops):.2f}" if len(tops) > 1 else f"{tops[0]:.2f}"
+            first = group[0]
+            kl = (f"{first['predicted_kl']:.3g} / {first['measured_kl']:.3g}" if "predicted_kl" in first else "–")
+            lines.append(f"| {point} | {first['average_bits']:.3f} | {first['weight_bytes'] / 1024:.1f} | "
+                         + " / ".join(f"{t:.2f} (s{r['seed']})" for t, r in zip(tops, group))
+                         + f" | {spread} | {kl} | {first.get('sensitivity_s', '–')} | {first['quantize_s']:.0f} |")
+        lines += ["", f"Bits per layer (graph order) of the first seed's mixed models; plot: `{_plot_name(model)}`", ""]
+        for (_, point), group in sorted(mine.items()):
+            if point.startswith("budget"):
+                lines.append(f"- {point}: {' '.join(map(str, group[0]['layer_bits']))}")
+        lines.append("")
+        _plot(model, mine, path.with_name(_plot_name(model)))
+    path.with_suffix(".md").write_text("\n".join(lines))
 
 
-def _plot(groups: dict, path: Path) -> None:
+def _plot_name(model: str) -> str:
+    return "mixed_precision.png" if model == "resnet20_cifar10" else f"mixed_precision_{model}.png"
+
+
+def _plot(model: str, groups: dict, path: Path) -> None:
     try:
         import matplotlib
 
@@ -159,12 +176,16 @@ def _plot(groups: dict, path: Path) -> None:
     except ImportError:
         return
     figure, axis = plt.subplots(figsize=(7, 4.2), dpi=110)
-    styles = {"mixed248": ("o-", "mixed, bits from {2, 4, 8}"), "mixed2348": ("D-", "mixed, bits from {2, 3, 4, 8}"),
+    styles = {"mixed248": ("o-", "mixed, {2, 4, 8}, nearest"), "mixed2348": ("D-", "mixed, {2, 3, 4, 8}, nearest"),
+              "mixed2348c": ("*-", "mixed, {2, 3, 4, 8}, compensated (default)"),
               "uniform": ("s", "uniform"), "academic": ("^", "academic (first/last 8-bit)")}
 
     def series(point: str) -> str:
+        if "/pd" in point:
+            return "ablation"  # a fixed PD weight: in the table, not on the curve
         if point.startswith("budget"):
-            return "mixed2348" if point.endswith("@2348") else "mixed248"
+            return ("mixed2348c" if point.endswith(":compensated") else "mixed2348" if point.endswith("@2348")
+                    else "mixed248")
         return point.partition(":")[0]
 
     for kind, (marker, label) in styles.items():
@@ -172,11 +193,11 @@ def _plot(groups: dict, path: Path) -> None:
                         for (m, p), g in groups.items() if series(p) == kind)
         if points:
             axis.plot([p[0] for p in points], [p[1] for p in points], marker, label=label)
-    axis.axhline(81.03, color="grey", linestyle=":", label="FP32")
+    axis.axhline(100 * FP32[model], color="grey", linestyle=":", label="FP32")
     axis.set_xlabel("average weight bits (size / parameters)")
     axis.set_ylabel("top-1 % (A4)")
-    axis.set_title("ResNet-20 W?A4 zero-shot: mixed precision vs uniform")
-    axis.legend()
+    axis.set_title(f"{TITLES[model].split(' (')[0]} W?A4 zero-shot: mixed precision vs uniform")
+    axis.legend(fontsize=8)
     axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path)
@@ -189,7 +210,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--points", nargs="+", default=["budget:3.0", "budget:2.5"])
     parser.add_argument("--threads", type=int, default=None)
-    parser.add_argument("--work", default="/work/bench_work/mixed")
+    parser.add_argument("--work", default="/work/bench_work/mixed", help="exported models, DGH sets, outputs")
     parser.add_argument("--render-only", action="store_true")
     args = parser.parse_args()
     if args.render_only:
