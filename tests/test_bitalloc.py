@@ -14,8 +14,9 @@ from onnx import numpy_helper
 
 from toolchain.cli import cli
 from toolchain.errors import ConfigError
-from toolchain.quant.bitalloc import LayerSensitivity, allocate, measure_sensitivity
-from toolchain.quant.config import BitBudget, QuantConfig
+from toolchain.quant.bitalloc import (ActivationProbe, LayerSensitivity, TensorSensitivity, allocate,
+                                      allocate_activations, measure_sensitivity)
+from toolchain.quant.config import ActivationBudget, BitBudget, QuantConfig
 
 CHOICES = (2, 4, 8)
 
@@ -155,10 +156,18 @@ def test_native_storage_that_onnxruntime_cannot_load_is_a_one_line_error(digits,
     (["--weight-bits-budget", "3", "--first-last-8bit"], "drop one of the two"),
     (["--size-budget", "lots"], "--size-budget 'lots' is not a size"),
     (["--weight-bits-budget", "1.5"], "below the smallest possible"),
+    (["--a-bits-budget", "9"], "give 4.00..8.00 average bits per activation value"),
+    (["--a-bits-budget", "5", "--a-bits-choices", "4"], "--a-bits-choices 4: give two or more of"),
+    (["--a-bits-choices", "4,8"], "add --a-bits-budget"),
+    (["--a-bits-budget", "5", "--target", "openvino"], "--target openvino runs one activation width (8)"),
+    (["--a-bits-budget", "10", "--target", "qnn"], "--target qnn takes one activation width"),
+    (["--a-bits-budget", "5", "--first-last-8bit"], "drop one of the two"),
 ])
 def test_bad_budgets_are_one_line_errors(digits, tmp_path, args, needle):
     """Rule: unsupported candidates, two budgets, candidates or a sensitivity rounding without a budget, the academic setting with a budget, an
-    unreadable size and an impossible budget each exit 2 with one line saying what to change, writing nothing."""
+    unreadable size and an impossible budget each exit 2 with one line saying what to change, writing nothing; the
+    same for activation budgets (impossible, one candidate, candidates alone, a target with one activation width,
+    qnn whose 8/16-bit regions would need conversions)."""
     model, calib = digits
     result = CliRunner().invoke(cli, ["quantize", str(model), "--calib", str(calib), "-o", str(tmp_path / "m.onnx"), *args])
     assert result.exit_code == 2 and needle in result.stderr, result.output
@@ -263,3 +272,91 @@ def test_a_budget_without_candidates_takes_the_targets_widths():
     assert QuantConfig.from_dict(openvino.to_dict()) == openvino
     with pytest.raises(ConfigError, match="supports --w-bits 4/8, not 2"):
         QuantConfig(target="openvino", a_bits=8, bit_budget=BitBudget(average_bits=6.0, choices=(2, 8)))
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_activation_allocation_is_the_exact_optimum_of_the_additive_model(seed):
+    """Rule: allocate_activations() finds the least total KL among all 2^8 choices of 4 or 8 bits whose mean bits
+    per value fit the budget (brute force, rel. 1e-12)."""
+    rng = np.random.default_rng(seed)
+    tensors = [TensorSensitivity(f"t{i}", int(rng.integers(10, 5000)), {4: (base := rng.uniform(0.01, 1.0)),
+                                                                       8: base * rng.uniform(1e-4, 1e-2)})
+               for i in range(8)]
+    average = float(rng.uniform(4.2, 7.8))
+    allocation = allocate_activations(tensors, ActivationBudget(average_bits=average, choices=(4, 8)))
+    capacity = round(average * sum(t.elements for t in tensors))
+    best = min(sum(t.kl[b] for t, b in zip(tensors, bits)) for bits in itertools.product((4, 8), repeat=len(tensors))
+               if sum(t.elements * b for t, b in zip(tensors, bits)) <= capacity)
+    assert allocation.predicted_kl == pytest.approx(best, rel=1e-12) and allocation.size_bits <= capacity
+
+
+def test_activation_sensitivity_is_the_kl_onnxruntime_measures_for_that_tensor_alone(digits):
+    """Rule: a tensor's activation sensitivity at 4 bits is the mean KL between the float model and the float model
+    with only that tensor quantized (Clip to the 4-bit grid, QuantizeLinear, DequantizeLinear, with the probe's own
+    parameters), recomputed in onnxruntime (rel. 1e-3: torch and onnxruntime round float32 differently)."""
+    from onnx import helper
+
+    from toolchain.quant.annotate import annotate
+    from toolchain.quant.quantize import prepare_float_model
+
+    model, calib = digits
+    inputs = np.load(calib)["inputs"]
+    config = QuantConfig(w_bits=4, act_budget=ActivationBudget(average_bits=6.0))
+    float_model, _ = prepare_float_model(onnx.load(str(model)), config)
+    probe = ActivationProbe(float_model, annotate(float_model, config), inputs, config)
+    tensors = {t.tensor: t for t in probe.tensors()}
+    tensor = probe.roots[3]
+    params = probe.params[tensor, 4]
+    scale, zero = float(params.scale), int(params.zero_point)
+    quantized = onnx.ModelProto()
+    quantized.CopyFrom(float_model)
+    graph = quantized.graph
+    for node in graph.node:
+        node.input[:] = [f"{tensor}_dq" if name == tensor else name for name in node.input]
+    graph.initializer.extend([numpy_helper.from_array(np.float32(v), n) for v, n in
+                              ((scale * (0 - zero), "lo"), (scale * (15 - zero), "hi"), (scale, "s"))])
+    graph.initializer.append(numpy_helper.from_array(np.uint8(zero), "z"))
+    graph.node.extend([helper.make_node("Clip", [tensor, "lo", "hi"], ["c"]),
+                       helper.make_node("QuantizeLinear", ["c", "s", "z"], ["q"]),
+                       helper.make_node("DequantizeLinear", ["q", "s", "z"], [f"{tensor}_dq"])])
+
+    def log_softmax(proto):
+        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        logits = session.run(None, {session.get_inputs()[0].name: inputs})[0].astype(np.float64)
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+    reference = log_softmax(float_model)
+    expected = float(np.mean(np.sum(np.exp(reference) * (reference - log_softmax(quantized)), axis=1)))
+    assert expected > 1e-5 and tensors[tensor].kl[4] == pytest.approx(expected, rel=1e-3)
+
+
+def test_the_mixed_activation_model_carries_each_tensors_bits_and_fits_the_budget(digits, tmp_path):
+    """Rule: `quantize --a-bits-budget` writes each tensor's allocated bits into the QDQ model (a 4-bit tensor: a Clip
+    to its 16-level grid before its UINT8 QuantizeLinear; an 8-bit one: no Clip); the mean bits over all values fit
+    the budget and mix both widths; the report lists every tensor's KL per candidate and its bits."""
+    model, calib = digits
+    out = tmp_path / "a.onnx"
+    result = CliRunner().invoke(cli, ["quantize", str(model), "--calib", str(calib), "--w-bits", "4", "--a-bits-budget",
+                                      "5.5", "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "a.report.json").read_text())
+    mixed = report["mixed_precision_activations"]
+    bits = {t["tensor"]: t["bits"] for t in mixed["tensors"]}
+    assert set(bits.values()) == {4, 8} and mixed["average_bits"] <= 5.5
+    assert mixed["average_bits"] == pytest.approx(sum(t["elements"] * t["bits"] for t in mixed["tensors"])
+                                                  / mixed["elements_per_input"], abs=1e-4)
+    assert all(set(t["kl"]) == {"4", "8"} for t in mixed["tensors"]) and mixed["measured_kl"] > 0
+    qdq = onnx.load(str(out))
+    nodes = {n.name: n for n in qdq.graph.node}
+    inits = {t.name: numpy_helper.to_array(t) for t in qdq.graph.initializer}
+    for tensor, width in bits.items():
+        assert report["activations"][tensor]["bits"] == width, tensor
+        quantize = nodes[f"{tensor}_QuantizeLinear"]
+        scale, zero = float(inits[quantize.input[1]]), int(inits[quantize.input[2]])
+        assert inits[quantize.input[2]].dtype == np.uint8, tensor
+        clip = nodes.get(f"{tensor}_Clip")
+        if width == 8:
+            assert clip is None, tensor
+        else:
+            assert float(inits[clip.input[2]]) == pytest.approx(scale * (15 - zero), rel=1e-6), tensor

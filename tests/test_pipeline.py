@@ -306,13 +306,16 @@ def test_a_damaged_model_file_exits_2_and_leaves_no_run_directory(tmp_path):
 
 
 def test_a_mixed_precision_entry_reports_its_bits_per_layer(digits_files, tmp_path):
-    """Rule: a quantize entry with weight_bits_budget is made under that budget and report.md lists its bits and
-    sensitivities per layer; the size column counts its weights at their bits."""
-    config = small_config(tmp_path, *digits_files, quantize=[{"weight_bits_budget": 3.5, "a_bits": 8}])
+    """Rule: a quantize entry with weight_bits_budget (and a_bits_budget) is made under those budgets and report.md
+    lists its bits and sensitivities per layer (and per activation tensor); the size column counts its weights at
+    their bits."""
+    config = small_config(tmp_path, *digits_files, quantize=[{"weight_bits_budget": 3.5, "a_bits_budget": 6}])
     result = run("run", config, "--json", "--quiet")
     assert result.exit_code == 0, result.output
     model = json.loads(result.stdout)["models"][0]
-    assert model["name"] == "W3.5mixA8" and model["mixed_precision"]["size_bits"] <= model["mixed_precision"]["budget_bits"]
+    assert model["name"] == "W3.5mixA6mix" and model["mixed_precision"]["size_bits"] <= model["mixed_precision"]["budget_bits"]
+    assert model["mixed_precision_activations"]["average_bits"] <= 6
     text = (tmp_path / "run" / "report.md").read_text()
-    assert "### W3.5mixA8: bits per layer under the budget" in text and "| KL at 2 bits |" in text
+    assert "### W3.5mixA6mix: bits per layer under the budget" in text and "| KL at 2 bits |" in text
+    assert "### W3.5mixA6mix: activation bits per tensor under the budget" in text and "| KL at 4 bits |" in text
     assert model["size"]["weights"] * 8 <= model["mixed_precision"]["budget_bits"]

@@ -80,6 +80,13 @@ from toolchain.recon.config import PRESETS
 @click.option("--sensitivity-rounding", type=click.Choice(["nearest", "compensated"]),
               help="How a layer is rounded while its sensitivity to a bit budget is measured: to nearest, or "
                    "compensated by its input Hessian (GPTQ-style, as reconstruction recovers it) [default: compensated].")
+@click.option("--a-bits-budget", type=click.FloatRange(min=0, min_open=True),
+              help="Mixed precision of activations: each activation tensor's bits from --a-bits-choices so that the "
+                   "mean over all activation values (per image, each tensor counted by its size) is at most this, "
+                   "e.g. 5.0; chosen by each tensor's measured prediction difference (README 'Mixed precision').")
+@click.option("--a-bits-choices", callback=lambda ctx, param, value: _bit_list(value),
+              help="Candidate activation bits for --a-bits-budget, e.g. 2,4,8 [default: 4,8; ort-x86 and ort-arm, "
+                   "the targets that run tensors of different activation widths side by side].")
 @click.option("--require-all-quantized", is_flag=True, help="Fail when an op has no quantization rule (default: warn, leave it in float).")
 @click.option("--require-full-integer", is_flag=True,
               help="Fail (exit 2, no output) unless onnxruntime runs every compute op on integer kernels; the message lists the float ops.")
@@ -94,7 +101,8 @@ def quantize_command(model: str, calib: str, output: str, w_bits: int, a_bits: i
                      reconstruct: str, preset: str, recon_iterations: int | None, recon_batch_size: int | None,
                      pd_weight: float | None, no_qdrop: bool, no_pd: bool, no_dc: bool, no_learn_scales: bool, resume: bool,
                      weight_bits_budget: float | None, size_budget: str | None, w_bits_choices: tuple[int, ...] | None,
-                     sensitivity_rounding: str | None, require_all_quantized: bool, require_full_integer: bool, overwrite: bool, as_json: bool, **kwargs: Any) -> None:
+                     sensitivity_rounding: str | None, a_bits_budget: float | None, a_bits_choices: tuple[int, ...] | None,
+                     require_all_quantized: bool, require_full_integer: bool, overwrite: bool, as_json: bool, **kwargs: Any) -> None:
     """Quantize every layer of MODEL.onnx (first and last included) into a QDQ model.
 
     BN is folded after its statistics are read; weights are stored as integers behind
@@ -113,6 +121,10 @@ def quantize_command(model: str, calib: str, output: str, w_bits: int, a_bits: i
       toolchain quantize resnet20.onnx --calib calib_data/dgh1024.npz --w-bits 4 --a-bits 4 --reconstruct pdquant \
           --preset thorough -o r20_pd.onnx     # the most accurate budget measured (1-2 h on 2 cores)
       toolchain quantize resnet20.onnx --calib calib_data/dgh256.npz --target qnn --a-bits 16 -o r20_qnn_w8a16.onnx
+      toolchain quantize resnet20.onnx --calib calib_data/dgh256.npz --a-bits 4 --weight-bits-budget 3 \
+          --reconstruct pdquant -o r20_mixed.onnx     # per-layer weight bits, 3.0 on average
+      toolchain quantize resnet20.onnx --calib calib_data/dgh256.npz --w-bits 4 --a-bits-budget 5 \
+          --reconstruct pdquant -o r20_a_mixed.onnx     # per-tensor activation bits (4 or 8), 5.0 on average
       toolchain quantize ...same options... --resume     # after a stop: continues from r20_pd.onnx.ckpt
       toolchain quantize r18.onnx --calib calib_data/dgh1024.npz --w-bits 4 --a-bits 4 --reconstruct pdquant \
           --device cuda --cache-budget 8G -o r18_pd.onnx
@@ -131,7 +143,8 @@ def quantize_command(model: str, calib: str, output: str, w_bits: int, a_bits: i
                         pd_weight=pd_weight, no_qdrop=no_qdrop, no_pd=no_pd, no_dc=no_dc, no_learn_scales=no_learn_scales,
                         require_all_quantized=require_all_quantized, require_full_integer=require_full_integer,
                         weight_bits_budget=weight_bits_budget, size_budget=size_budget, w_bits_choices=w_bits_choices,
-                        sensitivity_rounding=sensitivity_rounding)
+                        sensitivity_rounding=sensitivity_rounding, a_bits_budget=a_bits_budget,
+                        a_bits_choices=a_bits_choices)
     config = spec.quant_config()
     execution = execution_from(kwargs)
     overrides = preprocessing_overrides(kwargs)
@@ -173,8 +186,12 @@ def _print_quantized(outcome: Any, config: Any, as_json: bool) -> None:
     weights = f"W{mixed['average_bits']:.2f}mixed" if mixed else f"W{config.w_bits}"
     mixed_text = (f" (weights {mixed['size_bytes']:,} bytes, bits per layer in the report; sensitivity measured in "
                   f"{mixed['sensitivity_seconds']:.0f} s)" if mixed else "")
+    mixed_act = outcome.report.get("mixed_precision_activations")
+    activations = f"A{mixed_act['average_bits']:.2f}mixed" if mixed_act else f"A{config.a_bits}"
+    if mixed_act:
+        mixed_text += f" (activation bits per tensor in the report; measured in {mixed_act['sensitivity_seconds']:.0f} s)"
     say(
-        f"wrote {outcome.path}: {weights}A{config.a_bits} ({config.effective_calibrator}"
+        f"wrote {outcome.path}: {weights}{activations} ({config.effective_calibrator}"
         f"{', ' + recon.method + ' ' + recon.preset_name if recon.enabled else ''}), {summary['quantized_layers']} layers quantized{mixed_text}, "
         f"{sqnr_text} on {outcome.report['calibration']['sqnr_samples']} calibration inputs; "
         f"{'' if config.target == 'ort-x86' else 'onnxruntime x86 '}integer coverage {summary['fusion_coverage']:.2f} of ops{macs} "

@@ -88,6 +88,8 @@ class QuantizeSpec:
     weight_bits_budget / size_budget (e.g. "120KB"): mixed precision, each layer's weight bits chosen from
     w_bits_choices [default: the target's among 2, 3, 4, 8] so the weights fit (quant.bitalloc);
     sensitivity_rounding: "nearest" or "compensated" [default: BitBudget's] for the sensitivity measurement.
+    a_bits_budget: mixed precision of activations, each tensor's bits chosen from a_bits_choices [default: 4, 8]
+    so that their mean over all activation values is at most this (ActivationBudget).
     gates: this model's own gates, in place of the run's where given."""
 
     name: str | None = None
@@ -117,6 +119,8 @@ class QuantizeSpec:
     size_budget: str | None = None
     w_bits_choices: tuple[int, ...] | None = None
     sensitivity_rounding: str | None = None
+    a_bits_budget: float | None = None
+    a_bits_choices: tuple[int, ...] | None = None
     gates: Gates | None = None
 
     @property
@@ -125,7 +129,19 @@ class QuantizeSpec:
             return self.name
         weights = (f"W{self.weight_bits_budget:g}mix" if self.weight_bits_budget is not None
                    else f"W{self.size_budget}mix" if self.size_budget is not None else f"W{self.w_bits}")
-        return f"{weights}A{self.a_bits}" + (f"-{self.reconstruct}" if self.reconstruct != "none" else "")
+        activations = f"A{self.a_bits_budget:g}mix" if self.a_bits_budget is not None else f"A{self.a_bits}"
+        return f"{weights}{activations}" + (f"-{self.reconstruct}" if self.reconstruct != "none" else "")
+
+    def act_budget(self):
+        """The ActivationBudget these options describe (None without an activation budget)."""
+        from toolchain.quant.config import ActivationBudget
+
+        if self.a_bits_budget is None:
+            if self.a_bits_choices is not None:
+                raise ConfigError("--a-bits-choices applies to mixed precision of activations: add --a-bits-budget")
+            return None
+        choices = tuple(self.a_bits_choices) if self.a_bits_choices is not None else None
+        return ActivationBudget(average_bits=self.a_bits_budget, choices=choices)
 
     def bit_budget(self):
         """The BitBudget these options describe (None without a budget)."""
@@ -171,7 +187,7 @@ class QuantizeSpec:
                            require_full_integer=self.require_full_integer,
                            low_bit_storage=self.low_bit_storage,  # type: ignore[arg-type]
                            reduce_range=self.resolved_reduce_range(), reconstruction=recon,
-                           bit_budget=self.bit_budget())
+                           bit_budget=self.bit_budget(), act_budget=self.act_budget())
 
 
 @dataclass(frozen=True)

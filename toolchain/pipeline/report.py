@@ -105,6 +105,26 @@ def _mixed_section(entry: dict) -> list[str]:
     return lines
 
 
+def _mixed_activations_section(entry: dict) -> list[str]:
+    """Per-tensor activation bits and sensitivities of a model made under an activation budget."""
+    mixed = entry.get("mixed_precision_activations")
+    if not mixed:
+        return []
+    choices = [str(b) for b in sorted(mixed["budget"]["choices"])]
+    fixed = (f" Kept at --a-bits (produced by multi-output nodes): {', '.join(mixed['fixed_at_a_bits'])}."
+             if mixed["fixed_at_a_bits"] else "")
+    lines = ["", f"### {entry['name']}: activation bits per tensor under the budget", "",
+             f"{mixed['average_bits']:.3f} average activation bits over {mixed['elements_per_input']:,} values per input "
+             f"(budget {mixed['budget']['average_bits']}); KL predicted by the sum {mixed['predicted_kl']:.4g}, measured "
+             f"(activations only) {mixed['measured_kl']:.4g}; sensitivity measured in {mixed['sensitivity_seconds']} s.{fixed}",
+             "", "| tensor | values per input | bits | " + " | ".join(f"KL at {b} bits" for b in choices) + " |",
+             "|---|---:|---:|" + "---:|" * len(choices)]
+    for tensor in mixed["tensors"]:
+        lines.append(f"| {tensor['tensor']} | {tensor['elements']:,} | {tensor['bits']} | "
+                     + " | ".join(f"{tensor['kl'][b]:.3g}" for b in choices) + " |")
+    return lines
+
+
 def _verdict(target: dict | None) -> str:
     """The target runtime's own verdict (ort-x86's is the integer-coverage column)."""
     if not target or target["name"] == "ort-x86":
@@ -151,6 +171,7 @@ def markdown(report: dict) -> str:
             lines.append(f"  - warning: {warning}")
     for entry in report["models"]:
         lines += _mixed_section(entry)
+        lines += _mixed_activations_section(entry)
     losses = calibration.get("losses") or {}
     final = losses.get("final", {})
     lines += ["", "## Calibration", "",

@@ -275,6 +275,7 @@ def _model_entry(spec: QuantizeSpec, quant_config: Any, report: dict, file: str,
                             "loss_after": u["loss_after"]} for u in recon.get("units", [])],
         "warnings": list(report.get("warnings", [])),
         "mixed_precision": report.get("mixed_precision"),
+        "mixed_precision_activations": report.get("mixed_precision_activations"),
     }
 
 

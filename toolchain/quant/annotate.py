@@ -181,6 +181,7 @@ def annotate(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
         raise ConfigError(f"layer_w_bits names {', '.join(map(repr, unknown))}, which are not weighted layers of the "
                           f"model (those are {names}, ...: the names in the quantize report's layers)")
     last_layer = weighted[-1] if weighted else None
+    tensor_bits = dict(config.tensor_a_bits)  # an activation allocation's bits, applied where a tensor gets its spec
 
     # A Conv/Gemm/MatMul/Add whose output only feeds one ReLU/Clip(0, x) is quantized after that activation.
     fused: dict[str, onnx.NodeProto] = {}
@@ -193,7 +194,8 @@ def annotate(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
 
     def own(tensor: str, bits: int, one_sided: bool = False, floor: float | None = None) -> None:
         if tensor not in plan.activations:
-            plan.activations[tensor] = ActivationSpec(tensor, bits, one_sided, constant=tensor in constants, floor=floor)
+            plan.activations[tensor] = ActivationSpec(tensor, tensor_bits.get(tensor, bits), one_sided,
+                                                      constant=tensor in constants, floor=floor)
 
     profile = config.profile
     for name in graph_inputs:
@@ -251,6 +253,10 @@ def annotate(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
         plan.layers.append(QuantLayer(node.name, node.op_type, output, weight, activation.name if activation is not None else None))
     if profile.inputs_only:
         _keep_layer_inputs_only(plan, graph, constants)
+    unknown = sorted(set(tensor_bits) - {t for t, spec in plan.activations.items() if spec.shared_with is None})
+    if unknown:
+        raise ConfigError(f"tensor_a_bits names {', '.join(map(repr, unknown[:3]))}, which the plan does not quantize "
+                          "with parameters of its own (the names in the report's mixed_precision activations)")
     return plan
 
 

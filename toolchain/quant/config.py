@@ -6,6 +6,7 @@ Usage:
     config = QuantConfig(w_bits=4, a_bits=4, reconstruction=ReconConfig.preset("pdquant", "default"))
     config = QuantConfig(w_bits=8, a_bits=16, target="qnn")                 # uint16 activations, batch fixed to 1
     config = QuantConfig(a_bits=4, bit_budget=BitBudget(average_bits=3.0))  # per-layer weight bits, chosen zero-shot
+    config = QuantConfig(w_bits=4, act_budget=ActivationBudget(average_bits=5.0))  # per-tensor activation bits, 4 or 8
     config.to_dict(); QuantConfig.from_dict(d)                    # JSON round trip (with a version)
 """
 
@@ -19,6 +20,7 @@ from toolchain.quant.targets import TargetName, TargetProfile, target_profile
 from toolchain.recon.config import ReconConfig
 
 DEFAULT_W_BITS_CHOICES = (2, 3, 4, 8)  # a budget's candidates: the target's among these (measured: README)
+DEFAULT_A_BITS_CHOICES = (4, 8)  # an activation budget's candidates: the target's among these
 SUPPORTED_BITS = {"w_bits": (2, 3, 4, 8), "a_bits": (2, 4, 8, 16), "input_bits": (2, 4, 8, 16)}  # each target's own: quant.targets
 Calibrator = Literal["minmax", "percentile", "mse"]
 LowBitStorage = Literal["ort", "native"]
@@ -60,6 +62,30 @@ class BitBudget:
 
 
 @dataclass(frozen=True)
+class ActivationBudget:
+    """Mixed precision of activations: per-tensor bits from `choices` whose mean over all quantized activation
+    elements (per input image, each tensor counted by its size) stays within `average_bits` (quant.bitalloc).
+
+    `choices`: None = the target's widths among 4 and 8 (QuantConfig fills them in; two at least).
+    `samples`: calibration inputs the per-tensor sensitivity is measured on. The network input keeps
+    `input_bits`; it is not part of the budget."""
+
+    average_bits: float
+    choices: tuple[int, ...] | None = None
+    samples: int = 256
+
+    def __post_init__(self) -> None:
+        if self.average_bits <= 0:
+            raise ConfigError(f"--a-bits-budget must be > 0, got {self.average_bits}")
+        if self.choices is not None and (len(set(self.choices)) < 2
+                                         or any(b not in SUPPORTED_BITS["a_bits"] for b in self.choices)):
+            raise ConfigError(f"--a-bits-choices {','.join(map(str, self.choices))}: give two or more of "
+                              f"{', '.join(map(str, SUPPORTED_BITS['a_bits']))}")
+        if self.samples < 1:
+            raise ConfigError(f"the sensitivity needs at least one sample, got {self.samples}")
+
+
+@dataclass(frozen=True)
 class QuantConfig:
     """What the quantizer does.
 
@@ -97,6 +123,11 @@ class QuantConfig:
             `w_bits` is then unused.
         layer_w_bits: (node name, weight bits) pairs that replace `w_bits` for those layers (what bit_budget's
             allocation writes in; also settable by hand).
+        act_budget: choose each activation tensor's bits under this budget (quant.bitalloc); `a_bits` then
+            applies only to what the allocation does not cover (constants, and the input where the target
+            quantizes it at activation bits).
+        tensor_a_bits: (tensor name, activation bits) pairs that replace `a_bits` for those tensors (what
+            act_budget's allocation writes in; also settable by hand).
     """
 
     w_bits: int = 8
@@ -116,6 +147,8 @@ class QuantConfig:
     reconstruction: ReconConfig = field(default_factory=ReconConfig)
     bit_budget: BitBudget | None = None
     layer_w_bits: tuple[tuple[str, int], ...] = ()
+    act_budget: ActivationBudget | None = None
+    tensor_a_bits: tuple[tuple[str, int], ...] = ()
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
@@ -130,7 +163,19 @@ class QuantConfig:
             object.__setattr__(self, "bit_budget", replace(self.bit_budget, choices=choices))
         for bits in sorted({b for _, b in self.layer_w_bits} | set(self.bit_budget.choices if self.bit_budget else ())):
             self.profile.check_bits(bits, self.a_bits)
-        if (self.bit_budget or self.layer_w_bits) and self.first_last_8bit:
+        mixes = self.act_budget is not None or len({b for _, b in self.tensor_a_bits} | {self.a_bits}) > 1
+        if mixes and self.profile.mixed_activations is not None:
+            raise ConfigError(f"--target {self.target} takes one activation width: {self.profile.mixed_activations}; "
+                              "drop --a-bits-budget and give one --a-bits")
+        if self.act_budget is not None and self.act_budget.choices is None:
+            choices = tuple(b for b in DEFAULT_A_BITS_CHOICES if b in self.profile.activation_bits)
+            if len(choices) < 2:
+                raise ConfigError(f"--target {self.target} runs one activation width "
+                                  f"({'/'.join(map(str, self.profile.activation_bits))}): drop --a-bits-budget")
+            object.__setattr__(self, "act_budget", replace(self.act_budget, choices=choices))
+        for bits in sorted({b for _, b in self.tensor_a_bits} | set(self.act_budget.choices if self.act_budget else ())):
+            self.profile.check_bits(self.w_bits, bits)
+        if (self.bit_budget or self.layer_w_bits or self.act_budget or self.tensor_a_bits) and self.first_last_8bit:
             raise ConfigError("--first-last-8bit fixes the first and last layer's bits; with a bit budget the "
                               "allocation chooses them: drop one of the two")
         if self.batch is not None and self.batch < 1:
@@ -150,6 +195,14 @@ class QuantConfig:
         bits = {self.w_bits, *(b for _, b in self.layer_w_bits)}
         if self.bit_budget is not None:
             bits |= set(self.bit_budget.choices)
+        return tuple(sorted(bits))
+
+    @property
+    def activation_bits_used(self) -> tuple[int, ...]:
+        """Every activation bit-width the model may hold, the input's included (storage types, rewrites)."""
+        bits = {self.a_bits, self.effective_input_bits, *(b for _, b in self.tensor_a_bits)}
+        if self.act_budget is not None:
+            bits |= set(self.act_budget.choices)
         return tuple(sorted(bits))
 
     @property
@@ -192,6 +245,11 @@ class QuantConfig:
             budget = dict(values["bit_budget"])
             choices = budget.get("choices")
             values["bit_budget"] = BitBudget(**{**budget, "choices": tuple(choices) if choices is not None else None})
-        if "layer_w_bits" in values:
-            values["layer_w_bits"] = tuple((str(node), int(bits)) for node, bits in values["layer_w_bits"])
+        if isinstance(values.get("act_budget"), dict):
+            budget = dict(values["act_budget"])
+            choices = budget.get("choices")
+            values["act_budget"] = ActivationBudget(**{**budget, "choices": tuple(choices) if choices is not None else None})
+        for key in ("layer_w_bits", "tensor_a_bits"):
+            if key in values:
+                values[key] = tuple((str(name), int(bits)) for name, bits in values[key])
         return cls(**values)

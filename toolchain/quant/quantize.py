@@ -29,6 +29,7 @@ from toolchain.passes import cleanup_passes, run_passes
 from toolchain.modelio import check_model, model_sha256
 from toolchain.quant.annotate import QuantPlan, annotate
 from toolchain.execution import Execution
+from toolchain.quant.bitalloc.apply import allocate_activation_bits, allocate_weight_bits
 from toolchain.quant.calibrate import (
     activation_params,
     constant_observation,
@@ -117,12 +118,12 @@ def prepare_float_model(model: onnx.ModelProto, config: QuantConfig, before_fold
     before = sum(n.op_type == "BatchNormalization" for n in float_model.graph.node)
     FoldBatchNormPass()(float_model)
     StandaloneBatchNormToConvPass()(float_model)  # pre-activation BN: a depthwise 1x1 Conv, quantized like any layer
-    run_passes(float_model, integer_rewrite_passes(config.a_bits))
+    run_passes(float_model, integer_rewrite_passes(min(config.activation_bits_used)))
     folded = before - sum(n.op_type == "BatchNormalization" for n in float_model.graph.node)
     profile = config.profile
     stored = [storage_type(weight_type(bits), config.low_bit_storage) for bits in config.weight_bits_used]
     stored += [storage_type(profile.activation_type(bits), config.low_bit_storage, activation=True)
-               for bits in (config.a_bits, config.effective_input_bits)]
+               for bits in config.activation_bits_used]
     needed = max(t.min_opset for t in stored)
     return upgrade_opset(float_model, needed), folded
 
@@ -194,7 +195,10 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
     plan = annotate(float_model, config)
     mixed = None
     if config.bit_budget is not None:
-        config, plan, mixed = _allocate_bits(float_model, plan, calib, config, progress, execution)
+        config, plan, mixed = allocate_weight_bits(float_model, plan, calib, config, progress, execution)
+    mixed_activations = None
+    if config.act_budget is not None:  # independent of the weights' allocation: the additive objective splits
+        config, plan, mixed_activations = allocate_activation_bits(float_model, plan, calib, config, progress, execution)
     warnings = [f"no quantization rule for {op} node {name!r}: left in float" for name, op in plan.float_nodes]
     if warnings and config.require_all_quantized:
         listed = ", ".join(f"{op} {name!r}" for name, op in plan.float_nodes[:5])
@@ -256,36 +260,10 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
     report["reconstruction"] = recon_report or {"config": config.reconstruction.to_dict()}
     if mixed is not None:
         report["mixed_precision"] = mixed
+    if mixed_activations is not None:
+        report["mixed_precision_activations"] = mixed_activations
     report["seconds"] = round(time.perf_counter() - start, 3)
     return QuantResult(qdq, report, tuple(warnings))
-
-
-def _allocate_bits(float_model: onnx.ModelProto, plan: QuantPlan, calib: np.ndarray, config: QuantConfig,
-                   progress: bool, execution: Execution) -> tuple[QuantConfig, QuantPlan, dict]:
-    """Per-layer weight bits under config.bit_budget (quant.bitalloc): the config and plan that carry them, and
-    the report's mixed_precision section (every layer's sensitivity per candidate, its bits, the sizes)."""
-    from dataclasses import replace
-
-    from toolchain.quant.bitalloc import SensitivityProbe, allocate, budget_bits
-
-    dims = {init.name: init.dims for init in float_model.graph.initializer if init.name in plan.weights}
-    budget_bits([int(np.prod(dims[w])) for w in plan.weights], config.bit_budget)  # type: ignore[arg-type]  # fails before measuring
-    started = time.perf_counter()
-    execution.apply_threads()
-    probe = SensitivityProbe(float_model, plan, calib, config, progress, device=execution.torch_device())
-    layers = probe.layers()
-    measured = time.perf_counter() - started
-    allocation = allocate(layers, config.bit_budget)  # type: ignore[arg-type]  # the caller checked it is set
-    config = replace(config, layer_w_bits=allocation.layer_bits)
-    bits = dict(allocation.layer_bits)
-    # the allocation trusts the layers' KLs to add up: measure the chosen model's (weights only) beside the sum
-    together = probe.together(bits)
-    section = {"budget": config.bit_budget.__dict__ | {"choices": list(config.bit_budget.choices)},  # type: ignore[union-attr]
-               **allocation.to_dict(), "measured_kl": together, "sensitivity_seconds": round(measured, 2),
-               "layers": [{**layer.to_dict(), "bits": bits[layer.node]} for layer in layers]}
-    logger.info("mixed precision: %.2f average weight bits (%d bytes) in %.1f s of sensitivity measurement",
-                allocation.average_bits, allocation.size_bytes, measured)
-    return config, annotate(float_model, config), section
 
 
 def _agreement_inputs(calib: np.ndarray, config: QuantConfig) -> np.ndarray | None:

@@ -72,6 +72,7 @@ class TargetProfile:
     input_at_activation_bits: bool = False
     integer_domain_pad: bool = True
     max_weight_scale_ratio: float | None = None
+    mixed_activations: str | None = None  # None: tensors may differ in activation bits; else why they may not
     notes: str = ""
 
     def activation_type(self, bits: int) -> IntType:
@@ -105,6 +106,9 @@ TARGETS: dict[str, TargetProfile] = {
     "qnn": TargetProfile(
         "qnn", "qnn", weight_bits=(4, 8), activation_bits=(8, 16), static_batch=True, input_at_activation_bits=True,
         integer_domain_pad=False, max_weight_scale_ratio=2.0**14,
+        mixed_activations="the HTP runs 8- and 16-bit regions only with a DequantizeLinear -> QuantizeLinear "
+                          "conversion at each boundary, which this toolchain does not write yet (measured on the "
+                          "emulator: without it 4 Q/DQ nodes fall back to the CPU)",
         notes="HTP: every node on the NPU with CPU fallback off; static shapes"),
     "tensorrt": TargetProfile(
         "tensorrt", "tensorrt", weight_bits=(8,), activation_bits=(8,), signed_activations=True,

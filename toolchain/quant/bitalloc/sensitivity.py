@@ -120,7 +120,7 @@ class _Probe:
         self.module = OnnxModule(float_model).to(device).eval()
         self.sample = torch.from_numpy(np.ascontiguousarray(sample)).to(device)
         with torch.no_grad():
-            self.reference = _log_softmax(self.module, self.sample)
+            self.reference = log_probabilities(self.module, self.sample)
 
     def _buffer(self, tensor: str):
         return getattr(self.module, self.module.initializer_names[tensor])
@@ -151,13 +151,13 @@ class _Probe:
                         else compensated_weight(weight, axis, params, hessian))
                 buffer.copy_(torch.from_numpy(fake.astype(np.float32)))
             with torch.no_grad():
-                return _mean_kl(self.reference, _log_softmax(self.module, self.sample))
+                return mean_kl(self.reference, log_probabilities(self.module, self.sample))
         finally:
             for tensor, original in originals.items():
                 self._buffer(tensor).copy_(original)
 
 
-def _log_softmax(module, sample):
+def log_probabilities(module, sample):
     import torch
 
     outputs = []
@@ -168,6 +168,6 @@ def _log_softmax(module, sample):
     return torch.cat(outputs)
 
 
-def _mean_kl(reference, quantized) -> float:
+def mean_kl(reference, quantized) -> float:
     """Mean over samples of KL(P_ref || P_q), from log-probabilities (float64: small KLs stay exact)."""
     return float((reference.exp() * (reference - quantized)).sum(dim=1).mean())
