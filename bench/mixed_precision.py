@@ -10,7 +10,9 @@ Usage:
 A point is `uniform:B` (every layer's weights at B bits), `academic:B` (B bits, first and last layer at 8 and
 the network output in float: the papers' setting) or `budget:B[@CHOICES]` (average B weight bits, each layer's
 bits from {2, 4, 8}, or the digits of CHOICES, e.g. @2348, chosen by quant.bitalloc; a `:compensated` suffix: the
-sensitivity rounds with compensation, the toolchain's default; a `/pd10` suffix on any point: pdquant's PD weight 10). Every point: 256 DGH images (default preset, the row's seed;
+sensitivity rounds with compensation, the toolchain's default; a `/pd10` suffix on any point: pdquant's PD weight 10);
+`act:B` (weights at 4 bits, each activation tensor's bits from {4, 8} so that their mean over all activation values
+is at most B: `--a-bits-budget`; act:4 and act:8 are uniform A4 and A8). Every point: 256 DGH images (default preset, the row's seed;
 cached in --work), activations at 4 bits, every layer quantized (first/last and the output, except
 academic), MSE calibrator then pdquant `default`, top-1 on the 10,000 CIFAR-10 test images in onnxruntime.
 Rows merge into bench/results/mixed_precision.json as they finish, so points can run in separate
@@ -28,7 +30,7 @@ from pathlib import Path
 
 from toolchain import api
 from toolchain.paths import shared_dir
-from toolchain.quant.config import BitBudget, QuantConfig
+from toolchain.quant.config import ActivationBudget, BitBudget, QuantConfig
 from toolchain.recon import ReconConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -51,7 +53,10 @@ def point_config(point: str) -> QuantConfig:
         budget = BitBudget(average_bits=float(bits), choices=tuple(int(c) for c in choices) if choices else (2, 4, 8),
                            rounding=rounding or "nearest")
         return QuantConfig(a_bits=4, bit_budget=budget, reconstruction=recon)
-    raise SystemExit(f"unknown point {point!r}: uniform:B, academic:B or budget:B[@CHOICES]")
+    if kind == "act":  # act:B: uniform 4-bit weights, activations 4 or 8 bits per tensor, B bits per value on average
+        return QuantConfig(w_bits=4, a_bits=4, act_budget=ActivationBudget(average_bits=float(value), choices=(4, 8)),
+                           reconstruction=recon)
+    raise SystemExit(f"unknown point {point!r}: uniform:B, academic:B, budget:B[@CHOICES] or act:B")
 
 
 def calibration(model: str, onnx_path: Path, seed: int, work: Path) -> Path:
@@ -92,6 +97,12 @@ def run(args: argparse.Namespace) -> None:
                    "weight_bytes": int(round(bits * total / 8)), "layer_bits": [layer["weight_bits"] for layer in layers],
                    "quantize_s": round(seconds, 1), "threads": execution.thread_count, "cpu_vnni": has_vnni(),
                    "machine": platform.platform()}
+            mixed_act = report.get("mixed_precision_activations")
+            if mixed_act:
+                row.update(average_activation_bits=mixed_act["average_bits"], act_predicted_kl=mixed_act["predicted_kl"],
+                           act_measured_kl=mixed_act["measured_kl"], sensitivity_s=mixed_act["sensitivity_seconds"],
+                           tensor_bits=[t["bits"] for t in mixed_act["tensors"]],
+                           tensor_elements=[t["elements"] for t in mixed_act["tensors"]])
             if mixed:
                 row.update(predicted_kl=mixed["predicted_kl"], measured_kl=mixed["measured_kl"],
                            sensitivity_s=mixed["sensitivity_seconds"], sensitivity=[l["kl"] for l in mixed["layers"]])
@@ -140,7 +151,8 @@ def render(path: Path) -> None:
              "running another row (sensitivity s and quantize s are on that core).", ""]
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
-        groups.setdefault((row["model"], row["point"]), []).append(row)
+        if not row["point"].startswith("act:"):
+            groups.setdefault((row["model"], row["point"]), []).append(row)
     for model in sorted({m for m, _ in groups}, key=lambda m: list(FP32).index(m)):
         mine = {key: group for key, group in groups.items() if key[0] == model}
         lines += [f"## {TITLES[model]}: FP32 {100 * FP32[model]:.2f} %", "",
@@ -160,7 +172,64 @@ def render(path: Path) -> None:
                 lines.append(f"- {point}: {' '.join(map(str, group[0]['layer_bits']))}")
         lines.append("")
         _plot(model, mine, path.with_name(_plot_name(model)))
+    lines += _activation_section(rows, path)
     path.with_suffix(".md").write_text("\n".join(lines))
+
+
+def _activation_section(rows: list[dict], path: Path) -> list[str]:
+    """The `act:B` rows: W4, per-tensor activation bits from {4, 8} under --a-bits-budget B."""
+    acts = [r for r in rows if r["point"].startswith("act:")]
+    if not acts:
+        return []
+    lines = []
+    for model in sorted({r["model"] for r in acts}, key=lambda m: list(FP32).index(m)):
+        groups: dict[str, list[dict]] = {}
+        for row in (r for r in acts if r["model"] == model):
+            groups.setdefault(row["point"], []).append(row)
+        lines += [f"## {TITLES[model]}, activation budgets: W4, each tensor 4 or 8 bits (`--a-bits-budget`)", "",
+                  "| point | average activation bits | top-1 % (seeds) | mean ± sd | KL predicted / measured | sensitivity s | quantize s |",
+                  "|---|---:|---|---:|---:|---:|---:|"]
+        ordered = sorted(groups.items(), key=lambda g: g[1][0]["average_activation_bits"])
+        for point, group in ordered:
+            tops = [100 * r["top1"] for r in group]
+            spread = f"{statistics.mean(tops):.2f} ± {statistics.stdev(tops):.2f}" if len(tops) > 1 else f"{tops[0]:.2f}"
+            first = group[0]
+            lines.append(f"| {point} | {first['average_activation_bits']:.3f} | "
+                         + " / ".join(f"{t:.2f} (s{r['seed']})" for t, r in zip(tops, group))
+                         + f" | {spread} | {first['act_predicted_kl']:.3g} / {first['act_measured_kl']:.3g} | "
+                         f"{first['sensitivity_s']} | {first['quantize_s']:.0f} |")
+        lines += ["", "Bits per activation tensor (graph order, values per image in brackets for the 8-bit ones) "
+                  f"of the first seed; plot: `mixed_precision_activations_{model}.png`", ""]
+        for point, group in ordered:
+            first = group[0]
+            wide = [f"{i}[{e}]" for i, (b, e) in enumerate(zip(first["tensor_bits"], first["tensor_elements"])) if b == 8]
+            lines.append(f"- {point}: {' '.join(map(str, first['tensor_bits']))} (8-bit: {', '.join(wide) or 'none'})")
+        lines.append("")
+        _plot_activations(model, ordered, path.with_name(f"mixed_precision_activations_{model}.png"))
+    return lines
+
+
+def _plot_activations(model: str, ordered: list, path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return
+    figure, axis = plt.subplots(figsize=(7, 4.2), dpi=110)
+    xs = [g[0]["average_activation_bits"] for _, g in ordered]
+    ys = [statistics.mean(100 * r["top1"] for r in g) for _, g in ordered]
+    axis.plot(xs, ys, "o-", label="W4, activations 4 or 8 bits per tensor")
+    axis.axhline(100 * FP32[model], color="grey", linestyle=":", label="FP32")
+    axis.set_xlabel("average activation bits (per value, all quantized tensors)")
+    axis.set_ylabel("top-1 %")
+    axis.set_title(f"{TITLES[model].split(' (')[0]} W4A? zero-shot: activation budget")
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    figure.savefig(path)
+    plt.close(figure)
 
 
 def _plot_name(model: str) -> str:
