@@ -360,3 +360,19 @@ def test_the_mixed_activation_model_carries_each_tensors_bits_and_fits_the_budge
             assert clip is None, tensor
         else:
             assert float(inits[clip.input[2]]) == pytest.approx(scale * (15 - zero), rel=1e-6), tensor
+
+
+def test_an_activation_budget_without_candidates_takes_4_and_8_and_survives_the_json_round_trip(digits):
+    """Rule: an ActivationBudget that names no candidates gets 4 and 8 bits on onnxruntime x86/ARM; the config with it
+    and with the per-tensor bits it writes comes back equal from its JSON form; hand-set tensor bits on a tensor the
+    plan does not quantize are refused naming it."""
+    from toolchain.quant.annotate import annotate
+    from toolchain.quant.quantize import prepare_float_model
+
+    config = QuantConfig(w_bits=4, target="ort-arm", act_budget=ActivationBudget(average_bits=5.0),
+                         tensor_a_bits=(("no_such_tensor", 8),))
+    assert config.act_budget.choices == (4, 8)
+    assert QuantConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    float_model, _ = prepare_float_model(onnx.load(str(digits[0])), config)
+    with pytest.raises(ConfigError, match="tensor_a_bits names 'no_such_tensor'"):
+        annotate(float_model, config)

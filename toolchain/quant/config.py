@@ -198,12 +198,17 @@ class QuantConfig:
         return tuple(sorted(bits))
 
     @property
-    def activation_bits_used(self) -> tuple[int, ...]:
-        """Every activation bit-width the model may hold, the input's included (storage types, rewrites)."""
-        bits = {self.a_bits, self.effective_input_bits, *(b for _, b in self.tensor_a_bits)}
+    def layer_activation_bits(self) -> tuple[int, ...]:
+        """Every bit-width the model's activations may hold, the network input's aside (the integer rewrites)."""
+        bits = {self.a_bits, *(b for _, b in self.tensor_a_bits)}
         if self.act_budget is not None:
-            bits |= set(self.act_budget.choices)
+            bits |= set(self.act_budget.choices)  # type: ignore[arg-type]  # filled in by __post_init__
         return tuple(sorted(bits))
+
+    @property
+    def activation_bits_used(self) -> tuple[int, ...]:
+        """Every activation bit-width the model may hold, the input's included (the storage types)."""
+        return tuple(sorted({*self.layer_activation_bits, self.effective_input_bits}))
 
     @property
     def profile(self) -> TargetProfile:

@@ -118,7 +118,7 @@ def prepare_float_model(model: onnx.ModelProto, config: QuantConfig, before_fold
     before = sum(n.op_type == "BatchNormalization" for n in float_model.graph.node)
     FoldBatchNormPass()(float_model)
     StandaloneBatchNormToConvPass()(float_model)  # pre-activation BN: a depthwise 1x1 Conv, quantized like any layer
-    run_passes(float_model, integer_rewrite_passes(min(config.activation_bits_used)))
+    run_passes(float_model, integer_rewrite_passes(min(config.layer_activation_bits)))
     folded = before - sum(n.op_type == "BatchNormalization" for n in float_model.graph.node)
     profile = config.profile
     stored = [storage_type(weight_type(bits), config.low_bit_storage) for bits in config.weight_bits_used]
