@@ -205,31 +205,23 @@ def _activation_section(rows: list[dict], path: Path) -> list[str]:
             wide = [f"{i}[{e}]" for i, (b, e) in enumerate(zip(first["tensor_bits"], first["tensor_elements"])) if b == 8]
             lines.append(f"- {point}: {' '.join(map(str, first['tensor_bits']))} (8-bit: {', '.join(wide) or 'none'})")
         lines.append("")
-        _plot_activations(model, ordered, path.with_name(f"mixed_precision_activations_{model}.png"))
+        uniform_a4 = [100 * r["top1"] for r in rows if r["model"] == model and r["point"] == "uniform:4"]
+        _plot_activations(model, ordered, uniform_a4, path.with_name(f"mixed_precision_activations_{model}.png"))
     return lines
 
 
-def _plot_activations(model: str, ordered: list, path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+def _plot_activations(model: str, ordered: list, uniform_a4: list[float], path: Path) -> None:
+    plt = _pyplot()
+    if plt is None:
         return
     figure, axis = plt.subplots(figsize=(7, 4.2), dpi=110)
     xs = [g[0]["average_activation_bits"] for _, g in ordered]
     ys = [statistics.mean(100 * r["top1"] for r in g) for _, g in ordered]
-    axis.plot(xs, ys, "o-", label="W4, activations 4 or 8 bits per tensor")
-    axis.axhline(100 * FP32[model], color="grey", linestyle=":", label="FP32")
-    axis.set_xlabel("average activation bits (per value, all quantized tensors)")
-    axis.set_ylabel("top-1 %")
-    axis.set_title(f"{TITLES[model].split(' (')[0]} W4A? zero-shot: activation budget")
-    axis.legend(fontsize=8)
-    axis.grid(alpha=0.3)
-    figure.tight_layout()
-    figure.savefig(path)
-    plt.close(figure)
+    axis.plot(xs, ys, "o-", label="W4, activations 4 or 8 bits per tensor (act:8 = uniform A8)")
+    if uniform_a4:  # the weights' uniform W4 row is W4A4 by the same recipe
+        axis.plot([4.0], [statistics.mean(uniform_a4)], "s", label="uniform W4A4")
+    _finish(plt, figure, axis, model, "average activation bits (per value, all quantized tensors)", "top-1 %",
+            f"{TITLES[model].split(' (')[0]} W4A? zero-shot: activation budget", path)
 
 
 def _plot_name(model: str) -> str:
@@ -237,12 +229,8 @@ def _plot_name(model: str) -> str:
 
 
 def _plot(model: str, groups: dict, path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return
     figure, axis = plt.subplots(figsize=(7, 4.2), dpi=110)
     styles = {"mixed248": ("o-", "mixed, {2, 4, 8}, nearest"), "mixed2348": ("D-", "mixed, {2, 3, 4, 8}, nearest"),
@@ -262,10 +250,28 @@ def _plot(model: str, groups: dict, path: Path) -> None:
                         for (m, p), g in groups.items() if series(p) == kind)
         if points:
             axis.plot([p[0] for p in points], [p[1] for p in points], marker, label=label)
+    _finish(plt, figure, axis, model, "average weight bits (size / parameters)", "top-1 % (A4)",
+            f"{TITLES[model].split(' (')[0]} W?A4 zero-shot: mixed precision vs uniform", path)
+
+
+def _pyplot():
+    """matplotlib's pyplot on the Agg backend, or None where matplotlib is not installed (no plot then)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    return plt
+
+
+def _finish(plt, figure, axis, model: str, xlabel: str, ylabel: str, title: str, path: Path) -> None:
+    """The FP32 line, labels, legend and grid; the figure saved to `path` and closed."""
     axis.axhline(100 * FP32[model], color="grey", linestyle=":", label="FP32")
-    axis.set_xlabel("average weight bits (size / parameters)")
-    axis.set_ylabel("top-1 % (A4)")
-    axis.set_title(f"{TITLES[model].split(' (')[0]} W?A4 zero-shot: mixed precision vs uniform")
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
+    axis.set_title(title)
     axis.legend(fontsize=8)
     axis.grid(alpha=0.3)
     figure.tight_layout()

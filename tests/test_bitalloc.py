@@ -67,6 +67,18 @@ def digits(tmp_path_factory):
     return model, calib
 
 
+def _onnxruntime_mean_kl(reference_model: onnx.ModelProto, model: onnx.ModelProto, inputs: np.ndarray) -> float:
+    """Mean over the inputs of KL(softmax of reference_model || softmax of model), both run in onnxruntime (float64)."""
+    def log_softmax(proto):
+        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+        logits = session.run(None, {session.get_inputs()[0].name: inputs})[0].astype(np.float64)
+        shifted = logits - logits.max(axis=1, keepdims=True)
+        return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+
+    reference = log_softmax(reference_model)
+    return float(np.mean(np.sum(np.exp(reference) * (reference - log_softmax(model)), axis=1)))
+
+
 @pytest.mark.parametrize("rounding", ["nearest", "compensated"])
 def test_sensitivity_is_the_kl_onnxruntime_measures_for_that_layer_alone(digits, rounding):
     """Rule: a layer's sensitivity at b bits is the mean KL between the float model and the float model with only
@@ -87,13 +99,6 @@ def test_sensitivity_is_the_kl_onnxruntime_measures_for_that_layer_alone(digits,
     spec = list(plan.weights.values())[2]
     layer = next(layer for layer in layers if layer.node == spec.node)
 
-    def log_softmax(proto):
-        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-        logits = session.run(None, {session.get_inputs()[0].name: inputs})[0].astype(np.float64)
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-
-    reference = log_softmax(float_model)
     quantized = onnx.ModelProto()
     quantized.CopyFrom(float_model)
     init = next(t for t in quantized.graph.initializer if t.name == spec.tensor)
@@ -103,8 +108,16 @@ def test_sensitivity_is_the_kl_onnxruntime_measures_for_that_layer_alone(digits,
             compensated_weight(weight, spec.axis, params, input_hessians(float_model, plan, inputs)[spec.tensor]))
     fake = fake.astype(np.float32)
     init.CopyFrom(numpy_helper.from_array(fake, spec.tensor))
-    expected = float(np.mean(np.sum(np.exp(reference) * (reference - log_softmax(quantized)), axis=1)))
+    expected = _onnxruntime_mean_kl(float_model, quantized, inputs)
     assert expected > 1e-4 and layer.kl[2] == pytest.approx(expected, rel=1e-3)
+
+
+def _quantized_report(digits, out, *args: str) -> dict:
+    """`toolchain quantize` of the digits model to `out` with `args`; its report (the command must succeed)."""
+    model, calib = digits
+    result = CliRunner().invoke(cli, ["quantize", str(model), "--calib", str(calib), *args, "-o", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    return json.loads(out.with_name(out.stem + ".report.json").read_text())
 
 
 def test_the_mixed_model_carries_each_layers_bits_and_fits_the_budget(digits, tmp_path):
@@ -112,12 +125,8 @@ def test_the_mixed_model_carries_each_layers_bits_and_fits_the_budget(digits, tm
     INT8, 2- and 4-bit layers in INT4 containers holding only their width's values, as onnxruntime loads them); the
     weights fit the budget; the report lists every layer's sensitivity per candidate, its bits and the predicted and
     measured KL."""
-    model, calib = digits
     out = tmp_path / "m.onnx"
-    result = CliRunner().invoke(cli, ["quantize", str(model), "--calib", str(calib), "--a-bits", "4", "--weight-bits-budget",
-                                      "3.5", "-o", str(out), "-q"])
-    assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "m.report.json").read_text())
+    report = _quantized_report(digits, out, "--a-bits", "4", "--weight-bits-budget", "3.5")
     mixed = report["mixed_precision"]
     allocated = {node: bits for node, bits in mixed["layer_bits"]}
     assert len(set(allocated.values())) > 1  # a real mix at 3.5 bits, not one width
@@ -320,14 +329,7 @@ def test_activation_sensitivity_is_the_kl_onnxruntime_measures_for_that_tensor_a
                        helper.make_node("QuantizeLinear", ["c", "s", "z"], ["q"]),
                        helper.make_node("DequantizeLinear", ["q", "s", "z"], [f"{tensor}_dq"])])
 
-    def log_softmax(proto):
-        session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
-        logits = session.run(None, {session.get_inputs()[0].name: inputs})[0].astype(np.float64)
-        shifted = logits - logits.max(axis=1, keepdims=True)
-        return shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-
-    reference = log_softmax(float_model)
-    expected = float(np.mean(np.sum(np.exp(reference) * (reference - log_softmax(quantized)), axis=1)))
+    expected = _onnxruntime_mean_kl(float_model, quantized, inputs)
     assert expected > 1e-5 and tensors[tensor].kl[4] == pytest.approx(expected, rel=1e-3)
 
 
@@ -335,12 +337,8 @@ def test_the_mixed_activation_model_carries_each_tensors_bits_and_fits_the_budge
     """Rule: `quantize --a-bits-budget` writes each tensor's allocated bits into the QDQ model (a 4-bit tensor: a Clip
     to its 16-level grid before its UINT8 QuantizeLinear; an 8-bit one: no Clip); the mean bits over all values fit
     the budget and mix both widths; the report lists every tensor's KL per candidate and its bits."""
-    model, calib = digits
     out = tmp_path / "a.onnx"
-    result = CliRunner().invoke(cli, ["quantize", str(model), "--calib", str(calib), "--w-bits", "4", "--a-bits-budget",
-                                      "5.5", "-o", str(out), "-q"])
-    assert result.exit_code == 0, result.output
-    report = json.loads((tmp_path / "a.report.json").read_text())
+    report = _quantized_report(digits, out, "--w-bits", "4", "--a-bits-budget", "5.5")
     mixed = report["mixed_precision_activations"]
     bits = {t["tensor"]: t["bits"] for t in mixed["tensors"]}
     assert set(bits.values()) == {4, 8} and mixed["average_bits"] <= 5.5
