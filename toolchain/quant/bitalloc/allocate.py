@@ -116,15 +116,15 @@ def _solve(names: list[str], sizes: list[int], costs: list[dict[int, float]], ca
     # A state: (size in bits, total KL, index of the previous state in the previous front, bits of this item).
     fronts: list[list[tuple[int, float, int, int]]] = [[(0, 0.0, -1, 0)]]
     for size_of_item, cost in zip(sizes, costs):
-        candidates_ = []
+        states = []
         for index, (size, kl, _, _) in enumerate(fronts[-1]):
             for bits in choices:
                 new_size = size + size_of_item * bits
                 if new_size <= capacity:
-                    candidates_.append((new_size, kl + cost[bits], index, bits))
-        candidates_.sort(key=lambda s: (s[0], s[1], -s[3]))
+                    states.append((new_size, kl + cost[bits], index, bits))
+        states.sort(key=lambda s: (s[0], s[1], -s[3]))
         front: list[tuple[int, float, int, int]] = []
-        for state in candidates_:  # increasing size: keep a state only when it lowers the best KL so far
+        for state in states:  # increasing size: keep a state only when it lowers the best KL so far
             if not front or state[1] < front[-1][1]:
                 if front and state[0] == front[-1][0]:
                     continue

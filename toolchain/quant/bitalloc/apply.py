@@ -31,7 +31,7 @@ logger = logging.getLogger(__name__)
 
 
 def allocate_weight_bits(float_model: onnx.ModelProto, plan: QuantPlan, calib: np.ndarray, config: QuantConfig,
-                   progress: bool, execution: Execution) -> tuple[QuantConfig, QuantPlan, dict]:
+                         progress: bool, execution: Execution) -> tuple[QuantConfig, QuantPlan, dict]:
     """Per-layer weight bits under config.bit_budget (quant.bitalloc): the config and plan that carry them, and
     the report's mixed_precision section (every layer's sensitivity per candidate, its bits, the sizes)."""
     dims = {init.name: init.dims for init in float_model.graph.initializer if init.name in plan.weights}
