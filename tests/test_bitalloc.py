@@ -84,7 +84,7 @@ def test_sensitivity_is_the_kl_onnxruntime_measures_for_that_layer_alone(digits,
     """Rule: a layer's sensitivity at b bits is the mean KL between the float model and the float model with only
     that layer's weights quantized (as the quantizer would: rounded to nearest, or compensated by the layer's input
     Hessian), here recomputed in onnxruntime (rel. 1e-3: torch and onnxruntime round float32 differently)."""
-    from toolchain.quant.bitalloc.compensate import compensated_weight, input_hessians
+    from toolchain.quant.gptq import compensated_weight, input_hessians
     from toolchain.quant.annotate import annotate
     from toolchain.quant.calibrate import weight_params
     from toolchain.quant.qparams import weight_type
@@ -202,11 +202,11 @@ def test_three_bit_weights_are_held_in_int4_with_three_bit_values(digits, tmp_pa
 
 
 def test_compensated_rounding_lowers_the_output_error_and_stays_on_the_grid():
-    """Rule: compensated rounding (quant.bitalloc.compensate) gives every weight a value of the quantizer's grid and,
+    """Rule: compensated rounding (quant.gptq) gives every weight a value of the quantizer's grid and,
     on correlated inputs, a smaller output error ||(W - Q) X||^2 than rounding to nearest at 2, 3 and 4 bits (by at
     least 10 %: measured 26-30 % here); with uncorrelated inputs (H = I) there is nothing to compensate and it is
     rounding to nearest exactly."""
-    from toolchain.quant.bitalloc.compensate import LayerHessian, compensated_weight
+    from toolchain.quant.gptq import LayerHessian, compensated_weight
     from toolchain.quant.calibrate import weight_params
     from toolchain.quant.qparams import weight_type
 
@@ -234,7 +234,7 @@ def test_patch_columns_are_what_the_convolution_multiplies(groups, strides, pads
     asymmetrically padded convolutions."""
     import torch
 
-    from toolchain.quant.bitalloc.compensate import _columns, _Patches
+    from toolchain.quant.gptq import _columns, _Patches
 
     torch.manual_seed(0)
     values, weight = torch.randn(2, 6, 9, 9), torch.randn(6, 6 // groups, 3, 3)
@@ -254,7 +254,7 @@ def test_input_hessians_are_the_layers_input_second_moments(digits):
     mean outer product of its input rows as onnxruntime computes them (rel. 1e-4; 64 inputs, nothing sampled)."""
     from toolchain.ortsession import exposing, inference_session
     from toolchain.quant.annotate import annotate
-    from toolchain.quant.bitalloc.compensate import input_hessians
+    from toolchain.quant.gptq import input_hessians
     from toolchain.quant.quantize import prepare_float_model
 
     model, calib = digits

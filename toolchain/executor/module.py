@@ -199,6 +199,8 @@ class OnnxModule(nn.Module):
             if node.op_type == "Constant":
                 self._add_constant(node.output[0], np.asarray(constant_value(ctx)), known, foldable)
                 continue
+            if self._alias_identity(node, known, foldable):
+                continue
             kernel = spec.builder(ctx)
             if node.input and all(not name or name in foldable for name in node.input):
                 self._fold(node, kernel, known, foldable)
@@ -239,6 +241,22 @@ class OnnxModule(nn.Module):
         self._constant_names[name] = attribute
         known[name] = array
         foldable.add(name)
+
+    def _alias_identity(self, node: onnx.NodeProto, known: dict[str, np.ndarray], foldable: set[str]) -> bool:
+        """An Identity of an initializer or constant becomes another name for the same live tensor.
+
+        torch.onnx shares equal tensors through Identity nodes (the BN parameters of layers still at their
+        initial values, a weight used twice), so a BatchNormalization may read its statistics through one. An
+        alias, not a copy: a trainable parameter keeps its gradient and set_initializer stays visible."""
+        source = node.input[0] if node.op_type == "Identity" and len(node.input) == 1 else ""
+        attribute = self.initializer_names.get(source) or self._constant_names.get(source)
+        if attribute is None or node.output[0] in self.output_names:
+            return False
+        self._constant_names[node.output[0]] = attribute
+        known[node.output[0]] = known[source]
+        if source in foldable:
+            foldable.add(node.output[0])
+        return True
 
     def _fold(self, node: onnx.NodeProto, kernel: Callable[..., Any], known: dict[str, np.ndarray],
               foldable: set[str]) -> None:

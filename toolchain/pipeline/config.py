@@ -90,6 +90,7 @@ class QuantizeSpec:
     sensitivity_rounding: "nearest" or "compensated" [default: BitBudget's] for the sensitivity measurement.
     a_bits_budget: mixed precision of activations, each tensor's bits chosen from a_bits_choices [default: 4, 8]
     so that their mean over all activation values is at most this (ActivationBudget).
+    weight_rounding: "gptq" or "nearest" [default: QuantConfig's, gptq] when nothing is reconstructed.
     gates: this model's own gates, in place of the run's where given."""
 
     name: str | None = None
@@ -102,6 +103,7 @@ class QuantizeSpec:
     first_last_8bit: bool = False
     low_bit_storage: str = "ort"
     reduce_range: bool | str = "auto"
+    weight_rounding: str | None = None
     calib_limit: int | None = None
     seed: int = 0
     reconstruct: str = "none"
@@ -187,7 +189,15 @@ class QuantizeSpec:
                            require_full_integer=self.require_full_integer,
                            low_bit_storage=self.low_bit_storage,  # type: ignore[arg-type]
                            reduce_range=self.resolved_reduce_range(), reconstruction=recon,
-                           bit_budget=self.bit_budget(), act_budget=self.act_budget())
+                           bit_budget=self.bit_budget(), act_budget=self.act_budget(), **self._rounding())
+
+    def _rounding(self) -> dict[str, str]:
+        if self.weight_rounding is None:
+            return {}
+        if self.reconstruct != "none":
+            raise ConfigError(f"--weight-rounding {self.weight_rounding}: --reconstruct {self.reconstruct} learns the "
+                              "weights' rounding itself (AdaRound); drop --weight-rounding")
+        return {"weight_rounding": self.weight_rounding}
 
 
 @dataclass(frozen=True)

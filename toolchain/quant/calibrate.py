@@ -48,7 +48,11 @@ class Observation:
 
 def batch_rows(session: ort.InferenceSession, input_name: str, output_names: list[str], sample: np.ndarray,
                batch_size: int, budget: int = OUTPUT_BYTES) -> int:
-    """Samples per run: `batch_size`, fewer when one sample's `output_names` exceed budget / batch_size."""
+    """Samples per run: `batch_size`, fewer when one sample's `output_names` exceed budget / batch_size; the
+    model's own batch when its input fixes one (an export without a dynamic batch axis)."""
+    fixed = next(i.shape[0] for i in session.get_inputs() if i.name == input_name)
+    if isinstance(fixed, int) and fixed > 0:
+        return fixed
     per_sample = sum(a.nbytes for a in session.run(output_names, {input_name: sample[:1]}))
     return max(1, min(batch_size, budget // max(1, per_sample)))
 

@@ -40,6 +40,7 @@ from toolchain.quant.config import QuantConfig
 from toolchain.quant.fold_bn import FoldBatchNormPass, StandaloneBatchNormToConvPass
 from toolchain.quant.integer_rewrites import integer_rewrite_passes
 from toolchain.quant.fusion import float_ops_text
+from toolchain.quant.gptq import gptq_integers
 from toolchain.quant.materialize import guard_bias_overflow, materialize
 from toolchain.quant.opset import upgrade_opset
 from toolchain.quant.report import build_report
@@ -54,6 +55,9 @@ from toolchain.quant.qparams import (
 logger = logging.getLogger(__name__)
 # x86 CPU targets whose u8 x s8 kernels saturate without VNNI (vpmaddubsw pairs overflow int16): the runtime's name
 _X86_CPU_TARGETS = {"ort-x86": "onnxruntime", "openvino": "OpenVINO"}
+# Calibration inputs GPTQ's layer Hessians are estimated on: each Hessian also caps its patches at
+# gptq.MAX_COLUMNS, so more images add cost, not precision (Lite0: 64 s on 256 images, 2 cores).
+GPTQ_SAMPLES = 256
 _AGREEMENT_INPUTS = 8  # calibration inputs the target runtime runs against the reference (seconds on the HTP emulator)
 
 QUANTIZED_OP_TYPES = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
@@ -87,6 +91,9 @@ def check_calibration(model: onnx.ModelProto, inputs: np.ndarray, source: str) -
     if inputs.ndim != 4 or any(e is not None and e != got for e, got in zip(expected[1:], inputs.shape[1:])):
         shown = ["N" if e is None else e for e in expected]
         raise DataError(f"calibration inputs have shape {list(inputs.shape)} but the model input {info.name!r} is {shown}")
+    if isinstance(expected[0], int) and expected[0] > 0 and len(inputs) % expected[0]:
+        raise DataError(f"{source} fixes its batch to {expected[0]} and the calibration set has {len(inputs)} inputs: "
+                        f"give a multiple of {expected[0]} (--calib-limit), or re-export with a dynamic batch axis")
     bad_count, first = 0, None
     for start in range(0, len(inputs), 64):  # in chunks: a mask of the whole set would be its size again
         bad = ~np.isfinite(inputs[start:start + 64]).reshape(min(64, len(inputs) - start), -1)
@@ -217,6 +224,9 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
     resume_point = _resume_point(float_model, calib, config, checkpoint, resume)
     act, weights = choose_parameters(float_model, plan, calib, config, progress, execution)
     integers, recon_report = None, None
+    if config.effective_weight_rounding == "gptq":
+        integers = gptq_integers(float_model, plan, weights, calib[:GPTQ_SAMPLES], execution.thread_count,
+                                 progress=progress)
     if config.reconstruction.enabled:
         from toolchain.recon.correction import bn_targets
         from toolchain.recon.engine import reconstruct  # torch is imported only when reconstruction runs

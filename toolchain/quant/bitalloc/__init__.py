@@ -8,8 +8,8 @@ Usage:
     config = replace(config, tensor_a_bits=allocate_activations(tensors, config.act_budget).layer_bits)
 
 sensitivity.py: one layer at b bits, the rest in float, the prediction difference on the calibration set;
-compensate.py: the layer rounded as its input Hessian allows (GPTQ-style), for a sensitivity that sees what
-reconstruction will recover;
+quant/gptq.py (one layer down, shared with the quantizer): the layer rounded as its input Hessian allows,
+for a sensitivity that sees what reconstruction will recover;
 activations.py: one activation tensor at b bits, the rest in float, the same measure;
 allocate.py: the multiple-choice knapsack over layers, solved exactly by a Pareto-front dynamic programme.
 """

@@ -101,7 +101,7 @@ def _hessians(float_model: onnx.ModelProto, plan: QuantPlan, calib: np.ndarray, 
     budget = config.bit_budget
     if budget is None or budget.rounding != "compensated":
         return {}
-    from toolchain.quant.bitalloc.compensate import input_hessians
+    from toolchain.quant.gptq import input_hessians
 
     return input_hessians(float_model, plan, calib[:budget.samples], progress=progress)
 
@@ -132,7 +132,7 @@ class _Probe:
         """Mean KL with each tensor of `quantized` (tensor -> (axis, bits)) fake-quantized as the quantizer would."""
         import torch
 
-        from toolchain.quant.bitalloc.compensate import compensated_weight
+        from toolchain.quant.gptq import compensated_weight
         from toolchain.quant.calibrate import weight_params
         from toolchain.quant.qparams import weight_type
         from toolchain.quant.quantize import weight_calibrator

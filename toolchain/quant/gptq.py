@@ -1,20 +1,28 @@
-"""Compensated rounding for the sensitivity: each layer quantized as well as its inputs allow, in closed form.
+"""GPTQ rounding: each layer's weights rounded as well as its inputs allow, in closed form.
 
 Usage:
     hessians = input_hessians(float_model, plan, calib, threads=1)        # weight tensor -> LayerHessian
     fake = compensated_weight(weight, axis, params, hessians[tensor])     # float32, the weight's shape
+    integers = gptq_integers(float_model, plan, weights, calib)           # weight tensor -> integers, for materialize
 
-Reconstruction (AdaRound) later chooses each weight's rounding so that the layer's output, not its weights,
-stays close to the float one; a layer with many inputs per output (ResNet-20's 576 in layer3) recovers much
-of its rounding error that way, the 27-input stem almost none. Rounding to nearest cannot see that, so a
-sensitivity measured with it ranks layers by their raw error. This rounds one input column at a time and
-spreads each column's error over the columns not yet rounded, weighted by the inverse of the layer's input
-Hessian H = E[x x^T] (Optimal Brain Quantization as GPTQ computes it, with the quantizer's own per-channel
-scales): the least-squares output error of a greedy rounding, in milliseconds per layer. OBC
-(Frantar & Alistarh, 2022) feeds such per-layer errors to the same kind of bit-allocation programme.
+Rounding to nearest minimises each weight's error; what matters is the layer's output. This rounds one
+input column at a time and spreads each column's error over the columns not yet rounded, weighted by the
+inverse of the layer's input Hessian H = E[x x^T] (Optimal Brain Quantization as GPTQ computes it,
+Frantar et al., 2023, with the quantizer's own per-channel scales): the least-squares output error of a
+greedy rounding, in milliseconds per layer. Two users:
+
+- the quantizer without reconstruction (`--weight-rounding gptq`, the default there). On EfficientNet-Lite0
+  at W8A8 nearest rounding alone cost 3.6 points of top-1 agreement in the 27-input stem, where a few
+  BN-folded filters of large weights carry a small signal on a large offset (17.7 dB SQNR at 8 bits); see
+  bench/results/imagenet.md;
+- the mixed-precision sensitivity (quant.bitalloc), which must rank layers by the error reconstruction will
+  leave, not by the raw rounding error: a layer with many inputs per output (ResNet-20's 576 in layer3)
+  recovers much of it, the 27-input stem almost none. OBC (Frantar & Alistarh, 2022) feeds such per-layer
+  errors to the same kind of bit-allocation programme.
 
 H is estimated from at most MAX_COLUMNS input patches per layer (positions sampled uniformly at random with
-a fixed seed), accumulated batch by batch, so large inputs never sit in memory whole.
+a fixed seed), accumulated batch by batch, so large inputs never sit in memory whole. The inputs are the
+float model's (not the partly quantized model's): at 8 bits the difference is far below the rounding error.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 from tqdm import tqdm
 
 from toolchain.quant.annotate import QuantPlan
@@ -102,6 +110,21 @@ def input_hessians(float_model: onnx.ModelProto, plan: QuantPlan, calib: np.ndar
             sums[tensor] = sums[tensor] + product if tensor in sums else product
             counts[tensor] += columns.shape[2]
     return {tensor: LayerHessian((sums[tensor] / counts[tensor]).numpy()) for tensor in patches}
+
+
+def gptq_integers(float_model: onnx.ModelProto, plan: QuantPlan, weights: dict[str, QParams], calib: np.ndarray,
+                  threads: int = 1, seed: int = 0, progress: bool = False) -> dict[str, np.ndarray]:
+    """The integers of every weight whose input patches `input_hessians` understands, GPTQ-rounded onto its
+    parameters' grid (the compact dtype `materialize` stores); the other weights are absent (nearest)."""
+    hessians = input_hessians(float_model, plan, calib, threads=threads, seed=seed, progress=progress)
+    needed = {init.name: init for init in float_model.graph.initializer if init.name in hessians}
+    integers = {}
+    for tensor in tqdm(sorted(hessians), desc="gptq rounding", unit="layer", file=sys.stderr, disable=not progress,
+                       leave=False):
+        spec, params = plan.weights[tensor], weights[tensor]
+        rounded = compensated_weight(numpy_helper.to_array(needed[tensor]), spec.axis, params, hessians[tensor])
+        integers[tensor] = params.quantize_compact(rounded)
+    return integers
 
 
 def compensated_weight(weight: np.ndarray, axis: int, params: QParams, hessian: LayerHessian) -> np.ndarray:
