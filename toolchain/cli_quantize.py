@@ -45,9 +45,9 @@ from toolchain.recon.config import PRESETS
               help="8-bit weights in 7 bits, for x86 CPUs without VNNI whose u8s8 kernels saturate (as onnxruntime's "
                    "reduce_range).")
 @click.option("--weight-rounding", type=click.Choice(["gptq", "nearest"]),
-              help="How weights are rounded when nothing is reconstructed [default: gptq: rounding errors compensated "
-                   "through each layer's inputs, GPTQ; EfficientNet-Lite0 W8A8 agreement with FP32 97.8 %% against "
-                   "94.2 %% to nearest]. --reconstruct learns the rounding instead.")
+              help="How weights are rounded [default: gptq: rounding errors compensated through each layer's inputs; "
+                   "EfficientNet-Lite0 W4A8 on 64 DGH images 66.6 %% top-1 against 13.0 %% to nearest]. With "
+                   "--reconstruct, AdaRound learns the rounding: gptq then makes it start from GPTQ's integers.")
 @click.option("--calib-limit", type=click.IntRange(min=1),
               help="Images drawn from an image dataset [default: 512], or the first N inputs of a calibration .npz [default: all].")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the calibration sample and of reconstruction.")
@@ -196,8 +196,8 @@ def _print_quantized(outcome: Any, config: Any, as_json: bool) -> None:
     if mixed_act:
         mixed_text += f" (activation bits per tensor in the report; measured in {mixed_act['sensitivity_seconds']:.0f} s)"
     say(
-        f"wrote {outcome.path}: {weights}{activations} ({config.effective_calibrator}"
-        f"{', ' + recon.method + ' ' + recon.preset_name if recon.enabled else ', ' + config.weight_rounding + ' rounding'}), {summary['quantized_layers']} layers quantized{mixed_text}, "
+        f"wrote {outcome.path}: {weights}{activations} ({outcome.report['calibration']['activation_calibrator']}"
+        f"{', ' + recon.method + ' ' + recon.preset_name if recon.enabled else ', ' + config.effective_weight_rounding + ' rounding'}), {summary['quantized_layers']} layers quantized{mixed_text}, "
         f"{sqnr_text} on {outcome.report['calibration']['sqnr_samples']} calibration inputs; "
         f"{'' if config.target == 'ort-x86' else 'onnxruntime x86 '}integer coverage {summary['fusion_coverage']:.2f} of ops{macs} "
         f"(float ops left: {float_ops_text(fusion)}){_target_text(outcome.report.get('target'))}; report {outcome.report_path}"

@@ -80,6 +80,12 @@ class Preprocessing:
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
         return np.ascontiguousarray(x.transpose(0, 3, 1, 2))
 
+    def input_range(self) -> tuple[float, float]:
+        """The smallest and largest value any image can give the model: raw pixels span [0, pixel_scale]
+        (uint8 images: 255), so each channel spans [-mean/std, (1 - mean)/std]."""
+        mean, std = np.asarray(self.mean, np.float64), np.asarray(self.std, np.float64)
+        return float((-mean / std).min()), float(((1.0 - mean) / std).max())
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

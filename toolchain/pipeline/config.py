@@ -90,7 +90,8 @@ class QuantizeSpec:
     sensitivity_rounding: "nearest" or "compensated" [default: BitBudget's] for the sensitivity measurement.
     a_bits_budget: mixed precision of activations, each tensor's bits chosen from a_bits_choices [default: 4, 8]
     so that their mean over all activation values is at most this (ActivationBudget).
-    weight_rounding: "gptq" or "nearest" [default: QuantConfig's, gptq] when nothing is reconstructed.
+    weight_rounding: "gptq" or "nearest" [default: QuantConfig's: gptq; with reconstruction AdaRound's own start,
+    or GPTQ's integers with "gptq"].
     gates: this model's own gates, in place of the run's where given."""
 
     name: str | None = None
@@ -194,9 +195,6 @@ class QuantizeSpec:
     def _rounding(self) -> dict[str, str]:
         if self.weight_rounding is None:
             return {}
-        if self.reconstruct != "none":
-            raise ConfigError(f"--weight-rounding {self.weight_rounding}: --reconstruct {self.reconstruct} learns the "
-                              "weights' rounding itself (AdaRound); drop --weight-rounding")
         return {"weight_rounding": self.weight_rounding}
 
 

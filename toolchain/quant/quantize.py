@@ -31,6 +31,7 @@ from toolchain.quant.annotate import QuantPlan, annotate
 from toolchain.execution import Execution
 from toolchain.quant.bitalloc.apply import allocate_activation_bits, allocate_weight_bits
 from toolchain.quant.calibrate import (
+    Observation,
     activation_params,
     constant_observation,
     observe_activations,
@@ -46,6 +47,7 @@ from toolchain.quant.opset import upgrade_opset
 from toolchain.quant.report import build_report
 from toolchain.quant.static_batch import check_batch, fix_batch
 from toolchain.quant.target_check import layout_problems, verify_on_runtime
+from toolchain.preprocessing import read_preprocessing
 from toolchain.quant.qparams import (
     QParams,
     storage_type,
@@ -58,6 +60,7 @@ _X86_CPU_TARGETS = {"ort-x86": "onnxruntime", "openvino": "OpenVINO"}
 # Calibration inputs GPTQ's layer Hessians are estimated on: each Hessian also caps its patches at
 # gptq.MAX_COLUMNS, so more images add cost, not precision (Lite0: 64 s on 256 images, 2 cores).
 GPTQ_SAMPLES = 256
+SYNTHETIC_METHODS = ("dgh", "fdda", "bns", "gaussian")  # calibration manifests' methods that are not real images
 _AGREEMENT_INPUTS = 8  # calibration inputs the target runtime runs against the reference (seconds on the HTP emulator)
 
 QUANTIZED_OP_TYPES = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear", "QLinearConv", "QLinearMatMul",
@@ -135,6 +138,11 @@ def prepare_float_model(model: onnx.ModelProto, config: QuantConfig, before_fold
     return upgrade_opset(float_model, needed), folded
 
 
+def is_synthetic(calib_info: dict | None) -> bool:
+    """Whether the calibration manifest says the inputs were synthesised (toolchain generate, not real images)."""
+    return (calib_info or {}).get("method") in SYNTHETIC_METHODS
+
+
 def weight_calibrator(calibrator: str, bits: int) -> str:
     """The clipping search for weights: MSE below 8 bits only.
 
@@ -147,8 +155,14 @@ def weight_calibrator(calibrator: str, bits: int) -> str:
 
 
 def choose_parameters(float_model: onnx.ModelProto, plan: QuantPlan, calib: np.ndarray, config: QuantConfig,
-                      progress: bool, execution: Execution | None = None) -> tuple[dict[str, QParams], dict[str, QParams]]:
-    """Calibrate activations (per root tensor) and weights (per channel)."""
+                      progress: bool, execution: Execution | None = None,
+                      input_range: tuple[float, float] | None = None,
+                      synthetic: bool = False) -> tuple[dict[str, QParams], dict[str, QParams]]:
+    """Calibrate activations (per root tensor) and weights (per channel).
+
+    `input_range`: the range every image spans after preprocessing (Preprocessing.input_range); the network
+    input is then quantized over it (widened to what the calibration inputs reach, if they go beyond).
+    `synthetic`: the calibration inputs were synthesised (QuantConfig.activation_calibrator)."""
     execution = execution or Execution()
     calibrator = config.effective_calibrator
     roots = [t for t, spec in plan.activations.items() if spec.shared_with is None]
@@ -159,10 +173,18 @@ def choose_parameters(float_model: onnx.ModelProto, plan: QuantPlan, calib: np.n
     needed = set(roots) | set(plan.weights) | {bias.tensor for bias in plan.biases.values()}
     initializers = {init.name: numpy_helper.to_array(init) for init in float_model.graph.initializer if init.name in needed}
     observed.update({t: constant_observation(initializers[t]) for t in roots if plan.activations[t].constant})
-    searching = tqdm(roots, desc=f"{calibrator} ranges", unit="tensor", file=sys.stderr, disable=not progress)
+    image = image_input(float_model).name
+    calibrators = {t: config.activation_calibrator(plan.activations[t].bits, synthetic) for t in roots}
+    if input_range is not None and image in observed:
+        # the images' own range, widened to what the inputs reach: clipping bright or dark pixels that a
+        # (synthetic) sample never reached would distort real images in the very first layer
+        seen = observed[image]
+        observed[image] = Observation(min(input_range[0], seen.minimum), max(input_range[1], seen.maximum), seen.sample)
+        calibrators[image] = "minmax"
+    searching = tqdm(roots, desc=f"{config.calibrator_label(synthetic)} ranges", unit="tensor", file=sys.stderr, disable=not progress)
     profile = config.profile
-    act = {t: activation_params(observed[t], plan.activations[t], calibrator, profile.activation_type(plan.activations[t].bits),
-                                config.percentile, symmetric=profile.symmetric_activations) for t in searching}
+    act = {t: activation_params(observed[t], plan.activations[t], calibrators[t], profile.activation_type(plan.activations[t].bits), config.percentile,
+                                symmetric=profile.symmetric_activations) for t in searching}
     weights = {}
     for name, spec in plan.weights.items():
         qtype = weight_type(spec.bits, config.reduce_range)
@@ -198,6 +220,7 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
         raise DataError(f"the calibration set has {len(calib)} images, fewer than the reconstruction batch size "
                         f"{config.reconstruction.batch_size}: give more images or a smaller --recon-batch-size")
     cleaned: list[onnx.ModelProto] | None = [] if config.reconstruction.enabled else None  # BN statistics for DC
+    pre = read_preprocessing(model)  # before a consumed model becomes the folded one
     float_model, folded = prepare_float_model(model, config, cleaned, in_place=consume)
     plan = annotate(float_model, config)
     mixed = None
@@ -222,9 +245,11 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
     if advice:
         warnings.append(advice)
     resume_point = _resume_point(float_model, calib, config, checkpoint, resume)
-    act, weights = choose_parameters(float_model, plan, calib, config, progress, execution)
+    act, weights = choose_parameters(float_model, plan, calib, config, progress, execution,
+                                     input_range=pre.input_range() if pre is not None else None,
+                                     synthetic=is_synthetic(calib_info))
     integers, recon_report = None, None
-    if config.effective_weight_rounding == "gptq":
+    if config.gptq_integers_needed:
         integers = gptq_integers(float_model, plan, weights, calib[:GPTQ_SAMPLES], execution.thread_count,
                                  progress=progress)
     if config.reconstruction.enabled:
@@ -233,7 +258,7 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
 
         result = reconstruct(float_model, plan, act, weights, calib, config.reconstruction, bn_targets(cleaned[0]),
                              progress=progress, resume_point=resume_point, execution=execution,
-                             distributed=distributed)
+                             distributed=distributed, start_integers=integers)
         if distributed is not None and distributed.rank != 0:
             return None  # every rank holds the same parameters: rank 0 materialises and reports
         act, weights, integers = result.activations, result.weights, result.weight_integers
@@ -250,6 +275,8 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
         raise RuntimeError(f"the quantized graph fails onnx.checker: {err}") from err
     report = build_report(float_model, qdq, plan, act, weights, calib, config, source, calib_info or {}, folded,
                           execution, progress)
+    report["calibration"]["activation_calibrator"] = config.calibrator_label(is_synthetic(calib_info))
+    report["calibration"]["weight_rounding"] = config.effective_weight_rounding
     fusion = report["fusion"]
     if config.require_full_integer and not fusion["fully_integer"]:
         listed = ", ".join(f"{op['op_type']} {op['name']!r}" for op in fusion["float_ops"][:5]) or \

@@ -8,6 +8,10 @@ Usage:
 
 h(alpha) = clip(sigmoid(alpha) * 1.2 - 0.1, 0, 1), alpha initialised so that h equals the fractional
 part of w/s: before any step, soft_integers() is w/s clamped to the grid (methods.md section 0).
+
+With `start` (integers, e.g. GPTQ's), the rounding starts there instead: of the two neighbours it may
+choose between, one is `start` and the other lies one step towards w/s, and h starts (within 1e-4) at
+`start`, so before any step soft_integers() is `start` and hard_integers() returns it.
 """
 
 from __future__ import annotations
@@ -20,13 +24,20 @@ ZETA, GAMMA = 1.1, -0.1  # the rectified sigmoid's stretch
 
 
 class AdaRound(nn.Module):
-    def __init__(self, weight: np.ndarray, scale: np.ndarray, axis: int, qmin: int, qmax: int) -> None:
+    def __init__(self, weight: np.ndarray, scale: np.ndarray, axis: int, qmin: int, qmax: int,
+                 start: np.ndarray | None = None) -> None:
         super().__init__()
         shape = [1] * weight.ndim
         shape[axis] = -1
         scaled = torch.from_numpy(np.array(weight, np.float32)) / torch.from_numpy(np.array(scale, np.float32)).reshape(shape)
-        floor = torch.floor(scaled)
-        fraction = (scaled - floor).clamp(1e-4, 1 - 1e-4)
+        if start is None:
+            floor = torch.floor(scaled)
+            fraction = (scaled - floor).clamp(1e-4, 1 - 1e-4)
+        else:
+            integers = torch.from_numpy(np.asarray(start, np.float32).reshape(scaled.shape))
+            above = integers >= scaled  # the start is the upper neighbour; the lower one is a step towards w/s
+            floor = torch.where(above, integers - 1, integers)
+            fraction = torch.where(above, torch.tensor(1 - 1e-4), torch.tensor(1e-4))
         self.register_buffer("floor", floor)
         self.qmin, self.qmax = qmin, qmax
         self.alpha = nn.Parameter(-torch.log((ZETA - GAMMA) / (fraction - GAMMA) - 1))

@@ -88,8 +88,10 @@ def _pd_loss(z_q: torch.Tensor, z_fp: torch.Tensor, temperature: float) -> torch
 class _Trainer:
     def __init__(self, float_model: onnx.ModelProto, plan: QuantPlan, act: dict[str, QParams],
                  weights: dict[str, QParams], calib: np.ndarray, recon: ReconConfig, bn: dict[str, BnTarget],
-                 progress: bool, shard: Shard, cache: SampleCache, device: torch.device) -> None:
+                 progress: bool, shard: Shard, cache: SampleCache, device: torch.device,
+                 start_integers: dict[str, np.ndarray] | None = None) -> None:
         self.float_model, self.plan, self.recon, self.bn = float_model, plan, recon, bn
+        self.start_integers = start_integers or {}
         self.shard, self.cache, self.device = shard, cache, device
         self.progress = progress and shard.rank == 0
         self.act, self.weights = dict(act), dict(weights)
@@ -183,7 +185,7 @@ class _Trainer:
             _, rows = shard.local(torch.arange(min(EVAL_SAMPLES, shard.total)))
             with torch.no_grad():
                 for w, rounding in roundings.items():
-                    ints = rounding.hard_integers() if hard else self.weights[w].quantize(self.float_weights[w])
+                    ints = rounding.hard_integers() if hard else self._starting_integers(w)
                     module.set_initializer(f"{w}_quantized", torch.from_numpy(ints.astype(np.float32)).to(self.device))
                 sums = torch.zeros(3, dtype=torch.float64)
                 if len(rows):
@@ -334,7 +336,12 @@ class _Trainer:
     def _adaround(self, weight: str) -> AdaRound:
         params = self.weights[weight]
         return AdaRound(self.float_weights[weight], params.scale, params.axis or 0, params.low,
-                        params.qtype.qmax).to(self.device)
+                        params.qtype.qmax, start=self.start_integers.get(weight)).to(self.device)
+
+    def _starting_integers(self, weight: str) -> np.ndarray:
+        """What the weight's integers are before its unit learns: the given start (GPTQ), else nearest rounding."""
+        given = self.start_integers.get(weight)
+        return given if given is not None else self.weights[weight].quantize(self.float_weights[weight])
 
     def _scale_parameters(self, module: OnnxModule) -> dict[str, torch.nn.Parameter]:
         """Activation roots whose scale initializer the unit's QuantizeLinear nodes read, as trainable parameters."""
@@ -367,8 +374,12 @@ class _Trainer:
 def reconstruct(float_model: onnx.ModelProto, plan: QuantPlan, act: dict[str, QParams], weights: dict[str, QParams],
                 calib: np.ndarray, recon: ReconConfig, bn: dict[str, BnTarget] | None = None,
                 progress: bool = True, resume_point: ResumePoint | None = None,
-                execution: Execution | None = None, distributed=None) -> ReconResult:
+                execution: Execution | None = None, distributed=None,
+                start_integers: dict[str, np.ndarray] | None = None) -> ReconResult:
     """Learn weight rounding (and, for pdquant, activation step sizes) unit by unit; see the module docstring.
+
+    `start_integers` (by weight tensor, e.g. quant.gptq's): AdaRound starts from these instead of the float
+    weights (recon.adaround); weights not in it start as usual.
 
     `distributed` (a datagen.distributed.Distributed, e.g. from distributed_session()): this process
     reconstructs with its shard of `calib` (every rank passes the whole set); every rank returns the same
@@ -384,7 +395,7 @@ def reconstruct(float_model: onnx.ModelProto, plan: QuantPlan, act: dict[str, QP
     shard = Shard.of(len(calib), distributed, align=recon.dc_batch_size)
     with SampleCache(execution.cache_budget, execution.spill_dir) as cache:
         trainer = _Trainer(float_model, plan, act, weights, calib, recon, bn or {}, progress, shard, cache,
-                           execution.torch_device())
+                           execution.torch_device(), start_integers)
         result = _reconstruct_units(trainer, recon, resume_point, progress and shard.rank == 0)
         result.cache = {"budget_bytes": cache.budget, "peak_ram_bytes": cache.peak_in_ram,
                         "spilled_bytes": cache.spilled_bytes, "device": str(trainer.device),

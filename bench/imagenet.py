@@ -1,0 +1,193 @@
+"""Pretrained ImageNet models (EfficientNet-Lite0, MobileNetV2) quantized zero-shot and with real data, on the
+500 real ImageNet photographs of $TOOLCHAIN_SHARED/datasets, beside onnxruntime's `quantize_static`.
+
+Usage:
+    python bench/imagenet.py                                   # the default rows (README table), resumable
+    python bench/imagenet.py --models efficientnet_lite0 --rows "ours:W8A8:dgh64,ours:W8A8:dgh64:nearest"
+    python bench/imagenet.py --rows "ort:W8A8:real256:minmax" --work /tmp/imagenet
+    python bench/imagenet.py --render-only                     # rewrite the .md from the .json
+
+A row is TOOL:CONFIG:CALIB[:OPTION...]:
+    fp32                               the exported model itself
+    ours:W8A8:dgh64                    `toolchain quantize` with the defaults on 64 DGH images (preset cpu)
+    ours:W4A8:dgh64:pdquant-cpu        ... with --reconstruct pdquant --preset cpu; `nearest` = --weight-rounding nearest
+    ours:W8A8:dgh64:openvino           the W8A8 file of that row evaluated in OpenVINO (runtime rows reuse the file)
+    ort:W8A8:real256:minmax            onnxruntime quantize_static (QDQ, per-channel, MinMax or Percentile) on the
+                                       BN-folded float model our quantizer starts from (bench/quantizer_vs_ort.py)
+CALIB: dgh64 / bns64 / gaussian64 (zero-shot, `toolchain generate --preset cpu`, seed 0) or realN: N images drawn
+with seed 0 from the 500 photographs, which are also the evaluation images (a real-data baseline, not a zero-shot one).
+
+Every stage runs as its own process (bench/measure.py): wall seconds and peak resident memory per stage.
+Accuracy is `toolchain evaluate --reference FP32 --json` on all 500 images: top-1 with n, and the top-1
+agreement with the FP32 model beside it. Results accumulate in bench/results/imagenet.json (a row already
+there is skipped: rerun after a stop and it continues) and render to bench/results/imagenet.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+from measure import run_stage
+from toolchain.paths import shared_dir
+
+RESULTS = Path(__file__).resolve().parent / "results"
+MODELS = ("efficientnet_lite0", "mobilenetv2_imagenet")
+DEFAULT_ROWS = ("fp32", "ort:W8A8:real256:minmax", "ort:W8A8:real256:percentile", "ours:W8A8:real256:nearest",
+                "ours:W8A8:real256", "ours:W8A8:dgh64:nearest", "ours:W8A8:dgh64", "ours:W4A8:dgh64",
+                "ours:W8A8:dgh64:openvino")
+GENERATED = ("dgh", "bns", "gaussian")
+
+
+def data_path() -> Path:
+    return shared_dir() / "datasets" / "imagenet-sample-500.tar"
+
+
+def calibration(model: str, fp32: Path, source: str, work: Path, env: dict, stages: list) -> Path:
+    """The calibration .npz of `source` (dgh64, real256, ...), made once per model and reused by every row."""
+    path = work / f"{model}_{source}.npz"
+    if path.exists():
+        return path
+    method = source.rstrip("0123456789")
+    n = int(source[len(method):])
+    if method in GENERATED:
+        stages.append(run_stage(f"generate {source}", ["generate", str(fp32), "--method", method, "-n", str(n),
+                                                        "--preset", "cpu", "--seed", "0", "-o", str(path), "--resume"], env))
+    elif method == "real":
+        _sample_real(fp32, n, path)
+    else:
+        raise SystemExit(f"unknown calibration source {source!r}: dgh64, bns64, gaussian64 or realN")
+    return path
+
+
+def _sample_real(fp32: Path, n: int, path: Path) -> None:
+    import onnx
+
+    from toolchain.calibdata import sample_calibration, save_calibration
+    from toolchain.preprocessing import read_preprocessing
+
+    pre = read_preprocessing(onnx.load(str(fp32), load_external_data=False))
+    save_calibration(path, sample_calibration(data_path(), pre, n, seed=0))
+
+
+def quantize_args(config: str, options: list[str]) -> list[str]:
+    w_bits, a_bits = config[1:].split("A")
+    args = ["--w-bits", w_bits, "--a-bits", a_bits]
+    for option in options:
+        if option == "nearest":
+            args += ["--weight-rounding", "nearest"]
+        elif option.startswith(("pdquant-", "brecq-")):
+            method, preset = option.split("-")
+            args += ["--reconstruct", method, "--preset", preset]
+        elif option not in ("openvino", "qnn"):
+            raise SystemExit(f"unknown row option {option!r}")
+    return args
+
+
+def run_row(model: str, row: str, fp32: Path, work: Path, env: dict) -> dict:
+    """Make (or reuse) the row's model, evaluate it; the stages' seconds and peak memory."""
+    stages: list[dict] = []
+    parts = row.split(":")
+    if parts[0] == "fp32":
+        path = fp32
+    else:
+        tool, config, source, *options = parts
+        calib = calibration(model, fp32, source, work, env, stages)
+        made = [o for o in options if o not in ("openvino", "qnn")]
+        path = work / f"{model}_{tool}_{config}_{source}{''.join('_' + o for o in made)}.onnx"
+        if not path.exists():
+            if tool == "ours":
+                stages.append(run_stage(f"quantize {row}", ["quantize", str(fp32), "--calib", str(calib), "-o", str(path),
+                                                            *quantize_args(config, options), "--quiet"], env))
+            elif tool == "ort":
+                stages.append(run_stage(f"ort {row}", [str(fp32), str(calib), str(path), config, options[0]], env,
+                                        prefix=[sys.executable, __file__, "--ort-quantize"]))
+            else:
+                raise SystemExit(f"unknown tool {tool!r} in row {row!r}: fp32, ours or ort")
+    runtime = next((o for o in parts[3:] if o in ("openvino", "qnn")), "ort")
+    evaluation = run_stage(f"evaluate {row}", ["evaluate", str(path), "--data", str(data_path()), "--reference", str(fp32),
+                                               "--runtime", runtime, "--json", "--quiet"], env)
+    result = json.loads(evaluation["stdout"].splitlines()[-1])
+    stages.append({k: v for k, v in evaluation.items() if k != "stdout"})
+    for stage in stages:
+        stage.pop("stdout", None)
+    return {"model": model, "row": row, "n": result["n"], "top1": result["top1"],
+            "agreement": result.get("agreement"), "runtime": runtime, "stages": stages}
+
+
+def ort_quantize(fp32: str, calib: str, out: str, config: str, calibrator: str) -> None:
+    """`--ort-quantize`: onnxruntime's quantize_static on the BN-folded model, in this process (a stage)."""
+    from quantizer_vs_ort import prepare_for_ort, quantize_ort
+
+    from toolchain.calibdata import load_calibration
+
+    folded = Path(out).with_suffix(".folded.onnx")
+    prepare_for_ort(Path(fp32), folded, "toolchain")
+    w_bits, a_bits = (int(b) for b in config[1:].split("A"))
+    quantize_ort(folded, Path(out), load_calibration(Path(calib)).inputs, w_bits, a_bits, 8, calibrator)
+    folded.unlink()
+
+
+def load(path: Path) -> list[dict]:
+    return json.loads(path.read_text())["rows"] if path.exists() else []
+
+
+def save(path: Path, rows: list[dict]) -> None:
+    machine = {"cpu_count": os.cpu_count(), "platform": platform.platform()}
+    path.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1) + "\n")
+
+
+def render(path: Path) -> None:
+    rows = load(path)
+    fp32 = {r["model"]: r["top1"] for r in rows if r["row"] == "fp32"}
+    lines = ["# Pretrained ImageNet models: zero-shot and real-data quantization (bench/imagenet.py)", "",
+             f"Top-1 on the {rows[0]['n'] if rows else 500} real ImageNet photographs of shared/datasets (one per even class), "
+             "agreement = top-1 agreement with the FP32 model on the same images. realN rows calibrate on N of these "
+             "same photographs (not zero-shot); dgh/bns/gaussian rows never see a real image. Seconds and peak memory "
+             "are per stage, each its own process, on the machine in imagenet.json.", "",
+             "| model | row | runtime | top-1 % | vs FP32 | agreement % | stages (s, peak GB) |",
+             "|---|---|---|---:|---:|---:|---|"]
+    for r in rows:
+        drop = r["top1"] - fp32[r["model"]] if r["model"] in fp32 and r["row"] != "fp32" else None
+        stages = "; ".join(f"{s['stage'].split(' ')[0]} {s['seconds']:.0f} s {s['peak_rss_gb']:.1f} GB" for s in r["stages"])
+        lines.append(f"| {r['model']} | `{r['row']}` | {r['runtime']} | {100 * r['top1']:.1f} | "
+                     f"{'' if drop is None else f'{100 * drop:+.1f}'} | "
+                     f"{'' if r['agreement'] is None else f'{100 * r['agreement']:.1f}'} | {stages} |")
+    path.with_suffix(".md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    if len(sys.argv) > 1 and sys.argv[1] == "--ort-quantize":
+        ort_quantize(*sys.argv[2:7])
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--rows", default=",".join(DEFAULT_ROWS))
+    parser.add_argument("--work", type=Path, default=Path("/tmp/imagenet_bench"))
+    parser.add_argument("--results", type=Path, default=RESULTS / "imagenet.json")
+    parser.add_argument("--render-only", action="store_true")
+    parser.add_argument("--redo", action="store_true", help="measure rows again that the results already hold")
+    args = parser.parse_args()
+    if not args.render_only:
+        args.work.mkdir(parents=True, exist_ok=True)
+        env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+        rows = load(args.results)
+        for model in args.models.split(","):
+            fp32 = args.work / f"{model}.onnx"
+            if not fp32.exists():
+                run_stage(f"export {model}", ["export", model, "-o", str(fp32)], env)
+            for row in args.rows.split(","):
+                done = [r for r in rows if r["model"] == model and r["row"] == row]
+                if done and not args.redo:
+                    continue
+                rows = [r for r in rows if r not in done] + [run_row(model, row, fp32, args.work, env)]
+                save(args.results, rows)
+    render(args.results)
+
+
+if __name__ == "__main__":
+    main()
