@@ -154,9 +154,10 @@ def render(path: Path) -> None:
     for r in rows:
         drop = r["top1"] - fp32[r["model"]] if r["model"] in fp32 and r["row"] != "fp32" else None
         stages = "; ".join(f"{s['stage'].split(' ')[0]} {s['seconds']:.0f} s {s['peak_rss_gb']:.1f} GB" for s in r["stages"])
-        lines.append(f"| {r['model']} | `{r['row']}` | {r['runtime']} | {100 * r['top1']:.1f} | "
-                     f"{'' if drop is None else f'{100 * drop:+.1f}'} | "
-                     f"{'' if r['agreement'] is None else f'{100 * r['agreement']:.1f}'} | {stages} |")
+        drop_text = "" if drop is None else f"{100 * drop:+.1f}"
+        agreement = "" if r["agreement"] is None else f"{100 * r['agreement']:.1f}"
+        lines.append(f"| {r['model']} | `{r['row']}` | {r['runtime']} | {100 * r['top1']:.1f} | {drop_text} | "
+                     f"{agreement} | {stages} |")
     path.with_suffix(".md").write_text("\n".join(lines) + "\n")
 
 

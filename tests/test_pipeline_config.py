@@ -10,6 +10,7 @@ import pytest
 from toolchain.cli_quantize import quantize_command
 from toolchain.errors import ConfigError
 from toolchain.pipeline import QuantizeSpec, RunConfig
+from toolchain.pipeline.config import GenerateSpec
 from toolchain.pipeline.config_io import (apply_overrides, config_from_mapping, config_hash, config_to_mapping,
                                           read_config_file, resolved_yaml)
 
@@ -114,3 +115,22 @@ def test_the_readme_config_example_is_a_valid_config():
     config = config_from_mapping(yaml.safe_load(block.group(1)), "README pipeline.yaml")
     assert [s.label for s in config.quantize] == ["w8a8", "w4a4", "qnn-w8a16"]
     assert config.quantize[1].gates.max_drop == 0.015 and config.gates.max_drop == 0.005
+
+
+def test_imagenet_size_models_get_the_cpu_budgets_unless_given(tmp_path):
+    """Rule: budgets left open resolve by the model's input size: an ImageNet-size model (zoo name or .onnx with a
+    224x224 input) gets 64 images and the cpu presets for generation and every entry; a 32x32 model keeps 128
+    images and the default presets; values given in the config are never replaced."""
+    from toolchain import api
+    from toolchain.pipeline.runner import resolve
+
+    large = resolve(RunConfig(model="mobilenetv2"), "x")
+    assert (large.generate.n, large.generate.preset) == (64, "cpu")
+    assert [spec.preset for spec in large.quantize] == ["cpu", "cpu"]
+    small = resolve(RunConfig(model="resnet20_cifar10"), "x")
+    assert (small.generate.n, small.generate.preset) == (128, "default")
+    assert [spec.preset for spec in small.quantize] == ["default", "default"]
+    path = api.export_model("mobilenetv2", tmp_path / "m.onnx").path
+    given = RunConfig(model=str(path), generate=GenerateSpec(n=32), quantize=(QuantizeSpec(preset="fast"),))
+    resolved = resolve(given, "x")
+    assert (resolved.generate.n, resolved.generate.preset, resolved.quantize[0].preset) == (32, "cpu", "fast")

@@ -212,3 +212,19 @@ def test_a_cpu_without_vnni_warns_about_saturation_unless_reduce_range(resnet20_
     assert not any("VNNI" in w for w in quantize(resnet20_random, calib32[:8], QuantConfig(reduce_range=True), progress=False).warnings)
     monkeypatch.setattr(quantize_module, "has_vnni", lambda: True)
     assert not any("VNNI" in w for w in quantize(resnet20_random, calib32[:8], QuantConfig(), progress=False).warnings)
+
+
+def test_network_input_spans_the_preprocessing_range(resnet20_random, calib32):
+    """Rule: the network input is quantized over the range its stored preprocessing gives any image
+    ([-mean/std, (1-mean)/std] over the channels), even when the calibration inputs cover less of it; within one
+    step (the range's end points may round to the grid)."""
+    from toolchain.preprocessing import read_preprocessing
+
+    narrow = np.clip(calib32, -0.5, 0.5)
+    result = quantize(resnet20_random, narrow, QuantConfig(), progress=False)
+    lo, hi = read_preprocessing(resnet20_random).input_range()
+    init = _initializers(result.model)
+    name = result.model.graph.input[0].name
+    scale = float(numpy_helper.to_array(init[f"{name}_scale"]))
+    zero = int(numpy_helper.to_array(init[f"{name}_zero_point"]))
+    assert abs((0 - zero) * scale - lo) <= scale and abs((255 - zero) * scale - hi) <= scale

@@ -157,6 +157,13 @@ def load_zoo_model(name: str, weights: str | Path | None = None) -> LoadedModel:
     return LoadedModel(name=name, module=module.eval(), preprocessing=preprocessing, weights=path)
 
 
+def zoo_input_size(name: str) -> tuple[int, int] | None:
+    """(height, width) a zoo model takes, without building it; None for names outside the zoo."""
+    entry = ZOO.get(name)
+    pre = _entry_preprocessing(entry) if entry is not None else None
+    return pre.input_size if pre is not None else None
+
+
 def _entry_preprocessing(entry: ZooEntry) -> Preprocessing | None:
     # These two read package artifacts, so they are built on demand rather than at import time.
     if entry.name == "digits_resnet":

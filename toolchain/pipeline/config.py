@@ -44,13 +44,19 @@ class ExportSpec:
     exporter: str = "torchscript"
 
 
+# Inputs of at least this many pixels make a model "ImageNet-size": its run defaults to the budgets that finish
+# on a few CPU cores (generate 64 images with the cpu preset, reconstruction with the cpu preset; see sized()).
+LARGE_INPUT_PIXELS = 128 * 128
+
+
 @dataclass(frozen=True)
 class GenerateSpec:
-    """`toolchain generate`'s options: how the calibration set is made when no `calibration` is given."""
+    """`toolchain generate`'s options: how the calibration set is made when no `calibration` is given.
+    n and preset [default: 128 images, preset default; 64 images, preset cpu for ImageNet-size inputs]."""
 
     method: str = "dgh"
-    n: int = 128
-    preset: str = "default"
+    n: int | None = None
+    preset: str | None = None
     seed: int = 0
     data: str | None = None
     per_class: int | None = None
@@ -108,7 +114,7 @@ class QuantizeSpec:
     calib_limit: int | None = None
     seed: int = 0
     reconstruct: str = "none"
-    preset: str = "default"
+    preset: str | None = None  # default: "default", "cpu" for ImageNet-size inputs (RunConfig.sized)
     recon_iterations: int | None = None
     recon_batch_size: int | None = None
     pd_weight: float | None = None
@@ -178,7 +184,7 @@ class QuantizeSpec:
         from toolchain.quant.config import QuantConfig
         from toolchain.recon import ReconConfig
 
-        recon = ReconConfig.preset(self.reconstruct, self.preset, iterations=self.recon_iterations,
+        recon = ReconConfig.preset(self.reconstruct, self.preset or "default", iterations=self.recon_iterations,
                                    batch_size=self.recon_batch_size, seed=self.seed, pd_weight=self.pd_weight)
         recon = replace(recon, qdrop=recon.qdrop and not self.no_qdrop,
                         prediction_difference=recon.prediction_difference and not self.no_pd,
@@ -270,7 +276,8 @@ class RunConfig:
             raise ConfigError(f"config version {self.version} is newer than this toolchain reads ({CONFIG_VERSION}); "
                               "upgrade the toolchain")
         _choice("generate.method", self.generate.method, METHODS)
-        _choice("generate.preset", self.generate.preset, PRESETS)
+        if self.generate.preset is not None:
+            _choice("generate.preset", self.generate.preset, PRESETS)
         _choice("export.exporter", self.export.exporter, ("torchscript", "dynamo"))
         _choice("evaluate.runtime", self.evaluate.runtime, ("ort", "reference", "openvino", "qnn"))
         for key in ("n", "per_class", "batch_size", "iterations"):
@@ -300,6 +307,16 @@ class RunConfig:
             raise ConfigError(f"execution: {err}") from None
         if self.evaluation_data() is None and any(self.gates.merged(s.gates).given() for s in self.quantize):
             raise ConfigError("an accuracy gate needs labelled images to measure: set evaluate.data (--eval-data)")
+
+    def sized(self, input_pixels: int | None) -> RunConfig:
+        """This config with the budgets left open filled in for a model whose input has `input_pixels` (H x W;
+        None when unknown): ImageNet-size models get 64 DGH images and the cpu presets (EfficientNet-Lite0 on 2
+        cores: generation 11 min, W8A8 1 min; see the README), smaller ones 128 images and the default presets."""
+        large = input_pixels is not None and input_pixels >= LARGE_INPUT_PIXELS
+        generate = replace(self.generate, n=self.generate.n or (64 if large else 128),
+                           preset=self.generate.preset or ("cpu" if large else "default"))
+        specs = tuple(replace(spec, preset=spec.preset or ("cpu" if large else "default")) for spec in self.quantize)
+        return replace(self, generate=generate, quantize=specs)
 
     def evaluation_data(self) -> str | None:
         """evaluate.data, else the built-in test set of the default model, else None (no evaluation)."""

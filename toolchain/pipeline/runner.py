@@ -18,9 +18,14 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import onnx
+
+from toolchain.errors import ToolchainError
+from toolchain.graph import image_input
 from toolchain.pipeline.config import QuantizeSpec, RunConfig
 from toolchain.pipeline.config_io import config_hash, resolved_yaml
 from toolchain.pipeline.rundir import RUN_MARKER, run_directory, run_log
+from toolchain.zoo import zoo_input_size
 
 CALIBRATION_FILE = "calibration.npz"
 
@@ -49,10 +54,24 @@ def default_run_dir(config_name: str) -> Path:
 
 
 def resolve(config: RunConfig, config_name: str) -> RunConfig:
-    """`config` with what is decided at run time written in: the run directory and each reduce_range."""
+    """`config` with what is decided at run time written in: the run directory, each reduce_range, and the
+    budgets that follow the model's input size."""
     run_dir = config.run_dir or str(default_run_dir(config_name))
+    config = config.sized(_input_pixels(config.model))
     specs = tuple(replace(spec, reduce_range=spec.resolved_reduce_range()) for spec in config.quantize)
     return replace(config, run_dir=run_dir, quantize=specs)
+
+
+def _input_pixels(model: str) -> int | None:
+    """H x W of the model's image input: from the zoo or the .onnx file's input shape (None when unknown)."""
+    if model.endswith(".onnx"):
+        try:
+            shape = image_input(onnx.load(model, load_external_data=False)).shape
+        except (OSError, ValueError, ToolchainError, onnx.onnx_cpp2py_export.checker.ValidationError):
+            return None  # the model stage reports an unreadable file with its own one-line error
+        return shape[2] * shape[3] if isinstance(shape[2], int) and isinstance(shape[3], int) else None
+    size = zoo_input_size(model)
+    return size[0] * size[1] if size is not None else None
 
 
 def run_pipeline(config: RunConfig, config_name: str = "default", progress: bool = True) -> RunResult:
