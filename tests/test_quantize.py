@@ -228,3 +228,33 @@ def test_network_input_spans_the_preprocessing_range(resnet20_random, calib32):
     scale = float(numpy_helper.to_array(init[f"{name}_scale"]))
     zero = int(numpy_helper.to_array(init[f"{name}_zero_point"]))
     assert abs((0 - zero) * scale - lo) <= scale and abs((255 - zero) * scale - hi) <= scale
+
+
+def test_zero_pads_fold_into_the_convs_that_read_them():
+    """Rule: a constant-mode zero Pad on the spatial axes read only by Convs becomes those Convs' pads (same
+    outputs within 1e-5 relative; no Pad left, so onnxruntime runs no float op there); a channel Pad or a
+    non-zero value stays."""
+    from onnx import helper
+
+    from toolchain.quant.fold_pad import FoldZeroPadIntoConvPass
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    def model(pads, value):
+        nodes = [helper.make_node("Pad", ["x", "pads", "v"], ["p"]),
+                 helper.make_node("Conv", ["p", "w"], ["y"], strides=[2, 2], pads=[1, 0, 0, 1])]
+        inits = [w, numpy_helper.from_array(np.array(pads, np.int64), "pads"),
+                 numpy_helper.from_array(np.array(value, np.float32), "v")]
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", F, [1, 3, 9, 9])],
+                                  [helper.make_tensor_value_info("y", F, None)], inits)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    x = rng.standard_normal((1, 3, 9, 9)).astype(np.float32)
+    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+    spatial = model([0, 0, 0, 1, 0, 0, 1, 1], 0.0)
+    before = run(spatial)
+    assert FoldZeroPadIntoConvPass()(spatial).modified
+    assert "Pad" not in _ops(spatial)
+    assert np.abs(run(spatial) - before).max() <= 1e-5 * np.abs(before).max()
+    for pads, value in (([0, 1, 0, 0, 0, 1, 0, 0], 0.0), ([0, 0, 1, 1, 0, 0, 1, 1], 0.5)):
+        kept = model(pads, value)
+        assert not FoldZeroPadIntoConvPass()(kept).modified and "Pad" in _ops(kept)

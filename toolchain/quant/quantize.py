@@ -39,6 +39,7 @@ from toolchain.quant.calibrate import (
 )
 from toolchain.quant.config import QuantConfig
 from toolchain.quant.fold_bn import FoldBatchNormPass, StandaloneBatchNormToConvPass
+from toolchain.quant.fold_pad import FoldZeroPadIntoConvPass
 from toolchain.quant.integer_rewrites import integer_rewrite_passes
 from toolchain.quant.fusion import float_ops_text
 from toolchain.quant.gptq import gptq_integers
@@ -128,6 +129,7 @@ def prepare_float_model(model: onnx.ModelProto, config: QuantConfig, before_fold
     before = sum(n.op_type == "BatchNormalization" for n in float_model.graph.node)
     FoldBatchNormPass()(float_model)
     StandaloneBatchNormToConvPass()(float_model)  # pre-activation BN: a depthwise 1x1 Conv, quantized like any layer
+    FoldZeroPadIntoConvPass()(float_model)  # TF "SAME" padding: no float Pad between Q/DQ pairs
     run_passes(float_model, integer_rewrite_passes(min(config.layer_activation_bits)))
     folded = before - sum(n.op_type == "BatchNormalization" for n in float_model.graph.node)
     profile = config.profile
