@@ -10,7 +10,8 @@ Usage:
 A row is TOOL:CONFIG:CALIB[:OPTION...]:
     fp32                               the exported model itself
     ours:W8A8:dgh64                    `toolchain quantize` with the defaults on 64 DGH images (preset cpu)
-    ours:W4A8:dgh64:pdquant-cpu        ... with --reconstruct pdquant --preset cpu; `nearest` = --weight-rounding nearest
+    ours:W4A8:dgh64:pdquant-cpu        ... with --reconstruct pdquant --preset cpu; `nearest` = --weight-rounding nearest,
+                                       `mse` / `minmax` / `percentile` = --calibrator
     ours:W8A8:dgh64:openvino           the W8A8 file of that row evaluated in OpenVINO (runtime rows reuse the file)
     ort:W8A8:real256:minmax            onnxruntime quantize_static (QDQ, per-channel, MinMax or Percentile) on the
                                        BN-folded float model our quantizer starts from (bench/quantizer_vs_ort.py)
@@ -80,6 +81,8 @@ def quantize_args(config: str, options: list[str]) -> list[str]:
     for option in options:
         if option == "nearest":
             args += ["--weight-rounding", "nearest"]
+        elif option in ("mse", "minmax", "percentile"):
+            args += ["--calibrator", option]
         elif option.startswith(("pdquant-", "brecq-")):
             method, preset = option.split("-")
             args += ["--reconstruct", method, "--preset", preset]
@@ -102,7 +105,7 @@ def run_row(model: str, row: str, fp32: Path, work: Path, env: dict) -> dict:
         if not path.exists():
             if tool == "ours":
                 stages.append(run_stage(f"quantize {row}", ["quantize", str(fp32), "--calib", str(calib), "-o", str(path),
-                                                            *quantize_args(config, options), "--quiet"], env))
+                                                            *quantize_args(config, options), "--quiet", "--overwrite"], env))
             elif tool == "ort":
                 stages.append(run_stage(f"ort {row}", [str(fp32), str(calib), str(path), config, options[0]], env,
                                         prefix=[sys.executable, __file__, "--ort-quantize"]))

@@ -20,7 +20,6 @@ from typing import Any
 
 import onnx
 
-from toolchain.errors import ToolchainError
 from toolchain.graph import image_input
 from toolchain.pipeline.config import QuantizeSpec, RunConfig
 from toolchain.pipeline.config_io import config_hash, resolved_yaml
@@ -67,8 +66,8 @@ def _input_pixels(model: str) -> int | None:
     if model.endswith(".onnx"):
         try:
             shape = image_input(onnx.load(model, load_external_data=False)).shape
-        except (OSError, ValueError, ToolchainError, onnx.onnx_cpp2py_export.checker.ValidationError):
-            return None  # the model stage reports an unreadable file with its own one-line error
+        except Exception:  # protobuf, onnx and OS errors alike: the model stage reports the file with its own line
+            return None
         return shape[2] * shape[3] if isinstance(shape[2], int) and isinstance(shape[3], int) else None
     size = zoo_input_size(model)
     return size[0] * size[1] if size is not None else None
