@@ -134,3 +134,12 @@ class Execution:
             raise ConfigError(f"--device {self.device}: torch sees {torch.cuda.device_count()} GPU(s) "
                               f"(cuda:0 to cuda:{torch.cuda.device_count() - 1})")
         return device
+
+
+def describe_duration(seconds: float) -> str:
+    """`seconds` as a person reads a duration (40 s, 12 min, 2.3 h): run-time estimates before long stages."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

@@ -46,6 +46,7 @@ from toolchain.datagen.losses import (BatchClasses, BNObjective, ClassObjective,
 from toolchain.datagen.schedule import PlateauSchedule
 from toolchain.datagen.teacher import Outputs, Teacher
 from toolchain.errors import ConfigError, DataError
+from toolchain.execution import describe_duration
 from toolchain.preprocessing import Preprocessing
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]
@@ -161,6 +162,7 @@ class Engine:
         lockstep = self.reduce is not None and self.config.joint_statistics
         bar = tqdm(total=total_iterations, initial=self.iteration, disable=not progress, file=sys.stderr,
                    desc=description, unit="it", dynamic_ncols=True)
+        first = self.iteration
         try:
             while self.iteration < total_iterations:
                 start = time.perf_counter()
@@ -179,6 +181,8 @@ class Engine:
                 self.session_steps += self.n
                 self.loss_curve.append(loss / self.own_images)
                 bar.update(1)
+                if progress and self.iteration == first + 2:  # the second: the first carries the start-up
+                    _announce_estimate(bar, description, spent, total_iterations - self.iteration)
                 bar.set_postfix(loss=f"{loss / self.own_images:.4g}", lr=f"{self.schedules[0].lr:.3g}", refresh=False)
                 if checkpoint is not None and (self.iteration % every == 0 or self.iteration == total_iterations):
                     save_checkpoint(checkpoint, {"identity": identity or {}, **self.state_dict()})
@@ -313,3 +317,12 @@ def bn_distance(teacher: Teacher, moments: torch.Tensor) -> torch.Tensor:
     weight = torch.cat([torch.full((c,), 1.0 / (len(channels) * c)) for c in channels])
     std = torch.sqrt((moments[1] - moments[0] ** 2).clamp_min(0) + 1e-6)
     return (weight * ((moments[0] - teacher.targets.mean) ** 2 + (std - teacher.targets.std) ** 2)).sum()
+
+
+def _announce_estimate(bar: tqdm, description: str, seconds: float, iterations_left: int) -> None:
+    """After the second iteration of this run (the first carries the start-up: allocation, first touch, 1.5x
+    the steady time at 224x224): how long the rest should take, when that is worth saying (> 1 min)."""
+    left = seconds * iterations_left
+    if left > 60:
+        bar.write(f"{description}: an iteration takes {describe_duration(seconds)}; the remaining {iterations_left} "
+                  f"should take about {describe_duration(left)}", file=sys.stderr)

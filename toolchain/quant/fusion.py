@@ -109,7 +109,7 @@ def _in_dependency_order(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     return ordered
 
 
-def _macs(model: onnx.ModelProto) -> dict[str, int]:
+def layer_macs(model: onnx.ModelProto) -> dict[str, int]:
     """Multiply-accumulates per Conv/Gemm/MatMul node name, from shape inference on the QDQ model (batch 1)."""
     try:
         inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False).graph
@@ -170,7 +170,7 @@ def fusion_coverage(model: onnx.ModelProto, threads: int = 1) -> dict:
     initializers = {t.name for t in graph.initializer}
     stray_q = counts["QuantizeLinear"] - len([i for i in graph.input if i.name not in initializers])
     stray_dq = counts["DequantizeLinear"] - len(graph.output)
-    macs = _macs(model)
+    macs = layer_macs(model)
     float_macs = sum(macs.get(_layer_of(op["name"], macs) or "", 0) for op in float_ops if op["op_type"] in FLOAT_LAYER_OPS)
     total_macs = sum(macs.values())
     computing = len(integer_ops) + len(float_ops)
