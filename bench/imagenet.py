@@ -16,6 +16,7 @@ A row is TOOL:CONFIG:CALIB[:OPTION...]:
     ours:W8A8:dgh64:openvino           the W8A8 file of that row evaluated in OpenVINO (runtime rows reuse the file)
     ort:W8A8:real256:minmax            onnxruntime quantize_static (QDQ, per-channel, MinMax or Percentile) on the
                                        BN-folded float model our quantizer starts from (bench/quantizer_vs_ort.py)
+    nncf:W8A8:real256                  NNCF's nncf.quantize with its defaults (fast bias correction) on that model
 CALIB: dgh64 / bns64 / gaussian64 (zero-shot, `toolchain generate --preset cpu`, seed 0) or realN: N images drawn
 with seed 0 from the 500 photographs, which are also the evaluation images (a real-data baseline, not a zero-shot one).
 
@@ -39,7 +40,7 @@ from toolchain.paths import shared_dir
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("efficientnet_lite0", "mobilenetv2_imagenet")
-DEFAULT_ROWS = ("fp32", "ort:W8A8:real256:minmax", "ort:W8A8:real256:percentile", "ours:W8A8:real256:nearest",
+DEFAULT_ROWS = ("fp32", "ort:W8A8:real256:minmax", "ort:W8A8:real256:percentile", "nncf:W8A8:real256", "ours:W8A8:real256:nearest",
                 "ours:W8A8:real256", "ours:W8A8:dgh64:nearest", "ours:W8A8:dgh64", "ours:W4A8:dgh64",
                 "ours:W8A8:dgh64:openvino")
 GENERATED = ("dgh", "bns", "gaussian")
@@ -112,8 +113,11 @@ def run_row(model: str, row: str, fp32: Path, work: Path, env: dict) -> dict:
             elif tool == "ort":
                 stages.append(run_stage(f"ort {row}", [str(fp32), str(calib), str(path), config, options[0]], env,
                                         prefix=[sys.executable, __file__, "--ort-quantize"]))
+            elif tool == "nncf":
+                stages.append(run_stage(f"nncf {row}", [str(fp32), str(calib), str(path), config], env,
+                                        prefix=[sys.executable, __file__, "--nncf-quantize"]))
             else:
-                raise SystemExit(f"unknown tool {tool!r} in row {row!r}: fp32, ours or ort")
+                raise SystemExit(f"unknown tool {tool!r} in row {row!r}: fp32, ours, ort or nncf")
     runtime = next((o for o in parts[3:] if o in ("openvino", "qnn")), "ort")
     evaluation = run_stage(f"evaluate {row}", ["evaluate", str(path), "--data", str(data_path()), "--reference", str(fp32),
                                                "--runtime", runtime, "--json", "--quiet"], env)
@@ -135,6 +139,30 @@ def ort_quantize(fp32: str, calib: str, out: str, config: str, calibrator: str) 
     prepare_for_ort(Path(fp32), folded, "toolchain")
     w_bits, a_bits = (int(b) for b in config[1:].split("A"))
     quantize_ort(folded, Path(out), load_calibration(Path(calib)).inputs, w_bits, a_bits, 8, calibrator)
+    folded.unlink()
+
+
+def nncf_quantize(fp32: str, calib: str, out: str, config: str) -> None:
+    """`--nncf-quantize`: NNCF's `nncf.quantize` (its defaults: per-channel symmetric weights, fast bias
+    correction) on the same BN-folded model and images as onnxruntime's rows, in this process (a stage)."""
+    import nncf
+    import onnx
+    from quantizer_vs_ort import prepare_for_ort
+
+    from toolchain.calibdata import load_calibration
+
+    if config != "W8A8":
+        raise SystemExit(f"nncf rows are W8A8 (NNCF's ONNX backend quantizes to 8 bits), not {config}")
+    folded = Path(out).with_suffix(".folded.onnx")
+    prepare_for_ort(Path(fp32), folded, "toolchain")
+    model = onnx.load(str(folded))
+    inputs = load_calibration(Path(calib)).inputs
+    name = model.graph.input[0].name
+    dataset = nncf.Dataset([inputs[i:i + 1] for i in range(len(inputs))], lambda x: {name: x})
+    quantized = nncf.quantize(model, dataset, subset_size=len(inputs))
+    del quantized.metadata_props[:]
+    quantized.metadata_props.extend(onnx.load(fp32, load_external_data=False).metadata_props)  # preprocessing, classes
+    onnx.save(quantized, out)
     folded.unlink()
 
 
@@ -170,6 +198,9 @@ def render(path: Path) -> None:
 def main() -> None:
     if len(sys.argv) > 1 and sys.argv[1] == "--ort-quantize":
         ort_quantize(*sys.argv[2:7])
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "--nncf-quantize":
+        nncf_quantize(*sys.argv[2:6])
         return
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", default=",".join(MODELS))

@@ -230,6 +230,27 @@ def test_network_input_spans_the_preprocessing_range(resnet20_random, calib32):
     assert abs((0 - zero) * scale - lo) <= scale and abs((255 - zero) * scale - hi) <= scale
 
 
+def test_network_output_on_synthetic_data_gets_headroom_on_its_top(resnet20_random, calib32):
+    """Rule: with synthetic calibration data (the manifest's method) and minmax ranges (8 bits), the network
+    output's top end is SYNTHETIC_OUTPUT_HEADROOM times the observed maximum, its bottom unchanged (within one
+    step: the zero point rounds); with real data, or a searched range (mse), the observed range stands."""
+    from toolchain.quant.quantize import SYNTHETIC_OUTPUT_HEADROOM
+
+    output = resnet20_random.graph.output[0].name
+
+    def ends(calib_info, **config):
+        result = quantize(resnet20_random, calib32, QuantConfig(**config), calib_info=calib_info, progress=False)
+        p = result.report["activations"][output]
+        return -p["zero_point"] * p["scale"], (255 - p["zero_point"]) * p["scale"], p["scale"], result.report
+
+    real_lo, real_hi, _, real_report = ends(None, calibrator="minmax")  # the observed range
+    lo, hi, step, report = ends({"method": "dgh"})
+    assert real_hi > 0 and abs(hi - SYNTHETIC_OUTPUT_HEADROOM * real_hi) <= step and abs(lo - real_lo) <= step
+    assert report["calibration"]["output_headroom"] == {"tensors": [output], "factor": SYNTHETIC_OUTPUT_HEADROOM}
+    assert "output_headroom" not in real_report["calibration"]
+    assert ends({"method": "dgh"}, calibrator="mse")[3]["calibration"]["output_headroom"]["tensors"] == []
+
+
 def test_zero_pads_fold_into_the_convs_that_read_them():
     """Rule: a constant-mode zero Pad on the spatial axes read only by Convs becomes those Convs' pads (same
     outputs within 1e-5 relative; no Pad left, so onnxruntime runs no float op there); a channel Pad or a
