@@ -134,3 +134,16 @@ def test_input_shape_that_does_not_fit_the_preprocessing_is_an_error(tmp_path: P
     model = _classifier(tmp_path / "m.onnx", COLOUR_WEIGHT, np.zeros(3), size=8)
     with pytest.raises(PreprocessingError, match=r"input 'x' has shape \['N', 3, 8, 8\] but the preprocessing gives \(N, 3, 4, 4\)"):
         evaluate(model, colour_data, PRE, progress=False)
+
+
+def test_default_batch_holds_32_mib_of_input_and_at_most_256_images() -> None:
+    """Rule: without --batch-size, a batch holds at most BATCH_INPUT_BYTES of float32 input (55 images at
+    3x224x224, where 256 images peaked at 7.5 GB) and at most MAX_BATCH images (all small inputs)."""
+    from toolchain.evaluate import BATCH_INPUT_BYTES, MAX_BATCH, default_batch_size
+
+    imagenet = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), input_size=(224, 224))
+    cifar = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), input_size=(32, 32))
+    assert default_batch_size(imagenet) == BATCH_INPUT_BYTES // (4 * 3 * 224 * 224) == 55
+    assert default_batch_size(cifar) == MAX_BATCH == 256
+    huge = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), input_size=(4096, 4096))
+    assert default_batch_size(huge) == 1

@@ -120,7 +120,7 @@ def evaluate_model(
     data: str | Path,
     reference: str | Path | None = None,
     limit: int | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     threads: int = 2,
     seed: int | None = 0,
     overrides: PreprocessingOverrides = PreprocessingOverrides(),

@@ -157,7 +157,8 @@ def stamp_command(model: str, output: str | None, as_json: bool, **kwargs: Any) 
 @click.option("--reference", type=click.Path(), help="A second model (e.g. the FP32 one): report top-1 agreement with it.")
 @click.option("--limit", type=click.IntRange(min=1), help="Evaluate a random sample of N images (see --seed).")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the --limit sample.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=256, show_default=True)
+@click.option("--batch-size", type=click.IntRange(min=1),
+              help="Images per run [default: 256, fewer for large inputs: 32 MiB of input, 55 images at 224x224].")
 @click.option("--threads", type=click.IntRange(min=1), default=2, show_default=True, help="onnxruntime intra-op threads.")
 @click.option("--providers", help="onnxruntime execution providers in order, e.g. cuda,cpu [default: cpu].")
 @click.option("--runtime", type=click.Choice(["ort", "reference", "openvino", "qnn"]), default="ort", show_default=True,
@@ -167,7 +168,7 @@ def stamp_command(model: str, output: str | None, as_json: bool, **kwargs: Any) 
 @preprocessing_options
 @output_options()
 @handle_errors
-def evaluate_command(model: str, data: str, reference: str | None, limit: int | None, seed: int, batch_size: int,
+def evaluate_command(model: str, data: str, reference: str | None, limit: int | None, seed: int, batch_size: int | None,
                      threads: int, providers: str | None, runtime: str, as_json: bool, **kwargs: Any) -> None:
     """Top-1/top-5 accuracy of MODEL.onnx in onnxruntime (or --runtime) on labelled images.
 

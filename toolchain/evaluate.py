@@ -52,13 +52,25 @@ class EvalResult:
         return asdict(self)
 
 
+MAX_BATCH = 256
+BATCH_INPUT_BYTES = 32 << 20  # float32 input per batch by default: the activations scale with it
+
+
+def default_batch_size(pre: Preprocessing) -> int:
+    """MAX_BATCH images, fewer when the input is large: at most BATCH_INPUT_BYTES of float32 input (55 images
+    at 3x224x224). At 224, batches of 256 peaked at 5.5-7.5 GB evaluating bench/imagenet.py's QDQ models;
+    onnxruntime's throughput is flat beyond a few dozen images, the memory is not."""
+    per_image = 4 * pre.num_channels * pre.input_size[0] * pre.input_size[1]
+    return max(1, min(MAX_BATCH, BATCH_INPUT_BYTES // per_image))
+
+
 def evaluate(
     model_path: PathLike,
     data_path: PathLike,
     pre: Preprocessing,
     reference_path: PathLike | None = None,
     limit: int | None = None,
-    batch_size: int = 256,
+    batch_size: int | None = None,
     threads: int = 2,
     progress: bool = True,
     seed: int | None = 0,
@@ -67,7 +79,9 @@ def evaluate(
 ) -> EvalResult:
     """Evaluate `model_path` on `data_path` (see data.open_images); `limit` images, a random sample drawn
     with `seed` (the first `limit` when seed is None: in sorted order those are only the first classes).
-    `runtime`: ort, openvino or qnn (toolchain.runtimes) runs the model; the reference always runs in ort."""
+    `runtime`: ort, openvino or qnn (toolchain.runtimes) runs the model; the reference always runs in ort.
+    `batch_size`: images per run; None = default_batch_size(pre)."""
+    batch_size = default_batch_size(pre) if batch_size is None else batch_size
     if batch_size < 1 or threads < 1:
         raise ConfigError(f"batch size and threads must be at least 1, got {batch_size} and {threads}")
     start = time.perf_counter()

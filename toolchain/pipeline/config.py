@@ -208,12 +208,13 @@ class QuantizeSpec:
 class EvaluateSpec:
     """`toolchain evaluate`'s options. data: labelled images [default: the model's built-in test set, which
     only the default model has; without data nothing is evaluated and no gate can be set].
+    batch_size: images per run [default: by input size, evaluate.default_batch_size: 256, 55 at 224x224].
     latency_runs: batch-1 runs timed per model (0: no timing)."""
 
     data: str | None = None
     limit: int | None = None
     seed: int = 0
-    batch_size: int = 256
+    batch_size: int | None = None
     runtime: str = "ort"
     latency_runs: int = 200
 
