@@ -145,7 +145,10 @@ def ort_quantize(fp32: str, calib: str, out: str, config: str, calibrator: str) 
 def nncf_quantize(fp32: str, calib: str, out: str, config: str) -> None:
     """`--nncf-quantize`: NNCF's `nncf.quantize` (its defaults: per-channel symmetric weights, fast bias
     correction) on the same BN-folded model and images as onnxruntime's rows, in this process (a stage)."""
-    import nncf
+    try:
+        import nncf
+    except ImportError:
+        raise SystemExit("nncf rows need NNCF: pip install nncf (3.4 measured)") from None
     import onnx
     from quantizer_vs_ort import prepare_for_ort
 
