@@ -17,7 +17,7 @@ from toolchain.quant.annotate import annotate
 from toolchain.quant.config import QuantConfig
 from toolchain.quant.fusion import layer_macs
 from toolchain.quant.quantize import prepare_float_model
-from toolchain.recon.engine import _announce_estimate as announce_reconstruction
+from toolchain.recon.estimate import announce_remaining as announce_reconstruction
 from toolchain.recon.estimate import remaining_seconds, unit_costs
 from toolchain.recon.units import find_units
 

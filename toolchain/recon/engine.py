@@ -41,7 +41,7 @@ from onnx import numpy_helper
 from tqdm import tqdm
 
 from toolchain.errors import ToolchainError
-from toolchain.execution import Execution, describe_duration
+from toolchain.execution import Execution
 from toolchain.executor import OnnxModule
 from toolchain.quant.annotate import QuantPlan
 from toolchain.quant.materialize import materialize
@@ -50,7 +50,7 @@ from toolchain.recon.adaround import AdaRound
 from toolchain.recon.cache import SampleCache, SampleStore
 from toolchain.recon.config import ReconConfig
 from toolchain.recon.correction import BnTarget, correct_inputs
-from toolchain.recon.estimate import remaining_seconds, unit_costs
+from toolchain.recon.estimate import announce_remaining, unit_costs
 from toolchain.recon.resume import Progress, ResumePoint, load_progress, save_progress
 from toolchain.recon.shard import Shard
 from toolchain.recon.subgraph import extract
@@ -427,19 +427,11 @@ def _reconstruct_units(trainer: _Trainer, recon: ReconConfig, resume_point: Resu
         except ReconstructionError as err:
             raise ReconstructionError(_divergence_message(err, units, resume_point)) from err
         if progress and len(units) == first + 1:
-            _announce_estimate(bar, recon.method, costs, first, time.perf_counter() - started)
+            announce_remaining(bar, recon.method, costs, first, time.perf_counter() - started)
         if resume_point is not None and trainer.shard.rank == 0:  # every rank holds the same state
             save_progress(resume_point, trainer.progress_after(units))
         bar.set_postfix(rec=f"{units[-1]['loss_before']['rec']:.3g}->{units[-1]['loss_after']['rec']:.3g}")
     return ReconResult(recon, trainer.act, trainer.weights, trainer.integers, units, partition.notes)
-
-
-def _announce_estimate(bar: tqdm, method: str, costs: list[float], first: int, seconds: float) -> None:
-    """After the first unit of this run: how long the rest should take, when that is worth saying (> 1 min)."""
-    left = remaining_seconds(costs[first:], 1, seconds)
-    if left > 60:
-        bar.write(f"{method}: the first unit took {describe_duration(seconds)}; the remaining {len(costs) - first - 1} should take "
-                  f"about {describe_duration(left)} (estimated from the multiply-adds each unit runs)", file=sys.stderr)
 
 
 def _divergence_message(err: ReconstructionError, units: list[dict], resume_point: ResumePoint | None) -> str:

@@ -3,6 +3,7 @@
 Usage:
     costs = unit_costs(float_model, partition.units, prediction_difference=True)
     seconds_left = remaining_seconds(costs, done=1, seconds_done=95.0)
+    announce_remaining(bar, "pdquant", costs, first=0, seconds=95.0)   # one line on the progress bar's stream
 
 Every iteration of a unit runs the unit forward and backward on the batch (twice the batch with the PD
 term) and, with the PD term, the float rest of the network forward and backward. Its cost is taken as
@@ -14,8 +15,11 @@ cannot follow) every unit counts the same.
 
 from __future__ import annotations
 
+import sys
+
 import onnx
 
+from toolchain.execution import describe_duration
 from toolchain.quant.fusion import layer_macs
 from toolchain.recon.units import Unit
 
@@ -42,3 +46,10 @@ def remaining_seconds(costs: list[float], done: int, seconds_done: float) -> flo
         return 0.0
     return seconds_done * sum(costs[done:]) / spent
 
+
+def announce_remaining(bar, method: str, costs: list[float], first: int, seconds: float) -> None:
+    """After the first unit of this run: how long the rest should take, when that is worth saying (> 1 min)."""
+    left = remaining_seconds(costs[first:], 1, seconds)
+    if left > 60:
+        bar.write(f"{method}: the first unit took {describe_duration(seconds)}; the remaining {len(costs) - first - 1} should take "
+                  f"about {describe_duration(left)} (estimated from the multiply-adds each unit runs)", file=sys.stderr)
