@@ -12,7 +12,8 @@ A row is TOOL:CONFIG:CALIB[:OPTION...]:
     ours:W8A8:dgh64                    `toolchain quantize` with the defaults on 64 DGH images (preset cpu)
     ours:W4A8:dgh64:pdquant-cpu        ... with --reconstruct pdquant --preset cpu; `nearest` = --weight-rounding nearest,
                                        `mse` / `minmax` / `percentile` = --calibrator; with reconstruction `gptq`
-                                       = AdaRound from GPTQ's integers, `itN` = --recon-iterations N
+                                       = AdaRound from GPTQ's integers, `itN` = --recon-iterations N, `wbB` =
+                                       mixed precision: --weight-bits-budget B with the config's weight bits or 8
     ours:W8A8:dgh64:openvino           the W8A8 file of that row evaluated in OpenVINO (runtime rows reuse the file)
     ort:W8A8:real256:minmax            onnxruntime quantize_static (QDQ, per-channel, MinMax or Percentile) on the
                                        BN-folded float model our quantizer starts from (bench/quantizer_vs_ort.py)
@@ -85,6 +86,8 @@ def quantize_args(config: str, options: list[str]) -> list[str]:
             args += ["--weight-rounding", option]
         elif option.startswith("it") and option[2:].isdigit():
             args += ["--recon-iterations", option[2:]]
+        elif option.startswith("wb") and option[2:].replace(".", "", 1).isdigit():
+            args += ["--weight-bits-budget", option[2:], "--w-bits-choices", f"{w_bits},8"]
         elif option in ("mse", "minmax", "percentile"):
             args += ["--calibrator", option]
         elif option.startswith(("pdquant-", "brecq-")):

@@ -13,8 +13,9 @@ ops that read it ("Conv→HardSwish" is a conv output quantized before its activ
 SE gate). Each group is re-evaluated with 8-bit resolution over the same range (scale / 17, the learned
 clipping kept), which isolates rounding from clipping. Weight groups (stem, 1x1, depthwise, SE, head, ...)
 are re-evaluated with their float weights. Each group is also evaluated alone: the only one left low-bit,
-every other activation at 8 bits (or every other weight in float). Top-1 on the first `--limit` CIFAR-10 test images in
-onnxruntime; results to bench/results/sensitivity_<name>.{json,md}.
+every other activation at 8 bits (or every other weight in float). Top-1 on the first `--limit` images of `--test`
+(CIFAR-10's test set by default; `--test .../imagenet-sample-500.tar` for the ImageNet models) in onnxruntime,
+with `--agreement` also the agreement with the float model; results to bench/results/sensitivity_<name>.{json,md}.
 """
 
 from __future__ import annotations
@@ -188,50 +189,73 @@ def main() -> None:
     parser.add_argument("folded")
     parser.add_argument("--name", required=True)
     parser.add_argument("--limit", type=int, default=2000)
-    parser.add_argument("--test", default=None, help="CIFAR-10 test archive (default: ../shared/datasets)")
+    parser.add_argument("--test", default=None, help="labelled test archive (default: ../shared/datasets' CIFAR-10 "
+                        "test set; ImageNet: imagenet-sample-500.tar)")
+    parser.add_argument("--agreement", action="store_true",
+                        help="also the top-1 agreement with the float model (runs it beside every evaluation)")
     args = parser.parse_args()
     test = Path(args.test) if args.test else shared_dir() / "datasets" / "cifar10-test-jpg.tar.gz"
     model, float_model = onnx.load(args.qdq), onnx.load(args.folded)
 
-    def top1(candidate: onnx.ModelProto) -> float:
+    def measure(candidate: onnx.ModelProto, prefix: str = "") -> dict[str, float]:
+        """top1 (and agreement with the float model, with --agreement) under keys starting with `prefix`."""
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "model.onnx"
             onnx.save(candidate, path)
-            return api.evaluate_model(path, test, limit=args.limit, progress=False).top1
+            result = api.evaluate_model(path, test, limit=args.limit, progress=False,
+                                        reference=args.folded if args.agreement else None)
+        out = {f"{prefix}top1": result.top1}
+        if result.agreement is not None:
+            out[f"{prefix}agreement"] = result.agreement
+        return out
 
-    rows = [{"group": "none (as quantized)", "kind": "-", "count": 0, "top1": top1(model)},
-            {"group": "float model", "kind": "-", "count": 0, "top1": top1(float_model)}]
+    rows = [{"group": "none (as quantized)", "kind": "-", "count": 0, **measure(model)},
+            {"group": "float model", "kind": "-", "count": 0, **measure(float_model)}]
     acts, weights = activation_groups(model), weight_groups(model)
     low_bit = [q for qs in acts.values() for q in qs if _levels(model, q) < 255]
-    rows.append({"group": "every activation", "kind": "activations at 8 bits", "count": len(low_bit),
-                 "top1": top1(with_8bit_activations(model, low_bit))})
+    if low_bit:
+        rows.append({"group": "every activation", "kind": "activations at 8 bits", "count": len(low_bit),
+                     **measure(with_8bit_activations(model, low_bit))})
     rows.append({"group": "every weight", "kind": "weights in float", "count": sum(map(len, weights.values())),
-                 "top1": top1(with_float_weights(model, float_model, [w for ws in weights.values() for w in ws]))})
+                 **measure(with_float_weights(model, float_model, [w for ws in weights.values() for w in ws]))})
     for name, quants in sorted(acts.items()):
         quants = [q for q in quants if _levels(model, q) < 255]
         if quants:
             others = [q for q in low_bit if q not in quants]
             rows.append({"group": name, "kind": "activations at 8 bits", "count": len(quants),
-                         "top1": top1(with_8bit_activations(model, quants)),
-                         "alone_top1": top1(with_8bit_activations(model, others))})
+                         **measure(with_8bit_activations(model, quants)),
+                         **measure(with_8bit_activations(model, others), "alone_")})
             print(json.dumps(rows[-1]), flush=True)
     every_weight = [w for ws in weights.values() for w in ws]
     for name, names in sorted(weights.items()):
         rows.append({"group": name, "kind": "weights in float", "count": len(names),
-                     "top1": top1(with_float_weights(model, float_model, names)),
-                     "alone_top1": top1(with_float_weights(model, float_model, [w for w in every_weight if w not in names]))})
+                     **measure(with_float_weights(model, float_model, names)),
+                     **measure(with_float_weights(model, float_model, [w for w in every_weight if w not in names]),
+                               "alone_")})
         print(json.dumps(rows[-1]), flush=True)
+    write_results(args.name, args.qdq, args.limit, test.name, rows)
+
+
+def write_results(name: str, qdq: str, limit: int, test_name: str, rows: list[dict]) -> None:
     base = rows[0]["top1"]
-    (RESULTS / f"sensitivity_{args.name}.json").write_text(json.dumps({"model": args.qdq, "limit": args.limit,
-                                                                        "rows": rows}, indent=1) + "\n")
-    lines = [f"# Sensitivity of {args.name} (top-1 on the first {args.limit} CIFAR-10 test images)", "",
+    (RESULTS / f"sensitivity_{name}.json").write_text(json.dumps({"model": qdq, "limit": limit, "test": test_name,
+                                                                   "rows": rows}, indent=1) + "\n")
+
+    def cell(row: dict, key: str) -> str:
+        if key not in row:
+            return "–"
+        agreement = row.get(key.replace("top1", "agreement"))
+        return f"{100 * row[key]:.2f}" + (f" ({100 * agreement:.1f})" if agreement is not None else "")
+
+    lines = [f"# Sensitivity of {name} (top-1 on the first {limit} images of {test_name})", "",
              "Restored: one group at a time, activations to 8 bits over the same learned range, weights to float. "
              "Alone: that group is the only one left low-bit (every other activation at 8 bits, or every other "
-             "weight in float). Source: `bench/sensitivity.py`.", "",
+             "weight in float). In brackets, where measured: the top-1 agreement with the float model. "
+             "Source: `bench/sensitivity.py`.", "",
              "| group | restored | tensors | top-1 % restored | gain | top-1 % alone |", "|---|---|---:|---:|---:|---:|"]
-    lines += [f"| {r['group']} | {r['kind']} | {r['count']} | {100 * r['top1']:.2f} | {100 * (r['top1'] - base):+.2f} | "
-              + (f"{100 * r['alone_top1']:.2f} |" if "alone_top1" in r else "– |") for r in rows]
-    (RESULTS / f"sensitivity_{args.name}.md").write_text("\n".join(lines) + "\n")
+    lines += [f"| {r['group']} | {r['kind']} | {r['count']} | {cell(r, 'top1')} | {100 * (r['top1'] - base):+.2f} | "
+              f"{cell(r, 'alone_top1')} |" for r in rows]
+    (RESULTS / f"sensitivity_{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 
 

@@ -177,6 +177,24 @@ def test_reconstruction_lowers_the_output_error(resnet20_random, calib):
     assert result.report["summary"]["output_sqnr_db"] > plain.report["summary"]["output_sqnr_db"]
 
 
+def test_a_unit_that_ends_worse_than_it_started_keeps_its_start(resnet20_random, calib):
+    """Rule: a unit whose measured objective (rec + pd_weight * pd, hard-rounded, on the same samples) ends above
+    its start keeps its starting integers (here nearest rounding) and is reported as kept at "start"; every other
+    unit ends at or below its start. A round learning rate of 5 over 6 steps leaves some roundings worse."""
+    plain = quantize(resnet20_random, calib, QuantConfig(w_bits=4, a_bits=4, weight_rounding="nearest"), progress=False)
+    recon = ReconConfig.preset("brecq", "fast", round_lr=5.0)
+    result = quantize(resnet20_random, calib, QuantConfig(w_bits=4, a_bits=4, reconstruction=recon), progress=False)
+    units = result.report["reconstruction"]["units"]
+    learned, nearest = _weight_integers(result.model), _weight_integers(plain.model)
+    kept_start = [u for u in units if u["kept"] == "start"]
+    assert kept_start, "the test's settings must make at least one unit worse"
+    for u in units:
+        assert (u["kept"] == "start") == (u["loss_after"]["rec"] > u["loss_before"]["rec"]), u["unit"]
+    for u in kept_start:
+        for w in u["weights"]:
+            assert np.array_equal(learned[f"{w}_quantized"], nearest[f"{w}_quantized"]), (u["unit"], w)
+
+
 def test_reconstructed_model_engines_agree_layer_by_layer(resnet20_random, calib):
     """After write-back, the executor and onnxruntime still compute the same integers, layer by layer."""
     recon = ReconConfig.preset("pdquant", "fast")
@@ -212,6 +230,8 @@ def test_presets_and_config_round_trip():
     assert ReconConfig().preset_name == "default" and paper.preset_name == "paper"
     assert (paper.iterations, paper.dc_steps, paper.batch_size) == (20000, 500, 32)
     assert paper.prediction_difference and paper.learn_scales and paper.distribution_correction and paper.qdrop
+    cpu, default = ReconConfig.preset("pdquant", "cpu"), ReconConfig.preset("pdquant", "default")
+    assert (cpu.iterations, cpu.round_lr) == (100, 0.03) and default.round_lr == 0.003  # measured per budget
     brecq = ReconConfig.preset("brecq", "default")
     assert brecq.qdrop and not (brecq.prediction_difference or brecq.learn_scales or brecq.distribution_correction)
     config = QuantConfig(w_bits=4, a_bits=4, reconstruction=paper)

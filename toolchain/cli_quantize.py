@@ -16,7 +16,7 @@ from toolchain.cli_errors import handle_errors
 from toolchain.cli_output import output_options, progress_wanted, say, warn
 from toolchain.cli_options import execution_from, execution_options, preprocessing_options, preprocessing_overrides
 from toolchain.quant.targets import TARGETS
-from toolchain.recon.config import PRESETS
+from toolchain.recon.config import PRESETS, ReconConfig
 
 
 @click.command("quantize")
@@ -197,11 +197,18 @@ def _print_quantized(outcome: Any, config: Any, as_json: bool) -> None:
         mixed_text += f" (activation bits per tensor in the report; measured in {mixed_act['sensitivity_seconds']:.0f} s)"
     say(
         f"wrote {outcome.path}: {weights}{activations} ({outcome.report['calibration']['activation_calibrator']}"
-        f"{', ' + recon.method + ' ' + recon.preset_name if recon.enabled else ', ' + config.effective_weight_rounding + ' rounding'}), {summary['quantized_layers']} layers quantized{mixed_text}, "
+        f"{_recon_text(recon, outcome.report) if recon.enabled else ', ' + config.effective_weight_rounding + ' rounding'}), {summary['quantized_layers']} layers quantized{mixed_text}, "
         f"{sqnr_text} on {outcome.report['calibration']['sqnr_samples']} calibration inputs; "
         f"{'' if config.target == 'ort-x86' else 'onnxruntime x86 '}integer coverage {summary['fusion_coverage']:.2f} of ops{macs} "
         f"(float ops left: {float_ops_text(fusion)}){_target_text(outcome.report.get('target'))}; report {outcome.report_path}"
     )
+
+
+def _recon_text(recon: ReconConfig, report: dict) -> str:
+    """", pdquant cpu", and how many units kept their starting rounding because the learned one measured worse."""
+    units = report.get("reconstruction", {}).get("units", [])
+    kept = sum(u.get("kept") == "start" for u in units)
+    return f", {recon.method} {recon.preset_name}" + (f" ({kept} of {len(units)} units kept their start)" if kept else "")
 
 
 def _target_text(target: dict | None) -> str:

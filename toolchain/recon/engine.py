@@ -15,7 +15,8 @@ one is trained on the quantized graph as it stands (finished units hard-rounded)
   DequantizeLinear); activation step sizes are the QuantizeLinear/DequantizeLinear scale initializers;
 - QDrop is a hook on the unit's QuantizeLinear nodes letting a random half of the elements through;
 - the PD term runs the unit's quantized output through the FP rest of the network (cut at the unit).
-It returns new parameters (same zero points) and hard-rounded integers. With a `resume_point`
+It returns new parameters (same zero points) and hard-rounded integers; a unit whose objective, measured
+hard-rounded on the same samples, ends above where it started keeps its start instead. With a `resume_point`
 the state is checkpointed after every finished unit and a resumed run skips those units;
 a non-finite loss stops with ReconstructionError naming the unit (and the checkpoint that keeps the
 finished ones); the caller then writes no model.
@@ -80,6 +81,11 @@ class ReconResult:
 def _channel_error(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """mean over samples (and positions) of the squared error summed over channels (dim 1)."""
     return (y - target).pow(2).sum(1).mean()
+
+
+def _objective(terms: dict[str, float], pd_weight: float | None) -> float:
+    """The unit's training objective without the rounding regulariser, from `measure`'s terms."""
+    return terms["rec"] + (pd_weight or 0.0) * terms.get("pd", 0.0)
 
 
 def _pd_loss(z_q: torch.Tensor, z_fp: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -276,6 +282,7 @@ class _Trainer:
         bar.close()
         self._hook_rows = None
 
+        start_act = {root: self.act[root] for root in scales}
         for w, rounding in roundings.items():
             self.integers[w] = rounding.hard_integers()
         for root, scale in scales.items():
@@ -283,6 +290,13 @@ class _Trainer:
             self.act[root] = QParams(np.asarray(scale.detach().cpu().numpy(), np.float32).reshape(old.scale.shape),
                                      old.zero_point, old.qtype, old.axis, old.qmin)
         after = measure(hard=True)  # leaves the hard integers in `module`, beside the learned scales
+        kept_state = "learned"
+        if _objective(after, recon.pd_weight) > _objective(before, recon.pd_weight):
+            # A short budget can end with roundings still between their grid points, and hardening them then
+            # costs more than training gained: the unit keeps where it started, on the same samples' measure.
+            self.integers.update({w: self._starting_integers(w) for w in roundings})
+            self.act.update(start_act)
+            kept_state = "start"
         # Through the model as materialized now (biases re-derived from the learned scales, as the next unit sees it).
         self._qdq = self.qdq_model()
         if unit.input != self.image_input and self.plan.root(unit.input) in scales:
@@ -300,7 +314,7 @@ class _Trainer:
         return {"unit": unit.index, "kind": unit.kind, "input": unit.input, "output": unit.output,
                 "weights": list(unit.weights), "pd_term": use_pd,
                 "distribution_correction": bool(recon.distribution_correction and bn_outputs),
-                "learned_scales": sorted(scales), "loss_before": before, "loss_after": after,
+                "learned_scales": sorted(scales), "loss_before": before, "loss_after": after, "kept": kept_state,
                 "seconds": round(time.perf_counter() - started, 2)}
 
     def _drop_next_inputs(self) -> None:
@@ -430,7 +444,9 @@ def _reconstruct_units(trainer: _Trainer, recon: ReconConfig, resume_point: Resu
             announce_remaining(bar, recon.method, costs, first, time.perf_counter() - started)
         if resume_point is not None and trainer.shard.rank == 0:  # every rank holds the same state
             save_progress(resume_point, trainer.progress_after(units))
-        bar.set_postfix(rec=f"{units[-1]['loss_before']['rec']:.3g}->{units[-1]['loss_after']['rec']:.3g}")
+        last = units[-1]
+        bar.set_postfix(rec=f"{last['loss_before']['rec']:.3g}->{last['loss_after']['rec']:.3g}"
+                            + (" (kept its start)" if last["kept"] == "start" else ""))
     return ReconResult(recon, trainer.act, trainer.weights, trainer.integers, units, partition.notes)
 
 
