@@ -63,6 +63,7 @@ def weight_groups(model: onnx.ModelProto) -> dict[str, list[str]]:
     """Weighted layers' weight names by kind: first conv, depthwise, 1x1, SE (a conv after a global pool), ..."""
     producer = {o: n for n in model.graph.node for o in n.output}
     readers = _readers(model)
+    init = {i.name: i for i in model.graph.initializer}
     groups = defaultdict(list)
     for n in model.graph.node:
         if n.op_type not in ("Conv", "Gemm") or n.input[1] not in producer:
@@ -80,7 +81,7 @@ def weight_groups(model: onnx.ModelProto) -> dict[str, list[str]]:
         elif data.op_type in ("GlobalAveragePool", "Relu") and _feeds_from_pool(data, producer):
             kind = "SE conv"
         else:
-            kind = "conv + activation" if _next_compute(n, readers) in ACTIVATIONS else "conv, linear output"
+            kind = "conv + activation" if _next_compute(n, readers, init) in ACTIVATIONS else "conv, linear output"
         groups[kind].append(weight)
     return dict(groups)
 
@@ -96,14 +97,30 @@ def _readers(model: onnx.ModelProto) -> dict[str, list[onnx.NodeProto]]:
     return readers
 
 
-def _next_compute(node: onnx.NodeProto, readers: dict) -> str | None:
+def _is_grid_clip(node: onnx.NodeProto, readers: dict, init: dict) -> bool:
+    """A Clip the quantizer wrote to bound a low-bit grid inside a UINT8 QuantizeLinear: its top is that grid's
+    top integer (a ReLU6 before a quantizer is an activation: 6 falls between the grid's points)."""
+    after = readers.get(node.output[0], [])
+    if node.op_type != "Clip" or [r.op_type for r in after] != ["QuantizeLinear"] or len(node.input) < 3:
+        return False
+    q = after[0]
+    if node.input[2] not in init or q.input[1] not in init:
+        return False
+    hi = float(numpy_helper.to_array(init[node.input[2]]))
+    scale = float(numpy_helper.to_array(init[q.input[1]]))
+    zero = float(numpy_helper.to_array(init[q.input[2]])) if len(q.input) > 2 and q.input[2] in init else 0.0
+    top = hi / scale + zero
+    return abs(top - round(top)) < 1e-3 and round(top) < 255
+
+
+def _next_compute(node: onnx.NodeProto, readers: dict, init: dict) -> str | None:
     """The first op after `node` that is not a Q/DQ/Clip-to-grid (None at a fork or the graph output)."""
     for _ in range(4):
         after = readers.get(node.output[0], [])
         if len(after) != 1:
             return None
         node = after[0]
-        grid_clip = node.op_type == "Clip" and [r.op_type for r in readers.get(node.output[0], [])] == ["QuantizeLinear"]
+        grid_clip = _is_grid_clip(node, readers, init)
         if node.op_type not in ("QuantizeLinear", "DequantizeLinear") and not grid_clip:
             return node.op_type
     return None
