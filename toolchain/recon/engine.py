@@ -37,7 +37,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import onnx
 import torch
-import torch.nn.functional as F
 from onnx import numpy_helper
 from tqdm import tqdm
 
@@ -52,6 +51,7 @@ from toolchain.recon.cache import SampleCache, SampleStore
 from toolchain.recon.config import ReconConfig
 from toolchain.recon.correction import BnTarget, correct_inputs
 from toolchain.recon.estimate import announce_remaining, unit_costs
+from toolchain.recon.losses import channel_error, objective, pd_loss
 from toolchain.recon.resume import Progress, ResumePoint, load_progress, save_progress
 from toolchain.recon.shard import Shard
 from toolchain.recon.subgraph import extract
@@ -76,20 +76,6 @@ class ReconResult:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     cache: dict = field(default_factory=dict)  # budget, peak bytes in RAM, bytes spilled to disk
-
-
-def _channel_error(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """mean over samples (and positions) of the squared error summed over channels (dim 1)."""
-    return (y - target).pow(2).sum(1).mean()
-
-
-def _objective(terms: dict[str, float], pd_weight: float | None) -> float:
-    """The unit's training objective without the rounding regulariser, from `measure`'s terms."""
-    return terms["rec"] + (pd_weight or 0.0) * terms.get("pd", 0.0)
-
-
-def _pd_loss(z_q: torch.Tensor, z_fp: torch.Tensor, temperature: float) -> torch.Tensor:
-    return F.kl_div(F.log_softmax(z_q / temperature, dim=1), F.softmax(z_fp / temperature, dim=1), reduction="batchmean")
 
 
 class _Trainer:
@@ -197,10 +183,10 @@ class _Trainer:
                 sums = torch.zeros(3, dtype=torch.float64)
                 if len(rows):
                     out = module(self._rows(x_q, rows))
-                    sums[0] = float(_channel_error(out, self._rows(y_fp, rows))) * len(rows)
+                    sums[0] = float(channel_error(out, self._rows(y_fp, rows))) * len(rows)
                     if use_pd:
                         z_q = tail(out) if tail is not None else out
-                        sums[1] = float(_pd_loss(z_q, self._rows(self.z_fp, rows), recon.temperature)) * len(rows)
+                        sums[1] = float(pd_loss(z_q, self._rows(self.z_fp, rows), recon.temperature)) * len(rows)
                     sums[2] = len(rows)
                 sums = shard.all_reduce_sum(sums)
             terms = {"rec": float(sums[0] / sums[2])}
@@ -241,12 +227,12 @@ class _Trainer:
             with module.output_hooks(qdrop_hooks):
                 out = module(inputs)
             local = len(rows)
-            rec = _channel_error(out[:local], self._rows(y_fp, rows))
+            rec = channel_error(out[:local], self._rows(y_fp, rows))
             loss = shard.scaled(rec, share, batch)
             pd = None
             if use_pd:
                 z_q = tail(out[local:]) if tail is not None else out[local:]
-                pd = _pd_loss(z_q, self._rows(self.z_fp, rows), recon.temperature)
+                pd = pd_loss(z_q, self._rows(self.z_fp, rows), recon.temperature)
                 loss = loss + recon.pd_weight * shard.scaled(pd, share, batch)
             regularizer = None
             if step >= warm and roundings:
@@ -291,7 +277,7 @@ class _Trainer:
                                      old.zero_point, old.qtype, old.axis, old.qmin)
         after = measure(hard=True)  # leaves the hard integers in `module`, beside the learned scales
         kept_state = "learned"
-        if _objective(after, recon.pd_weight) > _objective(before, recon.pd_weight):
+        if objective(after, recon.pd_weight) > objective(before, recon.pd_weight):
             # A short budget can end with roundings still between their grid points, and hardening them then
             # costs more than training gained: the unit keeps where it started, on the same samples' measure.
             self.integers.update({w: self._starting_integers(w) for w in roundings})
