@@ -18,8 +18,10 @@ A row is TOOL:CONFIG:CALIB[:OPTION...]:
     ort:W8A8:real256:minmax            onnxruntime quantize_static (QDQ, per-channel, MinMax or Percentile) on the
                                        BN-folded float model our quantizer starts from (bench/quantizer_vs_ort.py)
     nncf:W8A8:real256                  NNCF's nncf.quantize with its defaults (fast bias correction) on that model
-CALIB: dgh64 / bns64 / gaussian64 (zero-shot, `toolchain generate --preset cpu`, seed 0) or realN: N images drawn
-with seed 0 from the 500 photographs, which are also the evaluation images (a real-data baseline, not a zero-shot one).
+CALIB: dgh64 / bns64 / gaussian64 (zero-shot, `toolchain generate --preset cpu`, seed 0; dgh64s1 = seed 1), fdda64
+(few-shot: class centres from one photograph of each of the sample's 500 classes, `--fdda-classes present`; the
+photographs are also the evaluation images) or realN: N images drawn with seed 0 from the 500 photographs, which are
+also the evaluation images (a real-data baseline, not a zero-shot one).
 
 Every stage runs as its own process (bench/measure.py): wall seconds and peak resident memory per stage.
 Accuracy is `toolchain evaluate --reference FP32 --json` on all 500 images: top-1 with n, and the top-1
@@ -33,6 +35,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 from pathlib import Path
 
@@ -44,7 +47,7 @@ MODELS = ("efficientnet_lite0", "mobilenetv2_imagenet")
 DEFAULT_ROWS = ("fp32", "ort:W8A8:real256:minmax", "ort:W8A8:real256:percentile", "nncf:W8A8:real256", "ours:W8A8:real256:nearest",
                 "ours:W8A8:real256", "ours:W8A8:dgh64:nearest", "ours:W8A8:dgh64", "ours:W4A8:dgh64",
                 "ours:W8A8:dgh64:openvino")
-GENERATED = ("dgh", "bns", "gaussian")
+GENERATED = ("dgh", "bns", "fdda", "gaussian")
 
 
 def data_path() -> Path:
@@ -52,19 +55,25 @@ def data_path() -> Path:
 
 
 def calibration(model: str, fp32: Path, source: str, work: Path, env: dict, stages: list) -> Path:
-    """The calibration .npz of `source` (dgh64, real256, ...), made once per model and reused by every row."""
+    """The calibration .npz of `source` (dgh64, dgh64s1, fdda64, real256, ...), made once per model and reused by every row."""
     path = work / f"{model}_{source}.npz"
     if path.exists():
         return path
-    method = source.rstrip("0123456789")
-    n = int(source[len(method):])
+    match = re.fullmatch(r"([a-z]+)(\d+)(?:s(\d+))?", source)
+    if match is None:
+        raise SystemExit(f"unknown calibration source {source!r}: dgh64, bns64, fdda64, gaussian64 (+ sSEED) or realN")
+    method, n, seed = match.group(1), int(match.group(2)), match.group(3) or "0"
     if method in GENERATED:
+        resume = ["--resume"] if path.with_name(path.name + ".ckpt").exists() else []  # continue a stopped run
+        # FDDA's class centres come from the sample's photographs: 500 of the 1000 classes, so only those are synthesised
+        few_shot = ["--data", str(data_path()), "--fdda-classes", "present"] if method == "fdda" else []
         stages.append(run_stage(f"generate {source}", ["generate", str(fp32), "--method", method, "-n", str(n),
-                                                        "--preset", "cpu", "--seed", "0", "-o", str(path), "--resume"], env))
-    elif method == "real":
+                                                        "--preset", "cpu", "--seed", seed, "-o", str(path), *few_shot,
+                                                        *resume], env))
+    elif method == "real" and seed == "0":
         _sample_real(fp32, n, path)
     else:
-        raise SystemExit(f"unknown calibration source {source!r}: dgh64, bns64, gaussian64 or realN")
+        raise SystemExit(f"unknown calibration source {source!r}: dgh64, bns64, fdda64, gaussian64 (+ sSEED) or realN")
     return path
 
 
@@ -187,7 +196,8 @@ def render(path: Path) -> None:
     lines = ["# Pretrained ImageNet models: zero-shot and real-data quantization (bench/imagenet.py)", "",
              f"Top-1 on the {rows[0]['n'] if rows else 500} real ImageNet photographs of shared/datasets (one per even class), "
              "agreement = top-1 agreement with the FP32 model on the same images. realN rows calibrate on N of these "
-             "same photographs (not zero-shot); dgh/bns/gaussian rows never see a real image. Seconds and peak memory "
+             "same photographs (not zero-shot); fdda rows take their class centres from them (few-shot, 1 per class); "
+             "dgh/bns/gaussian rows never see a real image (sSEED: generation seed, 0 otherwise). Seconds and peak memory "
              "are per stage, each its own process, on the machine in imagenet.json.", "",
              "| model | row | runtime | top-1 % | vs FP32 | agreement % | stages (s, peak GB) |",
              "|---|---|---|---:|---:|---:|---|"]

@@ -184,8 +184,31 @@ def test_fdda_with_a_missing_class_names_it(digits, tmp_path):
         keep = data["labels"] != 3
         path = tmp_path / "no3.npz"
         np.savez(path, images=data["images"][keep], labels=data["labels"][keep], class_names=data["class_names"])
-    with pytest.raises(DataError, match="no images of class 3"):
+    with pytest.raises(DataError, match="no images of class 3.*--fdda-classes present"):
         generate(*digits, "fdda", 16, fast("fdda"), real_data=path, progress=False)
+
+
+def test_fdda_on_the_present_classes_labels_and_centres_only_those(digits, tmp_path):
+    """classes="present": a class without real images gets no synthetic image and a zero centre; the classes
+    drawn before it get the all-classes run's centres (same seeded choice; tolerance 1e-6)."""
+    model, pre = digits
+    with np.load(heldout_path()) as data:
+        keep = data["labels"] != 3
+        path = tmp_path / "no3.npz"
+        np.savez(path, images=data["images"][keep], labels=data["labels"][keep], class_names=data["class_names"])
+    teacher, real = Teacher.from_onnx(model), open_images(path, pre)
+    centres = class_centres(teacher, real, per_class=1, num_classes=10, start=2, seed=0, present_only=True)
+    assert centres.classes.tolist() == [0, 1, 2, 4, 5, 6, 7, 8, 9]
+    assert float(centres.mean[3].abs().sum()) == 0.0 and float(centres.var[3].abs().sum()) == 0.0
+    every = class_centres(teacher, open_images(heldout_path(), pre), per_class=1, num_classes=10, start=2, seed=0)
+    assert every.classes.tolist() == list(range(10))
+    torch.testing.assert_close(centres.mean[:3], every.mean[:3], rtol=1e-6, atol=1e-6)
+    assert torch.isfinite(centres.mean).all() and torch.isfinite(centres.var).all()
+    config = replace(fast("fdda"), fdda=replace(fast("fdda").fdda, classes="present"))
+    calib = generate(model, pre, "fdda", 18, config, seed=0, real_data=path, progress=False)
+    assert np.bincount(calib.labels, minlength=10).tolist() == [2, 2, 2, 0, 2, 2, 2, 2, 2, 2]
+    with pytest.raises(ConfigError, match="fdda.classes"):
+        replace(fast("fdda"), fdda=replace(fast("fdda").fdda, classes="some"))
 
 
 def test_resume_continues_bit_for_bit(digits, tmp_path, monkeypatch):

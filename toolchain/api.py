@@ -310,11 +310,12 @@ def generate_calibration(
     distributed=None,
     config=None,
     execution=None,
+    fdda_classes: str | None = None,
 ) -> GenerateOutcome:
     """Synthesise (or sample) N calibration inputs for MODEL and write them atomically as a calibration .npz.
 
-    `config` (a datagen.GenerationConfig) replaces the preset, for ablations; `batch_size`, `iterations` and
-    `per_class` still override it.
+    `config` (a datagen.GenerationConfig) replaces the preset, for ablations; `batch_size`, `iterations`,
+    `per_class` and `fdda_classes` ("all" or "present": FDDAConfig.classes) still override it.
 
     A checkpoint `OUT.ckpt` is kept while optimising; `resume=True` continues from it, and it is removed
     once the output is written. Under torchrun only rank 0 writes. `execution` (an execution.Execution):
@@ -339,6 +340,8 @@ def generate_calibration(
         config = replace(config, **changes)
     if per_class is not None and config.fdda is not None:
         config = replace(config, fdda=replace(config.fdda, per_class=per_class))
+    if fdda_classes is not None and config.fdda is not None:
+        config = replace(config, fdda=replace(config.fdda, classes=fdda_classes))
     if distributed is not None:
         checkpoint = checkpoint.with_name(f"{checkpoint.name}.rank{rank}")
     from toolchain.execution import Execution

@@ -214,6 +214,9 @@ cli.add_command(run_command)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--data", type=click.Path(), help="Labelled real images (fdda: the few-shot set; real: the pool to sample).")
 @click.option("--per-class", type=click.IntRange(min=1), help="fdda: real images per class for the class centres (default 1).")
+@click.option("--fdda-classes", type=click.Choice(["all", "present"]),
+              help="fdda: all = a centre for every class of the model (the paper; default); present = only the "
+                   "classes --data has images of (e.g. a 500-class sample of ImageNet).")
 @click.option("--batch-size", type=click.IntRange(min=1), help="Images per optimisation batch (preset's value by default).")
 @click.option("--iterations", type=click.IntRange(min=1), help="Optimisation steps per image (preset's value by default).")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run from OUTPUT.ckpt.")
@@ -223,8 +226,8 @@ cli.add_command(run_command)
 @output_options()
 @handle_errors
 def generate_command(model: str, method: str, n: int, output: str | None, preset_name: str, seed: int, data: str | None,
-                     per_class: int | None, batch_size: int | None, iterations: int | None, resume: bool, overwrite: bool,
-                     as_json: bool, **kwargs: Any) -> None:
+                     per_class: int | None, fdda_classes: str | None, batch_size: int | None, iterations: int | None,
+                     resume: bool, overwrite: bool, as_json: bool, **kwargs: Any) -> None:
     """Synthesise calibration images for MODEL.onnx from its BatchNormalization statistics.
 
     The images are optimised through the torch executor so that the statistics at every
@@ -236,6 +239,7 @@ def generate_command(model: str, method: str, n: int, output: str | None, preset
     Examples:
       toolchain generate resnet20.onnx --method dgh -n 256 -o calib_data/dgh256.npz
       toolchain generate resnet20.onnx --method fdda -n 256 --data few_shot/ -o calib_data/fdda256.npz
+      toolchain generate lite0.onnx --method fdda -n 64 --preset cpu --data imagenet-sample-500.tar --fdda-classes present
       torchrun --nproc-per-node 2 -m toolchain.cli generate resnet20.onnx -n 1024 -o calib_data/dgh1024.npz
       toolchain generate resnet18.onnx -n 1024 --device cuda -o calib_data/r18_dgh1024.npz
     """
@@ -246,7 +250,8 @@ def generate_command(model: str, method: str, n: int, output: str | None, preset
     with distributed_session() as distributed:  # destroyed on exit, so a torchrun run exits 0 after writing
         outcome = api.generate_calibration(model, method, n, output, preset_name, seed, data, batch_size, iterations,
                                            per_class, resume, overwrite, preprocessing_overrides(kwargs),
-                                           distributed=distributed, execution=execution, progress=progress_wanted())
+                                           distributed=distributed, execution=execution, progress=progress_wanted(),
+                                           fdda_classes=fdda_classes)
     if outcome.path is not None and as_json:
         click.echo(json.dumps({"path": str(outcome.path), **{k: v for k, v in outcome.manifest.items() if k != "config"}},
                               default=str))

@@ -53,6 +53,7 @@ from toolchain.errors import ConfigError
 CONFIG_VERSION = 1
 METHODS = ("dgh", "fdda", "bns", "gaussian", "real")
 OPTIMISING_METHODS = ("dgh", "fdda", "bns")
+FDDA_CLASSES = ("all", "present")
 PRESETS = ("fast", "cpu", "default", "paper")
 
 
@@ -115,6 +116,9 @@ class FDDAConfig:
         mean_noise_std / var_noise_std: std of the Gaussian noise added to the centres' means / variances,
             redrawn per class and channel at every step (no clamping: a variance target may be negative).
         deep_start: first BN layer (0-based, graph order) of the deep set; None = floor((L + 1) / 2) - 2.
+        classes: "all" (the paper: a centre for every one of the model's classes, and a DataError when the
+            real data lacks one) or "present" (only the classes the real data has `per_class` images of get
+            centres and synthetic images; for a sample of a large label set, e.g. 500 of ImageNet's 1000).
     """
 
     per_class: int = 1
@@ -124,6 +128,7 @@ class FDDAConfig:
     mean_noise_std: float = 0.5
     var_noise_std: float = 1.0
     deep_start: int | None = None
+    classes: str = "all"
 
     def resolved_deep_start(self, num_layers: int) -> int:
         start = (num_layers + 1) // 2 - 2 if self.deep_start is None else self.deep_start
@@ -192,6 +197,7 @@ class GenerationConfig:
         if self.fdda is not None:
             f = self.fdda
             _check(f.per_class >= 1, f"per_class must be at least 1, got {f.per_class}")
+            _check(f.classes in FDDA_CLASSES, f"fdda.classes must be one of {', '.join(FDDA_CLASSES)}, got {f.classes!r}")
             for name in ("ce_weight", "centralised_weight", "distorted_weight", "mean_noise_std", "var_noise_std"):
                 _check(getattr(f, name) >= 0, f"fdda.{name} must be >= 0, got {getattr(f, name)}")
 

@@ -245,8 +245,9 @@ def _fdda_setup(teacher: Teacher, pre: Preprocessing, n: int, config: Generation
     start = fdda.resolved_deep_start(len(teacher.layout.channels))
     real = open_images(real_data, pre)
     names = pre.class_names or real.class_names
-    centres = class_centres(teacher, real, fdda.per_class, num_classes, start, seed, names, str(real_data))
+    centres = class_centres(teacher, real, fdda.per_class, num_classes, start, seed, names, str(real_data),
+                            present_only=fdda.classes == "present")
     objective = ClassObjective(centres.mean, centres.var, deep_weights(teacher, start), fdda)
     manifest.update(real_data=str(real_data), per_class=fdda.per_class, deep_start=start,
-                    num_classes=num_classes, centre_images=list(centres.sources))
-    return round_robin_labels(n, num_classes), objective, start
+                    num_classes=num_classes, centre_classes=len(centres.classes), centre_images=list(centres.sources))
+    return round_robin_labels(n, centres.classes), objective, start

@@ -60,6 +60,7 @@ class GenerateSpec:
     seed: int = 0
     data: str | None = None
     per_class: int | None = None
+    fdda_classes: str | None = None
     batch_size: int | None = None
     iterations: int | None = None
 
@@ -280,6 +281,8 @@ class RunConfig:
         if self.generate.preset is not None:
             _choice("generate.preset", self.generate.preset, PRESETS)
         _choice("export.exporter", self.export.exporter, ("torchscript", "dynamo"))
+        if self.generate.fdda_classes is not None:
+            _choice("generate.fdda_classes", self.generate.fdda_classes, ("all", "present"))
         _choice("evaluate.runtime", self.evaluate.runtime, ("ort", "reference", "openvino", "qnn"))
         for key in ("n", "per_class", "batch_size", "iterations"):
             _at_least(f"generate.{key}", getattr(self.generate, key), 1)

@@ -176,7 +176,7 @@ class _Stages:
             outcome = api.generate_calibration(self.model_path, gen.method, gen.n, out, gen.preset, gen.seed, gen.data,
                                                gen.batch_size, gen.iterations, gen.per_class, overwrite=True,
                                                overrides=config.preprocessing, progress=self.progress,
-                                               execution=self.execution)
+                                               execution=self.execution, fdda_classes=gen.fdda_classes)
             manifest = outcome.manifest
             what = f"{gen.n} images by {gen.method.upper()} (preset {gen.preset}, seed {gen.seed})"
         self._timed("calibration", started)
