@@ -15,6 +15,8 @@ A row is TOOL:CONFIG:CALIB[:OPTION...]:
                                        = AdaRound from GPTQ's integers, `itN` = --recon-iterations N, `wbB` =
                                        mixed precision: --weight-bits-budget B with the config's weight bits or 8
     ours:W8A8:dgh64:openvino           the W8A8 file of that row evaluated in OpenVINO (runtime rows reuse the file)
+    ours:W8A8:dgh64:tgtqnn:n50:qnn     `--target qnn` (batch 1), evaluated in QNN HTP (x86 emulator) on a seeded
+                                       50-image sample (`nN` = evaluate --limit N; the emulator is slow)
     ort:W8A8:real256:minmax            onnxruntime quantize_static (QDQ, per-channel, MinMax or Percentile) on the
                                        BN-folded float model our quantizer starts from (bench/quantizer_vs_ort.py)
     nncf:W8A8:real256                  NNCF's nncf.quantize with its defaults (fast bias correction) on that model
@@ -48,6 +50,7 @@ DEFAULT_ROWS = ("fp32", "ort:W8A8:real256:minmax", "ort:W8A8:real256:percentile"
                 "ours:W8A8:real256", "ours:W8A8:dgh64:nearest", "ours:W8A8:dgh64", "ours:W4A8:dgh64",
                 "ours:W8A8:dgh64:openvino")
 GENERATED = ("dgh", "bns", "fdda", "gaussian")
+RUNTIMES = ("openvino", "qnn")
 
 
 def data_path() -> Path:
@@ -87,6 +90,10 @@ def _sample_real(fp32: Path, n: int, path: Path) -> None:
     save_calibration(path, sample_calibration(data_path(), pre, n, seed=0))
 
 
+def _is_limit(option: str) -> bool:
+    return option.startswith("n") and option[1:].isdigit()
+
+
 def quantize_args(config: str, options: list[str]) -> list[str]:
     w_bits, a_bits = config[1:].split("A")
     args = ["--w-bits", w_bits, "--a-bits", a_bits]
@@ -102,7 +109,9 @@ def quantize_args(config: str, options: list[str]) -> list[str]:
         elif option.startswith(("pdquant-", "brecq-")):
             method, preset = option.split("-")
             args += ["--reconstruct", method, "--preset", preset]
-        elif option not in ("openvino", "qnn"):
+        elif option.startswith("tgt"):
+            args += ["--target", option[3:]]
+        elif option not in RUNTIMES and not _is_limit(option):
             raise SystemExit(f"unknown row option {option!r}")
     return args
 
@@ -116,7 +125,7 @@ def run_row(model: str, row: str, fp32: Path, work: Path, env: dict) -> dict:
     else:
         tool, config, source, *options = parts
         calib = calibration(model, fp32, source, work, env, stages)
-        made = [o for o in options if o not in ("openvino", "qnn")]
+        made = [o for o in options if o not in RUNTIMES and not _is_limit(o)]
         path = work / f"{model}_{tool}_{config}_{source}{''.join('_' + o for o in made)}.onnx"
         if not path.exists():
             if tool == "ours":
@@ -130,9 +139,10 @@ def run_row(model: str, row: str, fp32: Path, work: Path, env: dict) -> dict:
                                         prefix=[sys.executable, __file__, "--nncf-quantize"]))
             else:
                 raise SystemExit(f"unknown tool {tool!r} in row {row!r}: fp32, ours, ort or nncf")
-    runtime = next((o for o in parts[3:] if o in ("openvino", "qnn")), "ort")
+    runtime = next((o for o in parts[3:] if o in RUNTIMES), "ort")
+    limit = [["--limit", o[1:]] for o in parts[3:] if _is_limit(o)]
     evaluation = run_stage(f"evaluate {row}", ["evaluate", str(path), "--data", str(data_path()), "--reference", str(fp32),
-                                               "--runtime", runtime, "--json", "--quiet"], env)
+                                               "--runtime", runtime, *(limit[0] if limit else []), "--json", "--quiet"], env)
     result = json.loads(evaluation["stdout"].splitlines()[-1])
     stages.append({k: v for k, v in evaluation.items() if k != "stdout"})
     for stage in stages:

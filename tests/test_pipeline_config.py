@@ -119,17 +119,23 @@ def test_the_readme_config_example_is_a_valid_config():
 
 def test_imagenet_size_models_get_the_cpu_budgets_unless_given(tmp_path):
     """Rule: budgets left open resolve by the model's input size: an ImageNet-size model (zoo name or .onnx with a
-    224x224 input) gets 64 images and the cpu presets for generation and every entry; a 32x32 model keeps 128
-    images and the default presets; values given in the config are never replaced."""
+    224x224 input) gets 64 images and the cpu presets for generation and every entry, and untouched entries
+    become W8A8 + W4.5A8-mixed (4-bit weights at a 4.5-bit average, 8 or 4 bits per layer); a 32x32 model
+    keeps 128 images, the default presets and W8A8 + W4A4-pdquant; values given in the config are never replaced."""
     from toolchain import api
     from toolchain.pipeline.runner import resolve
 
     large = resolve(RunConfig(model="mobilenetv2"), "x")
     assert (large.generate.n, large.generate.preset) == (64, "cpu")
     assert [spec.preset for spec in large.quantize] == ["cpu", "cpu"]
+    assert [spec.label for spec in large.quantize] == ["W8A8", "W4.5A8-mixed"]
+    mixed = large.quantize[1]
+    assert (mixed.w_bits, mixed.a_bits, mixed.weight_bits_budget, mixed.w_bits_choices, mixed.reconstruct) == \
+        (4, 8, 4.5, (4, 8), "none")
     small = resolve(RunConfig(model="resnet20_cifar10"), "x")
     assert (small.generate.n, small.generate.preset) == (128, "default")
     assert [spec.preset for spec in small.quantize] == ["default", "default"]
+    assert [spec.label for spec in small.quantize] == ["W8A8", "W4A4-pdquant"]
     path = api.export_model("mobilenetv2", tmp_path / "m.onnx").path
     given = RunConfig(model=str(path), generate=GenerateSpec(n=32), quantize=(QuantizeSpec(preset="fast"),))
     resolved = resolve(given, "x")
