@@ -57,9 +57,10 @@ def run_command(config_file: str | None, run_dir: str | None, overwrite: bool, m
     Without CONFIG it runs the built-in default offline: the digits ResNet (trained by this project,
     shipped in the package), 128 DGH images from its BN statistics alone, W8A8 and W4A4 with pdquant,
     evaluated on the held-out digits. An ImageNet-size model (e.g. --model efficientnet_lite0) gets 64
-    images, the cpu presets and W8A8 + W4.5A8-mixed (about 20 min on 2 cores). Every option of the stage
-    commands is a config key (README 'toolchain run'); flags and --set override the file. Everything goes into one run directory: the
-    models, calibration.npz, config.resolved.yaml, report.json, report.md with its plots, run.log.
+    images, the cpu presets and W8A8 + W4.5A8-mixed (Lite0: 12 min on 2 cores). Every option of the
+    stage commands is a config key (README 'toolchain run'); flags and --set override the file.
+    Everything goes into one run directory: the models, calibration.npz, config.resolved.yaml,
+    report.json, report.md with its plots, run.log.
 
     \b
     Exit codes: 0 success; 2 bad config or input (nothing is left behind); 3 an accuracy gate failed
