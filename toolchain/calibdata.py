@@ -14,14 +14,13 @@ from __future__ import annotations
 
 import json
 import time
-import zipfile
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from toolchain.data import open_images, read_npz
 from toolchain.errors import DataError
 from toolchain.modelio import atomic_output
 from toolchain.preprocessing import Preprocessing
@@ -41,8 +40,6 @@ class CalibrationSet:
 
 def sample_calibration(data_path: str | Path, pre: Preprocessing, n: int, seed: int = 0) -> CalibrationSet:
     """`n` images drawn reproducibly (seed) from an image dataset, preprocessed for the model."""
-    from toolchain.data import open_images
-
     if n < 1:
         raise DataError(f"the calibration set must hold at least one image, got --calib-limit {n}")
     images = open_images(data_path, pre, limit=n, seed=seed)
@@ -62,49 +59,6 @@ def save_calibration(path: str | Path, calib: CalibrationSet) -> Path:
         with open(tmp, "wb") as handle:
             np.savez(handle, **arrays)
     return path
-
-
-_NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, TypeError, AttributeError)
-
-
-def _npz_error(path: Path, what: str, hint: str, err: Exception) -> DataError:
-    # numpy raises all of _NPZ_ERRORS for damaged archives; an object array needs pickle, which is never allowed
-    reason = "it holds Python objects, which are never unpickled" if "pickle" in str(err) else f"{type(err).__name__}: {err}"
-    return DataError(f"cannot read {what} {path} ({reason}); {hint}")
-
-
-def _open_npz(path: Path, what: str, hint: str):
-    """np.load of an .npz whose first bytes say it is one (a zip archive); DataError otherwise."""
-    try:
-        with open(path, "rb") as handle:
-            magic = handle.read(6)
-    except OSError as err:
-        raise DataError(f"cannot read {what} {path} ({err.strerror}); {hint}") from err
-    if magic.startswith(b"\x93NUMPY"):
-        raise DataError(f"{path} is a single .npy array, not an .npz archive; {hint}")
-    if not magic.startswith((b"PK\x03\x04", b"PK\x05\x06")):
-        state = "empty" if not magic else "not a zip archive, which an .npz is"
-        raise DataError(f"cannot read {what} {path}: the file is {state}; {hint}")
-    try:
-        return np.load(path, allow_pickle=False)
-    except _NPZ_ERRORS as err:
-        raise _npz_error(path, what, hint, err) from err
-
-
-def npz_keys(path: str | Path, what: str, hint: str) -> list[str]:
-    """The array names of an .npz, without reading the arrays."""
-    with _open_npz(Path(path), what, hint) as data:
-        return list(data.files)
-
-
-def read_npz(path: str | Path, what: str, hint: str) -> dict[str, np.ndarray]:
-    """Every array of an .npz (no pickles); DataError naming the file, what it was meant to be and `hint` otherwise."""
-    path = Path(path)
-    with _open_npz(path, what, hint) as data:
-        try:
-            return {key: data[key] for key in data.files}
-        except _NPZ_ERRORS as err:
-            raise _npz_error(path, what, hint, err) from err
 
 
 def load_calibration(path: str | Path) -> CalibrationSet:

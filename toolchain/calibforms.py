@@ -25,7 +25,8 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from toolchain.calibdata import CalibrationSet, load_calibration, npz_keys, read_npz
+from toolchain.calibdata import CalibrationSet, load_calibration
+from toolchain.data import npz_keys, read_npz
 from toolchain.errors import DataError
 
 NPZ_HINT = ("give a calibration .npz ('inputs', see calib_data/README.md; or keyed by the model's input name), "

@@ -24,6 +24,7 @@ from __future__ import annotations
 import io
 import os
 import tarfile
+import zipfile
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -215,10 +216,51 @@ def _fit(image: Image.Image, pre: Preprocessing) -> np.ndarray:
 # --- .npz -----------------------------------------------------------------------------------------------------
 
 
+_NPZ_ERRORS = (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error, KeyError, TypeError, AttributeError)
+
+
+def _npz_error(path: Path, what: str, hint: str, err: Exception) -> DataError:
+    # numpy raises all of _NPZ_ERRORS for damaged archives; an object array needs pickle, which is never allowed
+    reason = "it holds Python objects, which are never unpickled" if "pickle" in str(err) else f"{type(err).__name__}: {err}"
+    return DataError(f"cannot read {what} {path} ({reason}); {hint}")
+
+
+def _open_npz(path: Path, what: str, hint: str):
+    """np.load of an .npz whose first bytes say it is one (a zip archive); DataError otherwise."""
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(6)
+    except OSError as err:
+        raise DataError(f"cannot read {what} {path} ({err.strerror}); {hint}") from err
+    if magic.startswith(b"\x93NUMPY"):
+        raise DataError(f"{path} is a single .npy array, not an .npz archive; {hint}")
+    if not magic.startswith((b"PK\x03\x04", b"PK\x05\x06")):
+        state = "empty" if not magic else "not a zip archive, which an .npz is"
+        raise DataError(f"cannot read {what} {path}: the file is {state}; {hint}")
+    try:
+        return np.load(path, allow_pickle=False)
+    except _NPZ_ERRORS as err:
+        raise _npz_error(path, what, hint, err) from err
+
+
+def npz_keys(path: str | Path, what: str, hint: str) -> list[str]:
+    """The array names of an .npz, without reading the arrays."""
+    with _open_npz(Path(path), what, hint) as data:
+        return list(data.files)
+
+
+def read_npz(path: str | Path, what: str, hint: str) -> dict[str, np.ndarray]:
+    """Every array of an .npz (no pickles); DataError naming the file, what it was meant to be and `hint` otherwise."""
+    path = Path(path)
+    with _open_npz(path, what, hint) as data:
+        try:
+            return {key: data[key] for key in data.files}
+        except _NPZ_ERRORS as err:
+            raise _npz_error(path, what, hint, err) from err
+
+
 def _from_npz(path: Path, pre: Preprocessing, limit: int | None, seed: int | None) -> ImageSet:
     hint = "save one with np.savez(path, images=uint8 (N, H, W, C), labels=int (N,), class_names=...)"
-    from toolchain.calibdata import read_npz
-
     arrays = read_npz(path, "the image .npz", hint)
     missing = [key for key in ("images", "labels") if key not in arrays]
     if missing:
