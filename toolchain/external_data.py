@@ -19,11 +19,13 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import onnx
+from google.protobuf.message import EncodeError
 from onnx import helper
 
 from toolchain.atomic import atomic_output, default_file_mode, remove_stale_temporaries
@@ -188,3 +190,42 @@ def write_with_external_data(model: onnx.ModelProto, path: Path) -> Path:
         if stale != final_data:
             stale.unlink(missing_ok=True)
     return final_data
+
+
+PROTOBUF_LIMIT = (1 << 31) - 1  # protobuf cannot serialise (or size) a message this large
+EXTERNAL_DATA_ABOVE = 1 << 30  # bytes: larger models are written with external data (headroom below the limit)
+
+
+def serialized_size(model: onnx.ModelProto) -> int:
+    """Bytes of the serialised model; PROTOBUF_LIMIT when it is too large for protobuf to say."""
+    # The weights' bytes first: cheap, and protobuf takes seconds to find out that a 2 GiB model is too large.
+    if sum(len(t.raw_data) for t in model.graph.initializer) >= PROTOBUF_LIMIT:
+        return PROTOBUF_LIMIT
+    try:
+        return model.ByteSize()
+    except (EncodeError, ValueError):
+        return PROTOBUF_LIMIT
+
+
+def fits_one_protobuf(model: onnx.ModelProto, limit: int = EXTERNAL_DATA_ABOVE) -> bool:
+    """Whether `model` is written as one file (and may be handed to onnxruntime as bytes)."""
+    return serialized_size(model) < limit
+
+
+@contextlib.contextmanager
+def written_to_temporary_folder(model: onnx.ModelProto) -> Iterator[Path]:
+    """`model` saved with external data in a temporary folder, for tools that take a path (onnx.checker,
+    onnxruntime) when it is too large to hand over as bytes; the folder is removed after the block."""
+    with tempfile.TemporaryDirectory(prefix="toolchain-") as folder:
+        path = Path(folder) / "model.onnx"
+        write_with_external_data(model, path)
+        yield path
+
+
+def check_model(model: onnx.ModelProto, full_check: bool = False) -> None:
+    """onnx.checker on an in-memory model of any size (beyond 1 GiB through a temporary file with external data)."""
+    if fits_one_protobuf(model):
+        onnx.checker.check_model(model, full_check=full_check)
+        return
+    with written_to_temporary_folder(model) as path:
+        onnx.checker.check_model(str(path), full_check=full_check)

@@ -13,40 +13,23 @@ its data, after every location was checked (external_data.py); a model too large
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 
 import onnx
-from google.protobuf.message import DecodeError, EncodeError
+from google.protobuf.message import DecodeError
 
 from toolchain.atomic import atomic_output
 from toolchain.errors import ModelFileError
+from toolchain.external_data import (EXTERNAL_DATA_ABOVE, PROTOBUF_LIMIT, all_tensors, check_model, data_files,
+                                     detached_raw_data, fits_one_protobuf, read_external_data, serialized_size,
+                                     write_with_external_data, written_to_temporary_folder)
 from toolchain.validate import check_structure
-from toolchain.external_data import all_tensors, data_files, detached_raw_data, read_external_data, write_with_external_data
 
-__all__ = ["atomic_output", "fits_one_protobuf", "load_model", "model_sha256", "save_model"]
-
-PROTOBUF_LIMIT = (1 << 31) - 1  # protobuf cannot serialise (or size) a message this large
-EXTERNAL_DATA_ABOVE = 1 << 30  # bytes: larger models are written with external data (headroom below the limit)
-
-
-def serialized_size(model: onnx.ModelProto) -> int:
-    """Bytes of the serialised model; PROTOBUF_LIMIT when it is too large for protobuf to say."""
-    # The weights' bytes first: cheap, and protobuf takes seconds to find out that a 2 GiB model is too large.
-    if sum(len(t.raw_data) for t in model.graph.initializer) >= PROTOBUF_LIMIT:
-        return PROTOBUF_LIMIT
-    try:
-        return model.ByteSize()
-    except (EncodeError, ValueError):
-        return PROTOBUF_LIMIT
-
-
-def fits_one_protobuf(model: onnx.ModelProto, limit: int = EXTERNAL_DATA_ABOVE) -> bool:
-    """Whether `model` is written as one file (and may be handed to onnxruntime as bytes)."""
-    return serialized_size(model) < limit
+# check_model, fits_one_protobuf, serialized_size and written_to_temporary_folder live in external_data (below
+# validate and ortsession, which need them); they are re-exported here, where callers look for file handling.
+__all__ = ["EXTERNAL_DATA_ABOVE", "PROTOBUF_LIMIT", "atomic_output", "check_model", "fits_one_protobuf", "load_model",
+           "model_sha256", "save_model", "serialized_size", "written_to_temporary_folder"]
 
 
 def model_sha256(model: onnx.ModelProto) -> str:
@@ -106,22 +89,3 @@ def save_model(model: onnx.ModelProto, path: str | Path, external_data_above: in
     else:
         write_with_external_data(model, path)
     return path
-
-
-@contextlib.contextmanager
-def written_to_temporary_folder(model: onnx.ModelProto) -> Iterator[Path]:
-    """`model` saved with external data in a temporary folder, for tools that take a path (onnx.checker,
-    onnxruntime) when it is too large to hand over as bytes; the folder is removed after the block."""
-    with tempfile.TemporaryDirectory(prefix="toolchain-") as folder:
-        path = Path(folder) / "model.onnx"
-        save_model(model, path, external_data_above=0)
-        yield path
-
-
-def check_model(model: onnx.ModelProto, full_check: bool = False) -> None:
-    """onnx.checker on an in-memory model of any size (beyond 1 GiB through a temporary file with external data)."""
-    if fits_one_protobuf(model):
-        onnx.checker.check_model(model, full_check=full_check)
-        return
-    with written_to_temporary_folder(model) as path:
-        onnx.checker.check_model(str(path), full_check=full_check)

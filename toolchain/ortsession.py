@@ -19,7 +19,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper
 
-from toolchain.modelio import fits_one_protobuf, written_to_temporary_folder
+from toolchain.external_data import fits_one_protobuf, written_to_temporary_folder
 
 
 def inference_session(model: onnx.ModelProto, options: ort.SessionOptions | None = None,

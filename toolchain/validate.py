@@ -17,7 +17,7 @@ import onnx
 from onnx import helper
 
 from toolchain.errors import GraphError, ModelFileError
-from toolchain.external_data import SUB_BYTE_BITS, all_tensors, expected_bytes
+from toolchain.external_data import SUB_BYTE_BITS, all_tensors, check_model, expected_bytes
 
 _TYPED_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double_data", "uint64_data")
 # onnx.checker demands a shape on graph outputs, which the format (and onnxruntime) does not:
@@ -125,8 +125,6 @@ def check_structure(model: onnx.ModelProto, source: str) -> None:
     check_text_fields(model, source)
     check_tensors(model, source)
     check_attributes(model, source)
-    from toolchain.modelio import check_model  # modelio calls this module when it loads a file
-
     try:
         check_model(model)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError, ValueError) as err:
