@@ -349,7 +349,8 @@ def generate_calibration(
     execution = execution or Execution()
     execution.apply_threads()
     calib = generate(proto, pre, method, n, config, seed=seed, real_data=data, progress=progress and rank == 0,
-                     checkpoint=checkpoint, resume=resume, distributed=distributed, device=execution.torch_device())
+                     checkpoint=checkpoint, resume=resume, distributed=distributed, device=execution.torch_device(),
+                     acceleration=execution.acceleration(pre.input_size))
     if rank == 0 and calib is not None:
         calib.manifest["model_file"] = str(model)
         save_calibration(path, calib)

@@ -41,14 +41,16 @@ def gaussian_kernel(size: int, sigma: float, channels: int) -> torch.Tensor:
 class ImagePipeline:
     """Augmentation and finalisation for images stored on an (H + P) x (W + P) canvas."""
 
-    def __init__(self, config: AugmentConfig, pre: Preprocessing) -> None:
+    def __init__(self, config: AugmentConfig, pre: Preprocessing, channels_last: bool = False) -> None:
         self.config = config
+        # NHWC canvases: the 3-channel depth-wise blur is ~20x faster in oneDNN's NHWC kernel at 256x256
+        self.layout = torch.channels_last if channels_last else torch.contiguous_format
         self.height, self.width = pre.input_size
         self.border = config.resolved_border(self.height)
         self.channels = pre.num_channels
         self.low, self.high = valid_range(pre)
         self.kernel = (gaussian_kernel(config.smoothing_kernel, config.smoothing_sigma, self.channels)
-                       if config.smoothing_sigma > 0 else None)
+                       .contiguous(memory_format=self.layout) if config.smoothing_sigma > 0 else None)
 
     @property
     def canvas(self) -> tuple[int, int]:
@@ -88,7 +90,11 @@ class ImagePipeline:
     def initial(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """N(0, 1) canvases, clipped to the valid range (DGH's Gaussian initialisation)."""
         x = torch.randn((n, self.channels, *self.canvas), generator=generator)
-        return self.clip(x)
+        return self.clip(x).contiguous(memory_format=self.layout)
+
+    def stored(self, x: torch.Tensor) -> torch.Tensor:
+        """`x` in the layout this pipeline keeps its canvases in (a checkpoint's images, either layout)."""
+        return x.contiguous(memory_format=self.layout)
 
 
 def batch_sizes(n: int, batch_size: int) -> list[int]:

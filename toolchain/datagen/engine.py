@@ -66,7 +66,7 @@ class Engine:
                  labels: torch.Tensor | None = None, classes: ClassObjective | None = None,
                  deep_start: int = 0, distributed: Distributed | None = None) -> None:
         self.teacher, self.config, self.n, self.seed = teacher, config, n, seed
-        self.pipeline = ImagePipeline(config.augment, pre)
+        self.pipeline = ImagePipeline(config.augment, pre, teacher.acceleration.channels_last)
         self.objective = BNObjective.build(teacher, config, pre.num_channels)
         self.sizes = batch_sizes(n, config.batch_size)
         self.counts = torch.tensor(self.sizes, dtype=torch.float32)
@@ -134,7 +134,7 @@ class Engine:
         if list(state["owned"]) != self.owned:
             raise ConfigError(f"cannot resume: the checkpoint holds batches {list(state['owned'])} but this process "
                               f"owns {self.owned}; resume with the same number of processes")
-        self._set_images([x.clone() for x in state["images"]])
+        self._set_images([self.pipeline.stored(x.clone()) for x in state["images"]])
         for optimizer, saved in zip(self.optimizers, state["optimizers"]):
             optimizer.load_state_dict(saved)
         for schedule, saved in zip(self.schedules, state["schedules"]):
@@ -195,9 +195,25 @@ class Engine:
         assert self.reduce is not None
         self.reduce(stored_sum(self.stored, self.counts))
 
-    @torch.enable_grad()  # also under a caller's torch.no_grad()
     def step(self, j: int) -> float:
         """One optimiser step on batch j (global index, owned by this process); returns its total loss."""
+        if not self.teacher.compiled:
+            return self._step(j)
+        # The first step through a compiled forward: its backward compiles now, and a failure there means
+        # eager from here on, the step redone from the same random draws.
+        generator = self.generators[self.local[j]]
+        state = generator.get_state()
+        try:
+            value = self._step(j)
+        except Exception as err:  # noqa: BLE001 - CompiledForward re-raises what is not a compile failure
+            self.teacher.fall_back(err)
+            generator.set_state(state)
+            return self._step(j)
+        self.teacher.confirm()
+        return value
+
+    @torch.enable_grad()  # also under a caller's torch.no_grad()
+    def _step(self, j: int) -> float:
         i = self.local[j]
         x, generator = self.images[i], self.generators[i]
         view = self.pipeline.augment(x, generator)
@@ -268,7 +284,7 @@ class Engine:
     @torch.no_grad()
     def final_images(self) -> torch.Tensor:
         """(own images, C, H, W) finalised images of this process's batches, in batch order (all n in one process)."""
-        return torch.cat([self.pipeline.finalise(x.detach()) for x in self.images])
+        return torch.cat([self.pipeline.finalise(x.detach()) for x in self.images]).contiguous()
 
     @torch.no_grad()
     def evaluate(self, store: bool = False) -> dict[str, float]:

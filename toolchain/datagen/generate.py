@@ -41,6 +41,7 @@ from toolchain.datagen.fdda import class_centres, round_robin_labels
 from toolchain.datagen.losses import ClassObjective, deep_weights
 from toolchain.datagen.teacher import Teacher
 from toolchain.errors import ConfigError, DataError, GraphError
+from toolchain.executor.acceleration import Acceleration
 from toolchain.graph import image_input
 from toolchain.modelio import model_sha256
 from toolchain.preprocessing import Preprocessing
@@ -50,23 +51,27 @@ from toolchain.preprocessing import Preprocessing
 def generate(model: onnx.ModelProto, pre: Preprocessing, method: str, n: int, config: GenerationConfig | None = None,
              seed: int = 0, real_data: str | Path | None = None, progress: bool = True,
              checkpoint: str | Path | None = None, resume: bool = False,
-             distributed: None = None, device: str | torch.device = "cpu") -> CalibrationSet: ...
+             distributed: None = None, device: str | torch.device = "cpu",
+             acceleration: Acceleration | None = None) -> CalibrationSet: ...
 
 
 @overload
 def generate(model: onnx.ModelProto, pre: Preprocessing, method: str, n: int, config: GenerationConfig | None = None,
              seed: int = 0, real_data: str | Path | None = None, progress: bool = True,
              checkpoint: str | Path | None = None, resume: bool = False,
-             distributed: Distributed | None = None, device: str | torch.device = "cpu") -> CalibrationSet | None: ...
+             distributed: Distributed | None = None, device: str | torch.device = "cpu",
+             acceleration: Acceleration | None = None) -> CalibrationSet | None: ...
 
 
 def generate(model: onnx.ModelProto, pre: Preprocessing, method: str, n: int, config: GenerationConfig | None = None,
              seed: int = 0, real_data: str | Path | None = None, progress: bool = True,
              checkpoint: str | Path | None = None, resume: bool = False,
-             distributed: Distributed | None = None, device: str | torch.device = "cpu") -> CalibrationSet | None:
+             distributed: Distributed | None = None, device: str | torch.device = "cpu",
+             acceleration: Acceleration | None = None) -> CalibrationSet | None:
     """Synthesise (or sample) `n` calibration inputs for `model` with `method` (see the module docstring).
 
     Distributed: the full set on rank 0, None on the other ranks. `device`: where the network runs.
+    `acceleration`: channels-last / torch.compile of the teacher (None: "auto" for this input size and device).
     """
     started = time.perf_counter()
     rank = distributed.rank if distributed is not None else 0
@@ -97,7 +102,7 @@ def generate(model: onnx.ModelProto, pre: Preprocessing, method: str, n: int, co
     else:
         inputs, labels = _optimise(model, pre, method, n, config, seed, real_data, progress and rank == 0,
                                    Path(checkpoint) if checkpoint is not None else None, resume, distributed, manifest,
-                                   torch.device(device))
+                                   torch.device(device), acceleration)
         if inputs is None:
             return None
     manifest["wall_time_s"] = round(time.perf_counter() - started, 3)
@@ -190,14 +195,17 @@ def _num_classes(teacher: Teacher, pre: Preprocessing) -> int:
 
 def _optimise(model: onnx.ModelProto, pre: Preprocessing, method: str, n: int, config: GenerationConfig, seed: int,
               real_data: str | Path | None, progress: bool, checkpoint: Path | None, resume: bool,
-              distributed: Distributed | None, manifest: dict[str, Any],
-              device: torch.device) -> tuple[np.ndarray | None, np.ndarray | None]:
+              distributed: Distributed | None, manifest: dict[str, Any], device: torch.device,
+              acceleration: Acceleration | None) -> tuple[np.ndarray | None, np.ndarray | None]:
     """The optimised images and labels; (None, None) on ranks other than 0 of a distributed run."""
     _require_bn(model, method)
     if resume and checkpoint is None:
         raise ConfigError("resume needs the checkpoint path of the interrupted run (--checkpoint)")
-    teacher = Teacher.from_onnx(model).to(device)
+    if acceleration is None:
+        acceleration = Acceleration.resolve("auto", "auto", pre.input_size, device)
+    teacher = Teacher.from_onnx(model, acceleration).to(device)
     manifest["device"] = str(device)
+    manifest["acceleration"] = acceleration.describe()
     labels, classes, deep_start = None, None, 0
     if method == "fdda":
         labels, classes, deep_start = _fdda_setup(teacher, pre, n, config, seed, real_data, manifest)

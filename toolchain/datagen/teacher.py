@@ -2,6 +2,7 @@
 
 Usage:
     teacher = Teacher.from_onnx(model_proto)         # OnnxModule, weights frozen (buffers)
+    teacher = Teacher.from_onnx(model_proto, Acceleration(channels_last=True, compile=True))   # ImageNet-size
     teacher = Teacher.from_torch(native_module)      # the same interface on an nn.Module (benchmarks, tests)
     out = teacher.run(x, per_image=range(8, 19), keep_last=True)
     out.logits, out.m1, out.m2                       # m1/m2: flat (sum_l C_l,) per-channel E[A], E[A^2]
@@ -9,12 +10,14 @@ Usage:
 
 Moments are taken inside the BN-input hook (x.mean over every axis but 1), so a no-grad pass keeps no
 activations alive, and all layers' statistics travel as one flat vector (one all-reduce, one loss op).
+With `acceleration.compile`, gradient-enabled forwards (the training steps) run through torch.compile,
+which fuses each BN input's moments into the ops around it; the engine reports a failure of the first
+compiled step through `fall_back` (see executor.acceleration).
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +26,7 @@ import torch
 from torch import nn
 
 from toolchain.errors import GraphError
+from toolchain.executor.acceleration import Acceleration, CompiledForward, to_channels_last
 
 BnHook = Callable[[str, torch.Tensor], None]
 STD_EPS = 1e-6  # sqrt(var + 1e-6), as DGH and ZeroQ
@@ -97,7 +101,7 @@ class Teacher:
     """A frozen module with a BN-input hook, the BN layout and the running statistics as flat targets."""
 
     def __init__(self, module: nn.Module, layout: Layout, mean: torch.Tensor, var: torch.Tensor,
-                 hook: Callable[[BnHook], contextlib.AbstractContextManager]) -> None:
+                 install: Callable[[BnHook], Any], acceleration: Acceleration | None = None) -> None:
         if not layout.names:
             raise GraphError("the model has no BatchNormalization nodes")
         self.module = module.eval()
@@ -106,9 +110,18 @@ class Teacher:
         self.layout = layout
         var = var.float()
         self.targets = Targets(mean.float(), var, torch.sqrt(var + STD_EPS))
-        self._hook = hook
         self._index = {name: i for i, name in enumerate(layout.names)}
         self.device = torch.device("cpu")
+        self.acceleration = acceleration or Acceleration()
+        if self.acceleration.channels_last:
+            to_channels_last(module)
+        # One hook for the teacher's life, reading what to collect from `_request`: a forward with the same
+        # request is the same code, so torch.compile traces it once (a hook per call would recompile).
+        self._records: list[tuple[int, torch.Tensor, torch.Tensor]] = []
+        self._request: tuple[frozenset[int], bool] = (frozenset(), False)
+        self._extras: dict[str, torch.Tensor] = {}
+        install(self._on_bn_input)
+        self._forward = CompiledForward(self._collect, self.acceleration.compile, "the teacher's forward pass")
 
     def to(self, device: torch.device) -> Teacher:
         """Run the module on `device` (a GPU): images, optimisers and losses stay on the CPU; each forward moves
@@ -118,7 +131,7 @@ class Teacher:
         return self
 
     @classmethod
-    def from_onnx(cls, model: onnx.ModelProto) -> Teacher:
+    def from_onnx(cls, model: onnx.ModelProto, acceleration: Acceleration | None = None) -> Teacher:
         from toolchain.executor import OnnxModule
 
         module = OnnxModule(model)  # initializers are buffers: nothing to differentiate but the input
@@ -126,7 +139,7 @@ class Teacher:
         layout = Layout(tuple(bn.name for bn in module.bn_nodes), tuple(bn.channels for bn in module.bn_nodes))
         mean = torch.cat([stats[n][0].reshape(-1) for n in layout.names]) if layout.names else torch.zeros(0)
         var = torch.cat([stats[n][1].reshape(-1) for n in layout.names]) if layout.names else torch.zeros(0)
-        return cls(module, layout, mean, var, module.bn_input_hook)
+        return cls(module, layout, mean, var, module.register_bn_input_hook, acceleration)
 
     @classmethod
     def from_torch(cls, module: nn.Module) -> Teacher:
@@ -137,54 +150,62 @@ class Teacher:
         mean = torch.cat([m.running_mean.detach().clone() for _, m in bns]) if bns else torch.zeros(0)
         var = torch.cat([m.running_var.detach().clone() for _, m in bns]) if bns else torch.zeros(0)
 
-        @contextlib.contextmanager
-        def hook(fn: BnHook) -> Iterator[None]:
-            handles = [m.register_forward_pre_hook(lambda _m, args, name=name: fn(name, args[0])) for name, m in bns]
-            try:
-                yield
-            finally:
-                for handle in handles:
-                    handle.remove()
+        def install(fn: BnHook) -> None:
+            for name, m in bns:
+                m.register_forward_pre_hook(lambda _m, args, name=name: fn(name, args[0]))
 
-        return cls(module, layout, mean, var, hook)
+        return cls(module, layout, mean, var, install)
 
     def run(self, x: torch.Tensor, per_image: Iterable[int] = (), keep_last: bool = False) -> Outputs:
         """Forward `x`; collect per-channel first/second moments of every BN input (with grad if x has one)."""
-        count = len(self.layout.names)
-        m1: list[torch.Tensor | None] = [None] * count
-        m2: list[torch.Tensor | None] = [None] * count
-        wanted = set(per_image)
-        image_mean: dict[int, torch.Tensor] = {}
-        image_var: dict[int, torch.Tensor] = {}
-        last: list[torch.Tensor] = []
-        index, last_index = self._index, count - 1
-
-        def hook(name: str, a: torch.Tensor) -> None:
-            i = index[name]
-            m1[i], m2[i] = Moments.apply(a)
-            if i in wanted:
-                spatial = tuple(range(2, a.dim()))
-                image_var[i], image_mean[i] = torch.var_mean(a, spatial, correction=0)
-            if keep_last and i == last_index:
-                last.append(a)
-
-        with self._hook(hook):
-            logits = self.module(x.to(self.device))
-        if self.device.type != "cpu":  # the losses are computed on the CPU, beside the stored moments
-            m1 = [m.cpu() for m in m1]
-            m2 = [m.cpu() for m in m2]
-            logits = logits.cpu()
-            image_mean = {i: v.cpu() for i, v in image_mean.items()}
-            image_var = {i: v.cpu() for i, v in image_var.items()}
-            last = [a.cpu() for a in last]
-        if any(m is None for m in m1):
-            missing = [self.layout.names[i] for i, m in enumerate(m1) if m is None]
+        self._request = (frozenset(per_image), keep_last)
+        logits, m1, m2, image_mean, image_var, last, seen = self._forward(x.to(self.device))
+        if len(seen) != len(self.layout.names):
+            missing = [name for i, name in enumerate(self.layout.names) if i not in set(seen)]
             raise GraphError(f"BatchNormalization nodes {missing[:3]} did not run in the forward pass; the graph is not a plain feed-forward model")
-        out = Outputs(logits, torch.cat(m1), torch.cat(m2))  # type: ignore[arg-type]
-        if wanted:
-            order = sorted(wanted)
-            out.image_mean = torch.cat([image_mean[i] for i in order], dim=1)
-            out.image_var = torch.cat([image_var[i] for i in order], dim=1)
-        if last:
-            out.last_input = last[0]
-        return out
+        if self.device.type != "cpu":  # the losses are computed on the CPU, beside the stored moments
+            logits, m1, m2 = logits.cpu(), m1.cpu(), m2.cpu()
+            image_mean, image_var, last = (None if v is None else v.cpu() for v in (image_mean, image_var, last))
+        return Outputs(logits, m1, m2, image_mean, image_var, last)
+
+    def fall_back(self, err: BaseException) -> None:
+        """A training step through the compiled forward failed in its backward: eager from now on (see CompiledForward)."""
+        self._forward.fall_back(err)
+
+    def confirm(self) -> None:
+        """A whole training step (forward and backward) ran: later errors are the computation's own."""
+        self._forward.confirm()
+
+    @property
+    def compiled(self) -> bool:
+        return self._forward.active and not self._forward.confirmed
+
+    def _on_bn_input(self, name: str, a: torch.Tensor) -> None:
+        i = self._index[name]
+        wanted, keep_last = self._request
+        m1, m2 = Moments.apply(a)
+        self._records.append((i, m1, m2))
+        if i in wanted:
+            spatial = tuple(range(2, a.dim()))
+            var, mean = torch.var_mean(a, spatial, correction=0)
+            self._extras[f"var{i}"], self._extras[f"mean{i}"] = var, mean
+        if keep_last and i == len(self.layout.names) - 1:
+            self._extras["last"] = a
+
+    def _collect(self, x: torch.Tensor) -> tuple[Any, ...]:
+        """logits, flat m1, m2, per-image mean and var (or None), the last BN input (or None), BN indices seen."""
+        self._records.clear()
+        self._extras.clear()
+        logits = self.module(x)
+        records = sorted({r[0]: r for r in self._records}.values(), key=lambda r: r[0])  # a node run twice: its last
+        seen = tuple(r[0] for r in records)
+        m1 = torch.cat([r[1] for r in records])
+        m2 = torch.cat([r[2] for r in records])
+        order = sorted(self._request[0])
+        extras = self._extras
+        image_mean = torch.cat([extras[f"mean{i}"] for i in order], dim=1) if order else None
+        image_var = torch.cat([extras[f"var{i}"] for i in order], dim=1) if order else None
+        last = extras.get("last")
+        self._records.clear()  # the graph keeps what the losses need; the lists need not
+        self._extras.clear()
+        return logits, m1, m2, image_mean, image_var, last, seen

@@ -212,6 +212,7 @@ class OnnxModule(nn.Module):
         # An OrderedDict, not a dict: RemovableHandle keeps a weak reference to it, and dicts cannot have one.
         self._bn_hooks: OrderedDict[int, BnHook] = OrderedDict()
         self._output_hooks: dict[str, OutputHook] = {}
+        self.input_memory_format: torch.memory_format | None = None  # acceleration.to_channels_last sets NHWC
 
     # ------------------------------------------------------------------------------------ construction
 
@@ -332,7 +333,10 @@ class OnnxModule(nn.Module):
         params, buffers = self._parameters, self._buffers
         for slot, is_param, attribute in self._constant_slots:
             values[slot] = params[attribute] if is_param else buffers[attribute]
+        layout = self.input_memory_format
         for slot, tensor in zip(self._input_slots, inputs):
+            if layout is not None and tensor.dim() == 4 and tensor.is_floating_point():
+                tensor = tensor.contiguous(memory_format=layout)
             values[slot] = tensor
         hooks = self._bn_hooks
         output_hooks = self._output_hooks

@@ -43,6 +43,7 @@ from tqdm import tqdm
 from toolchain.errors import ToolchainError
 from toolchain.execution import Execution
 from toolchain.executor import OnnxModule
+from toolchain.executor.acceleration import to_channels_last
 from toolchain.quant.annotate import QuantPlan
 from toolchain.quant.materialize import materialize
 from toolchain.quant.qparams import QParams
@@ -82,10 +83,10 @@ class _Trainer:
     def __init__(self, float_model: onnx.ModelProto, plan: QuantPlan, act: dict[str, QParams],
                  weights: dict[str, QParams], calib: np.ndarray, recon: ReconConfig, bn: dict[str, BnTarget],
                  progress: bool, shard: Shard, cache: SampleCache, device: torch.device,
-                 start_integers: dict[str, np.ndarray] | None = None) -> None:
+                 start_integers: dict[str, np.ndarray] | None = None, channels_last: bool = False) -> None:
         self.float_model, self.plan, self.recon, self.bn = float_model, plan, recon, bn
         self.start_integers = start_integers or {}
-        self.shard, self.cache, self.device = shard, cache, device
+        self.shard, self.cache, self.device, self.channels_last = shard, cache, device, channels_last
         self.progress = progress and shard.rank == 0
         self.act, self.weights = dict(act), dict(weights)
         self.integers: dict[str, np.ndarray] = {}
@@ -116,7 +117,8 @@ class _Trainer:
         return tensor if tensor == self.output else f"{tensor}_dequantized"
 
     def _module(self, model: onnx.ModelProto, trainable: bool = False) -> OnnxModule:
-        return OnnxModule(model, trainable=trainable).to(self.device)
+        module = OnnxModule(model, trainable=trainable).to(self.device)
+        return to_channels_last(module) if self.channels_last else module
 
     def _pass(self, module: OnnxModule, source: SampleStore) -> SampleStore:
         """`module` over every sample of `source`, in batches of at most PASS_BYTES of input, into a new store."""
@@ -395,12 +397,14 @@ def reconstruct(float_model: onnx.ModelProto, plan: QuantPlan, act: dict[str, QP
     torch.manual_seed(recon.seed)
     shard = Shard.of(len(calib), distributed, align=recon.dc_batch_size)
     with SampleCache(execution.cache_budget, execution.spill_dir) as cache:
+        acceleration = execution.acceleration(tuple(calib.shape[2:]))  # compile: never (a new graph per unit)
         trainer = _Trainer(float_model, plan, act, weights, calib, recon, bn or {}, progress, shard, cache,
-                           execution.torch_device(), start_integers)
+                           execution.torch_device(), start_integers, acceleration.channels_last)
         result = _reconstruct_units(trainer, recon, resume_point, progress and shard.rank == 0)
         result.cache = {"budget_bytes": cache.budget, "peak_ram_bytes": cache.peak_in_ram,
                         "spilled_bytes": cache.spilled_bytes, "device": str(trainer.device),
-                        "processes": 1 if distributed is None else distributed.world_size}
+                        "processes": 1 if distributed is None else distributed.world_size,
+                        "channels_last": acceleration.channels_last}
     result.seconds = round(time.perf_counter() - started, 2)
     return result
 

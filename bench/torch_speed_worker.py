@@ -1,0 +1,147 @@
+"""One timed measurement of a torch stage, run by bench/torch_speed.py with either code version on PYTHONPATH.
+
+Usage (the driver runs these; by hand for a single look):
+    PYTHONPATH=. python bench/torch_speed_worker.py generate --model m.onnx --iterations 6
+    PYTHONPATH=. python bench/torch_speed_worker.py reconstruct --model m.onnx --calib c.npz --units 2
+    PYTHONPATH=. python bench/torch_speed_worker.py profile --model m.onnx --steps 2
+
+It imports only what the code before the speed work also has (datagen.generate, datagen.engine.Engine,
+recon.engine.find_units, the CLI), so the same file measures the old code and the new one. Each mode prints
+one JSON line on stdout. Generation: the real `generate` (preset cpu, 64 images, batch 32) with every
+optimiser step timed (Engine.step wrapped); the first two steps carry the start-up (a compile, the first
+touch of memory) and are reported apart. Reconstruction: the real `toolchain quantize --reconstruct pdquant
+--preset cpu` with the partition cut to its first N units (find_units wrapped), whose seconds the report
+records. Profile: torch.profiler over eager steps, self time per aten op (the driver groups them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import onnx
+import torch
+
+
+def peak_rss_gb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+
+
+def generate_mode(args: argparse.Namespace) -> dict:
+    from dataclasses import replace
+
+    from toolchain.datagen import generate, preset
+    from toolchain.datagen import engine as engine_module
+    from toolchain.preprocessing import read_preprocessing
+
+    model = onnx.load(args.model)
+    pre = read_preprocessing(model)
+    times: list[float] = []
+    original = engine_module.Engine.step
+
+    def timed(self, j):  # the optimiser step the issue counts, as the code under test runs it
+        start = time.perf_counter()
+        value = original(self, j)
+        times.append(time.perf_counter() - start)
+        return value
+
+    engine_module.Engine.step = timed
+    config = replace(preset("cpu", "dgh"), iterations=args.iterations)
+    start = time.perf_counter()
+    calib = generate(model, pre, "dgh", args.n, config, seed=0, progress=False)
+    wall = time.perf_counter() - start
+    steady = times[2:]
+    batch = config.batch_size
+    return {"mode": "generate", "steps": len(times), "batch": batch, "start_up_s": round(sum(times[:2]), 2),
+            "step_s_median": round(statistics.median(steady), 3),
+            "image_iteration_s": round(statistics.median(steady) / batch, 4),
+            "wall_s": round(wall, 1), "peak_rss_gb": peak_rss_gb(),
+            "acceleration": calib.manifest.get("acceleration", "NCHW, eager (before)"),
+            "bn_distance": calib.manifest["losses"]["final"].get("bn_distance")}
+
+
+def reconstruct_mode(args: argparse.Namespace) -> dict:
+    from toolchain.cli import cli
+    from toolchain.recon import engine as recon_engine
+
+    original = recon_engine.find_units
+
+    def first_units(*a, **k):
+        partition = original(*a, **k)
+        partition.units[:] = partition.units[:args.units]
+        return partition
+
+    recon_engine.find_units = first_units
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "q.onnx"
+        argv = ["quantize", args.model, "--calib", args.calib, "--w-bits", "4", "--a-bits", "8", "--reconstruct",
+                "pdquant", "--preset", "cpu", "--recon-iterations", str(args.iterations), "-o", str(out)]
+        start = time.perf_counter()
+        try:
+            cli.main(argv, standalone_mode=False)
+        except SystemExit as exit_:
+            if exit_.code:
+                raise
+        wall = time.perf_counter() - start
+        report = json.loads(out.with_suffix(".report.json").read_text())
+    recon = report["reconstruction"]
+    units = recon["units"]
+    batch = 2 * recon["config"]["batch_size"]  # pdquant: the QDrop half and the PD half
+    seconds = [u["seconds"] for u in units]
+    return {"mode": "reconstruct", "units": len(units), "unit_seconds": seconds, "recon_s": recon["seconds"],
+            "iterations": args.iterations, "batch": batch,
+            "image_iteration_s": round(sum(seconds) / (len(units) * args.iterations * batch), 4),
+            "wall_s": round(wall, 1), "peak_rss_gb": peak_rss_gb(),
+            "channels_last": recon["cache"].get("channels_last", False)}
+
+
+def profile_mode(args: argparse.Namespace) -> dict:
+    from torch.profiler import ProfilerActivity, profile
+
+    from toolchain.datagen import preset
+    from toolchain.datagen.engine import Engine
+    from toolchain.datagen.teacher import Teacher
+    from toolchain.preprocessing import read_preprocessing
+
+    model = onnx.load(args.model)
+    pre = read_preprocessing(model)
+    engine = Engine(Teacher.from_onnx(model), pre, preset("cpu", "dgh"), n=32, seed=0)
+    engine.initialise()
+    for _ in range(2):  # warm-up: first touch of memory, oneDNN primitive creation
+        engine.step(0)
+    start = time.perf_counter()
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for _ in range(args.steps):
+            engine.step(0)
+    wall = time.perf_counter() - start
+    ops = []
+    for event in prof.key_averages(group_by_input_shape=True):
+        if event.self_cpu_time_total > 0:
+            ops.append({"name": event.key, "shapes": [list(s) for s in event.input_shapes[:2]] if event.input_shapes else [],
+                        "self_s": event.self_cpu_time_total / 1e6 / args.steps, "calls": event.count // args.steps})
+    return {"mode": "profile", "steps": args.steps, "batch": 32, "step_s": round(wall / args.steps, 3), "ops": ops}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", choices=("generate", "reconstruct", "profile"))
+    parser.add_argument("--model", required=True)
+    parser.add_argument("--calib")
+    parser.add_argument("--iterations", type=int, default=6)
+    parser.add_argument("--units", type=int, default=2)
+    parser.add_argument("--steps", type=int, default=2)
+    parser.add_argument("-n", type=int, default=64)
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    result = {"generate": generate_mode, "reconstruct": reconstruct_mode, "profile": profile_mode}[args.mode](args)
+    print(json.dumps(result), file=sys.stdout, flush=True)
+
+
+if __name__ == "__main__":
+    main()

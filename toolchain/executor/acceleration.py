@@ -1,0 +1,118 @@
+"""How fast the torch stages run a graph: channels-last memory layout and torch.compile, with an eager fallback.
+
+Usage:
+    acceleration = Acceleration.resolve("auto", "auto", input_size=(224, 224), device=torch.device("cpu"))
+    acceleration.describe()                          # "channels-last, compiled": for manifests and reports
+    to_channels_last(module)                         # 4-D float weights and every 4-D input in NHWC order
+    forward = CompiledForward(fn, enabled=acceleration.compile, what="the teacher")
+    out = forward(x)                                 # compiled when it can be, else eager (one warning)
+    forward.fall_back(err)                           # a later failure of the compiled code (its backward)
+
+Neither option changes what is computed, only the order of floating-point operations inside kernels
+(channels-last convolutions use other oneDNN algorithms; inductor fuses element-wise ops and reductions),
+so results agree to float32 rounding, not bit for bit. "auto" turns both on for ImageNet-size inputs on the
+CPU, where bench/torch_speed.py measures them (Lite0 at 224x224 on 2 cores: channels-last alone about 2x
+per generation step, with compilation about 4x, after a one-off compile of about a minute), and off for
+small inputs (32x32), whose results therefore stay byte-identical to the code before either existed.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from toolchain.errors import ConfigError
+
+SWITCHES = ("auto", "on", "off")
+IMAGENET_SIZE = 96  # inputs at least this many pixels on their short side count as ImageNet-size for "auto"
+
+
+@dataclass(frozen=True)
+class Acceleration:
+    """Resolved switches: NHWC layout for 4-D tensors, and torch.compile of the training forward passes."""
+
+    channels_last: bool = False
+    compile: bool = False
+
+    @classmethod
+    def resolve(cls, channels_last: str, compile: str, input_size: tuple[int, ...] | None,
+                device: torch.device) -> Acceleration:
+        """"auto" -> on for ImageNet-size inputs (short side >= 96) on the CPU; "on"/"off" as said."""
+        for name, value in (("channels_last", channels_last), ("compile", compile)):
+            if value not in SWITCHES:
+                raise ConfigError(f"{name} must be one of {', '.join(SWITCHES)}, got {value!r}")
+        large = input_size is not None and len(input_size) >= 2 and min(input_size[-2:]) >= IMAGENET_SIZE
+        auto = large and device.type == "cpu"  # the GPU path has not been measured with either
+        layout = channels_last == "on" or (channels_last == "auto" and auto)
+        compiled = compile == "on" or (compile == "auto" and auto and compiler_available())
+        return cls(layout, compiled)
+
+    def describe(self) -> str:
+        parts = ["channels-last" if self.channels_last else "NCHW", "compiled" if self.compile else "eager"]
+        return ", ".join(parts)
+
+
+def compiler_available() -> bool:
+    """Inductor on the CPU writes C++: without a compiler on PATH, "auto" stays eager instead of failing later."""
+    return any(shutil.which(name) for name in ("g++", "c++", "clang++"))
+
+
+def to_channels_last(module: nn.Module) -> nn.Module:
+    """4-D float parameters and buffers in channels-last order, and the module's 4-D inputs converted on entry.
+
+    Convolutions follow their input's layout (oneDNN picks NHWC kernels when the input or the weight is NHWC)
+    and element-wise ops keep it, so one conversion at the input carries through the whole graph.
+    """
+    module.to(memory_format=torch.channels_last)
+    if hasattr(module, "input_memory_format"):
+        module.input_memory_format = torch.channels_last
+    return module
+
+
+class CompiledForward:
+    """`fn` under torch.compile (static shapes) while it works; the eager `fn` from its first failure on.
+
+    A compile error surfaces at the first call (forward) or at the first backward; the caller reports the
+    latter through `fall_back`, redoes the step and calls `confirm` once a whole step succeeded. After
+    confirmation an error is the computation's own and propagates (eager would raise it too).
+    """
+
+    def __init__(self, fn: Callable[..., Any], enabled: bool, what: str) -> None:
+        self.eager, self.what = fn, what
+        self.compiled = torch.compile(fn, dynamic=False) if enabled else None
+        self.confirmed = not enabled
+
+    @property
+    def active(self) -> bool:
+        return self.compiled is not None
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self.compiled is not None and torch.is_grad_enabled():
+            if self.confirmed:
+                return self.compiled(*args, **kwargs)
+            try:
+                return self.compiled(*args, **kwargs)
+            except Exception as err:  # noqa: BLE001 - any compile failure: eager computes the same values
+                self.fall_back(err)
+        # No-grad passes (initial and final evaluation) run a handful of times: compiling them would cost
+        # more than it saves, and the eager forward is the same graph.
+        return self.eager(*args, **kwargs)
+
+    def fall_back(self, err: BaseException) -> None:
+        if self.confirmed:
+            raise err
+        first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+        # stderr, as the progress bars: the library has no logger, and a warning filter must not hide a 4x slowdown
+        print(f"warning: torch.compile could not compile {self.what} ({type(err).__name__}: {first}); running it "
+              "eagerly (the same values up to float rounding, slower); --compile off skips the attempt", file=sys.stderr)
+        self.compiled = None
+        self.confirmed = True
+
+    def confirm(self) -> None:
+        self.confirmed = True
