@@ -3,7 +3,7 @@
 Usage (the driver runs these; by hand for a single look):
     PYTHONPATH=. python bench/torch_speed_worker.py generate --model m.onnx --iterations 6
     PYTHONPATH=. python bench/torch_speed_worker.py reconstruct --model m.onnx --calib c.npz --units 2
-    PYTHONPATH=. python bench/torch_speed_worker.py profile --model m.onnx --steps 2
+    PYTHONPATH=. python bench/torch_speed_worker.py profile --model m.onnx --steps 2 [--accelerated]
 
 It imports only what the code before the speed work also has (datagen.generate, datagen.engine.Engine,
 recon.engine.find_units, the CLI), so the same file measures the old code and the new one. Each mode prints
@@ -98,7 +98,7 @@ def reconstruct_mode(args: argparse.Namespace) -> dict:
             "iterations": args.iterations, "batch": batch,
             "image_iteration_s": round(sum(seconds) / (len(units) * args.iterations * batch), 4),
             "wall_s": round(wall, 1), "peak_rss_gb": peak_rss_gb(),
-            "channels_last": recon["cache"].get("channels_last", False)}
+            "acceleration": recon["cache"].get("acceleration", "NCHW, eager (before)")}
 
 
 def profile_mode(args: argparse.Namespace) -> dict:
@@ -111,9 +111,15 @@ def profile_mode(args: argparse.Namespace) -> dict:
 
     model = onnx.load(args.model)
     pre = read_preprocessing(model)
-    engine = Engine(Teacher.from_onnx(model), pre, preset("cpu", "dgh"), n=32, seed=0)
+    if args.accelerated:  # the new code's "auto" at 224 on the CPU
+        from toolchain.executor.acceleration import Acceleration
+
+        teacher = Teacher.from_onnx(model, Acceleration.resolve("auto", "auto", pre.input_size, torch.device("cpu")))
+    else:
+        teacher = Teacher.from_onnx(model)
+    engine = Engine(teacher, pre, preset("cpu", "dgh"), n=32, seed=0)
     engine.initialise()
-    for _ in range(2):  # warm-up: first touch of memory, oneDNN primitive creation
+    for _ in range(3):  # warm-up: first touch of memory, oneDNN primitive creation, the compile
         engine.step(0)
     start = time.perf_counter()
     with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
@@ -137,6 +143,7 @@ def main() -> None:
     parser.add_argument("--units", type=int, default=2)
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("-n", type=int, default=64)
+    parser.add_argument("--accelerated", action="store_true", help="profile: with the new code's auto acceleration")
     args = parser.parse_args()
     torch.manual_seed(0)
     result = {"generate": generate_mode, "reconstruct": reconstruct_mode, "profile": profile_mode}[args.mode](args)

@@ -140,12 +140,12 @@ def test_an_error_after_a_confirmed_compiled_step_propagates():
 
 
 def test_generate_cli_takes_the_switches_and_refuses_bad_values(tmp_path, digits):
-    """Rule: --channels-last/--compile are on `generate` (click choices: exit 2 on a bad value); quantize has
-    --channels-last only (it compiles nothing)."""
+    """Rule: --channels-last/--compile are on `generate` and `quantize` (click choices: exit 2 on a bad value,
+    no output file)."""
     runner = CliRunner()
     assert "--compile [auto|on|off]" in runner.invoke(cli, ["generate", "--help"]).output
     quantize_help = runner.invoke(cli, ["quantize", "--help"]).output
-    assert "--channels-last" in quantize_help and "--compile" not in quantize_help
+    assert "--channels-last" in quantize_help and "--compile" in quantize_help
     model, _ = digits
     path = tmp_path / "digits.onnx"
     onnx.save(model, str(path))

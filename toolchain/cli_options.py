@@ -91,8 +91,8 @@ def _cache_budget(ctx: click.Context, param: click.Parameter, value: str | None)
 
 
 def execution_options(reconstruction: bool = False, providers: bool = False) -> Callable[[F], F]:
-    """--device, --threads and --channels-last (torch stages); without `reconstruction`, --compile (generation);
-    with `reconstruction`, --cache-budget and --spill-dir; with `providers`, --providers (onnxruntime)."""
+    """--device, --threads, --channels-last and --compile (torch stages); with `reconstruction`, --cache-budget and
+    --spill-dir; with `providers`, --providers (onnxruntime)."""
 
     def decorate(func: F) -> F:
         options = [
@@ -107,12 +107,12 @@ def execution_options(reconstruction: bool = False, providers: bool = False) -> 
                          help="NHWC memory layout in the torch stages; auto = on for inputs of 96 px and more on "
                               "the CPU (about 2x faster at 224x224, README 'Torch stages at ImageNet size')."),
         ]
-        if not reconstruction:  # generation: one network, thousands of steps; reconstruction cuts a new one per unit
-            options.append(click.option(
-                "--compile", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
-                help="torch.compile the teacher's training forward pass (a one-off compile of about a minute, then "
-                     "about 2x faster at 224x224 on the CPU); auto = on for inputs of 96 px and more on the CPU when "
-                     "a C++ compiler is on PATH; a failed compile runs eagerly."))
+        options.append(click.option(
+            "--compile", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+            help="torch.compile generation's teacher forward and reconstruction's distribution-correction step (a "
+                 "one-off compile: about a minute for a whole network, seconds per unit; then about 2x faster at "
+                 "224x224 on the CPU); auto = on for inputs of 96 px and more on the CPU when a C++ compiler is on "
+                 "PATH; a failed compile runs eagerly."))
         if reconstruction:
             options += [
                 click.option("--cache-budget", callback=_cache_budget,

@@ -6,7 +6,12 @@ Usage:
     to_channels_last(module)                         # 4-D float weights and every 4-D input in NHWC order
     forward = CompiledForward(fn, enabled=acceleration.compile, what="the teacher")
     out = forward(x)                                 # compiled when it can be, else eager (one warning)
-    forward.fall_back(err)                           # a later failure of the compiled code (its backward)
+    forward.fall_back(err)                           # a failure of the first step's backward: eager from now on
+    forward.confirm()                                # a whole step ran: later errors are the computation's own
+
+Used by generation (the teacher's training forward) and by reconstruction's distribution correction (one
+compile per unit, reused for its 50 steps); not by the reconstruction loop itself, whose QDrop hooks draw
+random masks from a generator (a graph break per quantizer).
 
 Neither option changes what is computed, only the order of floating-point operations inside kernels
 (channels-last convolutions use other oneDNN algorithms; inductor fuses element-wise ops and reductions),
@@ -31,6 +36,7 @@ from toolchain.errors import ConfigError
 
 SWITCHES = ("auto", "on", "off")
 IMAGENET_SIZE = 96  # inputs at least this many pixels on their short side count as ImageNet-size for "auto"
+RECOMPILE_LIMIT = 1024  # compilations of one function (a unit each in reconstruction) before dynamo gives up
 
 
 @dataclass(frozen=True)
@@ -95,14 +101,20 @@ class CompiledForward:
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if self.compiled is not None and torch.is_grad_enabled():
             if self.confirmed:
-                return self.compiled(*args, **kwargs)
+                return self._call_compiled(*args, **kwargs)
             try:
-                return self.compiled(*args, **kwargs)
+                return self._call_compiled(*args, **kwargs)
             except Exception as err:  # noqa: BLE001 - any compile failure: eager computes the same values
                 self.fall_back(err)
         # No-grad passes (initial and final evaluation) run a handful of times: compiling them would cost
         # more than it saves, and the eager forward is the same graph.
         return self.eager(*args, **kwargs)
+
+    def _call_compiled(self, *args: Any, **kwargs: Any) -> Any:
+        # Reconstruction compiles the same function once per unit (another graph each time); dynamo's default of 8
+        # compilations per function would silently turn every later unit eager.
+        with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+            return self.compiled(*args, **kwargs)
 
     def fall_back(self, err: BaseException) -> None:
         if self.confirmed:

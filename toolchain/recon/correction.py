@@ -3,6 +3,7 @@
 Usage:
     targets = bn_targets(model_before_folding)           # BN output tensor -> BnTarget (read before folding)
     corrected = correct_inputs(fp_unit, x, [targets[t] for t in unit_bn_outputs], steps=50, lr=1e-3, lam=0.02)
+    corrected = correct_inputs(..., compile=True)       # ImageNet-size units: torch.compile the BN term
 
 The FP unit (BN-folded, as the quantizer sees it) returns its output followed by the BN-output tensors
 inside it. Folding turned each BatchNormalization into an affine map of the conv output, so the BN
@@ -22,6 +23,7 @@ import torch
 from onnx import numpy_helper
 
 from toolchain.executor import OnnxModule
+from toolchain.executor.acceleration import CompiledForward
 
 
 @dataclass(frozen=True)
@@ -57,8 +59,12 @@ def bn_loss(outputs: list[torch.Tensor], targets: list[BnTarget]) -> torch.Tenso
     total = outputs[0].new_zeros(())
     for y, t in zip(outputs, targets):
         flat = y.flatten(2)  # N, C, H*W
-        m_out = flat.mean(2)
-        s_out = (flat.var(2, unbiased=True) + 1e-6).sqrt() if flat.shape[2] > 1 else torch.zeros_like(m_out)
+        if flat.shape[2] > 1:
+            var, m_out = torch.var_mean(flat, 2, correction=1)  # one pass over the BN output, not two
+            s_out = (var + 1e-6).sqrt()
+        else:
+            m_out = flat.mean(2)
+            s_out = torch.zeros_like(m_out)
         std_r = (t.var + t.epsilon).sqrt()
         gamma = torch.where(t.gamma.abs() < 1e-8, torch.full_like(t.gamma, 1e-8), t.gamma)
         m_in = t.mean + (m_out - t.beta) * std_r / gamma
@@ -68,19 +74,45 @@ def bn_loss(outputs: list[torch.Tensor], targets: list[BnTarget]) -> torch.Tenso
 
 
 def correct_inputs(fp_unit: OnnxModule, x: torch.Tensor, targets: list[BnTarget], steps: int, lr: float,
-                   lam: float) -> torch.Tensor:
-    """x' near x whose BN statistics inside `fp_unit` are closer to the running ones (no grad on the result)."""
+                   lam: float, compile: bool = False) -> torch.Tensor:
+    """x' near x whose BN statistics inside `fp_unit` are closer to the running ones (no grad on the result).
+
+    `compile`: the BN term (the unit's forward and the statistics) through torch.compile, with the eager
+    fallback of executor.acceleration (a compile costs 1-5 s per unit at 224x224; it halves each step there).
+    """
     if steps == 0 or not targets:
         return x
+    # The input is the largest tensor here (64 x 32 x 112 x 112 on Lite0's second unit): every pass over it counts.
+    # It is kept in the unit's layout (no conversion per forward), the proximity term (sum_c (x' - x)^2 averaged
+    # over n, h, w = the total sum / (N H W)) and its gradient are computed directly, and Adam is the fused kernel.
+    layout = getattr(fp_unit, "input_memory_format", None) if x.dim() == 4 else None
+    x = x.contiguous(memory_format=layout) if layout is not None else x
     corrected = x.clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([corrected], lr=lr)
+    positions = x.numel() // x.shape[1] if x.dim() > 1 else x.numel()
+    optimizer = torch.optim.Adam([corrected], lr=lr, fused=x.device.type == "cpu" or None)
     schedule = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=100, min_lr=1e-5)
+
+    def bn_term(images: torch.Tensor) -> torch.Tensor:
+        outs = fp_unit(images)
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        return bn_loss(list(outs[1:]), targets)
+
+    term = CompiledForward(bn_term, compile, "a distribution-correction step")
     for _ in range(steps):
         optimizer.zero_grad(set_to_none=True)
-        outs = fp_unit(corrected)
-        outs = outs if isinstance(outs, tuple) else (outs,)
-        loss = bn_loss(list(outs[1:]), targets) + (corrected - x).pow(2).sum(1).mean() / lam
-        loss.backward()
+        try:
+            loss = term(corrected)
+            loss.backward()
+        except Exception as err:  # noqa: BLE001 - fall_back re-raises unless it is the first compiled step
+            term.fall_back(err)
+            optimizer.zero_grad(set_to_none=True)
+            loss = term(corrected)
+            loss.backward()
+        term.confirm()
+        with torch.no_grad():  # the proximity term and its gradient 2 (x' - x) / (N H W lam), by hand: two passes
+            diff = corrected - x
+            proximity = diff.square().sum() / (positions * lam)
+            corrected.grad.add_(diff, alpha=2.0 / (positions * lam))
         optimizer.step()
-        schedule.step(loss.item())
+        schedule.step(float(loss.detach()) + float(proximity))
     return corrected.detach()

@@ -43,7 +43,7 @@ from tqdm import tqdm
 from toolchain.errors import ToolchainError
 from toolchain.execution import Execution
 from toolchain.executor import OnnxModule
-from toolchain.executor.acceleration import to_channels_last
+from toolchain.executor.acceleration import Acceleration, to_channels_last
 from toolchain.quant.annotate import QuantPlan
 from toolchain.quant.materialize import materialize
 from toolchain.quant.qparams import QParams
@@ -83,10 +83,12 @@ class _Trainer:
     def __init__(self, float_model: onnx.ModelProto, plan: QuantPlan, act: dict[str, QParams],
                  weights: dict[str, QParams], calib: np.ndarray, recon: ReconConfig, bn: dict[str, BnTarget],
                  progress: bool, shard: Shard, cache: SampleCache, device: torch.device,
-                 start_integers: dict[str, np.ndarray] | None = None, channels_last: bool = False) -> None:
+                 start_integers: dict[str, np.ndarray] | None = None,
+                 acceleration: Acceleration | None = None) -> None:
         self.float_model, self.plan, self.recon, self.bn = float_model, plan, recon, bn
         self.start_integers = start_integers or {}
-        self.shard, self.cache, self.device, self.channels_last = shard, cache, device, channels_last
+        self.shard, self.cache, self.device = shard, cache, device
+        self.acceleration = acceleration or Acceleration()
         self.progress = progress and shard.rank == 0
         self.act, self.weights = dict(act), dict(weights)
         self.integers: dict[str, np.ndarray] = {}
@@ -118,7 +120,7 @@ class _Trainer:
 
     def _module(self, model: onnx.ModelProto, trainable: bool = False) -> OnnxModule:
         module = OnnxModule(model, trainable=trainable).to(self.device)
-        return to_channels_last(module) if self.channels_last else module
+        return to_channels_last(module) if self.acceleration.channels_last else module
 
     def _pass(self, module: OnnxModule, source: SampleStore) -> SampleStore:
         """`module` over every sample of `source`, in batches of at most PASS_BYTES of input, into a new store."""
@@ -161,7 +163,8 @@ class _Trainer:
             corrected = self.cache.store(len(x_fp), x_fp.sample_shape)
             for i in range(0, len(x_fp), recon.dc_batch_size):
                 corrected.write(i, correct_inputs(fp_unit, x_fp.read(slice(i, i + recon.dc_batch_size)).to(self.device),
-                                                  targets, recon.dc_steps, recon.dc_lr, recon.dc_lambda))
+                                                  targets, recon.dc_steps, recon.dc_lr, recon.dc_lambda,
+                                                  self.acceleration.compile))
             x_fp = corrected
         y_fp = self._pass(fp_unit, x_fp)
         use_pd = recon.prediction_difference and unit.decides_prediction
@@ -397,14 +400,14 @@ def reconstruct(float_model: onnx.ModelProto, plan: QuantPlan, act: dict[str, QP
     torch.manual_seed(recon.seed)
     shard = Shard.of(len(calib), distributed, align=recon.dc_batch_size)
     with SampleCache(execution.cache_budget, execution.spill_dir) as cache:
-        acceleration = execution.acceleration(tuple(calib.shape[2:]))  # compile: never (a new graph per unit)
+        acceleration = execution.acceleration(tuple(calib.shape[2:]))
         trainer = _Trainer(float_model, plan, act, weights, calib, recon, bn or {}, progress, shard, cache,
-                           execution.torch_device(), start_integers, acceleration.channels_last)
+                           execution.torch_device(), start_integers, acceleration)
         result = _reconstruct_units(trainer, recon, resume_point, progress and shard.rank == 0)
         result.cache = {"budget_bytes": cache.budget, "peak_ram_bytes": cache.peak_in_ram,
                         "spilled_bytes": cache.spilled_bytes, "device": str(trainer.device),
                         "processes": 1 if distributed is None else distributed.world_size,
-                        "channels_last": acceleration.channels_last}
+                        "acceleration": acceleration.describe()}
     result.seconds = round(time.perf_counter() - started, 2)
     return result
 
