@@ -23,7 +23,7 @@ def test_every_quantize_option_is_a_quantize_key():
     """Rule: each option of `toolchain quantize` that shapes the model is a key of a quantize entry (with the
     option's name), so a quantize command line translates one to one into a config entry."""
     not_model_options = {"calib", "output", "resume", "overwrite", "as_json", "quiet", "log_level", "device", "threads", "cache_budget",
-                         "spill_dir", "providers", "mean", "std", "input_size", "channel_order", "pixel_scale",
+                         "spill_dir", "providers", "channels_last", "compile", "mean", "std", "input_size", "channel_order", "pixel_scale",
                          "crop_fraction", "class_names"}  # run-level keys: calibration, run_dir, execution, preprocessing
     keys = {f.name for f in dataclasses.fields(QuantizeSpec)}
     assert _option_keys(quantize_command) - not_model_options <= keys
@@ -58,6 +58,7 @@ def test_hash_ignores_where_the_run_goes():
     ({"model": "x.onnx", "gates": {"min_top1": 0.5}}, ["needs labelled images", "evaluate.data"]),
     ({"evaluate": {"runtime": "tflite"}}, ["evaluate.runtime is 'tflite'"]),
     ({"execution": {"device": "tpu"}}, ["execution: unknown device 'tpu'"]),
+    ({"execution": {"compile": "always"}}, ["execution: compile must be auto, on or off"]),
     ({"quantize": [{"reduce_range": "sometimes"}]}, ["reduce_range is 'sometimes'"]),
 ])
 def test_bad_config_values_name_the_key(raw, needles):

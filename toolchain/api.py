@@ -158,11 +158,12 @@ def _check_reference(reference: str | Path, pre: Preprocessing) -> None:
     check_runs(proto, str(reference), pre.input_size)
 
 
-def run(config=None, config_name: str = "default", progress: bool = True):
+def run(config=None, config_name: str = "default", progress: bool = True, resume: bool = False):
     """The whole job from one typed config (pipeline.RunConfig; None: the built-in default run) into one run
     directory: export -> generate -> quantize each entry -> evaluate -> gates -> report. Returns a
     pipeline.RunResult (run_dir, report, failures; exit_code 3 when a gate failed); raises ToolchainError for
-    bad input, leaving no run directory behind.
+    bad input, leaving no run directory behind. `resume=True` continues a stopped run of the same config in
+    its run directory (finished stages reused, the interrupted one from its checkpoint).
 
     Example, an MLOps step:
         from toolchain import api
@@ -175,7 +176,7 @@ def run(config=None, config_name: str = "default", progress: bool = True):
     """
     from toolchain.pipeline import RunConfig, run_pipeline
 
-    return run_pipeline(config if config is not None else RunConfig(), config_name, progress)
+    return run_pipeline(config if config is not None else RunConfig(), config_name, progress, resume)
 
 
 @dataclass(frozen=True)

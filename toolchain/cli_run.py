@@ -34,6 +34,9 @@ def _flag_overrides(model: str | None, run_dir: str | None, overwrite: bool, cal
 @click.option("--run-dir", type=click.Path(file_okay=False), help="The run directory [default: runs/CONFIG-NAME, runs/default].")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run directory (only a run directory: one with "
                                                 "config.resolved.yaml).")
+@click.option("--resume", is_flag=True, help="Continue a stopped run (Ctrl-C, a kill) in its run directory: finished "
+                                             "stages are reused, the interrupted one continues from its checkpoint. "
+                                             "Needs the same config and flags (the config hash is checked).")
 @click.option("--model", help="Zoo name, package.module:factory or an .onnx file (config key model).")
 @click.option("--calib", type=click.Path(), help="Existing calibration data instead of generating it: calibration .npz, "
                                                  ".npz keyed by the input name, test_data_set_* folder, or an image dataset.")
@@ -48,7 +51,8 @@ def _flag_overrides(model: str | None, run_dir: str | None, overwrite: bool, cal
               help="Override any config key (repeatable): generate.n=512, quantize.1.w_bits=2, quantize.*.preset=fast.")
 @output_options(default_level="info")
 @handle_errors
-def run_command(config_file: str | None, run_dir: str | None, overwrite: bool, model: str | None, calib: str | None,
+def run_command(config_file: str | None, run_dir: str | None, overwrite: bool, resume: bool, model: str | None,
+                calib: str | None,
                 eval_data: str | None, min_top1: float | None, max_drop: float | None, min_agreement: float | None,
                 seed: int | None, device: str | None, threads: int | None, assignments: tuple[str, ...],
                 as_json: bool) -> None:
@@ -64,7 +68,8 @@ def run_command(config_file: str | None, run_dir: str | None, overwrite: bool, m
 
     \b
     Exit codes: 0 success; 2 bad config or input (nothing is left behind); 3 an accuracy gate failed
-    (the run directory is kept: its report says which); 1 internal error.
+    (the run directory is kept: its report says which); 1 internal error. A stopped run (Ctrl-C, a
+    kill) keeps its run directory: the same command with --resume continues it.
 
     \b
     Examples:
@@ -73,6 +78,7 @@ def run_command(config_file: str | None, run_dir: str | None, overwrite: bool, m
       toolchain run --model resnet20.onnx --calib calib.npz --eval-data test.tar.gz --set quantize.1.preset=thorough
       toolchain run pipeline.yaml --json --quiet | jq .gates
       toolchain run --model efficientnet_lite0 --eval-data ../shared/datasets/imagenet-sample-500.tar
+      toolchain run --model efficientnet_lite0 --eval-data ../shared/datasets/imagenet-sample-500.tar --resume
     """
     import os
 
@@ -90,7 +96,7 @@ def run_command(config_file: str | None, run_dir: str | None, overwrite: bool, m
     raw = apply_overrides(raw, [*flags, *assignments])
     config = config_from_mapping(raw, config_file or "the default config")
     name = Path(config_file).stem if config_file else "default"
-    result = api.run(config, config_name=name, progress=progress_wanted())
+    result = api.run(config, config_name=name, progress=progress_wanted(), resume=resume)
     if as_json:
         click.echo(json.dumps({"run_dir": str(result.run_dir), "passed": result.passed, **result.report}, default=float))
     elif not quiet():

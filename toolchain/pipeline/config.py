@@ -222,13 +222,16 @@ class EvaluateSpec:
 
 @dataclass(frozen=True)
 class ExecutionSpec:
-    """Where the stages run (the stage commands' --device, --threads, --cache-budget, --spill-dir, --providers)."""
+    """Where and how fast the stages run (the stage commands' --device, --threads, --cache-budget, --spill-dir,
+    --providers, --channels-last, --compile)."""
 
     device: str = "auto"
     threads: int | None = None
     cache_budget: str | None = None
     spill_dir: str | None = None
     providers: str | None = None
+    channels_last: str = "auto"
+    compile: str = "auto"
 
     def execution(self):
         from toolchain.execution import Execution, provider_names
@@ -236,7 +239,7 @@ class ExecutionSpec:
 
         budget = parse_bytes(self.cache_budget) if self.cache_budget is not None else None
         return Execution(device=self.device, threads=self.threads, cache_budget=budget, spill_dir=self.spill_dir,
-                         providers=provider_names(self.providers))
+                         providers=provider_names(self.providers), channels_last=self.channels_last, compile=self.compile)
 
 
 DEFAULT_QUANTIZE = (QuantizeSpec(name="W8A8"),

@@ -4,7 +4,9 @@ Usage:
     with run_directory(Path("runs/default"), overwrite=False) as folder:   # ConfigError if it exists
         with run_log(folder / "run.log") as log:
             log.info("export ...")
-    # an exception inside removes the folder again: a failed run leaves no partial outputs
+    # an exception inside removes the folder again: a failed run leaves no partial outputs; an interruption
+    # (Ctrl-C) keeps it for `toolchain run --resume`, and so does any failure of a resumed run
+    with run_directory(Path("runs/default"), overwrite=False, resume=True):          # an existing run, kept as is
 
 A folder is only replaced (`overwrite`) when it is a run directory (it holds RUN_MARKER), so a mistyped
 --run-dir cannot delete a folder of the user's.
@@ -24,9 +26,23 @@ RUN_MARKER = "config.resolved.yaml"
 LOGGER_NAME = "toolchain.run"
 
 
+def check_resumable(folder: Path, overwrite: bool) -> None:
+    """ConfigError unless `folder` is a run directory that --resume can continue."""
+    if overwrite:
+        raise ConfigError("--resume continues the run directory and --overwrite replaces it: choose one")
+    if not (folder / RUN_MARKER).is_file():
+        raise ConfigError(f"there is no run to resume in {folder} (no {RUN_MARKER}); run without --resume, or give the "
+                          "--run-dir (or config) of the stopped run")
+
+
 @contextmanager
-def run_directory(folder: Path, overwrite: bool) -> Iterator[Path]:
-    """Create `folder` (replacing an old run directory when `overwrite`); remove it if the body raises."""
+def run_directory(folder: Path, overwrite: bool, resume: bool = False) -> Iterator[Path]:
+    """Create `folder` (replacing an old run directory when `overwrite`; kept as it is when `resume`); remove it
+    if the body raises, unless the run was interrupted or resumed."""
+    if resume:
+        check_resumable(folder, overwrite)
+        yield folder  # a resumed run's folder holds earlier sessions' work: never removed here
+        return
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"run directory {folder} is a file; choose another --run-dir")
     if folder.exists() and any(folder.iterdir()):
@@ -40,6 +56,10 @@ def run_directory(folder: Path, overwrite: bool) -> Iterator[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     try:
         yield folder
+    except KeyboardInterrupt:
+        logging.getLogger(LOGGER_NAME).warning("interrupted: the run directory %s is kept; `toolchain run` with the "
+                                               "same config and --resume continues it", folder)
+        raise
     except BaseException:
         shutil.rmtree(folder, ignore_errors=True)
         raise

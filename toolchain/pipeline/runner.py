@@ -4,10 +4,14 @@ Usage:
     result = run_pipeline(RunConfig(), config_name="default")     # RunResult: run_dir, report, passed, failures
     result.exit_code                                              # 0, or 3 when a gate failed
 
+    result = run_pipeline(config, resume=True)                    # go on with a stopped run of the same config
+
 Everything goes into one run directory (pipeline.rundir): the FP32 model (when exported), calibration.npz,
 NAME.onnx and NAME.report.json per quantized model, config.resolved.yaml, report.json, report.md, the plots
 and run.log. Paths inside report.json are relative to the run directory, so a run directory can be moved.
 A failure other than a gate removes the run directory again; a failed gate keeps it (its report says why).
+A stopped run (Ctrl-C, a kill) keeps it with run.state.json (pipeline.state): `resume` reuses its finished
+stages and continues the stage that was running from that stage's checkpoint.
 """
 
 from __future__ import annotations
@@ -23,7 +27,8 @@ import onnx
 from toolchain.graph import image_input
 from toolchain.pipeline.config import QuantizeSpec, RunConfig
 from toolchain.pipeline.config_io import config_hash, resolved_yaml
-from toolchain.pipeline.rundir import RUN_MARKER, run_directory, run_log
+from toolchain.pipeline.rundir import RUN_MARKER, check_resumable, run_directory, run_log
+from toolchain.pipeline.state import RunState
 from toolchain.zoo import zoo_input_size
 
 CALIBRATION_FILE = "calibration.npz"
@@ -73,16 +78,26 @@ def _input_pixels(model: str) -> int | None:
     return size[0] * size[1] if size is not None else None
 
 
-def run_pipeline(config: RunConfig, config_name: str = "default", progress: bool = True) -> RunResult:
+def run_pipeline(config: RunConfig, config_name: str = "default", progress: bool = True,
+                 resume: bool = False) -> RunResult:
     """Run every stage of `config` into its run directory (see the module docstring)."""
     config.validate()
     config = resolve(config, config_name)
     folder = Path(config.run_dir)  # type: ignore[arg-type]  # resolve() set it
     started = time.perf_counter()
-    with run_directory(folder, config.overwrite), run_log(folder / "run.log") as log:
-        (folder / RUN_MARKER).write_text(resolved_yaml(config), encoding="utf-8")
-        log.info("run %s: config hash %s, resolved config in %s", folder, config_hash(config)[:12], folder / RUN_MARKER)
-        stages = _Stages(config, folder, log, progress)
+    digest = config_hash(config)
+    if resume:
+        check_resumable(folder, config.overwrite)
+        state = RunState.resume(folder, digest)  # before run_directory: a mismatch must not touch the folder
+    with run_directory(folder, config.overwrite, resume=resume), run_log(folder / "run.log") as log:
+        if resume:
+            log.info("run %s: resuming (config hash %s); finished before: %s", folder, digest[:12],
+                     ", ".join(state.stages) or "nothing")
+        else:
+            (folder / RUN_MARKER).write_text(resolved_yaml(config), encoding="utf-8")
+            state = RunState.start(folder, digest)
+            log.info("run %s: config hash %s, resolved config in %s", folder, digest[:12], folder / RUN_MARKER)
+        stages = _Stages(config, folder, log, progress, state)
         report = stages.run()
         report["timing"]["total_s"] = round(time.perf_counter() - started, 2)
         failures = tuple(f for m in report["models"] for f in m["gates"]["failures"])
@@ -99,8 +114,8 @@ def run_pipeline(config: RunConfig, config_name: str = "default", progress: bool
 class _Stages:
     """The stages of one run, sharing the run's config, folder and logger."""
 
-    def __init__(self, config: RunConfig, folder: Path, log: Any, progress: bool) -> None:
-        self.config, self.folder, self.log, self.progress = config, folder, log, progress
+    def __init__(self, config: RunConfig, folder: Path, log: Any, progress: bool, state: RunState) -> None:
+        self.config, self.folder, self.log, self.progress, self.state = config, folder, log, progress, state
         self.execution = config.execution.execution()
         self.timing: dict[str, float] = {}
         self.model_path: Path | None = None
@@ -126,6 +141,8 @@ class _Stages:
         report["models"] = [self.quantize(spec, data, fp32) for spec in config.quantize]
         latency = self.latency(report["models"])
         report["timing"] = {"stages_s": dict(self.timing), **latency}
+        if self.state.resumed:  # the stage times are this session's; the reused stages ran in an earlier one
+            report["resumed"] = {"reused_stages": list(self.state.reused)}
         return report
 
     # ---------------------------------------------------------------------------------------------- stages
@@ -135,6 +152,14 @@ class _Stages:
         from toolchain.modelio import load_model
 
         config, started = self.config, time.perf_counter()
+        done = self.state.finished("model")
+        if done is not None:
+            path = self.folder / done["file"] if not Path(done["file"]).is_absolute() else Path(done["file"])
+            if path.is_file() and _sha256(path) == done["sha256"]:
+                self.model_path = path
+                self.pre = api.model_preprocessing(load_model(path), config.preprocessing, str(path))
+                self.log.info("model    %s: finished in an earlier session", path)
+                return self.state.reuse("model")
         if config.model_is_file:
             path = Path(config.model)
             exported = None
@@ -150,10 +175,12 @@ class _Stages:
                  f"max|diff|/max|ref| {exported.relative_diff:.1e}" if exported else "given as a file")
         self.log.info("model    %s: %s; %d BN layers, %d quantizable layers", path, where, summary.num_batchnorm,
                       len(summary.quantizable))
-        return {"source": config.model, "file": self._relative(path), "sha256": _sha256(path),
-                "num_batchnorm": summary.num_batchnorm, "quantizable_layers": len(summary.quantizable), "ops": summary.ops,
-                "input_shape": [1, self.pre.num_channels, *self.pre.input_size],
-                "export": {"relative_diff": exported.relative_diff, "tolerance": exported.tolerance} if exported else None}
+        entry = {"source": config.model, "file": self._relative(path), "sha256": _sha256(path),
+                 "num_batchnorm": summary.num_batchnorm, "quantizable_layers": len(summary.quantizable), "ops": summary.ops,
+                 "input_shape": [1, self.pre.num_channels, *self.pre.input_size],
+                 "export": {"relative_diff": exported.relative_diff, "tolerance": exported.tolerance} if exported else None}
+        self.state.finish("model", entry)
+        return entry
 
     def calibration(self) -> dict:
         from toolchain import api
@@ -164,6 +191,10 @@ class _Stages:
 
         config, out, started = self.config, self.folder / CALIBRATION_FILE, time.perf_counter()
         gen = config.generate
+        done = self.state.finished("calibration")
+        if done is not None and out.is_file():
+            self.log.info("calibrate %s: finished in an earlier session", out)
+            return self.state.reuse("calibration")
         if config.calibration is not None:
             calib = read_calibration_form(config.calibration, image_input(load_model(self.model_path), str(self.model_path)).name,
                                           str(self.model_path))
@@ -173,8 +204,10 @@ class _Stages:
             manifest = calib.manifest
             what = f"{len(calib)} inputs from {config.calibration if isinstance(config.calibration, str) else 'a reader'}"
         else:
+            checkpoint = out.with_name(out.name + ".ckpt")  # generate_calibration's, kept by a stopped session
             outcome = api.generate_calibration(self.model_path, gen.method, gen.n, out, gen.preset, gen.seed, gen.data,
-                                               gen.batch_size, gen.iterations, gen.per_class, overwrite=True,
+                                               gen.batch_size, gen.iterations, gen.per_class,
+                                               resume=self.state.resumed and checkpoint.is_file(), overwrite=True,
                                                overrides=config.preprocessing, progress=self.progress,
                                                execution=self.execution, fdda_classes=gen.fdda_classes)
             manifest = outcome.manifest
@@ -182,21 +215,29 @@ class _Stages:
         self._timed("calibration", started)
         self.log.info("calibrate %s: %s", out, what)
         losses = manifest.get("losses") or {}
-        return {"file": CALIBRATION_FILE, "method": manifest.get("method"), "n": manifest.get("n", gen.n),
-                "form": manifest.get("form"), "source": manifest.get("source") or manifest.get("file"),
-                "preset": manifest.get("preset"), "seed": manifest.get("seed"),
-                "losses": {k: losses[k] for k in ("initial", "final") if k in losses},
-                "loss_curve": losses.get("curve", [])}
+        entry = {"file": CALIBRATION_FILE, "method": manifest.get("method"), "n": manifest.get("n", gen.n),
+                 "form": manifest.get("form"), "source": manifest.get("source") or manifest.get("file"),
+                 "preset": manifest.get("preset"), "seed": manifest.get("seed"),
+                 "losses": {k: losses[k] for k in ("initial", "final") if k in losses},
+                 "loss_curve": losses.get("curve", [])}
+        self.state.finish("calibration", entry)
+        return entry
 
     def evaluate_fp32(self, data: str):
         from toolchain import api
 
+        from toolchain.evaluate import EvalResult
+
+        done = self.state.finished("fp32")
+        if done is not None:
+            return EvalResult(**self.state.reuse("fp32"))
         started = time.perf_counter()
         result = api.evaluate_model(self.model_path, data, None, self.config.evaluate.limit, self.config.evaluate.batch_size,
                                     self.execution.thread_count, self.config.evaluate.seed, self.config.preprocessing,
                                     progress=self.progress, providers=self.execution.providers)
         self._timed("evaluate", started)
         self.log.info("evaluate FP32 top-1 %.4f on %d images", result.top1, result.n)
+        self.state.finish("fp32", result.to_dict())
         return result
 
     def quantize(self, spec: QuantizeSpec, data: str | None, fp32: Any) -> dict:
@@ -205,10 +246,16 @@ class _Stages:
         from toolchain.pipeline.measure import parameter_bytes
 
         config, out, started = self.config, self.folder / f"{spec.label}.onnx", time.perf_counter()
+        done = self.state.finished(f"quantize:{spec.label}")
+        if done is not None and out.is_file():
+            self.log.info("quantize %s %s: finished in an earlier session", spec.label, out)
+            return self.state.reuse(f"quantize:{spec.label}")
         quant_config = spec.quant_config()
+        checkpoint = out.with_name(out.name + ".ckpt")  # quantize_model's reconstruction checkpoint
+        resume = self.state.resumed and quant_config.reconstruction.enabled and checkpoint.is_file()
         outcome = api.quantize_model(self.model_path, self.folder / CALIBRATION_FILE, out, quant_config, spec.calib_limit,
                                      spec.seed, overwrite=True, overrides=config.preprocessing, progress=self.progress,
-                                     execution=self.execution)
+                                     resume=resume, execution=self.execution)
         self._timed("quantize", started)
         for warning in outcome.warnings:
             self.log.warning("%s: %s", spec.label, warning)
@@ -229,6 +276,7 @@ class _Stages:
                     if fp32 is not None else "")
         self.log.info("quantize %s %s: %sinteger coverage %.2f of ops, %s bytes of parameters (FP32 %s)", spec.label, out,
                       accuracy, entry["coverage"]["ops"], f"{entry['size']['bytes']:,}", f"{entry['size']['fp32']:,}")
+        self.state.finish(f"quantize:{spec.label}", entry)
         return entry
 
     def latency(self, models: list[dict]) -> dict:

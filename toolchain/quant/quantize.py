@@ -278,7 +278,7 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
             return None  # every rank holds the same parameters: rank 0 materialises and reports
         act, weights, integers = result.activations, result.weights, result.weight_integers
         recon_report = {"config": result.config.to_dict(), "units": result.units, "notes": result.notes,
-                        "seconds": result.seconds, "cache": result.cache}
+                        "seconds": result.seconds, "cache": result.cache, "resumed_after_units": result.resumed_units}
         warnings.extend(result.notes)  # e.g. a region reconstructed layer by layer: the CLI prints these
     act = cap_to_fused_clips(float_model, plan, act)
     qdq = materialize(float_model, plan, act, weights, config.low_bit_storage, integers,

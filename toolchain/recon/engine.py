@@ -77,6 +77,7 @@ class ReconResult:
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     cache: dict = field(default_factory=dict)  # budget, peak bytes in RAM, bytes spilled to disk
+    resumed_units: int = 0  # units taken from a checkpoint (0: the run started afresh)
 
 
 class _Trainer:
@@ -440,7 +441,7 @@ def _reconstruct_units(trainer: _Trainer, recon: ReconConfig, resume_point: Resu
         last = units[-1]
         bar.set_postfix(rec=f"{last['loss_before']['rec']:.3g}->{last['loss_after']['rec']:.3g}"
                             + (" (kept its start)" if last["kept"] == "start" else ""))
-    return ReconResult(recon, trainer.act, trainer.weights, trainer.integers, units, partition.notes)
+    return ReconResult(recon, trainer.act, trainer.weights, trainer.integers, units, partition.notes, resumed_units=first)
 
 
 def _divergence_message(err: ReconstructionError, units: list[dict], resume_point: ResumePoint | None) -> str:
