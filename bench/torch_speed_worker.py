@@ -129,7 +129,7 @@ def profile_mode(args: argparse.Namespace) -> dict:
     ops = []
     for event in prof.key_averages(group_by_input_shape=True):
         if event.self_cpu_time_total > 0:
-            ops.append({"name": event.key, "shapes": [list(s) for s in event.input_shapes[:2]] if event.input_shapes else [],
+            ops.append({"name": event.key, "shapes": [list(s) for s in event.input_shapes[:3]] if event.input_shapes else [],
                         "self_s": event.self_cpu_time_total / 1e6 / args.steps, "calls": event.count // args.steps})
     return {"mode": "profile", "steps": args.steps, "batch": 32, "step_s": round(wall / args.steps, 3), "ops": ops}
 

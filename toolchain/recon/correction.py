@@ -89,7 +89,7 @@ def correct_inputs(fp_unit: OnnxModule, x: torch.Tensor, targets: list[BnTarget]
     x = x.contiguous(memory_format=layout) if layout is not None else x
     corrected = x.clone().requires_grad_(True)
     positions = x.numel() // x.shape[1] if x.dim() > 1 else x.numel()
-    optimizer = torch.optim.Adam([corrected], lr=lr, fused=x.device.type == "cpu" or None)
+    optimizer = torch.optim.Adam([corrected], lr=lr, fused=True if x.device.type == "cpu" else None)
     schedule = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=100, min_lr=1e-5)
 
     def bn_term(images: torch.Tensor) -> torch.Tensor:
