@@ -105,12 +105,12 @@ def execution_options(reconstruction: bool = False, providers: bool = False) -> 
                               "threads made generation 4-20x slower (README, threads table)."),
             click.option("--channels-last", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
                          help="NHWC memory layout in the torch stages; auto = on for inputs of 96 px and more on "
-                              "the CPU (about 2x faster at 224x224, README 'Torch stages at ImageNet size')."),
+                              "the CPU (with --compile, generation 1.5-2.1x faster at 224x224: README 'Torch stages at ImageNet size')."),
         ]
         options.append(click.option(
             "--compile", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
             help="torch.compile generation's teacher forward and reconstruction's distribution-correction step (a "
-                 "one-off compile: about a minute for a whole network, seconds per unit; then about 2x faster at "
+                 "one-off compile: about a minute for a whole network, seconds per unit; then 1.5-2.1x faster at "
                  "224x224 on the CPU); auto = on for inputs of 96 px and more on the CPU when a C++ compiler is on "
                  "PATH; a failed compile runs eagerly."))
         if reconstruction:
