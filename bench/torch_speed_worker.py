@@ -2,7 +2,7 @@
 
 Usage (the driver runs these; by hand for a single look):
     PYTHONPATH=. python bench/torch_speed_worker.py generate --model m.onnx --iterations 6
-    PYTHONPATH=. python bench/torch_speed_worker.py reconstruct --model m.onnx --calib c.npz --units 2
+    PYTHONPATH=. python bench/torch_speed_worker.py reconstruct --model m.onnx --calib c.npz --units 2 [--phases]
     PYTHONPATH=. python bench/torch_speed_worker.py profile --model m.onnx --steps 2 [--accelerated]
 
 It imports only what the code before the speed work also has (datagen.generate, datagen.engine.Engine,
@@ -75,13 +75,17 @@ def reconstruct_mode(args: argparse.Namespace) -> dict:
     def first_units(*a, **k):
         partition = original(*a, **k)
         partition.units[:] = partition.units[:args.units]
+        if phases is not None:  # what loading, calibration and the FP logits left
+            phases["peak raised by"]["before the units"] = peak_rss_gb()
         return partition
 
     recon_engine.find_units = first_units
+    phases = _time_phases(recon_engine) if args.phases else None
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "q.onnx"
         argv = ["quantize", args.model, "--calib", args.calib, "--w-bits", "4", "--a-bits", "8", "--reconstruct",
-                "pdquant", "--preset", "cpu", "--recon-iterations", str(args.iterations), "-o", str(out)]
+                "pdquant", "--preset", "cpu", "--recon-iterations", str(args.iterations), "-o", str(out),
+                *args.quantize_option]
         start = time.perf_counter()
         try:
             cli.main(argv, standalone_mode=False)
@@ -98,7 +102,67 @@ def reconstruct_mode(args: argparse.Namespace) -> dict:
             "iterations": args.iterations, "batch": batch,
             "image_iteration_s": round(sum(seconds) / (len(units) * args.iterations * batch), 4),
             "wall_s": round(wall, 1), "peak_rss_gb": peak_rss_gb(),
-            "acceleration": recon["cache"].get("acceleration", "NCHW, eager (before)")}
+            "acceleration": recon["cache"].get("acceleration", "NCHW, eager (before)"),
+            **({"phases_s": _phase_split(phases, sum(seconds))} if phases is not None else {})}
+
+
+def _time_phases(recon_engine) -> dict[str, float]:
+    """Wrap the reconstruction engine's steps (names both code versions share) to add up their wall time.
+
+    None of them nests in another as the engine calls them (a cut and a module are built before a pass
+    runs), so the sums add up; the training loop is what is left of the units' time.
+    """
+    totals: dict[str, float] = {}
+    raised: dict[str, float] = {}  # step -> the peak (GB) it left, for the steps that raised it
+    totals["peak raised by"] = raised
+    trainer = recon_engine._Trainer
+    output_of = {}
+
+    def timed(name: str, function):
+        def wrapper(*a, **k):
+            start, peak = time.perf_counter(), peak_rss_gb()
+            try:
+                return function(*a, **k)
+            finally:
+                totals[name] = totals.get(name, 0.0) + time.perf_counter() - start
+                if peak_rss_gb() > peak:  # this step raised the process's peak memory
+                    raised[name] = peak_rss_gb()
+        return wrapper
+
+    recon_engine.correct_inputs = timed("distribution correction (50 steps per batch)", recon_engine.correct_inputs)
+    recon_engine.extract = timed("graph cuts (extract)", recon_engine.extract)
+    trainer.qdq_model = timed("QDQ graph rebuild (materialize)", trainer.qdq_model)
+    trainer._pass = timed("full passes (prefix, FP targets, next inputs)", trainer._pass)
+    module_builder = trainer._module
+
+    def module(self, model, trainable=False):
+        start = time.perf_counter()
+        built = module_builder(self, model, trainable)
+        totals["module builds"] = totals.get("module builds", 0.0) + time.perf_counter() - start
+        output_of[id(built)] = built
+        inputs = [i.name for i in model.graph.input]
+        if [o.name for o in model.graph.output] == [self.output] and inputs != [self.image_input] and not trainable:
+            built.forward = timed("training loop: PD tail forward (+ its backward, not timed)", built.forward)
+        return built
+
+    trainer._module = module
+    hook_name = "training loop: QDrop hooks forward (masks + select)"
+    if hasattr(trainer, "_qdrop_hook"):  # before the QDrop masks moved to recon.qdrop
+        method = trainer._qdrop_hook
+        trainer._qdrop_hook = lambda self: timed(hook_name, method(self))
+    else:
+        factory = recon_engine.qdrop_hook
+        recon_engine.qdrop_hook = lambda *a, **k: timed(hook_name, factory(*a, **k))
+    return totals
+
+
+def _phase_split(totals: dict[str, float], unit_seconds: float) -> dict[str, float]:
+    raised = totals.pop("peak raised by")
+    outside = sum(v for k, v in totals.items() if not k.startswith("training loop"))
+    split = {k: round(v, 2) for k, v in sorted(totals.items())}
+    split["peak raised by (GB after the step)"] = raised
+    split["training loop (all of it: rest of the units' time)"] = round(unit_seconds - outside, 2)
+    return split
 
 
 def profile_mode(args: argparse.Namespace) -> dict:
@@ -144,6 +208,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("-n", type=int, default=64)
     parser.add_argument("--accelerated", action="store_true", help="profile: with the new code's auto acceleration")
+    parser.add_argument("--quantize-option", action="append", default=[],
+                        help="reconstruct: one more `toolchain quantize` argument (repeat), e.g. --quantize-option=--compile=off")
+    parser.add_argument("--phases", action="store_true", help="reconstruct: add up the wall time of each step of a unit")
     args = parser.parse_args()
     torch.manual_seed(0)
     result = {"generate": generate_mode, "reconstruct": reconstruct_mode, "profile": profile_mode}[args.mode](args)

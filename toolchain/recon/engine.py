@@ -13,7 +13,8 @@ one is trained on the quantized graph as it stands (finished units hard-rounded)
   the BN statistics by distribution correction when on); the target is the FP unit on that input;
 - AdaRound variables replace the weights' integer initializers (soft integers behind the same
   DequantizeLinear); activation step sizes are the QuantizeLinear/DequantizeLinear scale initializers;
-- QDrop is a hook on the unit's QuantizeLinear nodes letting a random half of the elements through;
+- QDrop is a hook on the unit's QuantizeLinear nodes letting a random half of the elements through
+  (recon.qdrop);
 - the PD term runs the unit's quantized output through the FP rest of the network (cut at the unit).
 It returns new parameters (same zero points) and hard-rounded integers; a unit whose objective, measured
 hard-rounded on the same samples, ends above where it started keeps its start instead. With a `resume_point`
@@ -53,6 +54,7 @@ from toolchain.recon.config import ReconConfig
 from toolchain.recon.correction import BnTarget, correct_inputs
 from toolchain.recon.estimate import announce_remaining, unit_costs
 from toolchain.recon.losses import channel_error, objective, pd_loss
+from toolchain.recon.qdrop import keep_mask, qdrop_hook
 from toolchain.recon.resume import Progress, ResumePoint, load_progress, save_progress
 from toolchain.recon.shard import Shard
 from toolchain.recon.subgraph import extract
@@ -187,13 +189,16 @@ class _Trainer:
                     ints = rounding.hard_integers() if hard else self._starting_integers(w)
                     module.set_initializer(f"{w}_quantized", torch.from_numpy(ints.astype(np.float32)).to(self.device))
                 sums = torch.zeros(3, dtype=torch.float64)
-                if len(rows):
-                    out = module(self._rows(x_q, rows))
-                    sums[0] = float(channel_error(out, self._rows(y_fp, rows))) * len(rows)
+                # In chunks of at most PASS_BYTES of unit output: at 224x224 the 64 samples' activations through the
+                # PD tail at once set the whole run's peak memory (a 32x32 unit's samples still fit one chunk).
+                chunk = max(1, PASS_BYTES // max(1, 4 * int(np.prod(y_fp.sample_shape))))
+                for part in rows.split(chunk):
+                    out = module(self._rows(x_q, part))
+                    sums[0] += float(channel_error(out, self._rows(y_fp, part))) * len(part)
                     if use_pd:
                         z_q = tail(out) if tail is not None else out
-                        sums[1] = float(pd_loss(z_q, self._rows(self.z_fp, rows), recon.temperature)) * len(rows)
-                    sums[2] = len(rows)
+                        sums[1] += float(pd_loss(z_q, self._rows(self.z_fp, part), recon.temperature)) * len(part)
+                    sums[2] += len(part)
                 sums = shard.all_reduce_sum(sums)
             terms = {"rec": float(sums[0] / sums[2])}
             if use_pd:
@@ -210,7 +215,8 @@ class _Trainer:
         warm = int(recon.warmup * recon.iterations)
         bar = tqdm(range(recon.iterations), desc=f"{unit.label[:48]}", unit="it", file=sys.stderr,
                    disable=not self.progress, leave=False, position=bar_position)
-        qdrop_hooks = {q: self._qdrop_hook() for q in quantizers} if recon.qdrop else {}
+        hook = qdrop_hook(recon.qdrop_prob, self.generator, lambda: (self._hook_rows, self._hook_batch))
+        qdrop_hooks = {q: hook for q in quantizers} if recon.qdrop else {}
         for step in bar:
             index = torch.randint(0, n, (batch,), generator=self.generator)  # the global batch, the same on every rank
             positions, rows = shard.local(index)
@@ -220,7 +226,7 @@ class _Trainer:
             xq = self._rows(x_q, rows)
             inputs = xq
             if recon.qdrop:
-                keep = torch.rand((batch, *x_q.sample_shape), generator=self.generator) < 0.5
+                keep = keep_mask((batch, *x_q.sample_shape), 0.5, self.generator)
                 keep = keep if shard.is_whole else keep[positions]
                 inputs = torch.where(keep.to(self.device), xq, self._rows(x_fp, rows))
             if use_pd:
@@ -361,21 +367,6 @@ class _Trainer:
                     parameter.requires_grad_(True)
                     scales[root] = parameter
         return scales
-
-    def _qdrop_hook(self):
-        prob, generator, trainer = self.recon.qdrop_prob, self.generator, self
-
-        def hook(inputs: list[torch.Tensor], quantized: torch.Tensor) -> torch.Tensor:
-            x, scale = inputs[0], inputs[1]  # activation quantizers only: weights are DQ-only initializers
-            zero = inputs[2].to(x.dtype) if len(inputs) > 2 and inputs[2] is not None else 0.0
-            rows = trainer._hook_rows
-            if rows is None:
-                keep = torch.rand(quantized.shape, generator=generator) < prob
-            else:  # drawn for the global batch, as one process would, then this rank's rows
-                keep = (torch.rand((trainer._hook_batch, *quantized.shape[1:]), generator=generator) < prob)[rows]
-            return torch.where(keep.to(quantized.device), quantized, x / scale + zero)  # DQ maps x/s + z back to x
-
-        return hook
 
 
 def reconstruct(float_model: onnx.ModelProto, plan: QuantPlan, act: dict[str, QParams], weights: dict[str, QParams],
