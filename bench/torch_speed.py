@@ -82,8 +82,8 @@ def run_worker(code: Path, mode: str, args: list[str]) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def forward_macs(path: Path) -> float:
-    """Multiply-adds of one single-image forward: Conv, Gemm and MatMul from inferred shapes."""
+def layer_macs(path: Path) -> list[tuple[str, float]]:
+    """(weight initializer, multiply-adds of one single-image forward) of every Conv, Gemm and MatMul, in graph order."""
     model = onnx.load(str(path))
     graph = model.graph
     graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
@@ -91,15 +91,51 @@ def forward_macs(path: Path) -> float:
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
               for v in [*inferred.graph.value_info, *inferred.graph.output, *inferred.graph.input]}
     weights = {i.name: numpy_helper.to_array(i).shape for i in graph.initializer}
-    macs = 0.0
+    layers = []
     for node in inferred.graph.node:
         if node.op_type == "Conv" and node.input[1] in weights and node.output[0] in shapes:
             kernel = weights[node.input[1]]
-            macs += float(np.prod(shapes[node.output[0]])) * float(np.prod(kernel[1:]))
+            layers.append((node.input[1], float(np.prod(shapes[node.output[0]])) * float(np.prod(kernel[1:]))))
         elif node.op_type in ("Gemm", "MatMul") and node.input[1] in weights:
             out = shapes.get(node.output[0], [1])
-            macs += float(np.prod(out)) * float(weights[node.input[1]][0 if node.op_type == "MatMul" else -1])
-    return macs
+            layers.append((node.input[1], float(np.prod(out)) * float(weights[node.input[1]][0 if node.op_type == "MatMul" else -1])))
+    return layers
+
+
+def forward_macs(path: Path) -> float:
+    """Multiply-adds of one single-image forward: Conv, Gemm and MatMul from inferred shapes."""
+    return sum(macs for _, macs in layer_macs(path))
+
+
+def recon_floor_s(record: dict, layers: list[tuple[str, float]], gflops: float) -> float | None:
+    """The measured units' convolution and matrix work at the dense rate: the seconds no float32 code can beat.
+
+    Per unit, in multiply-adds x 2 FLOP: distribution correction (steps x samples x the unit's forward and input
+    gradient), the training loop (iterations x batch x 2 halves x the unit's forward, input and weight gradients;
+    with the PD term, iterations x batch x the FP tail's forward and input gradient), the loss measured before and
+    after (2 x 64 samples through unit and tail), and the passes for targets and next inputs (3 x samples x unit).
+    Element-wise work (activations, QDrop, losses, the optimiser) is left out, so the floor is a lower bound.
+    """
+    if "unit_detail" not in record:
+        return None
+    order = [name for name, _ in layers]
+    macs = dict(layers)
+    work = record["work"]
+    n, iterations, batch = work["samples"], work["iterations"], work["batch_size"]
+    flop = 0.0
+    for unit in record["unit_detail"]:
+        mine = [w for w in unit["weights"] if w in macs]
+        if not mine:
+            return None  # a weight the exported graph names otherwise: no honest floor
+        unit_m = sum(macs[w] for w in mine)
+        tail_m = sum(m for _, m in layers[max(order.index(w) for w in mine) + 1:]) if unit["pd_term"] else 0.0
+        if unit["distribution_correction"]:
+            flop += work["dc_steps"] * n * 2 * 2 * unit_m
+        halves = 2 if unit["pd_term"] else 1  # the QDrop half and, with the PD term, the quantized half
+        passes = 2 if unit.get("reads_image") else 3  # forward, weight gradient, input gradient (none for the image)
+        flop += iterations * halves * batch * passes * 2 * unit_m + iterations * batch * 2 * 2 * tail_m
+        flop += 2 * min(64, n) * 2 * (unit_m + tail_m) + 3 * n * 2 * unit_m
+    return flop / (gflops * 1e9)
 
 
 def dense_gflops() -> float:
@@ -170,7 +206,8 @@ def measure(args: argparse.Namespace) -> dict:
                      f"torch {torch.__version__}", "dense_float32_gflops": round(peak, 1), "models": {}}
     for model in args.models:
         onnx_path, calib = prepare(model, work)
-        macs = forward_macs(onnx_path)
+        layers = layer_macs(onnx_path)
+        macs = sum(m for _, m in layers)
         floor = 4 * macs / (peak * 1e9)  # seconds per image-iteration at the dense rate
         entry: dict = {"forward_gmacs": round(macs / 1e9, 3), "floor_image_iteration_s": round(floor, 5)}
         for stage in ("generate", "reconstruct"):
@@ -192,6 +229,11 @@ def measure(args: argparse.Namespace) -> dict:
                         worker_args += ["--calib", str(calib), "--units", "3", "--iterations", str(args.recon_iterations)]
                     record = run_worker(codes[code], stage, worker_args)
                     entry[stage][code].append(record)
+                    if stage == "reconstruct" and "recon_floor_image_iteration_s" not in entry:
+                        floor = recon_floor_s(record, layers, peak)
+                        if floor is not None:
+                            per = len(record["unit_seconds"]) * record["iterations"] * record["batch"]
+                            entry["recon_floor_image_iteration_s"] = round(floor / per, 5)
                     print(f"{model} {stage} {code}: {record['image_iteration_s']} s/image-iteration", flush=True)
         results["models"][model] = entry
         save(results, args)  # after each model: a stop keeps what finished
@@ -206,8 +248,11 @@ def summary(entry: dict, stage: str) -> dict | None:
         return None
     o = statistics.median(r["image_iteration_s"] for r in old)
     n = statistics.median(r["image_iteration_s"] for r in new)
-    return {"old": o, "new": n, "speedup": o / n, "old_floor": entry["floor_image_iteration_s"] / o,
-            "new_floor": entry["floor_image_iteration_s"] / n,
+    floor = entry["floor_image_iteration_s"]
+    if stage == "reconstruct":  # its own floor: the units' work, per image-iteration as the timing counts it
+        floor = entry.get("recon_floor_image_iteration_s")
+    return {"old": o, "new": n, "speedup": o / n, "old_floor": floor / o if floor else None,
+            "new_floor": floor / n if floor else None,
             "old_peak_gb": max(r["peak_rss_gb"] for r in old), "new_peak_gb": max(r["peak_rss_gb"] for r in new),
             "new_start_up_s": statistics.median(r.get("start_up_s", 0.0) for r in new),
             "old_start_up_s": statistics.median(r.get("start_up_s", 0.0) for r in old), "rounds": len(old)}
@@ -218,7 +263,9 @@ def render(results: dict) -> str:
              f"Machine: {results['machine']}; dense float32 rate {results['dense_float32_gflops']} GFLOP/s "
              f"(2048^3 torch.mm). Old code: `{results['baseline']}`, new: `{results.get('new', 'working tree')}`. Seconds per image-iteration, median over "
              "rounds; old and new alternate within each round, each run its own process with an empty compile "
-             "cache. Floor = 4 x forward MACs / dense rate.", "",
+             "cache. Generation's floor = 4 x forward MACs / dense rate; reconstruction's = the measured units' "
+             "convolution and matrix work (distribution correction, training loop with the PD tail, measures, passes) "
+             "at the dense rate (bench/torch_speed.py recon_floor_s).", "",
              "| model | stage | old s/img-it | new s/img-it | speed-up | of floor old → new | peak GB old → new | start-up s old → new |",
              "|---|---|---|---|---|---|---|---|"]
     for model, entry in results["models"].items():
@@ -226,9 +273,7 @@ def render(results: dict) -> str:
             row = summary(entry, stage)
             if row is None:
                 continue
-            # The floor is generation's (forward + input gradient of the whole network); a reconstruction
-            # image-iteration is a unit plus the PD tail plus its share of distribution correction: no floor.
-            floor = (f"{100 * row['old_floor']:.0f} % → {100 * row['new_floor']:.0f} %" if stage == "generate" else "n/a")
+            floor = (f"{100 * row['old_floor']:.0f} % → {100 * row['new_floor']:.0f} %" if row["old_floor"] else "n/a")
             start_up = (f"{row['old_start_up_s']:.0f} → {row['new_start_up_s']:.0f}" if stage == "generate"
                         else "in the units' time")
             lines.append(f"| {model} | {stage} | {row['old']:.4f} | {row['new']:.4f} | **{row['speedup']:.2f}x** | {floor} | "

@@ -25,6 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
 import onnx
 import torch
 
@@ -98,7 +99,14 @@ def reconstruct_mode(args: argparse.Namespace) -> dict:
     units = recon["units"]
     batch = 2 * recon["config"]["batch_size"]  # pdquant: the QDrop half and the PD half
     seconds = [u["seconds"] for u in units]
+    image = onnx.load(args.model).graph.input[0].name
+    detail = [{"weights": u["weights"], "pd_term": u.get("pd_term", False), "reads_image": u["input"] == image,
+               "distribution_correction": u.get("distribution_correction", False)} for u in units]
+    config = recon["config"]
+    work = {"iterations": args.iterations, "batch_size": config["batch_size"], "dc_steps": config["dc_steps"],
+            "samples": int(np.load(args.calib)["inputs"].shape[0])}
     return {"mode": "reconstruct", "units": len(units), "unit_seconds": seconds, "recon_s": recon["seconds"],
+            "unit_detail": detail, "work": work,
             "iterations": args.iterations, "batch": batch,
             "image_iteration_s": round(sum(seconds) / (len(units) * args.iterations * batch), 4),
             "wall_s": round(wall, 1), "peak_rss_gb": peak_rss_gb(),
