@@ -212,7 +212,7 @@ def measure(args: argparse.Namespace) -> dict:
         entry: dict = {"forward_gmacs": round(macs / 1e9, 3), "floor_image_iteration_s": round(floor, 5)}
         for stage in ("generate", "reconstruct"):
             if stage in args.stages:
-                entry[stage] = {"old": [], "new": []}
+                entry[stage] = {"old": [], "new": [], "new_code": args.new or "working tree"}
         if "profile" in args.stages:
             entry["profile_old"] = run_worker(old, "profile", ["--model", str(onnx_path)])
             entry["profile_new"] = run_worker(new, "profile", ["--model", str(onnx_path), "--accelerated"])
@@ -261,13 +261,13 @@ def summary(entry: dict, stage: str) -> dict | None:
 def render(results: dict) -> str:
     lines = ["# Torch stages at 224x224 on the CPU: old code against new", "",
              f"Machine: {results['machine']}; dense float32 rate {results['dense_float32_gflops']} GFLOP/s "
-             f"(2048^3 torch.mm). Old code: `{results['baseline']}`, new: `{results.get('new', 'working tree')}`. Seconds per image-iteration, median over "
+             f"(2048^3 torch.mm). Old code: `{results['baseline']}`; the new code of each row is named in it. Seconds per image-iteration, median over "
              "rounds; old and new alternate within each round, each run its own process with an empty compile "
              "cache. Generation's floor = 4 x forward MACs / dense rate; reconstruction's = the measured units' "
              "convolution and matrix work (distribution correction, training loop with the PD tail, measures, passes) "
              "at the dense rate (bench/torch_speed.py recon_floor_s).", "",
-             "| model | stage | old s/img-it | new s/img-it | speed-up | of floor old → new | peak GB old → new | start-up s old → new |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| model | stage | new code | old s/img-it | new s/img-it | speed-up | of floor old → new | peak GB old → new | start-up s old → new |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for model, entry in results["models"].items():
         for stage in ("generate", "reconstruct"):
             row = summary(entry, stage)
@@ -276,7 +276,8 @@ def render(results: dict) -> str:
             floor = (f"{100 * row['old_floor']:.0f} % → {100 * row['new_floor']:.0f} %" if row["old_floor"] else "n/a")
             start_up = (f"{row['old_start_up_s']:.0f} → {row['new_start_up_s']:.0f}" if stage == "generate"
                         else "in the units' time")
-            lines.append(f"| {model} | {stage} | {row['old']:.4f} | {row['new']:.4f} | **{row['speedup']:.2f}x** | {floor} | "
+            code = entry[stage].get("new_code", results.get("new", "working tree"))
+            lines.append(f"| {model} | {stage} | `{code}` | {row['old']:.4f} | {row['new']:.4f} | **{row['speedup']:.2f}x** | {floor} | "
                          f"{row['old_peak_gb']} → {row['new_peak_gb']} | {start_up} |")
     profiled = {m: e for m, e in results["models"].items() if "families_old" in e}
     if profiled:
