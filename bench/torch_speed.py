@@ -226,7 +226,8 @@ def measure(args: argparse.Namespace) -> dict:
                 for code in order:
                     worker_args = ["--model", str(onnx_path)]
                     if stage == "reconstruct":
-                        worker_args += ["--calib", str(calib), "--units", "3", "--iterations", str(args.recon_iterations)]
+                        worker_args += ["--calib", str(calib), "--units", "3", "--iterations", str(args.recon_iterations),
+                                        "--phases"]
                     record = run_worker(codes[code], stage, worker_args)
                     entry[stage][code].append(record)
                     if stage == "reconstruct" and "recon_floor_image_iteration_s" not in entry:
@@ -295,6 +296,30 @@ def render(results: dict) -> str:
         for entry in profiled.values():
             cells += [f"**{entry['profile_old']['step_s']:.3f}**", f"**{entry['profile_new']['step_s']:.3f}**"]
         lines.append("| whole step (wall) | " + " | ".join(cells) + " |")
+    phased = {m: e for m, e in results["models"].items()
+              if "reconstruct" in e and all("phases_s" in r for r in e["reconstruct"]["old"] + e["reconstruct"]["new"])
+              and e["reconstruct"]["old"]}
+    if phased:
+        lines += ["", "## Where the reconstruction of the first 3 units goes (seconds, first round; wall time of each step)",
+                  "", "The steps do not nest; the training loop is the rest of the units' time, and the PD tail's and "
+                  "QDrop's lines are the forward part of it (their backward is inside the rest).", ""]
+        lines += ["| step | " + " | ".join(f"{m} old | {m} new" for m in phased) + " |",
+                  "|---|" + "---|" * (2 * len(phased))]
+        names = []
+        for entry in phased.values():
+            for record in entry["reconstruct"]["old"][:1] + entry["reconstruct"]["new"][:1]:
+                names += [k for k, v in record["phases_s"].items() if not isinstance(v, dict) and k not in names]
+        for name in names:
+            cells = []
+            for entry in phased.values():
+                for code in ("old", "new"):
+                    value = entry["reconstruct"][code][0]["phases_s"].get(name)
+                    cells.append("" if value is None else f"{value:.1f}")
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        cells = []
+        for entry in phased.values():
+            cells += [f"**{sum(entry['reconstruct'][c][0]['unit_seconds']):.1f}**" for c in ("old", "new")]
+        lines.append("| the 3 units (wall) | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
