@@ -1,4 +1,4 @@
-"""The fastest a generation step can be on this machine: a roofline over each convolution's work and memory traffic.
+"""The fastest generation and reconstruction can be on this machine: a roofline over each convolution's passes.
 
 Usage:
     python bench/roofline.py                        # the 3 ImageNet models of bench/torch_speed.py
@@ -70,7 +70,7 @@ def conv_layers(path: Path) -> list[dict]:
         else:
             macs = float(np.prod(out)) * float(w[0 if node.op_type == "MatMul" else -1])
             kind = "matrix"
-        layers.append({"name": node.name, "kind": kind, "macs": macs, "in": float(np.prod(x)),
+        layers.append({"name": node.name, "weight": node.input[1], "kind": kind, "macs": macs, "in": float(np.prod(x)),
                        "out": float(np.prod(out)), "weights": float(np.prod(w))})
     return layers
 
@@ -90,6 +90,47 @@ def roofline(layers: list[dict], gflops: float, gbps: float) -> dict:
         compute_only += flop / (gflops * 1e9)
     return {"roofline_s": sum(by_kind.values()), "compute_only_s": compute_only,
             "by_kind_s": {k: round(v, 5) for k, v in by_kind.items()}}
+
+
+def _pass_s(layer: dict, images: float, batches: float, gflops: float, gbps: float) -> float:
+    """One forward, input-gradient or weight-gradient pass of `layer` over `images` images in `batches` batches."""
+    flop = 2 * layer["macs"] * images
+    traffic = 4 * ((layer["in"] + layer["out"]) * images + layer["weights"] * batches)
+    return max(flop / (gflops * 1e9), traffic / (gbps * 1e9))
+
+
+def recon_roofline_s(layers: list[dict], record: dict, gflops: float, gbps: float) -> float | None:
+    """The roofline seconds of the units a bench/torch_speed.py reconstruction record measured.
+
+    Per unit (its layers by weight name), with the record's work: distribution correction, steps x samples
+    through the unit (forward + input gradient, one batch per step); the training loop, iterations x batch x
+    halves through the unit (forward, weight gradient, and input gradient unless the unit reads the image)
+    and, with the PD term, iterations x batch through the FP tail (forward + input gradient); the measures,
+    2 x 64 samples forward through unit and tail; the passes, 3 x samples forward through the unit.
+    """
+    if "unit_detail" not in record:
+        return None
+    index = {layer["weight"]: i for i, layer in enumerate(layers)}
+    work = record["work"]
+    n, iterations, batch = work["samples"], work["iterations"], work["batch_size"]
+    total = 0.0
+    for unit in record["unit_detail"]:
+        mine = [index[w] for w in unit["weights"] if w in index]
+        if not mine:
+            return None
+        unit_layers = [layers[i] for i in mine]
+        tail = layers[max(mine) + 1:] if unit["pd_term"] else []
+        halves = 2 if unit["pd_term"] else 1
+        grads = 2 if unit.get("reads_image") else 3
+        for layer in unit_layers:
+            if unit["distribution_correction"]:
+                total += 2 * _pass_s(layer, work["dc_steps"] * n, work["dc_steps"], gflops, gbps)
+            total += grads * _pass_s(layer, iterations * halves * batch, iterations, gflops, gbps)
+            total += _pass_s(layer, 2 * min(64, n) + 3 * n, 5, gflops, gbps)
+        for layer in tail:
+            total += 2 * _pass_s(layer, iterations * batch, iterations, gflops, gbps)
+            total += _pass_s(layer, 2 * min(64, n), 2, gflops, gbps)
+    return total
 
 
 def render(results: dict) -> str:
@@ -112,6 +153,24 @@ def render(results: dict) -> str:
                  f"{100 * entry['roofline_s'] / new:.0f} %" if new else "–",
                  f"{new / entry['roofline_s']:.1f}x" if new else "–"]
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    recon_rows = []
+    for model, entry in results["models"].items():
+        row = speed.get("models", {}).get(model, {}).get("reconstruct", {})
+        if not row.get("old") or not row.get("new") or "layers" not in entry:
+            continue
+        floor = recon_roofline_s(entry["layers"], row["new"][0], results["dense_float32_gflops"], results["memory_gbps"])
+        if floor is None:
+            continue
+        old = statistics.median(sum(r["unit_seconds"]) for r in row["old"])
+        new = statistics.median(sum(r["unit_seconds"]) for r in row["new"])
+        recon_rows.append(f"| {model} | {floor:.1f} | {old:.1f} | {new:.1f} | {100 * floor / old:.0f} % → "
+                          f"{100 * floor / new:.0f} % | {new / floor:.1f}x | `{row.get('new_code', '?')}` |")
+    if recon_rows:
+        lines += ["", "## Reconstruction's first 3 units (pdquant, preset cpu, W4A8): roofline against measured", "",
+                  "The same per-layer roofline over the units' convolution passes: distribution correction, the "
+                  "training loop with the FP tail of the PD term, the measures and passes (recon_roofline_s).", "",
+                  "| model | roofline s | measured old s | measured new s | old → new of roofline | new above "
+                  "roofline | new code |", "|---|---|---|---|---|---|---|", *recon_rows]
     return "\n".join(lines) + "\n"
 
 
@@ -131,7 +190,8 @@ def main() -> None:
                "memory_gbps": round(gbps, 1), "models": {}}
     for model in args.models:
         onnx_path, _ = prepare(model, Path(args.work))
-        results["models"][model] = roofline(conv_layers(onnx_path), gflops, gbps)
+        layers = conv_layers(onnx_path)
+        results["models"][model] = {**roofline(layers, gflops, gbps), "layers": layers}
     path.write_text(json.dumps(results, indent=1))
     (RESULTS / "roofline.md").write_text(render(results))
     print((RESULTS / "roofline.md").read_text())

@@ -25,6 +25,8 @@ from onnx import numpy_helper
 from toolchain.executor import OnnxModule
 from toolchain.executor.acceleration import CompiledForward
 
+PATIENCE = 100  # steps without progress before ReduceLROnPlateau lowers the rate
+
 
 @dataclass(frozen=True)
 class BnTarget:
@@ -90,7 +92,10 @@ def correct_inputs(fp_unit: OnnxModule, x: torch.Tensor, targets: list[BnTarget]
     corrected = x.clone().requires_grad_(True)
     positions = x.numel() // x.shape[1] if x.dim() > 1 else x.numel()
     optimizer = torch.optim.Adam([corrected], lr=lr, fused=True if x.device.type == "cpu" else None)
-    schedule = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=100, min_lr=1e-5)
+    schedule = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, patience=PATIENCE, min_lr=1e-5)
+    # The schedule can only lower the rate after more than PATIENCE steps without progress: with fewer steps (the
+    # cpu and default presets' 50) it never acts, and the loss it would read costs a pass over the input and a sync.
+    scheduled = steps > PATIENCE
 
     def bn_term(images: torch.Tensor) -> torch.Tensor:
         outs = fp_unit(images)
@@ -109,10 +114,11 @@ def correct_inputs(fp_unit: OnnxModule, x: torch.Tensor, targets: list[BnTarget]
             loss = term(corrected)
             loss.backward()
         term.confirm()
-        with torch.no_grad():  # the proximity term and its gradient 2 (x' - x) / (N H W lam), by hand: two passes
+        with torch.no_grad():  # the proximity term's gradient 2 (x' - x) / (N H W lam), by hand
             diff = corrected - x
-            proximity = diff.square().sum() / (positions * lam)
             corrected.grad.add_(diff, alpha=2.0 / (positions * lam))
+            proximity = diff.square().sum() / (positions * lam) if scheduled else None
         optimizer.step()
-        schedule.step(float(loss.detach()) + float(proximity))
+        if scheduled:
+            schedule.step(float(loss.detach()) + float(proximity))
     return corrected.detach()
