@@ -18,8 +18,9 @@ Neither option changes what is computed, only the order of floating-point operat
 so results agree to float32 rounding, not bit for bit. "auto" turns both on for ImageNet-size inputs on the
 CPU, where bench/torch_speed.py measures them (both together, 2 cores, against the code before them:
 generation 2.07x on Lite0, 1.54x on MobileNetV2, 1.58x on ResNet-18 at 224x224, after a one-off compile of
-30-55 s; reconstruction 1.23-1.49x with its distribution-correction rewrite), and off for
-small inputs (32x32), whose results therefore stay byte-identical to the code before either existed.
+30-55 s; reconstruction 1.31-1.62x together with its distribution-correction rewrite and the QDrop masks
+of recon.qdrop), and off for small inputs (32x32), where generation therefore stays byte-identical to the
+code before either existed.
 """
 
 from __future__ import annotations
