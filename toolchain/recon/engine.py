@@ -189,8 +189,8 @@ class _Trainer:
                     ints = rounding.hard_integers() if hard else self._starting_integers(w)
                     module.set_initializer(f"{w}_quantized", torch.from_numpy(ints.astype(np.float32)).to(self.device))
                 sums = torch.zeros(3, dtype=torch.float64)
-                # In chunks of at most PASS_BYTES of unit output: at 224x224 the 64 samples' activations through the
-                # PD tail at once set the whole run's peak memory (a 32x32 unit's samples still fit one chunk).
+                # In chunks of at most PASS_BYTES of unit output, so that at 224x224 the PD tail never holds the
+                # activations of all 64 samples at once (a 32x32 unit's samples still fit one chunk, as before).
                 chunk = max(1, PASS_BYTES // max(1, 4 * int(np.prod(y_fp.sample_shape))))
                 for part in rows.split(chunk):
                     out = module(self._rows(x_q, part))
