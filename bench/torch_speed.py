@@ -102,11 +102,6 @@ def layer_macs(path: Path) -> list[tuple[str, float]]:
     return layers
 
 
-def forward_macs(path: Path) -> float:
-    """Multiply-adds of one single-image forward: Conv, Gemm and MatMul from inferred shapes."""
-    return sum(macs for _, macs in layer_macs(path))
-
-
 def recon_floor_s(record: dict, layers: list[tuple[str, float]], gflops: float) -> float | None:
     """The measured units' convolution and matrix work at the dense rate: the seconds no float32 code can beat.
 
