@@ -1,10 +1,12 @@
-"""QDrop's masks (recon.qdrop): the right probability, no pattern, reproducible, and the same global draw per rank."""
+"""QDrop's masks (recon.qdrop): the right probability, no pattern, reproducible, the same global draw per rank,
+and a selection that is torch.where to the bit."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
-from toolchain.recon.qdrop import keep_mask, qdrop_hook
+from toolchain.recon.qdrop import keep_mask, qdrop_hook, select
 
 
 def test_half_masks_keep_half_of_the_elements_at_every_bit_position():
@@ -50,3 +52,24 @@ def test_a_rank_gets_its_rows_of_the_global_draw_and_dropped_elements_dequantize
     assert torch.equal(part, whole[rows])
     dropped = whole != quantized
     assert dropped.any() and torch.allclose((whole[dropped] - zero) * scale, x[dropped], atol=1e-6)
+
+
+def test_select_gives_where_s_values_and_gradients_exactly_in_the_tensors_layout():
+    # select replaces torch.where for speed; it must not change a single bit of the values or the gradients
+    # (torch.equal: exact), in NCHW and in channels-last, and its output keeps the channels-last layout.
+    generator = torch.Generator().manual_seed(11)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        chosen = torch.randn(4, 6, 5, 7, generator=generator).contiguous(memory_format=layout).requires_grad_(True)
+        other = (torch.randn(4, 6, 5, 7, generator=generator) * 1e3).contiguous(memory_format=layout)
+        other.requires_grad_(True)
+        keep = keep_mask((4, 6, 5, 7), 0.5, generator)
+        grad = torch.randn(4, 6, 5, 7, generator=generator)
+        expected = torch.where(keep, chosen, other)
+        expected_grads = torch.autograd.grad(expected, [chosen, other], grad)
+        got = select(keep, chosen, other)
+        got_grads = torch.autograd.grad(got, [chosen, other], grad)
+        assert torch.equal(got, expected)
+        assert all(torch.equal(g, e) for g, e in zip(got_grads, expected_grads))
+        assert got.is_contiguous(memory_format=layout)
+    with pytest.raises(ValueError, match="one shape"):
+        select(torch.ones(2, dtype=torch.bool), torch.zeros(3), torch.zeros(3))

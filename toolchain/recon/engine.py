@@ -54,7 +54,7 @@ from toolchain.recon.config import ReconConfig
 from toolchain.recon.correction import BnTarget, correct_inputs
 from toolchain.recon.estimate import announce_remaining, unit_costs
 from toolchain.recon.losses import channel_error, objective, pd_loss
-from toolchain.recon.qdrop import keep_mask, qdrop_hook
+from toolchain.recon.qdrop import keep_mask, qdrop_hook, select
 from toolchain.recon.resume import Progress, ResumePoint, load_progress, save_progress
 from toolchain.recon.shard import Shard
 from toolchain.recon.subgraph import extract
@@ -228,7 +228,7 @@ class _Trainer:
             if recon.qdrop:
                 keep = keep_mask((batch, *x_q.sample_shape), 0.5, self.generator)
                 keep = keep if shard.is_whole else keep[positions]
-                inputs = torch.where(keep.to(self.device), xq, self._rows(x_fp, rows))
+                inputs = select(keep, xq, self._rows(x_fp, rows))
             if use_pd:
                 inputs = torch.cat([inputs, xq])
             if not shard.is_whole:
