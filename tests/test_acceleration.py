@@ -39,7 +39,7 @@ def digits():
 
 def test_auto_is_on_for_imagenet_size_cpu_inputs_only():
     """Rule: auto = on at >= 96 px on the CPU (where it is measured), off for small inputs and other devices."""
-    assert Acceleration.resolve("auto", "off", (224, 224), CPU) == Acceleration(channels_last=True, compile=False)
+    assert Acceleration.resolve("auto", "off", (224, 224), CPU, "off") == Acceleration(channels_last=True, compile=False)
     assert Acceleration.resolve("auto", "auto", (32, 32), CPU) == Acceleration(False, False)
     assert Acceleration.resolve("auto", "auto", (224, 224), torch.device("cuda")) == Acceleration(False, False)
     assert Acceleration.resolve("on", "off", (8, 8), CPU).channels_last
@@ -162,3 +162,38 @@ def test_teacher_with_acceleration_reports_the_same_moments(digits):
     b = Teacher.from_onnx(model, Acceleration(channels_last=True)).run(x)
     assert torch.allclose(a.m1, b.m1, rtol=LAYOUT_TOLERANCE, atol=LAYOUT_TOLERANCE)
     assert torch.allclose(a.m2, b.m2, rtol=LAYOUT_TOLERANCE, atol=LAYOUT_TOLERANCE)
+
+
+def test_memory_reuse_resolves_like_the_other_switches_and_restores_glibc_s_settings(monkeypatch):
+    """Rule: reuse_memory "auto" is on only for ImageNet-size inputs on the CPU (and only where glibc is), "off" is
+    off everywhere; the context manager sets mmap off and a high trim threshold, and puts glibc's values back and
+    trims on exit, also when the block raises."""
+    from toolchain.executor import memory
+
+    assert Acceleration.resolve("auto", "off", (32, 32), CPU).reuse_memory is False
+    assert Acceleration.resolve("auto", "off", (224, 224), CPU, "off").reuse_memory is False
+    assert Acceleration.resolve("auto", "off", (224, 224), CPU).reuse_memory is memory.reuse_available()
+    with pytest.raises(ConfigError, match="reuse_memory must be one of auto, on, off"):
+        Acceleration.resolve("auto", "auto", (224, 224), CPU, "always")
+
+    calls = []
+
+    class FakeLibc:
+        def mallopt(self, parameter, value):
+            calls.append(("mallopt", parameter, value))
+            return 1
+
+        def malloc_trim(self, pad):
+            calls.append(("trim", pad))
+            return 1
+
+    monkeypatch.setattr(memory, "_glibc", lambda: FakeLibc())
+    with pytest.raises(RuntimeError), memory.reuse_freed_memory(True):
+        assert calls == [("mallopt", memory.M_MMAP_MAX, 0), ("mallopt", memory.M_TRIM_THRESHOLD, memory.KEEP_AT_TOP)]
+        raise RuntimeError("the loop failed")
+    assert calls[2:] == [("mallopt", memory.M_MMAP_MAX, memory.GLIBC_MMAP_MAX),
+                         ("mallopt", memory.M_TRIM_THRESHOLD, memory.GLIBC_TRIM_THRESHOLD), ("trim", 0)]
+    calls.clear()
+    with memory.reuse_freed_memory(False):
+        pass
+    assert calls == []

@@ -91,7 +91,7 @@ def _cache_budget(ctx: click.Context, param: click.Parameter, value: str | None)
 
 
 def execution_options(reconstruction: bool = False, providers: bool = False) -> Callable[[F], F]:
-    """--device, --threads, --channels-last and --compile (torch stages); with `reconstruction`, --cache-budget and
+    """--device, --threads, --channels-last, --compile and --reuse-memory (torch stages); with `reconstruction`, --cache-budget and
     --spill-dir; with `providers`, --providers (onnxruntime)."""
 
     def decorate(func: F) -> F:
@@ -113,6 +113,11 @@ def execution_options(reconstruction: bool = False, providers: bool = False) -> 
                  "one-off compile: about a minute for a whole network, seconds per unit; then 1.5-2.1x faster at "
                  "224x224 on the CPU); auto = on for inputs of 96 px and more on the CPU when a C++ compiler is on "
                  "PATH; a failed compile runs eagerly."))
+        options.append(click.option(
+            "--reuse-memory", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
+            help="Keep freed memory in the process during the torch loops instead of returning it to the system "
+                 "(glibc), so that each step does not pay for fresh pages: 1.4-1.6x faster at 224x224 on the CPU, "
+                 "for a peak 0.2-0.8 GB higher; auto = on for inputs of 96 px and more on the CPU (Linux)."))
         if reconstruction:
             options += [
                 click.option("--cache-budget", callback=_cache_budget,
@@ -139,4 +144,4 @@ def execution_from(kwargs: dict[str, Any]) -> Any:
     return Execution(device=kwargs.pop("device"), threads=kwargs.pop("threads"),
                      cache_budget=kwargs.pop("cache_budget", None), spill_dir=kwargs.pop("spill_dir", None),
                      providers=names, channels_last=kwargs.pop("channels_last", "auto"),
-                     compile=kwargs.pop("compile", "auto"))
+                     compile=kwargs.pop("compile", "auto"), reuse_memory=kwargs.pop("reuse_memory", "auto"))

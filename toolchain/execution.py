@@ -5,7 +5,7 @@ Usage:
     device = execution.torch_device()        # cuda when torch sees a GPU (auto), else cpu
     execution.apply_threads()                # torch intra-op threads: the cores this process may use
     execution.thread_count                   # the same count, for onnxruntime sessions
-    execution.acceleration((224, 224))       # channels-last / torch.compile for that input size ("auto")
+    execution.acceleration((224, 224))       # channels-last / torch.compile / memory reuse for that input size ("auto")
 
 None of this changes what is computed, only where and how fast (and, for the cache budget, in which
 memory): it is kept apart from QuantConfig / ReconConfig, which reports and checkpoints record as the
@@ -89,11 +89,12 @@ class Execution:
     providers: tuple[str, ...] = ("CPUExecutionProvider",)
     channels_last: str = "auto"
     compile: str = "auto"
+    reuse_memory: str = "auto"
 
     def __post_init__(self) -> None:
         if not DEVICE_PATTERN.match(self.device):
             raise ConfigError(f"unknown device {self.device!r}: choose auto, cpu, cuda or cuda:N")
-        for name in ("channels_last", "compile"):
+        for name in ("channels_last", "compile", "reuse_memory"):
             if getattr(self, name) not in ("auto", "on", "off"):
                 raise ConfigError(f"{name} must be auto, on or off, got {getattr(self, name)!r}")
         if self.threads is not None and self.threads < 1:
@@ -125,7 +126,7 @@ class Execution:
         """The executor.acceleration.Acceleration for a model with this input size (H, W) on torch_device()."""
         from toolchain.executor.acceleration import Acceleration
 
-        return Acceleration.resolve(self.channels_last, self.compile, input_size, self.torch_device())
+        return Acceleration.resolve(self.channels_last, self.compile, input_size, self.torch_device(), self.reuse_memory)
 
     def torch_device(self):
         """The torch.device for this run; ConfigError when CUDA is asked for and torch cannot use it."""

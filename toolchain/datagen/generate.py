@@ -42,6 +42,7 @@ from toolchain.datagen.losses import ClassObjective, deep_weights
 from toolchain.datagen.teacher import Teacher
 from toolchain.errors import ConfigError, DataError, GraphError
 from toolchain.executor.acceleration import Acceleration
+from toolchain.executor.memory import reuse_freed_memory
 from toolchain.graph import image_input
 from toolchain.modelio import model_sha256
 from toolchain.preprocessing import Preprocessing
@@ -220,7 +221,8 @@ def _optimise(model: onnx.ModelProto, pre: Preprocessing, method: str, n: int, c
         manifest["resumed_at_iteration"] = engine.iteration
     else:
         engine.initialise()
-    engine.run(progress, checkpoint, identity, description=f"{method} {n} images")
+    with reuse_freed_memory(acceleration.reuse_memory):
+        engine.run(progress, checkpoint, identity, description=f"{method} {n} images")
     final = engine.evaluate()  # collective under distributed: every rank gets the whole set's losses
     images = engine.final_images()
     if distributed is not None and engine.world_size > 1:

@@ -35,6 +35,7 @@ import torch
 from torch import nn
 
 from toolchain.errors import ConfigError
+from toolchain.executor.memory import reuse_available
 
 SWITCHES = ("auto", "on", "off")
 IMAGENET_SIZE = 96  # inputs at least this many pixels on their short side count as ImageNet-size for "auto"
@@ -43,26 +44,31 @@ RECOMPILE_LIMIT = 1024  # compilations of one function (a unit each in reconstru
 
 @dataclass(frozen=True)
 class Acceleration:
-    """Resolved switches: NHWC layout for 4-D tensors, and torch.compile of the training forward passes."""
+    """Resolved switches: NHWC layout for 4-D tensors, torch.compile of the training forward passes, and freed
+    memory kept in the process for reuse during the torch loops (executor.memory)."""
 
     channels_last: bool = False
     compile: bool = False
+    reuse_memory: bool = False
 
     @classmethod
     def resolve(cls, channels_last: str, compile: str, input_size: tuple[int, ...] | None,
-                device: torch.device) -> Acceleration:
+                device: torch.device, reuse_memory: str = "auto") -> Acceleration:
         """"auto" -> on for ImageNet-size inputs (short side >= 96) on the CPU; "on"/"off" as said."""
-        for name, value in (("channels_last", channels_last), ("compile", compile)):
+        for name, value in (("channels_last", channels_last), ("compile", compile), ("reuse_memory", reuse_memory)):
             if value not in SWITCHES:
                 raise ConfigError(f"{name} must be one of {', '.join(SWITCHES)}, got {value!r}")
         large = input_size is not None and len(input_size) >= 2 and min(input_size[-2:]) >= IMAGENET_SIZE
         auto = large and device.type == "cpu"  # the GPU path has not been measured with either
         layout = channels_last == "on" or (channels_last == "auto" and auto)
         compiled = compile == "on" or (compile == "auto" and auto and compiler_available())
-        return cls(layout, compiled)
+        reuse = (reuse_memory == "on" or (reuse_memory == "auto" and auto)) and reuse_available()
+        return cls(layout, compiled, reuse)
 
     def describe(self) -> str:
         parts = ["channels-last" if self.channels_last else "NCHW", "compiled" if self.compile else "eager"]
+        if self.reuse_memory:
+            parts.append("freed memory reused")
         return ", ".join(parts)
 
 

@@ -223,7 +223,7 @@ class EvaluateSpec:
 @dataclass(frozen=True)
 class ExecutionSpec:
     """Where and how fast the stages run (the stage commands' --device, --threads, --cache-budget, --spill-dir,
-    --providers, --channels-last, --compile)."""
+    --providers, --channels-last, --compile, --reuse-memory)."""
 
     device: str = "auto"
     threads: int | None = None
@@ -232,6 +232,7 @@ class ExecutionSpec:
     providers: str | None = None
     channels_last: str = "auto"
     compile: str = "auto"
+    reuse_memory: str = "auto"
 
     def execution(self):
         from toolchain.execution import Execution, provider_names
@@ -239,7 +240,8 @@ class ExecutionSpec:
 
         budget = parse_bytes(self.cache_budget) if self.cache_budget is not None else None
         return Execution(device=self.device, threads=self.threads, cache_budget=budget, spill_dir=self.spill_dir,
-                         providers=provider_names(self.providers), channels_last=self.channels_last, compile=self.compile)
+                         providers=provider_names(self.providers), channels_last=self.channels_last, compile=self.compile,
+                         reuse_memory=self.reuse_memory)
 
 
 DEFAULT_QUANTIZE = (QuantizeSpec(name="W8A8"),

@@ -45,6 +45,7 @@ from toolchain.errors import ToolchainError
 from toolchain.execution import Execution
 from toolchain.executor import OnnxModule
 from toolchain.executor.acceleration import Acceleration, to_channels_last
+from toolchain.executor.memory import reuse_freed_memory
 from toolchain.quant.annotate import QuantPlan
 from toolchain.quant.materialize import materialize
 from toolchain.quant.qparams import QParams
@@ -395,7 +396,8 @@ def reconstruct(float_model: onnx.ModelProto, plan: QuantPlan, act: dict[str, QP
         acceleration = execution.acceleration(tuple(calib.shape[2:]))
         trainer = _Trainer(float_model, plan, act, weights, calib, recon, bn or {}, progress, shard, cache,
                            execution.torch_device(), start_integers, acceleration)
-        result = _reconstruct_units(trainer, recon, resume_point, progress and shard.rank == 0)
+        with reuse_freed_memory(acceleration.reuse_memory):
+            result = _reconstruct_units(trainer, recon, resume_point, progress and shard.rank == 0)
         result.cache = {"budget_bytes": cache.budget, "peak_ram_bytes": cache.peak_in_ram,
                         "spilled_bytes": cache.spilled_bytes, "device": str(trainer.device),
                         "processes": 1 if distributed is None else distributed.world_size,
