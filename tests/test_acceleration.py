@@ -197,3 +197,22 @@ def test_memory_reuse_resolves_like_the_other_switches_and_restores_glibc_s_sett
     with memory.reuse_freed_memory(False):
         pass
     assert calls == []
+
+
+def test_release_trims_only_when_reuse_is_on(monkeypatch):
+    """Rule: release_freed_memory hands the heap back (malloc_trim) between reconstruction's phases when reuse is on,
+    and does nothing when it is off (the path that keeps glibc's own behaviour)."""
+    from toolchain.executor import memory
+
+    trims = []
+
+    class FakeLibc:
+        def malloc_trim(self, pad):
+            trims.append(pad)
+            return 1
+
+    monkeypatch.setattr(memory, "_glibc", lambda: FakeLibc())
+    memory.release_freed_memory(False)
+    assert trims == []
+    memory.release_freed_memory(True)
+    assert trims == [0]

@@ -3,6 +3,7 @@
 Usage:
     with reuse_freed_memory(acceleration.reuse_memory):   # False, or not glibc: does nothing
         engine.run(...)                                   # the generation or reconstruction loop
+    release_freed_memory(acceleration.reuse_memory)       # between phases of other tensor sizes: trim the heap
     reuse_available()                                     # True on Linux with glibc
 
 Why: at 224x224 every step allocates tensors of tens of MB (a 16 x 64 x 112 x 112 activation is 51 MB).
@@ -46,6 +47,15 @@ def _glibc() -> ctypes.CDLL | None:
 def reuse_available() -> bool:
     """Whether reuse_freed_memory can act here (Linux with glibc)."""
     return _glibc() is not None
+
+
+def release_freed_memory(enabled: bool) -> None:
+    """Between phases whose tensors differ in size (reconstruction's units; its distribution correction and its
+    training loop): hand the heap's free memory back, so that what one phase left does not add to the next
+    one's peak (blocks of other sizes rarely fit the new ones). One round of fresh pages per phase, not per step."""
+    libc = _glibc() if enabled else None
+    if libc is not None:
+        libc.malloc_trim(0)
 
 
 @contextlib.contextmanager

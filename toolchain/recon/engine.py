@@ -45,7 +45,7 @@ from toolchain.errors import ToolchainError
 from toolchain.execution import Execution
 from toolchain.executor import OnnxModule
 from toolchain.executor.acceleration import Acceleration, to_channels_last
-from toolchain.executor.memory import reuse_freed_memory
+from toolchain.executor.memory import release_freed_memory, reuse_freed_memory
 from toolchain.quant.annotate import QuantPlan
 from toolchain.quant.materialize import materialize
 from toolchain.quant.qparams import QParams
@@ -146,6 +146,7 @@ class _Trainer:
 
     def unit(self, unit: Unit, bar_position: int) -> dict:
         recon, shard, started = self.recon, self.shard, time.perf_counter()
+        release_freed_memory(self.acceleration.reuse_memory)  # the previous unit's blocks: other sizes
         qdq = self._qdq if self._qdq is not None else self.qdq_model()  # nothing changed since the previous unit ended
         q_in, q_out = self.q_name(unit.input), self.q_name(unit.output)
         if unit.input == self.image_input:
@@ -170,6 +171,7 @@ class _Trainer:
                                                   targets, recon.dc_steps, recon.dc_lr, recon.dc_lambda,
                                                   self.acceleration.compile))
             x_fp = corrected
+            release_freed_memory(self.acceleration.reuse_memory)  # DC's full-set tensors: not the loop's sizes
         y_fp = self._pass(fp_unit, x_fp)
         use_pd = recon.prediction_difference and unit.decides_prediction
         tail = None
