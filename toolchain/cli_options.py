@@ -105,7 +105,8 @@ def execution_options(reconstruction: bool = False, providers: bool = False) -> 
                               "threads made generation 4-20x slower (README, threads table)."),
             click.option("--channels-last", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
                          help="NHWC memory layout in the torch stages; auto = on for inputs of 96 px and more on "
-                              "the CPU (with --compile, generation 1.5-2.1x faster at 224x224: README 'Torch stages at ImageNet size')."),
+                              "the CPU (with --compile and --reuse-memory, generation 1.6-2.6x and reconstruction 1.7-2.2x faster at "
+                              "224x224: README 'Torch stages at ImageNet size')."),
         ]
         options.append(click.option(
             "--compile", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
@@ -116,8 +117,9 @@ def execution_options(reconstruction: bool = False, providers: bool = False) -> 
         options.append(click.option(
             "--reuse-memory", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
             help="Keep freed memory in the process during the torch loops instead of returning it to the system "
-                 "(glibc), so that each step does not pay for fresh pages: 1.4-1.6x faster at 224x224 on the CPU, "
-                 "for a peak 0.2-0.8 GB higher; auto = on for inputs of 96 px and more on the CPU (Linux)."))
+                 "(glibc), so that each step does not pay for fresh pages: 1.3-1.6x faster at 224x224 on the CPU, "
+                 "reconstruction trimming the heap between units (peaks within 0.2 GB of off); auto = on for "
+                 "inputs of 96 px and more on the CPU (Linux with glibc)."))
         if reconstruction:
             options += [
                 click.option("--cache-budget", callback=_cache_budget,

@@ -13,7 +13,9 @@ returns them on free, so every step pays for the kernel zeroing and mapping thos
 memory. With mmap off and a high trim threshold, freed blocks stay in the heap and the next step reuses
 them (bench/torch_speed.py, 30 iterations of MobileNetV2's first 3 units: 48.1 -> 33.3 s; generation
 0.0292 -> 0.0184 s per image-iteration). The price is a higher peak: the heap keeps what it once held and
-blocks freed in its middle cannot go back (+0.2-0.8 GB at 224x224, README 'Torch stages at ImageNet size').
+blocks freed in its middle cannot go back (+0.4 and +1.3 GB on Lite0's and ResNet-18's first 3 units), unless
+release_freed_memory trims it between phases of other tensor sizes, as reconstruction does (then 3.03 and
+3.28 GB against the old code's 2.82-2.94 and 3.05-3.29: README 'Torch stages at ImageNet size').
 
 The settings are process-wide; on exit the defaults' values come back (glibc's adaptive mmap threshold stays
 fixed at its start value from then on) and malloc_trim returns the free heap.
