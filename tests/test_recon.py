@@ -152,6 +152,19 @@ def _reference_correction(fp_unit, x, targets, steps, lr, lam):
     return corrected.detach()
 
 
+def _second_unit(model):
+    """ResNet-20's second unit as DC sees it: (BN-folded float model, the unit, its BN targets, 8 FP inputs)."""
+    config = QuantConfig(w_bits=4, a_bits=4)
+    cleaned = []
+    float_model, _ = prepare_float_model(model, config, cleaned)
+    targets = bn_targets(cleaned[0])
+    unit = find_units(float_model, annotate(float_model, config), float_model.graph.input[0].name).units[1]
+    inside = [targets[t] for t in targets if any(t in n.output for n in float_model.graph.node if n.name in unit.nodes)]
+    x = OnnxModule(extract(float_model, [float_model.graph.input[0].name], [unit.input]))(
+        torch.from_numpy(gaussian_inputs(8, (3, 32, 32), seed=5))).detach()
+    return float_model, unit, inside, x
+
+
 @pytest.mark.parametrize("layout", ["nchw", "channels_last", "compiled"])
 def test_distribution_correction_matches_the_plain_formulation(resnet20_random, layout):
     """Rule: the fast DC (hand-derived proximity gradient 2 (x' - x) / (N H W lam), fused Adam, one-pass
@@ -159,14 +172,7 @@ def test_distribution_correction_matches_the_plain_formulation(resnet20_random, 
     within 3 % of the largest movement after 10 steps (float32 rounding of reordered sums, see below)."""
     from toolchain.executor.acceleration import to_channels_last
 
-    config = QuantConfig(w_bits=4, a_bits=4)
-    cleaned = []
-    float_model, _ = prepare_float_model(resnet20_random, config, cleaned)
-    targets = bn_targets(cleaned[0])
-    unit = find_units(float_model, annotate(float_model, config), float_model.graph.input[0].name).units[1]
-    inside = [targets[t] for t in targets if any(t in n.output for n in float_model.graph.node if n.name in unit.nodes)]
-    x = OnnxModule(extract(float_model, [float_model.graph.input[0].name], [unit.input]))(
-        torch.from_numpy(gaussian_inputs(8, (3, 32, 32), seed=5))).detach()
+    float_model, unit, inside, x = _second_unit(resnet20_random)
     names = [t.output for t in inside]
     plain_unit = OnnxModule(extract(float_model, [unit.input], [unit.output, *names]))
     fast_unit = OnnxModule(extract(float_model, [unit.input], [unit.output, *names]))
@@ -181,8 +187,6 @@ def test_distribution_correction_matches_the_plain_formulation(resnet20_random, 
     assert float((fast - reference).abs().max()) < 3e-2 * moved
 
 
-
-
 def test_compiled_distribution_correction_follows_the_plateau_schedule_as_the_eager_one(resnet20_random, monkeypatch):
     """Rule: past PATIENCE steps the compiled path (its own fused Adam, the rate from a stand-in optimizer's
     schedule) lowers the rate when the eager path's ReduceLROnPlateau does. With PATIENCE patched to 2 and a rate
@@ -190,14 +194,7 @@ def test_compiled_distribution_correction_follows_the_plateau_schedule_as_the_ea
     within 3 % of the movement (as above) and both must differ from a run whose schedule never acts."""
     from toolchain.recon import correction
 
-    config = QuantConfig(w_bits=4, a_bits=4)
-    cleaned = []
-    float_model, _ = prepare_float_model(resnet20_random, config, cleaned)
-    targets = bn_targets(cleaned[0])
-    unit = find_units(float_model, annotate(float_model, config), float_model.graph.input[0].name).units[1]
-    inside = [targets[t] for t in targets if any(t in n.output for n in float_model.graph.node if n.name in unit.nodes)]
-    x = OnnxModule(extract(float_model, [float_model.graph.input[0].name], [unit.input]))(
-        torch.from_numpy(gaussian_inputs(8, (3, 32, 32), seed=5))).detach()
+    float_model, unit, inside, x = _second_unit(resnet20_random)
     fp_unit = OnnxModule(extract(float_model, [unit.input], [unit.output, *[t.output for t in inside]]))
     unscheduled = correct_inputs(fp_unit, x, inside, steps=12, lr=0.5, lam=0.02, compile=True)
     monkeypatch.setattr(correction, "PATIENCE", 2)
