@@ -90,9 +90,14 @@ def _cache_budget(ctx: click.Context, param: click.Parameter, value: str | None)
         raise click.BadParameter(str(err)) from None
 
 
+def _auto_switch(flag: str, help: str) -> Callable[[F], F]:
+    """An auto/on/off option of the torch stages (default auto: the stage decides by input size and device)."""
+    return click.option(flag, type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True, help=help)
+
+
 def execution_options(reconstruction: bool = False, providers: bool = False) -> Callable[[F], F]:
-    """--device, --threads, --channels-last, --compile and --reuse-memory (torch stages); with `reconstruction`, --cache-budget and
-    --spill-dir; with `providers`, --providers (onnxruntime)."""
+    """--device, --threads, --channels-last, --compile and --reuse-memory (torch stages); with `reconstruction`,
+    --cache-budget and --spill-dir; with `providers`, --providers (onnxruntime)."""
 
     def decorate(func: F) -> F:
         options = [
@@ -103,23 +108,21 @@ def execution_options(reconstruction: bool = False, providers: bool = False) -> 
                               "cores this process may use, shared among torchrun's local processes]. Threads wait "
                               "passively (OMP_WAIT_POLICY=PASSIVE, unless set): beside a busy process, spinning "
                               "threads made generation 4-20x slower (README, threads table)."),
-            click.option("--channels-last", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
-                         help="NHWC memory layout in the torch stages; auto = on for inputs of 96 px and more on "
-                              "the CPU (with --compile and --reuse-memory, generation 1.6-2.6x and reconstruction 1.7-2.2x faster at "
-                              "224x224: README 'Torch stages at ImageNet size')."),
+            _auto_switch("--channels-last",
+                         "NHWC memory layout in the torch stages; auto = on for inputs of 96 px and more on "
+                         "the CPU (with --compile and --reuse-memory, generation 1.6-2.6x and reconstruction 1.7-2.2x "
+                         "faster at 224x224: README 'Torch stages at ImageNet size')."),
+            _auto_switch("--compile",
+                         "torch.compile generation's teacher forward and reconstruction's distribution-correction step "
+                         "(a one-off compile: about a minute for a whole network, seconds per unit; then 1.5-2.1x "
+                         "faster at 224x224 on the CPU); auto = on for inputs of 96 px and more on the CPU when a C++ "
+                         "compiler is on PATH; a failed compile runs eagerly."),
+            _auto_switch("--reuse-memory",
+                         "Keep freed memory in the process during the torch loops instead of returning it to the "
+                         "system (glibc), so that each step does not pay for fresh pages: 1.3-1.6x faster at 224x224 "
+                         "on the CPU, reconstruction trimming the heap between units (peaks within 0.2 GB of off); "
+                         "auto = on for inputs of 96 px and more on the CPU (Linux with glibc)."),
         ]
-        options.append(click.option(
-            "--compile", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
-            help="torch.compile generation's teacher forward and reconstruction's distribution-correction step (a "
-                 "one-off compile: about a minute for a whole network, seconds per unit; then 1.5-2.1x faster at "
-                 "224x224 on the CPU); auto = on for inputs of 96 px and more on the CPU when a C++ compiler is on "
-                 "PATH; a failed compile runs eagerly."))
-        options.append(click.option(
-            "--reuse-memory", type=click.Choice(["auto", "on", "off"]), default="auto", show_default=True,
-            help="Keep freed memory in the process during the torch loops instead of returning it to the system "
-                 "(glibc), so that each step does not pay for fresh pages: 1.3-1.6x faster at 224x224 on the CPU, "
-                 "reconstruction trimming the heap between units (peaks within 0.2 GB of off); auto = on for "
-                 "inputs of 96 px and more on the CPU (Linux with glibc)."))
         if reconstruction:
             options += [
                 click.option("--cache-budget", callback=_cache_budget,
