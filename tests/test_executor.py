@@ -95,7 +95,8 @@ def test_zoo_model_matches_onnxruntime(name):
 # ------------------------------------------------------------------------------------------- gradients
 
 
-@pytest.mark.parametrize("name, spatial", [("resnet20", None), ("mobilenetv2", (64, 64)), ("digits_resnet", None)])
+@pytest.mark.parametrize("name, spatial", [("resnet20", None), ("mobilenetv2", (64, 64)), ("resnet18", (64, 64)),
+                                           ("digits_resnet", None)])
 def test_input_gradient_matches_native_module(name, spatial):
     """The gradient w.r.t. the input is non-zero and matches the native module's (max|diff|/max|ref| <= 1e-4)."""
     native, model, shape = _zoo_pair(name, spatial)

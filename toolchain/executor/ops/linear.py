@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch.nn import functional as F
 
 from toolchain.executor.ops.common import nd_fn, onnx_to_torch_pads, same_pads, spatial_padding
+from toolchain.executor.ops.polyphase import MAX_INPUT_CHANNELS, stem_conv2d
 from toolchain.executor.registry import Kernel, NodeContext, register
 
 
@@ -29,25 +32,41 @@ def _conv(ctx: NodeContext) -> Kernel:
 def _conv_kernel(ctx: NodeContext, rank: int) -> Kernel:
     if rank not in (1, 2, 3):
         raise ctx.error(f"{rank}-D convolution is not supported; only 1-D, 2-D and 3-D")
-    conv = nd_fn(rank, "conv")
     strides = tuple(ctx.attr("strides", [1] * rank))
     dilations = tuple(ctx.attr("dilations", [1] * rank))
     groups = int(ctx.attr("group", 1))
+    conv = _padded_conv(rank, strides, dilations, groups)
     mode, pads = spatial_padding(ctx, rank)
     if mode != "explicit":
         upper = mode == "same_upper"
 
         def same_conv(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None = None) -> torch.Tensor:
             x = F.pad(x, onnx_to_torch_pads(same_pads(x, w.shape[2:], strides, dilations, upper)))
-            return conv(x, w, b, strides, 0, dilations, groups)
+            return conv(x, w, b, (0,) * rank)
 
         return same_conv
     if pads[:rank] == pads[rank:]:
         padding = tuple(pads[:rank])
-        return lambda x, w, b=None: conv(x, w, b, strides, padding, dilations, groups)
+        return lambda x, w, b=None: conv(x, w, b, padding)
     # Asymmetric pads: torch convolutions only take symmetric padding, so pad first.
     torch_pads = onnx_to_torch_pads(pads)
-    return lambda x, w, b=None: conv(F.pad(x, torch_pads), w, b, strides, 0, dilations, groups)
+    return lambda x, w, b=None: conv(F.pad(x, torch_pads), w, b, (0,) * rank)
+
+
+def _padded_conv(rank: int, strides: tuple[int, ...], dilations: tuple[int, ...], groups: int) -> Callable[..., torch.Tensor]:
+    """conv(x, w, b, padding) with this node's strides, dilations and groups: torch's, or for a strided 2-D
+    stem whose input needs a gradient (images being optimised), polyphase.stem_conv2d (the same forward,
+    a 2x faster input gradient on ResNet-18's 7x7 stem)."""
+    plain = nd_fn(rank, "conv")
+    if rank != 2 or groups != 1 or max(strides) == 1 or any(d != 1 for d in dilations):
+        return lambda x, w, b, padding: plain(x, w, b, strides, padding, dilations, groups)
+
+    def conv2d(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, padding: tuple[int, ...]) -> torch.Tensor:
+        if x.requires_grad and w.shape[1] <= MAX_INPUT_CHANNELS:
+            return stem_conv2d(x, w, b, strides, padding)
+        return plain(x, w, b, strides, padding, dilations, groups)
+
+    return conv2d
 
 
 @register("BatchNormalization", static=(3, 4))
