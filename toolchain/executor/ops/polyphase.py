@@ -55,15 +55,17 @@ def polyphase_input_gradient(grad: torch.Tensor, w: torch.Tensor, input_shape: t
     h, w_size = input_shape[2], input_shape[3]
     rows, t_h, before_h, after_h = _axis_plan(k_h, s_h, p_h, h, grad.shape[2])
     cols, t_w, before_w, after_w = _axis_plan(k_w, s_w, p_w, w_size, grad.shape[3])
-    # Kernel of the phase convolution: output channel (c, r_h, r_w), input channel o.
-    kernel = w.new_zeros(c_in, s_h, s_w, c_out, t_h, t_w)
-    weight = w.detach().transpose(0, 1)  # c_in, c_out, k_h, k_w
+    # Kernel of the phase convolution, output channel (c, r_h, r_w), input channel o: one gather from the weight
+    # with a zero appended (index k_h * k_w), so that a compiled backward traces one op, not one per tap.
+    taps = [[k_h * k_w] * (t_h * t_w) for _ in range(s_h * s_w)]
     for r_h, phase_h in enumerate(rows):
         for r_w, phase_w in enumerate(cols):
             for tap_h, k_row in phase_h:
                 for tap_w, k_col in phase_w:
-                    kernel[:, r_h, r_w, :, tap_h, tap_w] = weight[:, :, k_row, k_col]
-    kernel = kernel.reshape(c_in * s_h * s_w, c_out, t_h, t_w)
+                    taps[r_h * s_w + r_w][tap_h * t_w + tap_w] = k_row * k_w + k_col
+    flat = torch.cat([w.detach().reshape(c_out, c_in, k_h * k_w), w.new_zeros(c_out, c_in, 1)], dim=2)
+    gathered = flat[:, :, torch.tensor(taps, device=w.device)]  # c_out, c_in, phases, taps
+    kernel = gathered.permute(1, 2, 0, 3).reshape(c_in * s_h * s_w, c_out, t_h, t_w)
     if grad.is_contiguous(memory_format=torch.channels_last):
         kernel = kernel.contiguous(memory_format=torch.channels_last)
     phases = _correlate(grad, kernel, (before_h, after_h), (before_w, after_w))
