@@ -17,11 +17,12 @@ Neither option changes what is computed, only the order of floating-point operat
 (channels-last convolutions use other oneDNN algorithms; inductor fuses element-wise ops and reductions),
 so results agree to float32 rounding, not bit for bit. The third switch, `reuse_memory` (executor.memory),
 changes no value, only time and peak memory. "auto" turns all three on for ImageNet-size inputs on the CPU,
-where bench/torch_speed.py measures them (together, 2 cores, against the code before them: generation 2.50x
-on Lite0, 2.61x on MobileNetV2, 1.58x on ResNet-18 at 224x224, after a one-off compile of 30-55 s;
-reconstruction 2.19x / 2.10x / 1.72x together with its distribution-correction rewrite and the QDrop masks of
-recon.qdrop), and off for small inputs (32x32), where generation therefore stays byte-identical to the code
-before any of them existed.
+where bench/torch_speed.py measures them (together, 2 cores, against the code before them, rounds of f76e01c
+and cce9224: generation 2.50-3.77x on Lite0, 2.61-3.60x on MobileNetV2, 1.58-1.63x on ResNet-18 at 224x224,
+after a one-off compile of 30-55 s; reconstruction 2.04-2.19x / 2.10-2.18x / 1.72-1.83x together with its
+distribution-correction rewrite, the QDrop masks of recon.qdrop and the stems' polyphase input gradient of
+executor.ops.polyphase), and off for small inputs (32x32), where generation therefore stays byte-identical to
+the code before any of them existed.
 """
 
 from __future__ import annotations
