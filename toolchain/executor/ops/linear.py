@@ -8,7 +8,7 @@ import torch
 from torch.nn import functional as F
 
 from toolchain.executor.ops.common import nd_fn, onnx_to_torch_pads, same_pads, spatial_padding
-from toolchain.executor.ops.polyphase import MAX_INPUT_CHANNELS, stem_conv2d
+from toolchain.executor.ops.polyphase import stem_conv2d, worth_phases
 from toolchain.executor.registry import Kernel, NodeContext, register
 
 
@@ -53,16 +53,18 @@ def _conv_kernel(ctx: NodeContext, rank: int) -> Kernel:
     return lambda x, w, b=None: conv(F.pad(x, torch_pads), w, b, (0,) * rank)
 
 
-def _padded_conv(rank: int, strides: tuple[int, ...], dilations: tuple[int, ...], groups: int) -> Callable[..., torch.Tensor]:
+def _padded_conv(rank: int, strides: tuple[int, ...], dilations: tuple[int, ...],
+                 groups: int) -> Callable[..., torch.Tensor]:
     """conv(x, w, b, padding) with this node's strides, dilations and groups: torch's, or for a strided 2-D
-    stem whose input needs a gradient (images being optimised), polyphase.stem_conv2d (the same forward,
-    a 2x faster input gradient on ResNet-18's 7x7 stem)."""
+    stem whose input needs a gradient (images being optimised) and whose kernel pays for it (polyphase.
+    worth_phases: 7x7 and 5x5 at stride 2, not 3x3), polyphase.stem_conv2d (the same forward, a 2x faster
+    input gradient on ResNet-18's 7x7 stem)."""
     plain = nd_fn(rank, "conv")
     if rank != 2 or groups != 1 or max(strides) == 1 or any(d != 1 for d in dilations):
         return lambda x, w, b, padding: plain(x, w, b, strides, padding, dilations, groups)
 
     def conv2d(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, padding: tuple[int, ...]) -> torch.Tensor:
-        if x.requires_grad and w.shape[1] <= MAX_INPUT_CHANNELS:
+        if x.requires_grad and worth_phases(w, strides):
             return stem_conv2d(x, w, b, strides, padding)
         return plain(x, w, b, strides, padding, dilations, groups)
 

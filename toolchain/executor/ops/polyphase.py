@@ -9,7 +9,8 @@ optimised: every step of data generation and of reconstruction's distribution co
 oneDNN computes that gradient as a transposed convolution with 3 output channels, which vectorises badly:
 on this CPU it takes 3-4x the forward (379 ms against ~90 ms for 64 images at 224x224, 7x7). Split by output
 phase, the same sums are one ordinary stride-1 convolution with C_in * s * s output channels (12 here) and a
-kernel of ceil(k / s) taps, followed by a pixel shuffle: 176 ms for the same gradient (2.15x).
+kernel of ceil(k / s) taps, whose phases are then interleaved: 176 ms for the same gradient (2.15x). It pays
+for 7x7 and 5x5 kernels at stride 2, not for MobileNet's 3x3 (worth_phases), where the executor keeps aten's.
 
 The forward is F.conv2d itself (the same values, bit for bit); the weight and bias gradients are aten's. The
 input gradient equals aten's up to float32 rounding (the same products summed in another order).
@@ -24,6 +25,17 @@ import torch
 import torch.nn.functional as F
 
 MAX_INPUT_CHANNELS = 4  # images (1, 3 or 4 channels): where oneDNN's transposed convolution is slow
+MIN_PHASE_TAPS = 3  # taps per phase along some axis, ceil(k / s): below it the phases gain nothing
+
+
+def worth_phases(w: torch.Tensor, strides: tuple[int, ...]) -> bool:
+    """Whether the polyphase input gradient pays for a weight of this shape at these strides: few input channels
+    and at least MIN_PHASE_TAPS taps per phase. Measured, 32 images at 224x224, forward and input gradient:
+    7x7 stride 2 (4 taps) 1.99x, 5x5 stride 2 (3 taps) 1.56x, 3x3 stride 2 (2 taps) 1.04x, 4x4 stride 4 (1 tap)
+    1.13x. Below the bar it would only add allocation sizes of its own, which with executor.memory's reuse of
+    freed blocks raised MobileNetV2's peak (unit 0: 2.58 -> 2.76 GB; equal with --reuse-memory off)."""
+    taps = max(math.ceil(k / s) for k, s in zip(w.shape[2:], strides, strict=True))
+    return w.shape[1] <= MAX_INPUT_CHANNELS and taps >= MIN_PHASE_TAPS
 
 
 def _axis_plan(kernel: int, stride: int, pad_begin: int, size: int,
