@@ -1,6 +1,6 @@
 """`toolchain run` as a user runs it: the default job, its run directory and report, determinism, exit codes.
 
-The default run (export, 128 DGH images, W8A8 and W4A4 pdquant on the digits model, about 35 s on 2 cores)
+The default run (export, 128 DGH images, W8A8 and W4A4 pdquant on the digits model, about 21 s on 2 cores)
 runs twice in this module: once for its outputs, once more for the determinism rule. The other runs use a
 small config (calibration given, fast presets) that takes a few seconds.
 """
