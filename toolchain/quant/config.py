@@ -96,7 +96,7 @@ class QuantConfig:
         input_bits: bits of the network input (image data: 8 by nature; see benchmark-protocol.md); targets whose
             layers take one activation type (qnn) quantize it at `a_bits` instead (effective_input_bits).
         calibrator: how ranges are chosen; None = "mse" (for weights the MSE search runs below 8 bits only,
-            see quantize.weight_calibrator).
+            see calibrate.weight_calibrator).
         percentile: the percentile calibrator's upper percentile of activation values.
         target: runtime profile deciding types, symmetry, bias, Q/DQ placement and shapes (quant.targets);
             it also limits the bit-widths.

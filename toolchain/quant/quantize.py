@@ -35,6 +35,7 @@ from toolchain.quant.calibrate import (
     activation_params,
     constant_observation,
     observe_activations,
+    weight_calibrator,
     weight_params,
 )
 from toolchain.quant.config import QuantConfig
@@ -150,17 +151,6 @@ def prepare_float_model(model: onnx.ModelProto, config: QuantConfig, before_fold
 def is_synthetic(calib_info: dict | None) -> bool:
     """Whether the calibration manifest says the inputs were synthesised (toolchain generate, not real images)."""
     return (calib_info or {}).get("method") in SYNTHETIC_METHODS
-
-
-def weight_calibrator(calibrator: str, bits: int) -> str:
-    """The clipping search for weights: MSE below 8 bits only.
-
-    Percentile clipping is for activation outliers, so weights keep their exact range with it. At 8 bits
-    the rounding error is tiny and clipping trades it for a larger one on the largest weights: measured on
-    ResNet-20 W8A8 (512 real images), exact weight ranges with MSE activations give 81.34 % against 81.22 %
-    with MSE-clipped weights.
-    """
-    return "mse" if calibrator == "mse" and bits < 8 else "minmax"
 
 
 def choose_parameters(float_model: onnx.ModelProto, plan: QuantPlan, calib: np.ndarray, config: QuantConfig,

@@ -132,10 +132,9 @@ class _Probe:
         """Mean KL with each tensor of `quantized` (tensor -> (axis, bits)) fake-quantized as the quantizer would."""
         import torch
 
+        from toolchain.quant.calibrate import weight_calibrator, weight_params
         from toolchain.quant.gptq import compensated_weight
-        from toolchain.quant.calibrate import weight_params
         from toolchain.quant.qparams import weight_type
-        from toolchain.quant.quantize import weight_calibrator
 
         calibrator, profile = self.config.effective_calibrator, self.config.profile
         originals = {}
