@@ -4,7 +4,7 @@ Usage:
     python bench/count_loads.py run --quiet                                   # the default run
     python bench/count_loads.py quantize m.onnx --calib c.npz -o q.onnx --quiet
 
-Counts every onnx.load / onnx.load_model_from_string (toolchain.modelio parses through them) and every
+Counts every onnx.load / onnx.load_model_from_string (toolchain.onnxio.files parses through them) and every
 onnxruntime.InferenceSession, for all the models the command touches (FP32 and quantized), and prints them on
 stderr. For the "load once, check once" figures of the house issue, before and after.
 """
@@ -31,7 +31,7 @@ def main() -> None:
     onnx.load = onnx.load_model = _counted("onnx.load", onnx.load)
     onnx.load_model_from_string = _counted("onnx.load_model_from_string", onnx.load_model_from_string)
     ort.InferenceSession.__init__ = _counted("onnxruntime.InferenceSession", ort.InferenceSession.__init__)
-    from toolchain.cli import cli
+    from toolchain.cli.commands import cli
 
     try:
         cli.main(sys.argv[1:], standalone_mode=False)

@@ -31,8 +31,8 @@ from pathlib import Path
 import onnx
 
 from toolchain import api
-from toolchain.paths import shared_dir
-from toolchain.quant.config import QuantConfig
+from toolchain.core.paths import shared_dir
+from toolchain.quantize.config import QuantConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 METHODS = ("real", "gaussian", "bns", "dgh", "fdda")
@@ -82,8 +82,8 @@ def iteration_sweep(model: Path, work: Path, n: int, limit: int | None, test: Pa
 
 _MEMORY_PROBE = """
 import json, resource, sys, onnx
-from toolchain.datagen import generate, preset
-from toolchain.preprocessing import read_preprocessing
+from toolchain.generate import generate, preset
+from toolchain.onnxio.preprocessing import read_preprocessing
 from dataclasses import replace
 model = onnx.load(sys.argv[1]); n = int(sys.argv[2])
 config = replace(preset("default", "dgh"), iterations=2)
@@ -107,7 +107,7 @@ def throughput(model: Path) -> dict:
     import torch
 
     from toolchain.executor import OnnxModule
-    from toolchain.zoo import load_zoo_model
+    from toolchain.export.zoo import load_zoo_model
 
     torch.set_num_threads(2)
     native = load_zoo_model("resnet20_cifar10").module.requires_grad_(False)

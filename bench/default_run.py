@@ -30,7 +30,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    from toolchain.cpu import has_vnni
+    from toolchain.core.cpu import has_vnni
     from toolchain.pipeline.report import summary_table
 
     records, report = [], None

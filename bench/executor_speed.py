@@ -27,9 +27,9 @@ import torch
 from torch import nn
 
 from toolchain.executor import OnnxModule
-from toolchain.export import export_to_onnx
-from toolchain.paths import shared_dir
-from toolchain.zoo import read_state_dict
+from toolchain.export.exporter import export_to_onnx
+from toolchain.core.paths import shared_dir
+from toolchain.export.zoo import read_state_dict
 from toolchain_models.resnet_cifar import resnet20
 
 WEIGHTS_FILE = "resnet20-12fca82f.th"

@@ -28,12 +28,12 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from toolchain.cpu import has_vnni
+from toolchain.core.cpu import has_vnni
 from toolchain.executor import OnnxModule
-from toolchain.quant.config import QuantConfig
-from toolchain.quant.fusion import float_ops_text
-from toolchain.quant.quantize import quantize
-from toolchain.recon import ReconConfig
+from toolchain.quantize.config import QuantConfig
+from toolchain.runtimes.coverage import float_ops_text
+from toolchain.quantize.driver import quantize
+from toolchain.quantize.reconstruct import ReconConfig
 from toolchain_models.families import FAMILIES, export_as_users_do, family_model
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -33,9 +33,9 @@ RESULTS = ROOT / "bench" / "results" / "gpu_check.json"
 
 
 def _export(factory, size: int, folder: Path, name: str) -> Path:
-    from toolchain.export import export_to_onnx
-    from toolchain.modelio import save_model
-    from toolchain.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+    from toolchain.export.exporter import export_to_onnx
+    from toolchain.onnxio.files import save_model
+    from toolchain.onnxio.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
     path = folder / f"{name}.onnx"
     pre = Preprocessing(mean=IMAGENET_MEAN, std=IMAGENET_STD, input_size=(size, size))
@@ -44,7 +44,7 @@ def _export(factory, size: int, folder: Path, name: str) -> Path:
 
 
 def _resnet20_data_bn():
-    from toolchain.zoo import load_zoo_model
+    from toolchain.export.zoo import load_zoo_model
     from toolchain_models.statistics import with_data_statistics
 
     torch.manual_seed(0)
@@ -53,9 +53,9 @@ def _resnet20_data_bn():
 
 def parity(folder: Path) -> dict:
     from toolchain import api
-    from toolchain.execution import Execution
-    from toolchain.quant.config import QuantConfig
-    from toolchain.recon import ReconConfig
+    from toolchain.core.execution import Execution
+    from toolchain.quantize.config import QuantConfig
+    from toolchain.quantize.reconstruct import ReconConfig
 
     model = _export(_resnet20_data_bn, 32, folder, "r20")
     distances, paths = {}, {}
@@ -83,9 +83,9 @@ def parity(folder: Path) -> dict:
 
 def speed(folder: Path) -> dict:
     from toolchain import api
-    from toolchain.execution import Execution
-    from toolchain.quant.config import QuantConfig
-    from toolchain.recon import ReconConfig
+    from toolchain.core.execution import Execution
+    from toolchain.quantize.config import QuantConfig
+    from toolchain.quantize.reconstruct import ReconConfig
     from toolchain_models.statistics import resnet18_data_bn
 
     model = _export(resnet18_data_bn, 224, folder, "r18")

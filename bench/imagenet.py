@@ -42,7 +42,7 @@ import sys
 from pathlib import Path
 
 from measure import run_stage
-from toolchain.paths import shared_dir
+from toolchain.core.paths import shared_dir
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("efficientnet_lite0", "mobilenetv2_imagenet")
@@ -83,8 +83,8 @@ def calibration(model: str, fp32: Path, source: str, work: Path, env: dict, stag
 def _sample_real(fp32: Path, n: int, path: Path) -> None:
     import onnx
 
-    from toolchain.calibdata import sample_calibration, save_calibration
-    from toolchain.preprocessing import read_preprocessing
+    from toolchain.data.calibration import sample_calibration, save_calibration
+    from toolchain.onnxio.preprocessing import read_preprocessing
 
     pre = read_preprocessing(onnx.load(str(fp32), load_external_data=False))
     save_calibration(path, sample_calibration(data_path(), pre, n, seed=0))
@@ -155,7 +155,7 @@ def ort_quantize(fp32: str, calib: str, out: str, config: str, calibrator: str) 
     """`--ort-quantize`: onnxruntime's quantize_static on the BN-folded model, in this process (a stage)."""
     from quantizer_vs_ort import prepare_for_ort, quantize_ort
 
-    from toolchain.calibdata import load_calibration
+    from toolchain.data.calibration import load_calibration
 
     folded = Path(out).with_suffix(".folded.onnx")
     prepare_for_ort(Path(fp32), folded, "toolchain")
@@ -174,7 +174,7 @@ def nncf_quantize(fp32: str, calib: str, out: str, config: str) -> None:
     import onnx
     from quantizer_vs_ort import prepare_for_ort
 
-    from toolchain.calibdata import load_calibration
+    from toolchain.data.calibration import load_calibration
 
     if config != "W8A8":
         raise SystemExit(f"nncf rows are W8A8 (NNCF's ONNX backend quantizes to 8 bits), not {config}")

@@ -31,10 +31,10 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from timing import interleaved_ms
-from toolchain.cpu import has_vnni
-from toolchain.modelio import save_model
-from toolchain.quant.config import QuantConfig
-from toolchain.quant.quantize import quantize
+from toolchain.core.cpu import has_vnni
+from toolchain.onnxio.files import save_model
+from toolchain.quantize.config import QuantConfig
+from toolchain.quantize.driver import quantize
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"
@@ -79,7 +79,7 @@ def _timed_row(runtime: str, paths: tuple[Path, Path], shape: list[int], runs: i
 
 def measure_models(names: list[str], runtimes: list[str], runs: int, folder: Path) -> list[dict]:
     from toolchain import api
-    from toolchain.preprocessing import PreprocessingOverrides
+    from toolchain.onnxio.preprocessing import PreprocessingOverrides
 
     imagenet = PreprocessingOverrides(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225), input_size=(224, 224))
     rows = []

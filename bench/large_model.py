@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from measure import run_stage
-from toolchain.cpu import has_vnni
+from toolchain.core.cpu import has_vnni
 
 ROOT = Path(__file__).resolve().parents[1]
 FEATURES_ENV = "LARGE_MODEL_FEATURES"

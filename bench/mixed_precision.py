@@ -29,9 +29,9 @@ import time
 from pathlib import Path
 
 from toolchain import api
-from toolchain.paths import shared_dir
-from toolchain.quant.config import ActivationBudget, BitBudget, QuantConfig
-from toolchain.recon import ReconConfig
+from toolchain.core.paths import shared_dir
+from toolchain.quantize.config import ActivationBudget, BitBudget, QuantConfig
+from toolchain.quantize.reconstruct import ReconConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FP32 = {"resnet20_cifar10": 0.8103, "shufflenet_v2_cifar10": 0.8198}  # bench/results/{pdquant,trained_families}.md
@@ -67,8 +67,8 @@ def calibration(model: str, onnx_path: Path, seed: int, work: Path) -> Path:
 
 
 def run(args: argparse.Namespace) -> None:
-    from toolchain.cpu import has_vnni
-    from toolchain.execution import Execution
+    from toolchain.core.cpu import has_vnni
+    from toolchain.core.execution import Execution
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -117,8 +117,8 @@ def _weight_params(onnx_path: Path, report: dict) -> dict[str, int]:
     import numpy as np
     import onnx
 
-    from toolchain.quant.config import QuantConfig as _Q
-    from toolchain.quant.quantize import prepare_float_model
+    from toolchain.quantize.config import QuantConfig as _Q
+    from toolchain.quantize.driver import prepare_float_model
 
     folded, _ = prepare_float_model(onnx.load(str(onnx_path)), _Q())
     inits = {t.name: t for t in folded.graph.initializer}

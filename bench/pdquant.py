@@ -32,9 +32,9 @@ from dataclasses import replace
 from pathlib import Path
 
 from toolchain import api
-from toolchain.paths import shared_dir
-from toolchain.quant.config import QuantConfig
-from toolchain.recon import ReconConfig
+from toolchain.core.paths import shared_dir
+from toolchain.quantize.config import QuantConfig
+from toolchain.quantize.reconstruct import ReconConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 FP32 = {"resnet20": 0.8103, "resnet56": 0.8320}
@@ -54,7 +54,7 @@ def generation_config(label: str):
 
     KEY is a GenerationConfig field or `augment.FIELD`; `combined` (fdda) adds DGH's joint statistics,
     input pseudo-layer and flip/smooth/crop augmentation to FDDA's class terms (methods.md section 7)."""
-    from toolchain.datagen import preset
+    from toolchain.generate import preset
 
     method, _, spec = label.partition("@")
     if not spec:

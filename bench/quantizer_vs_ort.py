@@ -10,13 +10,13 @@ Usage:
 Both tools get the same FP32 model (`toolchain export resnet20_cifar10`, BN kept, weights from
 $TOOLCHAIN_SHARED/weights) and the same calibration inputs: `--calib-n` images drawn with `--seed` from
 $TOOLCHAIN_SHARED/datasets/cifar10-train-jpg.tar.gz, preprocessed as the model's metadata says, saved once
-as an .npz (toolchain.calibdata) and read back by both.
+as an .npz (toolchain.data.calibration) and read back by both.
 
 onnxruntime side: `quantize_static`, QDQ, per-channel, QUInt8 activations (QUInt4 at A4), QInt8 weights
 (QInt4 at W4), calibrators MinMax and Percentile (ORT defaults, percentile 99.999). quantize_static leaves
 BatchNormalization in float between Conv and its Q (the convs then cannot fuse and 4-bit weights are
 quantized before BN scales them: W4A8 63 % instead of 70-71 %), so BN is folded first. `--ort-fold toolchain`
-(default) gives it the float model our quantizer starts from (toolchain.quant.quantize.prepare_float_model:
+(default) gives it the float model our quantizer starts from (toolchain.quantize.driver.prepare_float_model:
 clean-up passes + FoldBatchNormPass); `--ort-fold ort` uses ORT's own `quant_pre_process` (shape inference +
 basic graph optimisation, which folds Conv+BN). Both folds agree to ~1e-7, yet W4 results differ: ORT's
 symmetric int4 scale (2 * absmax / 15) puts each channel's most negative weight exactly on the -7.5 rounding
@@ -27,7 +27,7 @@ closely. At A4 each calibrator runs twice: the network input at 4 bits (ORT's de
 
 Our side: `toolchain.api.quantize_model` with `QuantConfig(w_bits, a_bits, calibrator)` for minmax,
 percentile and mse; every layer quantized, network input at 8 bits. When the API function is missing
-(older checkout) the quantizer core `toolchain.quant.quantize.quantize` is called instead, and the results
+(older checkout) the quantizer core `toolchain.quantize.driver.quantize` is called instead, and the results
 say so; `--no-ours` skips this side.
 
 Every model is evaluated with `toolchain.api.evaluate_model` (top-1, top-1 agreement with FP32) and its
@@ -35,7 +35,7 @@ inference timed in onnxruntime (CPU, `--threads` intra-op threads) on the same t
 memory, in batches of 256: only `session.run` is timed. Each repetition times every model once (rotating the
 order), and ratios are taken within a repetition (QDQ / FP32, ours / ORT's model of the same bits and
 calibrator), then the median over repetitions is reported. Fusion coverage (Conv/Gemm run on integer kernels
-after ORT's optimisation) is counted the same way for both tools (toolchain.quant.fusion).
+after ORT's optimisation) is counted the same way for both tools (toolchain.runtimes.coverage).
 Writes <out>/quantizer_vs_ort.json, .md and .png.
 """
 
@@ -62,10 +62,10 @@ import onnx
 import onnxruntime as ort
 
 from toolchain import api
-from toolchain.calibdata import load_calibration, sample_calibration, save_calibration
-from toolchain.data import open_images
-from toolchain.paths import shared_dir
-from toolchain.preprocessing import read_preprocessing
+from toolchain.data.calibration import load_calibration, sample_calibration, save_calibration
+from toolchain.data.images import open_images
+from toolchain.core.paths import shared_dir
+from toolchain.onnxio.preprocessing import read_preprocessing
 
 MODEL = "resnet20_cifar10"
 ALL_CONFIGS = ("W8A8", "W4A8", "W4A4", "W2A4")
@@ -140,8 +140,8 @@ def prepare_for_ort(fp32: Path, out: Path, fold: str) -> dict[str, Any]:
     """The BN-folded float model quantize_static gets: our quantizer's own starting point (fold="toolchain")
     or ORT's quant_pre_process (fold="ort": symbolic shape inference + basic optimisation, folds Conv+BN)."""
     if fold == "toolchain":
-        from toolchain.quant.config import QuantConfig
-        from toolchain.quant.quantize import prepare_float_model
+        from toolchain.quantize.config import QuantConfig
+        from toolchain.quantize.driver import prepare_float_model
 
         folded, _ = prepare_float_model(onnx.load(str(fp32)), QuantConfig(w_bits=8, a_bits=8))  # 8 bits: opset kept
         onnx.save(folded, str(out))
@@ -173,20 +173,20 @@ def quantize_ort(src: Path, out: Path, inputs: np.ndarray, w_bits: int, a_bits: 
 # ---------------------------------------------------------------- our side
 
 def ours_backend() -> tuple[str, Any] | None:
-    """("api", toolchain.api.quantize_model) when it exists, else ("core", toolchain.quant.quantize.quantize), else None."""
+    """("api", toolchain.api.quantize_model) when it exists, else ("core", toolchain.quantize.driver.quantize), else None."""
     if hasattr(api, "quantize_model"):
         return "toolchain.api.quantize_model", api.quantize_model
     try:
-        from toolchain.quant.quantize import quantize
+        from toolchain.quantize.driver import quantize
     except ImportError:
         return None
-    return "toolchain.quant.quantize.quantize (toolchain.api.quantize_model not available yet)", quantize
+    return "toolchain.quantize.driver.quantize (toolchain.api.quantize_model not available yet)", quantize
 
 
 def quantize_ours(backend: tuple[str, Any], fp32: Path, calib_path: Path, n_calib: int, out: Path, w_bits: int,
                   a_bits: int, calibrator: str) -> dict[str, Any]:
     """Quantize with our toolchain; returns the report's fusion section."""
-    from toolchain.quant.config import QuantConfig
+    from toolchain.quantize.config import QuantConfig
 
     config = QuantConfig(w_bits=w_bits, a_bits=a_bits, input_bits=8, calibrator=calibrator)
     name, function = backend
@@ -212,7 +212,7 @@ def quantize_ours(backend: tuple[str, Any], fp32: Path, calib_path: Path, n_cali
 def fusion_of(path: Path) -> dict[str, Any] | None:
     """The same fusion count for every model (ORT-optimised graph: integer vs float Conv/Gemm, stray Q/DQ)."""
     try:
-        from toolchain.quant.fusion import fusion_coverage
+        from toolchain.runtimes.coverage import fusion_coverage
     except ImportError:
         return None
     f = fusion_coverage(onnx.load(str(path)))
@@ -333,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
                         log(f"quantized {row.id} ({row.quantize_seconds}s){' FAILED' if row.error else ''}")
         backend = ours_backend() if args.ours else None
         if args.ours and backend is None:
-            notes.append("ours: skipped, this checkout has no quantizer (toolchain.api.quantize_model / toolchain.quant)")
+            notes.append("ours: skipped, this checkout has no quantizer (toolchain.api.quantize_model / toolchain.quantize)")
         elif not args.ours:
             notes.append("ours: not run (--no-ours)")
         elif backend[0] != "toolchain.api.quantize_model":
@@ -386,12 +386,12 @@ def main(argv: list[str] | None = None) -> int:
         "benchmark": "quantizer_vs_ort",
         "model": f"{MODEL} (ResNet-20, CIFAR-10), exported by toolchain with BN kept",
         "calibration": {"source": "shared/datasets/cifar10-train-jpg.tar.gz", "n": len(calib), "seed": args.seed,
-                        "sampler": "toolchain.calibdata.sample_calibration, saved as .npz, read back by both tools"},
+                        "sampler": "toolchain.data.calibration.sample_calibration, saved as .npz, read back by both tools"},
         "test": {"source": "shared/datasets/cifar10-test-jpg.tar.gz", "n": rows[0].n, "limit": args.limit},
         "onnxruntime_setup": {
             "function": "onnxruntime.quantization.quantize_static",
             "bn_fold": args.ort_fold,
-            "preparation": {"toolchain": "toolchain.quant.quantize.prepare_float_model (clean-up + FoldBatchNormPass), "
+            "preparation": {"toolchain": "toolchain.quantize.driver.prepare_float_model (clean-up + FoldBatchNormPass), "
                             "the float model our quantizer starts from",
                             "ort": "onnxruntime.quantization.shape_inference.quant_pre_process (folds Conv+BN)"}[args.ort_fold],
             "prepared_ops": ort_prepared,

@@ -111,7 +111,7 @@ def distributed_rows(work: Path, calib: Path, test: Path) -> list[dict]:
 
     model = work / "resnet20.onnx"
     if not model.exists():
-        from toolchain.paths import shared_dir
+        from toolchain.core.paths import shared_dir
 
         api.export_model("resnet20_cifar10", model, weights=shared_dir() / "weights" / "resnet20-12fca82f.th")
     common = ["quantize", str(model), "--calib", str(calib), "--w-bits", "4", "--a-bits", "4", "--reconstruct", "pdquant",
@@ -253,12 +253,12 @@ def main() -> None:
         elif args.suite == "pipeline":
             save(pipeline_rows(args.work, args.model))
         elif args.suite == "distributed":
-            from toolchain.paths import shared_dir
+            from toolchain.core.paths import shared_dir
 
             save(distributed_rows(args.work, args.calib, shared_dir() / "datasets" / "cifar10-test-jpg.tar.gz"))
         elif args.suite == "threads":
             from toolchain import api
-            from toolchain.paths import shared_dir
+            from toolchain.core.paths import shared_dir
 
             model = args.work / "resnet20.onnx"
             if not model.exists():

@@ -31,7 +31,7 @@ import onnx
 from onnx import numpy_helper
 
 from toolchain import api
-from toolchain.paths import shared_dir
+from toolchain.core.paths import shared_dir
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

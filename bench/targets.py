@@ -35,10 +35,10 @@ import numpy as np
 
 from timing import interleaved_ms, sessions_ms
 from toolchain import api
-from toolchain.cpu import has_vnni
-from toolchain.paths import shared_dir
-from toolchain.quant.config import QuantConfig
-from toolchain.recon import ReconConfig
+from toolchain.core.cpu import has_vnni
+from toolchain.core.paths import shared_dir
+from toolchain.quantize.config import QuantConfig
+from toolchain.quantize.reconstruct import ReconConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results"

@@ -93,9 +93,9 @@ def main() -> None:
         print("nothing to check: no CUDA GPU")
         return
     from toolchain import api
-    from toolchain.data import open_images
-    from toolchain.modelio import load_model
-    from toolchain.preprocessing import read_preprocessing
+    from toolchain.data.images import open_images
+    from toolchain.onnxio.files import load_model
+    from toolchain.onnxio.preprocessing import read_preprocessing
 
     pre = read_preprocessing(load_model(args.model))
     data = open_images(args.data, pre, limit=args.limit, seed=0)

@@ -37,9 +37,9 @@ def peak_rss_gb() -> float:
 def generate_mode(args: argparse.Namespace) -> dict:
     from dataclasses import replace
 
-    from toolchain.datagen import generate, preset
-    from toolchain.datagen import engine as engine_module
-    from toolchain.preprocessing import read_preprocessing
+    from toolchain.generate import generate, preset
+    from toolchain.generate import engine as engine_module
+    from toolchain.onnxio.preprocessing import read_preprocessing
 
     model = onnx.load(args.model)
     pre = read_preprocessing(model)
@@ -68,8 +68,8 @@ def generate_mode(args: argparse.Namespace) -> dict:
 
 
 def reconstruct_mode(args: argparse.Namespace) -> dict:
-    from toolchain.cli import cli
-    from toolchain.recon import engine as recon_engine
+    from toolchain.cli.commands import cli
+    from toolchain.quantize.reconstruct import engine as recon_engine
 
     original = recon_engine.find_units
 
@@ -176,15 +176,15 @@ def _phase_split(totals: dict[str, float], unit_seconds: float) -> dict[str, flo
 def profile_mode(args: argparse.Namespace) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
-    from toolchain.datagen import preset
-    from toolchain.datagen.engine import Engine
-    from toolchain.datagen.teacher import Teacher
-    from toolchain.preprocessing import read_preprocessing
+    from toolchain.generate import preset
+    from toolchain.generate.engine import Engine
+    from toolchain.generate.teacher import Teacher
+    from toolchain.onnxio.preprocessing import read_preprocessing
 
     model = onnx.load(args.model)
     pre = read_preprocessing(model)
     if args.accelerated:  # the new code's "auto" at 224 on the CPU
-        from toolchain.executor.acceleration import Acceleration
+        from toolchain.core.acceleration import Acceleration
 
         teacher = Teacher.from_onnx(model, Acceleration.resolve("auto", "auto", pre.input_size, torch.device("cpu")))
     else:

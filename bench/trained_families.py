@@ -29,13 +29,13 @@ from pathlib import Path
 
 
 from toolchain import api
-from toolchain.calibdata import sample_calibration
-from toolchain.cpu import has_vnni
+from toolchain.data.calibration import sample_calibration
+from toolchain.core.cpu import has_vnni
 from toolchain.errors import ToolchainError
-from toolchain.paths import shared_dir
-from toolchain.preprocessing import read_preprocessing
-from toolchain.quant.config import QuantConfig
-from toolchain.recon import ReconConfig
+from toolchain.core.paths import shared_dir
+from toolchain.onnxio.preprocessing import read_preprocessing
+from toolchain.quantize.config import QuantConfig
+from toolchain.quantize.reconstruct import ReconConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quantizer_vs_ort import prepare_for_ort, quantize_ort  # noqa: E402  (bench/ is not a package)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from toolchain.paths import SHARED_ENV, shared_dir as _shared_dir
+from toolchain.core.paths import SHARED_ENV, shared_dir as _shared_dir
 
 
 def _missing(path: Path) -> None:

@@ -171,7 +171,7 @@ def weights_cases() -> list[FuzzCase]:
     """State dicts for `toolchain export digits_resnet --weights` that are damaged or belong to another model."""
     import torch
 
-    from toolchain.zoo import load_zoo_model
+    from toolchain.export.zoo import load_zoo_model
 
     state = load_zoo_model("digits_resnet").module.state_dict()
     buffer = io.BytesIO()

@@ -23,7 +23,7 @@ import onnx
 from onnx import helper, numpy_helper
 from PIL import Image
 
-from toolchain.preprocessing import Preprocessing, write_preprocessing
+from toolchain.onnxio.preprocessing import Preprocessing, write_preprocessing
 
 CLASSES = ("zero", "one", "two")
 

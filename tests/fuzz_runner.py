@@ -23,7 +23,7 @@ def run_cases(root: Path, worker: int, workers: int, out: Path) -> None:
     from click.testing import CliRunner
 
     from fuzz_inputs import all_cases
-    from toolchain.cli import cli
+    from toolchain.cli.commands import cli
 
     torch.set_num_threads(1)
     cases = all_cases()

@@ -36,7 +36,7 @@ def content(kind: str, version: int):
                                   [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 64, 6, 6])], [weight])
         return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
     if kind == "calibration":
-        from toolchain.calibdata import CalibrationSet
+        from toolchain.data.calibration import CalibrationSet
 
         return CalibrationSet(rng.standard_normal((64, 3, 32, 32)).astype(np.float32), manifest={"version": version})
     import torch
@@ -46,19 +46,19 @@ def content(kind: str, version: int):
 
 def write(kind: str, path: Path, version: int) -> None:
     if kind == "model":
-        from toolchain.modelio import save_model
+        from toolchain.onnxio.files import save_model
 
         save_model(content(kind, version), path)
     elif kind == "model-external":
-        from toolchain.modelio import save_model
+        from toolchain.onnxio.files import save_model
 
         save_model(content(kind, version), path, external_data_above=1)
     elif kind == "calibration":
-        from toolchain.calibdata import save_calibration
+        from toolchain.data.calibration import save_calibration
 
         save_calibration(path, content(kind, version))
     else:
-        from toolchain.checkpoint import save_checkpoint
+        from toolchain.core.checkpoint import save_checkpoint
 
         save_checkpoint(path, content(kind, version), kind="test", version=1)
 
@@ -80,8 +80,8 @@ def install(kind: str, phase: str) -> None:
     """Patch the writers so the process reaches `phase` and stops there."""
     import pathlib
 
-    import toolchain.atomic as atomic
-    import toolchain.external_data as external
+    import toolchain.core.atomic as atomic
+    import toolchain.onnxio.external_data as external
 
     if phase == "mid-write":
         if kind.startswith("model"):

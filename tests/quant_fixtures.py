@@ -6,9 +6,9 @@ import numpy as np
 import onnx
 import torch
 
-from toolchain.export import export_to_onnx
-from toolchain.preprocessing import CIFAR10_CLASSES, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from toolchain.zoo import load_zoo_model
+from toolchain.export.exporter import export_to_onnx
+from toolchain.onnxio.preprocessing import CIFAR10_CLASSES, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from toolchain.export.zoo import load_zoo_model
 from toolchain_models.statistics import with_data_statistics
 
 

@@ -11,15 +11,15 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from toolchain.cli import cli
-from toolchain.datagen import generate, preset
-from toolchain.datagen.teacher import Teacher
+from toolchain.cli.commands import cli
+from toolchain.generate import generate, preset
+from toolchain.generate.teacher import Teacher
 from toolchain.errors import ConfigError
-from toolchain.executor import acceleration as acceleration_module
-from toolchain.executor.acceleration import Acceleration, to_channels_last
+from toolchain.core import acceleration as acceleration_module
+from toolchain.core.acceleration import Acceleration, to_channels_last
 from toolchain.executor import OnnxModule
-from toolchain.execution import Execution
-from toolchain.export import export_to_onnx
+from toolchain.core.execution import Execution
+from toolchain.export.exporter import export_to_onnx
 from toolchain_models.digits import digits_resnet, preprocessing, weights_path
 
 CPU = torch.device("cpu")
@@ -168,7 +168,7 @@ def test_memory_reuse_resolves_like_the_other_switches_and_restores_glibc_s_sett
     """Rule: reuse_memory "auto" is on only for ImageNet-size inputs on the CPU (and only where glibc is), "off" is
     off everywhere; the context manager sets mmap off and a high trim threshold, and puts glibc's values back and
     trims on exit, also when the block raises."""
-    from toolchain.executor import memory
+    from toolchain.core import memory
 
     assert Acceleration.resolve("auto", "off", (32, 32), CPU).reuse_memory is False
     assert Acceleration.resolve("auto", "off", (224, 224), CPU, "off").reuse_memory is False
@@ -202,7 +202,7 @@ def test_memory_reuse_resolves_like_the_other_switches_and_restores_glibc_s_sett
 def test_release_trims_only_when_reuse_is_on(monkeypatch):
     """Rule: release_freed_memory hands the heap back (malloc_trim) between reconstruction's phases when reuse is on,
     and does nothing when it is off (the path that keeps glibc's own behaviour)."""
-    from toolchain.executor import memory
+    from toolchain.core import memory
 
     trims = []
 

@@ -41,17 +41,17 @@ def _version(kind: str, path: Path) -> int | None:
     if not path.exists():
         return None
     if kind.startswith("model"):
-        from toolchain.modelio import load_model
+        from toolchain.onnxio.files import load_model
 
         loaded = load_model(path).graph.initializer[0].raw_data
         versions = [v for v in (0, 1) if content(kind, v).graph.initializer[0].raw_data == loaded]
     elif kind == "calibration":
-        from toolchain.calibdata import load_calibration
+        from toolchain.data.calibration import load_calibration
 
         loaded = load_calibration(path).inputs
         versions = [v for v in (0, 1) if np.array_equal(content(kind, v).inputs, loaded)]
     else:
-        from toolchain.checkpoint import load_checkpoint
+        from toolchain.core.checkpoint import load_checkpoint
 
         state = load_checkpoint(path, {}, kind="test", version=1, unchecked=("version",))
         versions = [v for v in (0, 1) if np.array_equal(content(kind, v)["images"].numpy(), state["images"].numpy())]

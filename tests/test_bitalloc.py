@@ -12,11 +12,11 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
-from toolchain.cli import cli
+from toolchain.cli.commands import cli
 from toolchain.errors import ConfigError
-from toolchain.quant.bitalloc import (ActivationProbe, LayerSensitivity, TensorSensitivity, allocate,
+from toolchain.quantize.mixed_precision import (ActivationProbe, LayerSensitivity, TensorSensitivity, allocate,
                                       allocate_activations, measure_sensitivity)
-from toolchain.quant.config import ActivationBudget, BitBudget, QuantConfig
+from toolchain.quantize.config import ActivationBudget, BitBudget, QuantConfig
 
 CHOICES = (2, 4, 8)
 
@@ -84,11 +84,11 @@ def test_sensitivity_is_the_kl_onnxruntime_measures_for_that_layer_alone(digits,
     """Rule: a layer's sensitivity at b bits is the mean KL between the float model and the float model with only
     that layer's weights quantized (as the quantizer would: rounded to nearest, or compensated by the layer's input
     Hessian), here recomputed in onnxruntime (rel. 1e-3: torch and onnxruntime round float32 differently)."""
-    from toolchain.quant.gptq import compensated_weight, input_hessians
-    from toolchain.quant.annotate import annotate
-    from toolchain.quant.calibrate import weight_params
-    from toolchain.quant.qparams import weight_type
-    from toolchain.quant.quantize import prepare_float_model
+    from toolchain.quantize.calibrate.gptq import compensated_weight, input_hessians
+    from toolchain.quantize.annotate.placement import annotate
+    from toolchain.quantize.calibrate.ranges import weight_params
+    from toolchain.quantize.qparams import weight_type
+    from toolchain.quantize.driver import prepare_float_model
 
     model, calib = digits
     inputs = np.load(calib)["inputs"]
@@ -206,9 +206,9 @@ def test_compensated_rounding_lowers_the_output_error_and_stays_on_the_grid():
     on correlated inputs, a smaller output error ||(W - Q) X||^2 than rounding to nearest at 2, 3 and 4 bits (by at
     least 10 %: measured 26-30 % here); with uncorrelated inputs (H = I) there is nothing to compensate and it is
     rounding to nearest exactly."""
-    from toolchain.quant.gptq import LayerHessian, compensated_weight
-    from toolchain.quant.calibrate import weight_params
-    from toolchain.quant.qparams import weight_type
+    from toolchain.quantize.calibrate.gptq import LayerHessian, compensated_weight
+    from toolchain.quantize.calibrate.ranges import weight_params
+    from toolchain.quantize.qparams import weight_type
 
     rng = np.random.default_rng(0)
     inputs = rng.standard_normal((48, 3000))
@@ -234,7 +234,7 @@ def test_patch_columns_are_what_the_convolution_multiplies(groups, strides, pads
     asymmetrically padded convolutions."""
     import torch
 
-    from toolchain.quant.gptq import _columns, _Patches
+    from toolchain.quantize.calibrate.gptq import _columns, _Patches
 
     torch.manual_seed(0)
     values, weight = torch.randn(2, 6, 9, 9), torch.randn(6, 6 // groups, 3, 3)
@@ -252,10 +252,10 @@ def test_patch_columns_are_what_the_convolution_multiplies(groups, strides, pads
 def test_input_hessians_are_the_layers_input_second_moments(digits):
     """Rule: a layer's H is E[x x^T] over its input patches on the calibration set: for the classifier (a Gemm) the
     mean outer product of its input rows as onnxruntime computes them (rel. 1e-4; 64 inputs, nothing sampled)."""
-    from toolchain.ortsession import exposing, inference_session
-    from toolchain.quant.annotate import annotate
-    from toolchain.quant.gptq import input_hessians
-    from toolchain.quant.quantize import prepare_float_model
+    from toolchain.onnxio.sessions import exposing, inference_session
+    from toolchain.quantize.annotate.placement import annotate
+    from toolchain.quantize.calibrate.gptq import input_hessians
+    from toolchain.quantize.driver import prepare_float_model
 
     model, calib = digits
     inputs = np.load(calib)["inputs"]
@@ -305,8 +305,8 @@ def test_activation_sensitivity_is_the_kl_onnxruntime_measures_for_that_tensor_a
     parameters), recomputed in onnxruntime (rel. 1e-3: torch and onnxruntime round float32 differently)."""
     from onnx import helper
 
-    from toolchain.quant.annotate import annotate
-    from toolchain.quant.quantize import prepare_float_model
+    from toolchain.quantize.annotate.placement import annotate
+    from toolchain.quantize.driver import prepare_float_model
 
     model, calib = digits
     inputs = np.load(calib)["inputs"]
@@ -364,8 +364,8 @@ def test_an_activation_budget_without_candidates_takes_4_and_8_and_survives_the_
     """Rule: an ActivationBudget that names no candidates gets 4 and 8 bits on onnxruntime x86/ARM; the config with it
     and with the per-tensor bits it writes comes back equal from its JSON form; hand-set tensor bits on a tensor the
     plan does not quantize are refused naming it."""
-    from toolchain.quant.annotate import annotate
-    from toolchain.quant.quantize import prepare_float_model
+    from toolchain.quantize.annotate.placement import annotate
+    from toolchain.quantize.driver import prepare_float_model
 
     config = QuantConfig(w_bits=4, target="ort-arm", act_budget=ActivationBudget(average_bits=5.0),
                          tensor_a_bits=(("no_such_tensor", 8),))

@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
-from toolchain.calibforms import read_calibration_form
+from toolchain.data.forms import read_calibration_form
 from toolchain.errors import DataError
 
 INPUTS = np.random.default_rng(0).standard_normal((10, 1, 8, 8)).astype(np.float32)
@@ -90,8 +90,8 @@ def test_quantize_takes_a_test_data_set_folder(tmp_path):
     model as the same inputs in a calibration .npz."""
     from click.testing import CliRunner
 
-    from toolchain.calibdata import CalibrationSet, save_calibration
-    from toolchain.cli import cli
+    from toolchain.data.calibration import CalibrationSet, save_calibration
+    from toolchain.cli.commands import cli
 
     runner = CliRunner()
     model = tmp_path / "d.onnx"

@@ -5,7 +5,7 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from toolchain.passes import cleanup_passes, run_passes
+from toolchain.onnxio.passes import cleanup_passes, run_passes
 
 F = onnx.TensorProto.FLOAT
 

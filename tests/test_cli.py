@@ -9,8 +9,8 @@ import torch
 from click.testing import CliRunner
 from onnx import helper
 
-from toolchain.cli import cli
-from toolchain.zoo import load_zoo_model
+from toolchain.cli.commands import cli
+from toolchain.export.zoo import load_zoo_model
 
 
 def run(*args: str):
@@ -172,7 +172,7 @@ def _tar_of_classes(path, classes):
 
 def test_evaluate_json_on_builtin_digits(digits_onnx):
     """evaluate --json: one JSON object on stdout with top1, top5, n (and agreement with --reference)."""
-    from toolchain.zoo import default_eval_data
+    from toolchain.export.zoo import default_eval_data
 
     result = run("evaluate", digits_onnx, "--data", default_eval_data(), "--reference", digits_onnx, "--json")
     metrics = json.loads(result.stdout)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from toolchain.data import open_images
+from toolchain.data.images import open_images
 from toolchain.errors import ConfigError, DataError
-from toolchain.preprocessing import CIFAR10_CLASSES, Preprocessing
+from toolchain.onnxio.preprocessing import CIFAR10_CLASSES, Preprocessing
 
 PRE = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), input_size=(8, 8))
 NAMED = PRE.with_overrides(class_names=("cat", "dog", "fox", "owl"))

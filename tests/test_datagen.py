@@ -11,19 +11,19 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from toolchain.data import open_images
-from toolchain.datagen import generate, preset
-from toolchain.datagen import engine as engine_module
-from toolchain.datagen.augment import ImagePipeline, valid_range
-from toolchain.datagen.config import GenerationConfig
-from toolchain.datagen.engine import Engine
-from toolchain.datagen.fdda import class_centres
-from toolchain.datagen.losses import combine_moments, image_moments
-from toolchain.datagen.teacher import Teacher
+from toolchain.data.images import open_images
+from toolchain.generate import generate, preset
+from toolchain.generate import engine as engine_module
+from toolchain.generate.augment import ImagePipeline, valid_range
+from toolchain.generate.config import GenerationConfig
+from toolchain.generate.engine import Engine
+from toolchain.generate.fdda import class_centres
+from toolchain.generate.losses import combine_moments, image_moments
+from toolchain.generate.teacher import Teacher
 from toolchain.errors import ConfigError, DataError, GraphError
 from toolchain.executor import OnnxModule
-from toolchain.export import export_to_onnx
-from toolchain.preprocessing import CIFAR10_CLASSES, Preprocessing
+from toolchain.export.exporter import export_to_onnx
+from toolchain.onnxio.preprocessing import CIFAR10_CLASSES, Preprocessing
 from toolchain_models.digits import digits_resnet, heldout_path, preprocessing, weights_path
 from toolchain_models.resnet_cifar import resnet20
 
@@ -249,7 +249,7 @@ def test_pipeline_finalise_is_centre_crop_of_smoothed_clipped_canvas(digits):
 
 def test_fused_moment_gradient_matches_autograd():
     """The fused BN-moment backward equals autograd's gradient of mean(a) and mean(a^2) (gradcheck, float64)."""
-    from toolchain.datagen.teacher import Moments
+    from toolchain.generate.teacher import Moments
 
     a = torch.randn(3, 4, 5, 2, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(Moments.apply, (a,))

@@ -31,9 +31,9 @@ def _worker(model_path: str, out: str) -> None:
     import onnx
     import torch
 
-    from toolchain.datagen import distributed_from_env, generate, preset
-    from toolchain.datagen import engine as engine_module
-    from toolchain.preprocessing import read_preprocessing
+    from toolchain.generate import distributed_from_env, generate, preset
+    from toolchain.generate import engine as engine_module
+    from toolchain.onnxio.preprocessing import read_preprocessing
 
     torch.set_num_threads(1)
     model = onnx.load(model_path)
@@ -105,7 +105,7 @@ def _worker(model_path: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    from toolchain.datagen.distributed import distributed_session, exit_process
+    from toolchain.core.distributed import distributed_session, exit_process
 
     with distributed_session() as session:  # the worker's own group is destroyed before exit, as the CLI does
         _worker(sys.argv[1], sys.argv[2])
@@ -198,9 +198,9 @@ def test_dgh_two_processes_are_one_process_with_deferred_refreshes(runs, monkeyp
     import onnx
     import torch
 
-    from toolchain.datagen import generate, preset
-    from toolchain.datagen.engine import Engine
-    from toolchain.preprocessing import read_preprocessing
+    from toolchain.generate import generate, preset
+    from toolchain.generate.engine import Engine
+    from toolchain.onnxio.preprocessing import read_preprocessing
 
     pending: list = []
     refresh, step = Engine._refresh, Engine.step
@@ -246,7 +246,7 @@ def test_distributed_resume_uses_one_checkpoint_per_rank(runs):
 
 def test_not_launched_by_torchrun_means_one_process(monkeypatch):
     """WORLD_SIZE unset or 1: distributed_from_env() is None; blocks are contiguous and differ by at most one batch."""
-    from toolchain.datagen.distributed import distributed_from_env, rank_path, shard_batches
+    from toolchain.core.distributed import distributed_from_env, rank_path, shard_batches
     from toolchain.errors import ConfigError
 
     monkeypatch.delenv("WORLD_SIZE", raising=False)

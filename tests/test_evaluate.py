@@ -11,8 +11,8 @@ from onnx import TensorProto, helper, numpy_helper
 from PIL import Image
 
 from toolchain.errors import DataError, PreprocessingError
-from toolchain.evaluate import EvalResult, evaluate
-from toolchain.preprocessing import Preprocessing
+from toolchain.evaluate.accuracy import EvalResult, evaluate
+from toolchain.onnxio.preprocessing import Preprocessing
 
 # Mean 0 / std 1: the model's pooled features are the images' mean colour / 255.
 PRE = Preprocessing(mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), input_size=(4, 4))
@@ -139,7 +139,7 @@ def test_input_shape_that_does_not_fit_the_preprocessing_is_an_error(tmp_path: P
 def test_default_batch_holds_32_mib_of_input_and_at_most_256_images() -> None:
     """Rule: without --batch-size, a batch holds at most BATCH_INPUT_BYTES of float32 input (55 images at
     3x224x224, where 256 images peaked at 7.5 GB) and at most MAX_BATCH images (all small inputs)."""
-    from toolchain.evaluate import BATCH_INPUT_BYTES, MAX_BATCH, default_batch_size
+    from toolchain.evaluate.accuracy import BATCH_INPUT_BYTES, MAX_BATCH, default_batch_size
 
     imagenet = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), input_size=(224, 224))
     cifar = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), input_size=(32, 32))

@@ -14,7 +14,7 @@ from torch import nn
 
 from toolchain.errors import GraphError
 from toolchain.executor import OnnxModule, supported_ops
-from toolchain.export import export_to_onnx
+from toolchain.export.exporter import export_to_onnx
 from toolchain_models.digits import digits_resnet
 from toolchain_models.imagenet import mobilenetv2, resnet18
 from toolchain_models.resnet_cifar import resnet20, resnet56

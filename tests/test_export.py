@@ -8,10 +8,10 @@ import torch
 
 from toolchain import api
 from toolchain.errors import ExportError
-from toolchain.export import count_batchnorm_modules, export_to_onnx, verify_export
-from toolchain.modelio import load_model
-from toolchain.preprocessing import read_preprocessing
-from toolchain.zoo import load_zoo_model
+from toolchain.export.exporter import count_batchnorm_modules, export_to_onnx, verify_export
+from toolchain.onnxio.files import load_model
+from toolchain.onnxio.preprocessing import read_preprocessing
+from toolchain.export.zoo import load_zoo_model
 
 SHAPE_OPS = {"Shape", "Gather", "Unsqueeze", "Concat", "ConstantOfShape", "Cast", "Constant", "Identity", "Transpose", "Reshape"}
 
@@ -80,7 +80,7 @@ def test_dynamo_exporter_keeps_batchnorm_and_folds_its_shape_arithmetic(tmp_path
     export, and nothing of the exporter's own chatter on the user's terminal."""
     from click.testing import CliRunner
 
-    from toolchain.cli import cli
+    from toolchain.cli.commands import cli
 
     out = tmp_path / "d.onnx"
     result = CliRunner().invoke(cli, ["export", "digits_resnet", "--exporter", "dynamo", "-o", str(out)])
@@ -103,7 +103,7 @@ def test_dynamo_exporter_without_onnxscript_says_what_to_install(tmp_path, monke
 
     from click.testing import CliRunner
 
-    from toolchain.cli import cli
+    from toolchain.cli.commands import cli
 
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "onnxscript" else real_find_spec(name, *a))

@@ -24,13 +24,13 @@ from agreement import layerwise_agreement
 from toolchain import api
 from toolchain.errors import GraphError
 from toolchain.executor import OnnxModule
-from toolchain.graph import summarize, tensor_types
-from toolchain.passes import cleanup_passes, run_passes
-from toolchain.preprocessing import PreprocessingOverrides
-from toolchain.quant.config import QuantConfig
-from toolchain.quant.quantize import quantize
-from toolchain.recon import ReconConfig
-from toolchain.report import format_summary
+from toolchain.onnxio.graph import summarize, tensor_types
+from toolchain.onnxio.passes import cleanup_passes, run_passes
+from toolchain.onnxio.preprocessing import PreprocessingOverrides
+from toolchain.quantize.config import QuantConfig
+from toolchain.quantize.driver import quantize
+from toolchain.quantize.reconstruct import ReconConfig
+from toolchain.cli.text import format_summary
 from toolchain_models.families import FAMILIES, export_as_users_do, family_model
 
 EXPORTERS = ("torchscript", "dynamo")

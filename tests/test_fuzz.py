@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from fuzz_inputs import all_cases
-from toolchain.cli_errors import INTERNAL_ERROR
+from toolchain.cli.errors import INTERNAL_ERROR
 
 WORKERS = 2
 MIN_CASES = 500

@@ -9,9 +9,9 @@ from click.testing import CliRunner
 
 from test_cli import assert_user_error
 from toolchain import api
-from toolchain.calibdata import load_calibration
-from toolchain.cli import cli
-from toolchain.zoo import default_eval_data
+from toolchain.data.calibration import load_calibration
+from toolchain.cli.commands import cli
+from toolchain.export.zoo import default_eval_data
 
 
 def run(*args):
@@ -58,7 +58,7 @@ def test_model_without_batchnorm(tmp_path):
     """A model without BN nodes: explains that BN was folded, suggests `toolchain export` or --method real."""
     import torch
 
-    from toolchain.zoo import load_zoo_model
+    from toolchain.export.zoo import load_zoo_model
 
     path = tmp_path / "folded.onnx"
     torch.onnx.export(load_zoo_model("digits_resnet").module, (torch.zeros(1, 1, 8, 8),), str(path), dynamo=False)

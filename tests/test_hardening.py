@@ -18,9 +18,9 @@ from click.testing import CliRunner
 from onnx import helper
 
 from toolchain import api
-from toolchain.cli import cli
-from toolchain.cli_errors import INTERNAL_ERROR
-from toolchain.modelio import load_model, save_model
+from toolchain.cli.commands import cli
+from toolchain.cli.errors import INTERNAL_ERROR
+from toolchain.onnxio.files import load_model, save_model
 
 
 def run(*args, env: dict | None = None):
@@ -206,7 +206,7 @@ def test_int64_shape_arithmetic_is_left_alone_and_the_model_quantizes(calib, tmp
 
 def test_every_command_ends_through_the_error_handler():
     """Each `toolchain` command runs inside cli_errors.handle_errors (so no command can end in a traceback)."""
-    from toolchain.cli_errors import handle_errors
+    from toolchain.cli.errors import handle_errors
 
     wrapper_code = handle_errors(lambda: None).__code__
     unwrapped = [name for name, command in cli.commands.items() if command.callback.__code__ is not wrapper_code]
@@ -218,9 +218,9 @@ def test_models_too_large_for_bytes_run_check_and_hash_through_a_temporary_folde
     checker passes, the hash identifies the model (changes with one weight), and the model is left unchanged."""
     import onnxruntime as ort
 
-    import toolchain.external_data as external_data
-    import toolchain.modelio as modelio
-    import toolchain.ortsession as ortsession
+    import toolchain.onnxio.external_data as external_data
+    import toolchain.onnxio.files as modelio
+    import toolchain.onnxio.sessions as ortsession
 
     model = load_model(digits)
     before = model.SerializeToString()

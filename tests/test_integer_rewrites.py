@@ -8,10 +8,10 @@ import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
 
-from toolchain.passes import run_passes
-from toolchain.passes.shape_folding import FoldStaticShapesPass
-from toolchain.quant.fold_bn import StandaloneBatchNormToConvPass
-from toolchain.quant.integer_rewrites import integer_rewrite_passes
+from toolchain.onnxio.passes import run_passes
+from toolchain.onnxio.passes.shape_folding import FoldStaticShapesPass
+from toolchain.quantize.fold.batchnorm import StandaloneBatchNormToConvPass
+from toolchain.quantize.fold.integer_rewrites import integer_rewrite_passes
 
 TOLERANCE = 1e-5  # max|diff| / max|reference|: float32 rewrites differ only in rounding
 RNG = np.random.default_rng(0)
@@ -105,10 +105,10 @@ def test_shape_folding_keeps_dynamic_batch_and_the_types_of_folded_values():
 def test_a_fused_clip_output_grid_is_capped_at_the_clip_bound():
     """A step grown past Clip(0, 1)'s bound (as reconstruction can learn) is capped so the grid ends at 1 at most
     (onnxruntime drops the Clip only then); a step within the bound is kept."""
-    from toolchain.quant.annotate import annotate
-    from toolchain.quant.config import QuantConfig
-    from toolchain.quant.qparams import activation_type, one_sided_params
-    from toolchain.quant.quantize import cap_to_fused_clips
+    from toolchain.quantize.annotate.placement import annotate
+    from toolchain.quantize.config import QuantConfig
+    from toolchain.quantize.qparams import activation_type, one_sided_params
+    from toolchain.quantize.driver import cap_to_fused_clips
 
     w = RNG.standard_normal((4, 4, 1, 1)).astype(np.float32)
     model = _model([helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
@@ -127,10 +127,10 @@ def test_a_hardswish_output_keeps_its_negative_tail_on_a_4_bit_grid():
     """HardSwish's values stay above -3/8 (rules.OUTPUT_FLOORS): annotation records that floor, and the
     4-bit MSE range keeps at least one level below zero, where the plain two-sided search shrinks the
     small tail until the zero point rounds to 0 and maps every negative value to 0 (a systematic shift)."""
-    from toolchain.quant.annotate import annotate
-    from toolchain.quant.calibrate import activation_params, constant_observation
-    from toolchain.quant.config import QuantConfig
-    from toolchain.quant.qparams import activation_type
+    from toolchain.quantize.annotate.placement import annotate
+    from toolchain.quantize.calibrate.ranges import activation_params, constant_observation
+    from toolchain.quantize.config import QuantConfig
+    from toolchain.quantize.qparams import activation_type
 
     w = RNG.standard_normal((4, 4, 1, 1)).astype(np.float32)
     model = _model([helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),
@@ -154,8 +154,8 @@ def test_a_hardswish_output_keeps_its_negative_tail_on_a_4_bit_grid():
 def test_the_hardswish_floor_is_carried_through_pools_and_gates_only():
     """A pool of HardSwish outputs and their product with a [0, 1] gate (the SE scaling) keep the -3/8 floor;
     a product with an unbounded tensor does not (it can go below -3/8)."""
-    from toolchain.quant.annotate import annotate
-    from toolchain.quant.config import QuantConfig
+    from toolchain.quantize.annotate.placement import annotate
+    from toolchain.quantize.config import QuantConfig
 
     w = RNG.standard_normal((4, 4, 1, 1)).astype(np.float32)
     model = _model([helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),

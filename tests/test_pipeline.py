@@ -18,7 +18,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from toolchain import api
-from toolchain.cli import cli
+from toolchain.cli.commands import cli
 from toolchain.pipeline import EvaluateSpec, Gates, QuantizeSpec, RunConfig
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -70,7 +70,7 @@ def small_config(folder: Path, model: Path, calib: Path, **extra) -> Path:
 
 
 def api_default_data() -> Path:
-    from toolchain.zoo import default_eval_data
+    from toolchain.export.zoo import default_eval_data
 
     return default_eval_data()
 

@@ -7,7 +7,7 @@ import dataclasses
 import click
 import pytest
 
-from toolchain.cli_quantize import quantize_command
+from toolchain.cli.quantize import quantize_command
 from toolchain.errors import ConfigError
 from toolchain.pipeline import QuantizeSpec, RunConfig
 from toolchain.pipeline.config import GenerateSpec

@@ -15,8 +15,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from toolchain.cli import cli
-from toolchain.zoo import default_eval_data
+from toolchain.cli.commands import cli
+from toolchain.export.zoo import default_eval_data
 
 KILL_TIMEOUT_S = 240  # the subprocess must reach its reconstruction checkpoint within this
 

@@ -6,7 +6,7 @@ import pytest
 from onnx import helper
 
 from toolchain.errors import PreprocessingError
-from toolchain.preprocessing import (
+from toolchain.onnxio.preprocessing import (
     Preprocessing,
     PreprocessingOverrides,
     read_preprocessing,

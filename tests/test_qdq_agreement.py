@@ -19,14 +19,14 @@ from onnx import numpy_helper
 from agreement import layerwise_agreement
 from quant_fixtures import export_random, gaussian_inputs
 from toolchain import api
-from toolchain.calibdata import sample_calibration
-from toolchain.cpu import has_vnni
-from toolchain.data import open_images
+from toolchain.data.calibration import sample_calibration
+from toolchain.core.cpu import has_vnni
+from toolchain.data.images import open_images
 from toolchain.executor import OnnxModule
-from toolchain.preprocessing import read_preprocessing
-from toolchain.quant.config import QuantConfig
-from toolchain.quant.quantize import quantize
-from toolchain.recon import ReconConfig
+from toolchain.onnxio.preprocessing import read_preprocessing
+from toolchain.quantize.config import QuantConfig
+from toolchain.quantize.driver import quantize
+from toolchain.quantize.reconstruct import ReconConfig
 
 WITHIN_ONE_STEP = 0.999
 TOP1_AGREEMENT = 0.995

@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from toolchain.recon.qdrop import keep_mask, qdrop_hook, select
+from toolchain.quantize.reconstruct.qdrop import keep_mask, qdrop_hook, select
 
 
 def test_half_masks_keep_half_of_the_elements_at_every_bit_position():

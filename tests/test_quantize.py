@@ -10,8 +10,8 @@ import pytest
 from onnx import numpy_helper
 
 from quant_fixtures import export_random, gaussian_inputs
-from toolchain.quant.config import QuantConfig
-from toolchain.quant.quantize import quantize
+from toolchain.quantize.config import QuantConfig
+from toolchain.quantize.driver import quantize
 
 F = onnx.TensorProto.FLOAT
 
@@ -121,7 +121,7 @@ def test_four_bit_weights_are_int4_at_opset_21(resnet20_random, calib32, storage
 
 def test_two_bit_native_types_are_int2_at_opset_25(resnet20_random, calib32, monkeypatch):
     """W2A2 native: INT2 weights, UINT2 activations, opset 25; the file passes onnx.checker and runs unoptimised in onnxruntime."""
-    import toolchain.quant.report as report_module
+    import toolchain.quantize.report as report_module
 
     # onnxruntime 1.32's QDQ fusion mis-handles 2-bit types, so the fusion probe cannot load this file.
     unknown = {"coverage": 0.0, "mac_coverage": None, "float_ops": [], "fully_integer": False, "float_ops_left": {},
@@ -168,8 +168,8 @@ def test_first_last_8bit_keeps_first_and_last_weights_at_8_bits_and_output_float
 
 def test_bias_that_would_overflow_int32_raises_the_weight_scale():
     """A bias too large for int32 at scale s_x * s_w: the weight scale of that channel is raised so it fits (as onnxruntime does)."""
-    from toolchain.quant.materialize import INT32_MAX, guard_bias_overflow
-    from toolchain.quant.qparams import QParams, activation_type, symmetric_params, weight_type
+    from toolchain.quantize.materialize.qdq import INT32_MAX, guard_bias_overflow
+    from toolchain.quantize.qparams import QParams, activation_type, symmetric_params, weight_type
 
     activation = QParams(np.asarray(np.float32(1e-4)), np.asarray(0), activation_type(8))
     weight = symmetric_params(np.array([1e-3, 1e-3], np.float32), weight_type(8), axis=0)
@@ -204,7 +204,7 @@ def test_reduce_range_stores_8_bit_weights_in_7_bits_and_the_integer_kernels_mat
 def test_a_cpu_without_vnni_warns_about_saturation_unless_reduce_range(resnet20_random, calib32, monkeypatch):
     """On a CPU without VNNI an 8-bit-weight quantization says that the integer kernels saturate and names --reduce-range;
     with --reduce-range, or with VNNI, it says nothing of it."""
-    import toolchain.quant.quantize as quantize_module
+    import toolchain.quantize.driver as quantize_module
 
     monkeypatch.setattr(quantize_module, "has_vnni", lambda: False)
     warned = quantize(resnet20_random, calib32[:8], QuantConfig(), progress=False).warnings
@@ -218,7 +218,7 @@ def test_network_input_spans_the_preprocessing_range(resnet20_random, calib32):
     """Rule: the network input is quantized over the range its stored preprocessing gives any image
     ([-mean/std, (1-mean)/std] over the channels), even when the calibration inputs cover less of it; within one
     step (the range's end points may round to the grid)."""
-    from toolchain.preprocessing import read_preprocessing
+    from toolchain.onnxio.preprocessing import read_preprocessing
 
     narrow = np.clip(calib32, -0.5, 0.5)
     result = quantize(resnet20_random, narrow, QuantConfig(), progress=False)
@@ -234,7 +234,7 @@ def test_network_output_on_synthetic_data_gets_headroom_on_its_top(resnet20_rand
     """Rule: with synthetic calibration data (the manifest's method) and minmax ranges (8 bits), the network
     output's top end is SYNTHETIC_OUTPUT_HEADROOM times the observed maximum, its bottom unchanged (within one
     step: the zero point rounds); with real data, or a searched range (mse), the observed range stands."""
-    from toolchain.quant.quantize import SYNTHETIC_OUTPUT_HEADROOM
+    from toolchain.quantize.driver import SYNTHETIC_OUTPUT_HEADROOM
 
     output = resnet20_random.graph.output[0].name
 
@@ -257,7 +257,7 @@ def test_zero_pads_fold_into_the_convs_that_read_them():
     non-zero value stays."""
     from onnx import helper
 
-    from toolchain.quant.fold_pad import FoldZeroPadIntoConvPass
+    from toolchain.quantize.fold.pad import FoldZeroPadIntoConvPass
 
     rng = np.random.default_rng(0)
     w = numpy_helper.from_array(rng.standard_normal((4, 3, 3, 3)).astype(np.float32), "w")

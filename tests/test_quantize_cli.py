@@ -12,8 +12,8 @@ from onnx import helper, numpy_helper
 
 from test_cli import assert_user_error
 from toolchain import api
-from toolchain.cli import cli
-from toolchain.zoo import default_eval_data
+from toolchain.cli.commands import cli
+from toolchain.export.zoo import default_eval_data
 
 
 def run(*args):
@@ -182,7 +182,7 @@ def test_quantize_divergence_names_the_unit_and_writes_nothing(digits, calib_npz
     """A NaN loss mid-reconstruction: one-line error naming the unit, exit 2, no model or report."""
     from dataclasses import replace
 
-    from toolchain.recon import ReconConfig
+    from toolchain.quantize.reconstruct import ReconConfig
 
     original = ReconConfig.preset.__func__
 
@@ -199,7 +199,7 @@ def test_quantize_divergence_names_the_unit_and_writes_nothing(digits, calib_npz
 
 def _stop_at_unit(monkeypatch, index: int, error: BaseException) -> None:
     """Make reconstruction stop when it reaches unit `index` (the units before it finish normally)."""
-    from toolchain.recon import engine
+    from toolchain.quantize.reconstruct import engine
 
     original = engine._Trainer.unit
 
@@ -219,7 +219,7 @@ def _initializers(path) -> dict:
 def test_quantize_resume_after_a_stop_gives_the_uninterrupted_model(digits, calib_npz, tmp_path, monkeypatch, stop):
     """Rule: the finished units survive a divergence or Ctrl-C in OUTPUT.ckpt, and --resume then writes
     exactly (bit for bit) the model an uninterrupted run writes, and removes the checkpoint."""
-    from toolchain.recon.engine import ReconstructionError
+    from toolchain.quantize.reconstruct.engine import ReconstructionError
 
     args = ["quantize", digits, "--calib", calib_npz, "--w-bits", 4, "--a-bits", 4, "--reconstruct", "pdquant",
             "--preset", "fast"]
@@ -245,7 +245,7 @@ def test_quantize_resume_after_a_stop_gives_the_uninterrupted_model(digits, cali
 
 def test_quantize_resume_refuses_a_checkpoint_of_another_run(digits, calib_npz, tmp_path, monkeypatch):
     """Rule: a checkpoint is only applied to the run that wrote it (here the bits differ): one-line error."""
-    from toolchain.recon.engine import ReconstructionError
+    from toolchain.quantize.reconstruct.engine import ReconstructionError
 
     args = ["quantize", digits, "--calib", calib_npz, "--reconstruct", "brecq", "--preset", "fast", "-o", tmp_path / "out.onnx"]
     with monkeypatch.context() as patch:

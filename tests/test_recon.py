@@ -19,15 +19,15 @@ from test_qdq_agreement import layerwise_agreement
 
 from toolchain.errors import ConfigError, DataError, GraphError
 from toolchain.executor import OnnxModule
-from toolchain.quant.annotate import annotate
-from toolchain.quant.config import QuantConfig
-from toolchain.quant.quantize import prepare_float_model, quantize
-from toolchain.recon import ReconConfig
-from toolchain.recon.adaround import AdaRound
-from toolchain.recon.correction import bn_loss, bn_targets, correct_inputs
-from toolchain.recon.engine import ReconstructionError
-from toolchain.recon.subgraph import extract
-from toolchain.recon.units import find_units
+from toolchain.quantize.annotate.placement import annotate
+from toolchain.quantize.config import QuantConfig
+from toolchain.quantize.driver import prepare_float_model, quantize
+from toolchain.quantize.reconstruct import ReconConfig
+from toolchain.quantize.reconstruct.adaround import AdaRound
+from toolchain.quantize.reconstruct.correction import bn_loss, bn_targets, correct_inputs
+from toolchain.quantize.reconstruct.engine import ReconstructionError
+from toolchain.quantize.reconstruct.subgraph import extract
+from toolchain.quantize.reconstruct.units import find_units
 
 
 @pytest.fixture(scope="module")
@@ -170,7 +170,7 @@ def test_distribution_correction_matches_the_plain_formulation(resnet20_random, 
     """Rule: the fast DC (hand-derived proximity gradient 2 (x' - x) / (N H W lam), fused Adam, one-pass
     statistics; optionally NHWC and torch.compile) moves the inputs as the plain autograd version does:
     within 3 % of the largest movement after 10 steps (float32 rounding of reordered sums, see below)."""
-    from toolchain.executor.acceleration import to_channels_last
+    from toolchain.core.acceleration import to_channels_last
 
     float_model, unit, inside, x = _second_unit(resnet20_random)
     names = [t.output for t in inside]
@@ -192,7 +192,7 @@ def test_compiled_distribution_correction_follows_the_plateau_schedule_as_the_ea
     schedule) lowers the rate when the eager path's ReduceLROnPlateau does. With PATIENCE patched to 2 and a rate
     so large that the loss stops improving, the schedule acts within 12 steps; the two paths must then agree
     within 3 % of the movement (as above) and both must differ from a run whose schedule never acts."""
-    from toolchain.recon import correction
+    from toolchain.quantize.reconstruct import correction
 
     float_model, unit, inside, x = _second_unit(resnet20_random)
     fp_unit = OnnxModule(extract(float_model, [unit.input], [unit.output, *[t.output for t in inside]]))

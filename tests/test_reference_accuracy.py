@@ -10,7 +10,7 @@ import json
 import pytest
 from click.testing import CliRunner
 
-from toolchain.cli import cli
+from toolchain.cli.commands import cli
 
 
 @pytest.mark.parametrize("name, weights, top1, num_bn", [

@@ -11,15 +11,15 @@ from __future__ import annotations
 import pytest
 from quant_fixtures import export_random
 
-from toolchain.datagen.engine import _announce_estimate as announce_generation
-from toolchain.execution import describe_duration
-from toolchain.quant.annotate import annotate
-from toolchain.quant.config import QuantConfig
-from toolchain.quant.fusion import layer_macs
-from toolchain.quant.quantize import prepare_float_model
-from toolchain.recon.estimate import announce_remaining as announce_reconstruction
-from toolchain.recon.estimate import remaining_seconds, unit_costs
-from toolchain.recon.units import find_units
+from toolchain.generate.engine import _announce_estimate as announce_generation
+from toolchain.core.execution import describe_duration
+from toolchain.quantize.annotate.placement import annotate
+from toolchain.quantize.config import QuantConfig
+from toolchain.runtimes.coverage import layer_macs
+from toolchain.quantize.driver import prepare_float_model
+from toolchain.quantize.reconstruct.estimate import announce_remaining as announce_reconstruction
+from toolchain.quantize.reconstruct.estimate import remaining_seconds, unit_costs
+from toolchain.quantize.reconstruct.units import find_units
 
 
 @pytest.fixture(scope="module")

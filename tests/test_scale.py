@@ -15,14 +15,14 @@ from onnx import numpy_helper
 from quant_fixtures import export_random, gaussian_inputs
 
 from toolchain.errors import ConfigError
-from toolchain.execution import Execution, usable_cores
-from toolchain.quant.calibrate import batch_rows
-from toolchain.quant.config import QuantConfig
-from toolchain.quant.qparams import sqnr_db
-from toolchain.quant.quantize import quantize
-from toolchain.quant.report import streamed_sqnr
-from toolchain.recon import ReconConfig
-from toolchain.recon.cache import SampleCache, parse_bytes
+from toolchain.core.execution import Execution, usable_cores
+from toolchain.quantize.calibrate.ranges import batch_rows
+from toolchain.quantize.config import QuantConfig
+from toolchain.quantize.qparams import sqnr_db
+from toolchain.quantize.driver import quantize
+from toolchain.quantize.report import streamed_sqnr
+from toolchain.quantize.reconstruct import ReconConfig
+from toolchain.quantize.reconstruct.cache import SampleCache, parse_bytes
 
 
 @pytest.fixture(scope="module")
@@ -109,7 +109,7 @@ def test_calibration_batches_shrink_to_fit_the_output_budget(resnet20_random, ca
     """Rule: a run holds at most the budget of exposed tensors (one sample at least), else the full batch."""
     import onnxruntime as ort
 
-    from toolchain.ortsession import exposing, inference_session
+    from toolchain.onnxio.sessions import exposing, inference_session
 
     names = [n.output[0] for n in resnet20_random.graph.node if n.op_type == "Relu"]
     with exposing(resnet20_random, names) as probe:
@@ -172,7 +172,7 @@ def test_default_threads_are_the_usable_cores_shared_by_local_processes(monkeypa
 
 
 def test_a_missing_onnxruntime_provider_is_named_with_the_fix():
-    from toolchain.execution import provider_names
+    from toolchain.core.execution import provider_names
 
     assert provider_names("cpu") == ("CPUExecutionProvider",)
     with pytest.raises(ConfigError, match="not in this onnxruntime install"):
@@ -191,7 +191,7 @@ class _Rank:
 def test_shards_tile_the_set_on_distribution_correction_batches(n, world, align):
     """Rule: the ranks' shards are contiguous, disjoint, cover all n samples and start on multiples of `align`,
     and every sample of a global batch belongs to exactly one rank (its row is the sample minus the shard start)."""
-    from toolchain.recon.shard import Shard
+    from toolchain.quantize.reconstruct.shard import Shard
 
     shards = [Shard.of(n, _Rank(r, world), align) for r in range(world)]
     assert shards[0].start == 0 and shards[-1].stop == n
@@ -207,7 +207,7 @@ def test_shards_tile_the_set_on_distribution_correction_batches(n, world, align)
 
 
 def test_too_few_images_for_the_processes_is_a_clear_error():
-    from toolchain.recon.shard import Shard
+    from toolchain.quantize.reconstruct.shard import Shard
 
     with pytest.raises(ConfigError, match="give at least 256 images"):
         Shard.of(100, _Rank(0, 2), 128)
@@ -216,7 +216,7 @@ def test_too_few_images_for_the_processes_is_a_clear_error():
 def test_non_finite_inputs_are_counted_and_located_across_chunks(resnet20_random):
     """Rule: the chunked finiteness check counts every NaN/Inf of the set and names the first sample holding one."""
     from toolchain.errors import DataError
-    from toolchain.quant.quantize import check_calibration
+    from toolchain.quantize.driver import check_calibration
 
     inputs = gaussian_inputs(150, (3, 32, 32), seed=1)
     inputs[70, 1, 2, 3] = np.nan
@@ -229,7 +229,7 @@ def test_the_cli_chooses_passive_waiting_unless_the_user_chose(monkeypatch):
     """Rule: OMP_WAIT_POLICY=PASSIVE by default; a user's OMP_WAIT_POLICY or GOMP_SPINCOUNT is left as it is."""
     import os
 
-    from toolchain.execution import prefer_passive_waiting
+    from toolchain.core.execution import prefer_passive_waiting
 
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
@@ -263,8 +263,8 @@ def test_cpu_presets_are_the_settings_the_imagenet_pipeline_measured():
     accuracy) changes no cost."""
     from dataclasses import replace
 
-    from toolchain.datagen import preset
-    from toolchain.recon import ReconConfig
+    from toolchain.generate import preset
+    from toolchain.quantize.reconstruct import ReconConfig
 
     cpu, measured = ReconConfig.preset("pdquant", "cpu"), ReconConfig.preset("pdquant", "default", iterations=100, batch_size=8,
                                                                                        round_lr=0.03)

@@ -10,9 +10,9 @@ import torch
 from torch import nn
 
 from toolchain import api
-from toolchain.calibdata import load_calibration
-from toolchain.graph import bn_statistics
-from toolchain.preprocessing import PreprocessingOverrides
+from toolchain.data.calibration import load_calibration
+from toolchain.onnxio.graph import bn_statistics
+from toolchain.onnxio.preprocessing import PreprocessingOverrides
 
 
 def _net() -> nn.Module:

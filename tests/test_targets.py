@@ -27,13 +27,13 @@ from onnx import numpy_helper
 
 from test_cli import assert_user_error
 from toolchain import api
-from toolchain.cli import cli
+from toolchain.cli.commands import cli
 from toolchain.errors import ConfigError
-from toolchain.quant.config import QuantConfig
-from toolchain.quant.quantize import quantize
-from toolchain.quant.target_check import layout_problems
-from toolchain.quant.targets import TARGETS, target_profile
-from toolchain.zoo import default_eval_data
+from toolchain.quantize.config import QuantConfig
+from toolchain.quantize.driver import quantize
+from toolchain.quantize.target_check import layout_problems
+from toolchain.quantize.targets import TARGETS, target_profile
+from toolchain.export.zoo import default_eval_data
 
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
 HAS_QNN = importlib.util.find_spec("onnxruntime_qnn") is not None
@@ -153,7 +153,7 @@ def test_fixed_batch_model_with_another_batch_is_refused_before_any_work(digits,
 def test_qnn_runs_every_node_on_htp(digits, calib, w_bits, a_bits):
     """With CPU fallback off the QNN EP takes the whole model; its logits match onnxruntime CPU's top-1 on 16 inputs."""
     from toolchain.runtimes import open_runtime
-    from toolchain.modelio import written_to_temporary_folder
+    from toolchain.onnxio.files import written_to_temporary_folder
 
     result = quantize(digits, calib, QuantConfig(w_bits=w_bits, a_bits=a_bits, target="qnn"), progress=False)
     assert result.report["target"]["verified"] and result.report["target"]["details"]["on_htp"]
@@ -266,7 +266,7 @@ def test_a_model_htp_refuses_names_the_ops_left_to_the_cpu(digits, calib, tmp_pa
     """An ort-x86 W4A4 file with its batch fixed: HTP takes its 4-bit activations nowhere; opening it under the qnn
     runtime is a GraphError naming the op types that would fall back (the Gemm among them) and the fix."""
     from toolchain.errors import GraphError
-    from toolchain.quant.static_batch import fix_batch
+    from toolchain.quantize.fold.static_batch import fix_batch
     from toolchain.runtimes import open_runtime, runtime_coverage
 
     model = quantize(digits, calib, QuantConfig(w_bits=4, a_bits=4), progress=False).model
@@ -279,8 +279,8 @@ def test_a_model_htp_refuses_names_the_ops_left_to_the_cpu(digits, calib, tmp_pa
 
 def test_weight_scale_floor_raises_only_the_channels_below_it():
     """weight_params(max_scale_ratio=R): every channel's scale >= the largest / R; the others are unchanged (exact)."""
-    from toolchain.quant.calibrate import weight_params
-    from toolchain.quant.qparams import weight_type
+    from toolchain.quantize.calibrate.ranges import weight_params
+    from toolchain.quantize.qparams import weight_type
 
     weight = np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32)
     weight[2] *= 1e-6  # a near-dead filter, as trained ResNet-20 has
@@ -330,7 +330,7 @@ def test_openvino_verdict_measures_agreement_and_names_reduce_range(digits, cali
     """OpenVINO's verdict compares its outputs with the reference: the --reduce-range model agrees (>= 15 dB, verified).
     A disagreeing run (as ResNet-20 W8A8 with full-range weights measures on this VNNI-less CPU: 12.7 dB; simulated
     here, the digits model does not saturate) is NOT verified, warned about, and the fix named is --reduce-range."""
-    import toolchain.quant.quantize as quantize_module
+    import toolchain.quantize.driver as quantize_module
     import toolchain.runtimes as runtimes
 
     safe = quantize(digits, calib, QuantConfig(target="openvino", reduce_range=True), progress=False).report["target"]
@@ -345,7 +345,7 @@ def test_openvino_verdict_measures_agreement_and_names_reduce_range(digits, cali
 def test_agreement_runs_whole_fixed_batches():
     """The runtime check feeds whole batches of a fixed-batch model: 8 inputs at batch 1, 16 at --batch 16, and no check
     (None, not an error) when the calibration set is smaller than one batch."""
-    from toolchain.quant.quantize import _agreement_inputs
+    from toolchain.quantize.driver import _agreement_inputs
 
     calib = np.zeros((32, 1, 8, 8), np.float32)
     assert len(_agreement_inputs(calib, QuantConfig(target="qnn"))) == 8

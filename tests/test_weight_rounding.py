@@ -10,11 +10,11 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 
 from test_cli import assert_user_error
-from toolchain.cli import cli
-from toolchain.quant.config import QuantConfig
-from toolchain.quant.quantize import quantize
-from toolchain.recon import ReconConfig
-from toolchain.recon.adaround import AdaRound
+from toolchain.cli.commands import cli
+from toolchain.quantize.config import QuantConfig
+from toolchain.quantize.driver import quantize
+from toolchain.quantize.reconstruct import ReconConfig
+from toolchain.quantize.reconstruct.adaround import AdaRound
 
 from test_quantize import calib32, resnet20_random  # noqa: F401  (the quantizer tests' module-scoped fixtures)
 

@@ -20,10 +20,10 @@ from pathlib import Path
 import onnx
 
 from toolchain.errors import ConfigError
-from toolchain.graph import GraphSummary, image_input, summarize
-from toolchain.modelio import load_model, save_model
-from toolchain.validate import check_runs
-from toolchain.preprocessing import (
+from toolchain.onnxio.graph import GraphSummary, image_input, summarize
+from toolchain.onnxio.files import load_model, save_model
+from toolchain.onnxio.validate import check_runs
+from toolchain.onnxio.preprocessing import (
     Preprocessing,
     PreprocessingOverrides,
     read_preprocessing,
@@ -66,8 +66,8 @@ def export_model(
     `exporter`: "torchscript" (default) or "dynamo" (torch.onnx's dynamo exporter; needs onnxscript)."""
     import torch
 
-    from toolchain.export import ExportConfig, export_to_onnx, verify_export
-    from toolchain.zoo import load_zoo_model
+    from toolchain.export.exporter import ExportConfig, export_to_onnx, verify_export
+    from toolchain.export.zoo import load_zoo_model
 
     path = Path(out) if out is not None else Path(f"{model.split(':')[-1]}.onnx")
     check_writable(path, overwrite)
@@ -132,8 +132,8 @@ def evaluate_model(
     an evaluate.EvalResult.
 
     `providers`: onnxruntime execution providers, e.g. "cuda,cpu" (default: the CPU provider)."""
-    from toolchain.evaluate import evaluate
-    from toolchain.execution import provider_names
+    from toolchain.evaluate.accuracy import evaluate
+    from toolchain.core.execution import provider_names
 
     chosen = provider_names(providers)
     pre = _checked_preprocessing(model, overrides)
@@ -202,8 +202,8 @@ def load_calibration_inputs(calib, proto: onnx.ModelProto, source: str, limit: i
     """A CalibrationSet from any form calibforms reads (a calibration .npz, an .npz keyed by the input name, a
     test_data_set_* folder, a CalibrationDataReader: the first `limit` inputs, all when None) or from an image
     dataset (`limit` images, default 512, sampled with `seed`)."""
-    from toolchain.calibdata import sample_calibration
-    from toolchain.calibforms import read_calibration_form
+    from toolchain.data.calibration import sample_calibration
+    from toolchain.data.forms import read_calibration_form
 
     loaded = read_calibration_form(calib, image_input(proto, source).name, source, limit)
     if loaded is not None:
@@ -239,9 +239,9 @@ def quantize_model(
     """
     import json
 
-    from toolchain.modelio import atomic_output
-    from toolchain.quant.config import QuantConfig
-    from toolchain.quant.quantize import check_calibration, quantize
+    from toolchain.core.atomic import atomic_output
+    from toolchain.quantize.config import QuantConfig
+    from toolchain.quantize.driver import check_calibration, quantize
 
     config = config or QuantConfig()
     out = Path(out)
@@ -324,8 +324,8 @@ def generate_calibration(
     """
     from dataclasses import replace
 
-    from toolchain.calibdata import save_calibration
-    from toolchain.datagen import generate, preset
+    from toolchain.data.calibration import save_calibration
+    from toolchain.generate import generate, preset
 
     path = Path(out) if out is not None else default_calibration_path(model, method, n, seed)
     rank = distributed.rank if distributed is not None else 0
@@ -345,7 +345,7 @@ def generate_calibration(
         config = replace(config, fdda=replace(config.fdda, classes=fdda_classes))
     if distributed is not None:
         checkpoint = checkpoint.with_name(f"{checkpoint.name}.rank{rank}")
-    from toolchain.execution import Execution
+    from toolchain.core.execution import Execution
 
     execution = execution or Execution()
     execution.apply_threads()

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 from toolchain.errors import ConfigError
-from toolchain.preprocessing import PreprocessingOverrides
-from toolchain.zoo import DEFAULT_MODEL
+from toolchain.onnxio.preprocessing import PreprocessingOverrides
+from toolchain.export.zoo import DEFAULT_MODEL
 
 CONFIG_VERSION = 1
 # Measured on ResNet-20 W?A4 (bench/results/mixed_precision.md, 3 seeds): with 3-bit candidates the allocation
@@ -144,7 +144,7 @@ class QuantizeSpec:
 
     def act_budget(self):
         """The ActivationBudget these options describe (None without an activation budget)."""
-        from toolchain.quant.config import ActivationBudget
+        from toolchain.quantize.config import ActivationBudget
 
         if self.a_bits_budget is None:
             if self.a_bits_choices is not None:
@@ -155,8 +155,8 @@ class QuantizeSpec:
 
     def bit_budget(self):
         """The BitBudget these options describe (None without a budget)."""
-        from toolchain.quant.config import BitBudget
-        from toolchain.recon.cache import parse_bytes
+        from toolchain.quantize.config import BitBudget
+        from toolchain.quantize.reconstruct.cache import parse_bytes
 
         if self.weight_bits_budget is None and self.size_budget is None:
             for given, flag in ((self.w_bits_choices, "--w-bits-choices"), (self.sensitivity_rounding, "--sensitivity-rounding")):
@@ -173,7 +173,7 @@ class QuantizeSpec:
 
     def resolved_reduce_range(self) -> bool:
         if self.reduce_range == "auto":
-            from toolchain.cpu import has_vnni
+            from toolchain.core.cpu import has_vnni
 
             return self.target == "ort-x86" and self.w_bits == 8 and has_vnni() is False
         if not isinstance(self.reduce_range, bool):
@@ -182,8 +182,8 @@ class QuantizeSpec:
 
     def quant_config(self):
         """The QuantConfig these options describe (ConfigError for a value out of range)."""
-        from toolchain.quant.config import QuantConfig
-        from toolchain.recon import ReconConfig
+        from toolchain.quantize.config import QuantConfig
+        from toolchain.quantize.reconstruct import ReconConfig
 
         recon = ReconConfig.preset(self.reconstruct, self.preset or "default", iterations=self.recon_iterations,
                                    batch_size=self.recon_batch_size, seed=self.seed, pd_weight=self.pd_weight)
@@ -235,8 +235,8 @@ class ExecutionSpec:
     reuse_memory: str = "auto"
 
     def execution(self):
-        from toolchain.execution import Execution, provider_names
-        from toolchain.recon.cache import parse_bytes
+        from toolchain.core.execution import Execution, provider_names
+        from toolchain.quantize.reconstruct.cache import parse_bytes
 
         budget = parse_bytes(self.cache_budget) if self.cache_budget is not None else None
         return Execution(device=self.device, threads=self.threads, cache_budget=budget, spill_dir=self.spill_dir,
@@ -283,7 +283,7 @@ class RunConfig:
 
     def validate(self) -> None:
         """ConfigError, naming the key and the choices, for anything the stages would refuse later."""
-        from toolchain.datagen.config import METHODS, PRESETS
+        from toolchain.generate.config import METHODS, PRESETS
 
         if self.version > CONFIG_VERSION:
             raise ConfigError(f"config version {self.version} is newer than this toolchain reads ({CONFIG_VERSION}); "
@@ -340,7 +340,7 @@ class RunConfig:
         if self.evaluate.data is not None:
             return self.evaluate.data
         if self.model == DEFAULT_MODEL:
-            from toolchain.zoo import default_eval_data
+            from toolchain.export.zoo import default_eval_data
 
             return str(default_eval_data())
         return None

@@ -17,8 +17,8 @@ PACKAGES = ("onnx", "onnxruntime", "torch", "numpy", "openvino", "onnxruntime-qn
 
 def provenance() -> dict:
     """Versions of the toolchain, Python and PACKAGES (None when not installed), and the CPU's integer features."""
-    from toolchain.cpu import has_vnni
-    from toolchain.execution import usable_cores
+    from toolchain.core.cpu import has_vnni
+    from toolchain.core.execution import usable_cores
 
     versions = {"toolchain": toolchain.__version__, "python": sys.version.split()[0]}
     for name in PACKAGES:

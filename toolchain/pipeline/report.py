@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from toolchain.modelio import atomic_output
+from toolchain.core.atomic import atomic_output
 from toolchain.pipeline.plots import draw_plots
 
 

@@ -24,12 +24,12 @@ from typing import Any
 
 import onnx
 
-from toolchain.graph import image_input
+from toolchain.onnxio.graph import image_input
 from toolchain.pipeline.config import QuantizeSpec, RunConfig
 from toolchain.pipeline.config_io import config_hash, resolved_yaml
 from toolchain.pipeline.rundir import RUN_MARKER, check_resumable, run_directory, run_log
 from toolchain.pipeline.state import RunState
-from toolchain.zoo import zoo_input_size
+from toolchain.export.zoo import zoo_input_size
 
 CALIBRATION_FILE = "calibration.npz"
 
@@ -48,7 +48,7 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        from toolchain.cli_errors import EXIT_GATE, EXIT_OK
+        from toolchain.cli.errors import EXIT_GATE, EXIT_OK
 
         return EXIT_OK if self.passed else EXIT_GATE
 
@@ -149,7 +149,7 @@ class _Stages:
 
     def model(self) -> dict:
         from toolchain import api
-        from toolchain.modelio import load_model
+        from toolchain.onnxio.files import load_model
 
         config, started = self.config, time.perf_counter()
         done = self.state.finished("model")
@@ -184,10 +184,10 @@ class _Stages:
 
     def calibration(self) -> dict:
         from toolchain import api
-        from toolchain.calibdata import sample_calibration, save_calibration
-        from toolchain.calibforms import read_calibration_form
-        from toolchain.graph import image_input
-        from toolchain.modelio import load_model
+        from toolchain.data.calibration import sample_calibration, save_calibration
+        from toolchain.data.forms import read_calibration_form
+        from toolchain.onnxio.graph import image_input
+        from toolchain.onnxio.files import load_model
 
         config, out, started = self.config, self.folder / CALIBRATION_FILE, time.perf_counter()
         gen = config.generate
@@ -226,7 +226,7 @@ class _Stages:
     def evaluate_fp32(self, data: str):
         from toolchain import api
 
-        from toolchain.evaluate import EvalResult
+        from toolchain.evaluate.accuracy import EvalResult
 
         done = self.state.finished("fp32")
         if done is not None:
@@ -242,7 +242,7 @@ class _Stages:
 
     def quantize(self, spec: QuantizeSpec, data: str | None, fp32: Any) -> dict:
         from toolchain import api
-        from toolchain.modelio import load_model
+        from toolchain.onnxio.files import load_model
         from toolchain.pipeline.measure import parameter_bytes
 
         config, out, started = self.config, self.folder / f"{spec.label}.onnx", time.perf_counter()
@@ -302,7 +302,7 @@ class _Stages:
         """Synthesised (calibration) and real images for the report's grid, as model inputs, with their preprocessing."""
         import numpy as np
 
-        from toolchain.data import open_images
+        from toolchain.data.images import open_images
 
         with np.load(self.folder / CALIBRATION_FILE) as calibration:  # closes the archive (np.load keeps it open)
             inputs = calibration["inputs"][:16]
@@ -323,7 +323,7 @@ class _Stages:
 
 
 def _model_entry(spec: QuantizeSpec, quant_config: Any, report: dict, file: str, report_file: str) -> dict:
-    from toolchain.quant.fusion import float_ops_text
+    from toolchain.runtimes.coverage import float_ops_text
 
     fusion, summary = report["fusion"], report["summary"]
     recon = report.get("reconstruction") or {}

@@ -20,7 +20,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from toolchain.atomic import atomic_output
+from toolchain.core.atomic import atomic_output
 from toolchain.errors import ConfigError
 
 STATE_FILE = "run.state.json"

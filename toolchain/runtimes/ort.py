@@ -36,7 +36,7 @@ class OrtSession:
 
 
 def coverage(path: str | os.PathLike[str], threads: int) -> dict:
-    from toolchain.quant.fusion import fusion_coverage
+    from toolchain.runtimes.coverage import fusion_coverage
 
     fusion = fusion_coverage(onnx.load(os.fspath(path)), threads=threads)
     return {"runtime": "ort", "coverage": fusion["coverage"], "mac_coverage": fusion.get("mac_coverage"),

@@ -1,0 +1,5 @@
+"""`python -m toolchain.cli ...` (and torchrun's `-m toolchain.cli`) runs the command line."""
+
+from toolchain.cli.commands import main
+
+main()

@@ -1,0 +1,1 @@
+"""Quantize step 3, calibrate: activation ranges and weight scales (min/max, MSE, percentile, GPTQ rounding)."""
