@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from toolchain.preprocessing import Preprocessing
+from toolchain.onnxio.preprocessing import Preprocessing
 from toolchain_models.imagenet import BasicBlock  # same block as ResNet-18: 1x1 conv + BN projection shortcut
 
 PIXEL_SCALE = 255.0

@@ -26,8 +26,8 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
-from toolchain.data import open_images
-from toolchain.zoo import ZOO
+from toolchain.data.images import open_images
+from toolchain.export.zoo import ZOO
 from toolchain_models import families
 
 ARTIFACTS = Path(__file__).resolve().parent / "artifacts"

@@ -212,13 +212,3 @@ def symmetric_params(absmax: np.ndarray, qtype: IntType, axis: int | None) -> QP
     scale = np.maximum(absmax / np.float32(qtype.qmax), _TINY).astype(np.float32)
     zero = np.zeros(scale.shape, np.int64)
     return QParams(scale, zero, qtype, axis, qmin=qtype.symmetric_qmin)
-
-
-def sqnr_db(reference: np.ndarray, approximation: np.ndarray) -> float:
-    """Signal-to-quantization-noise ratio 10*log10(sum x^2 / sum (x - y)^2), in dB (inf when identical)."""
-    reference = np.asarray(reference, np.float64)
-    noise = float(np.sum((reference - np.asarray(approximation, np.float64)) ** 2))
-    signal = float(np.sum(reference**2))
-    if noise == 0.0:
-        return float("inf")
-    return 10.0 * float(np.log10(max(signal, 1e-30) / noise))

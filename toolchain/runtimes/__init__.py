@@ -76,7 +76,7 @@ def runtime_agreement_db(name: str, path: PathLike, inputs: np.ndarray, threads:
     usable = len(inputs) - len(inputs) % step
     if usable == 0:
         raise ValueError(f"runtime_agreement_db needs at least {step} inputs (the model's fixed batch)")
-    from toolchain.quantize.qparams import sqnr_db
+    from toolchain.core.metrics import sqnr_db
 
     got = np.concatenate([session.run(inputs[i:i + step]) for i in range(0, usable, step)])
     want = np.concatenate([reference.run(inputs[i:i + step]) for i in range(0, usable, step)])

@@ -110,7 +110,7 @@ def test_the_readme_config_example_is_a_valid_config():
 
     import yaml
 
-    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
     block = re.search(r"```yaml\n(# pipeline\.yaml.*?)```", readme, re.S)
     assert block is not None, "the README lost its pipeline.yaml example"
     config = config_from_mapping(yaml.safe_load(block.group(1)), "README pipeline.yaml")

@@ -18,7 +18,7 @@ from toolchain.errors import ConfigError
 from toolchain.core.execution import Execution, usable_cores
 from toolchain.quantize.calibrate.ranges import batch_rows
 from toolchain.quantize.config import QuantConfig
-from toolchain.quantize.qparams import sqnr_db
+from toolchain.core.metrics import sqnr_db
 from toolchain.quantize.driver import quantize
 from toolchain.quantize.report import streamed_sqnr
 from toolchain.quantize.reconstruct import ReconConfig

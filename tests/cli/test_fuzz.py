@@ -34,7 +34,7 @@ TIME_LIMIT_S = 600  # the run takes well under a minute on 2 cores; this only st
 @pytest.fixture(scope="module")
 def fuzz_results(tmp_path_factory) -> list[dict]:
     root = tmp_path_factory.mktemp("fuzz")
-    runner = Path(__file__).with_name("fuzz_runner.py")
+    runner = Path(__file__).resolve().parents[1] / "fuzz_runner.py"
     env = {**os.environ, "TOOLCHAIN_LOG_DIR": str(root / "crash-logs"), "OMP_NUM_THREADS": "1"}
     env.pop("WORLD_SIZE", None)
     logs = [root / f"worker{w}.jsonl" for w in range(WORKERS)]

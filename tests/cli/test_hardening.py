@@ -109,7 +109,7 @@ def test_a_model_with_its_weights_in_a_side_file_quantizes_and_evaluates(digits,
         result = run("quantize", source, "--calib", calib, "-o", out)
         assert result.exit_code == 0, result.output
     assert (tmp_path / "a.onnx").read_bytes() != b"" and _graph(tmp_path / "a.onnx") == _graph(tmp_path / "b.onnx")
-    data = Path(__file__).resolve().parents[1] / "models" / "artifacts" / "digits_test.npz"
+    data = Path(__file__).resolve().parents[2] / "models" / "artifacts" / "digits_test.npz"
     assert run("evaluate", external, "--data", data).exit_code == 0
 
 

@@ -43,7 +43,7 @@ def runs(tmp_path_factory, shared_file):
     model = folder / "resnet20.onnx"
     export_model("resnet20_cifar10", model, weights=shared_file("weights", "resnet20-12fca82f.th"))
     train = shared_file("datasets", "cifar10-train-jpg.tar.gz")
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     env.pop("WORLD_SIZE", None)
     single = _quantize([sys.executable, "-m", "toolchain.cli"], model, train, folder / "k1.onnx", env)
     assert single.returncode == 0, single.stderr[-3000:]

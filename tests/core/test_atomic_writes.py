@@ -19,12 +19,12 @@ import pytest
 
 from kill_writer import content, write
 
-WRITER = Path(__file__).with_name("kill_writer.py")
+WRITER = Path(__file__).resolve().parents[1] / "kill_writer.py"
 FILE_NAMES = {"model": "m.onnx", "model-external": "m.onnx", "calibration": "c.npz", "checkpoint": "c.ckpt"}
 
 
 def _kill_at(kind: str, phase: str, path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     child = subprocess.Popen([sys.executable, str(WRITER), kind, phase, str(path)], stdout=subprocess.PIPE, text=True, env=env)
     try:
         line = child.stdout.readline().strip()

@@ -128,7 +128,7 @@ def runs(tmp_path_factory) -> Path:
     model = folder / "d.onnx"
     export_model("digits_resnet", model)
     onnx.load(str(model))  # a valid file before launching workers on it
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     env.pop("WORLD_SIZE", None)
     for out in ("k1", "k2"):
         (folder / out).mkdir()
@@ -263,7 +263,7 @@ def test_torchrun_generate_exits_zero_after_writing(runs, tmp_path):
     """`torchrun --nproc-per-node 2 -m toolchain.cli generate ...` writes the set and every process exits 0: the process
     group is destroyed before exit (no 'terminate called without an active exception' abort)."""
     out = tmp_path / "dgh32.npz"
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
     env.pop("WORLD_SIZE", None)
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "toolchain.cli",
                "generate", str(runs / "d.onnx"), "--method", "dgh", "-n", "32", "--preset", "fast", "-o", str(out)]
