@@ -82,7 +82,8 @@ def iteration_sweep(model: Path, work: Path, n: int, limit: int | None, test: Pa
 
 _MEMORY_PROBE = """
 import json, resource, sys, onnx
-from toolchain.generate import generate, preset
+from toolchain.generate.config import preset
+from toolchain.generate.generate import generate
 from toolchain.onnxio.preprocessing import read_preprocessing
 from dataclasses import replace
 model = onnx.load(sys.argv[1]); n = int(sys.argv[2])

@@ -54,7 +54,7 @@ def generation_config(label: str):
 
     KEY is a GenerationConfig field or `augment.FIELD`; `combined` (fdda) adds DGH's joint statistics,
     input pseudo-layer and flip/smooth/crop augmentation to FDDA's class terms (methods.md section 7)."""
-    from toolchain.generate import preset
+    from toolchain.generate.config import preset
 
     method, _, spec = label.partition("@")
     if not spec:

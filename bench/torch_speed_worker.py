@@ -37,7 +37,9 @@ def peak_rss_gb() -> float:
 def generate_mode(args: argparse.Namespace) -> dict:
     from dataclasses import replace
 
-    from toolchain.generate import generate, preset
+    from toolchain.generate.config import preset
+
+    from toolchain.generate.generate import generate
     from toolchain.generate import engine as engine_module
     from toolchain.onnxio.preprocessing import read_preprocessing
 
@@ -176,7 +178,7 @@ def _phase_split(totals: dict[str, float], unit_seconds: float) -> dict[str, flo
 def profile_mode(args: argparse.Namespace) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
-    from toolchain.generate import preset
+    from toolchain.generate.config import preset
     from toolchain.generate.engine import Engine
     from toolchain.generate.teacher import Teacher
     from toolchain.onnxio.preprocessing import read_preprocessing

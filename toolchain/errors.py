@@ -8,6 +8,9 @@ Everything else (a bug in the toolchain) is left to propagate with its traceback
 
 from __future__ import annotations
 
+# How a command ends: the CLI exits with these, and pipeline.RunResult.exit_code says which one a run earned.
+EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_GATE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
 
 class ToolchainError(Exception):
     """Base class of every error caused by the user's input; its message says what to fix."""

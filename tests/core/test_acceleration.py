@@ -12,7 +12,8 @@ import torch
 from click.testing import CliRunner
 
 from toolchain.cli.commands import cli
-from toolchain.generate import generate, preset
+from toolchain.generate.config import preset
+from toolchain.generate.generate import generate
 from toolchain.generate.teacher import Teacher
 from toolchain.errors import ConfigError
 from toolchain.core import acceleration as acceleration_module

@@ -12,7 +12,8 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from toolchain.data.images import open_images
-from toolchain.generate import generate, preset
+from toolchain.generate.config import preset
+from toolchain.generate.generate import generate
 from toolchain.generate import engine as engine_module
 from toolchain.generate.augment import ImagePipeline, valid_range
 from toolchain.generate.config import GenerationConfig

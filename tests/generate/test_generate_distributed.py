@@ -31,7 +31,11 @@ def _worker(model_path: str, out: str) -> None:
     import onnx
     import torch
 
-    from toolchain.generate import distributed_from_env, generate, preset
+    from toolchain.core.distributed import distributed_from_env
+
+    from toolchain.generate.config import preset
+
+    from toolchain.generate.generate import generate
     from toolchain.generate import engine as engine_module
     from toolchain.onnxio.preprocessing import read_preprocessing
 
@@ -198,7 +202,9 @@ def test_dgh_two_processes_are_one_process_with_deferred_refreshes(runs, monkeyp
     import onnx
     import torch
 
-    from toolchain.generate import generate, preset
+    from toolchain.generate.config import preset
+
+    from toolchain.generate.generate import generate
     from toolchain.generate.engine import Engine
     from toolchain.onnxio.preprocessing import read_preprocessing
 

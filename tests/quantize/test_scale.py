@@ -263,7 +263,7 @@ def test_cpu_presets_are_the_settings_the_imagenet_pipeline_measured():
     accuracy) changes no cost."""
     from dataclasses import replace
 
-    from toolchain.generate import preset
+    from toolchain.generate.config import preset
     from toolchain.quantize.reconstruct import ReconConfig
 
     cpu, measured = ReconConfig.preset("pdquant", "cpu"), ReconConfig.preset("pdquant", "default", iterations=100, batch_size=8,

@@ -33,11 +33,12 @@ from typing import Any, TypeVar
 
 import click
 
-from toolchain.errors import GateFailed, ToolchainError
+from toolchain.errors import (EXIT_BAD_INPUT, EXIT_GATE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, GateFailed,
+                              ToolchainError)
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-EXIT_OK, EXIT_INTERNAL, EXIT_BAD_INPUT, EXIT_GATE, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+__all__ = ["EXIT_BAD_INPUT", "EXIT_GATE", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_OK", "BadInput", "handle_errors"]
 EXIT_CODES_TEXT = ("Exit codes: 0 success; 1 internal error (one line names the log file holding the traceback; "
                    "--debug prints it); 2 usage error or bad input (one line says what to fix); 3 an accuracy gate "
                    "failed (--min-top1, --max-drop, --min-agreement; the outputs are written); 130 interrupted.")

@@ -18,6 +18,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+from toolchain.errors import ConfigError
+
 
 def _pid_alive(pid: int) -> bool:
     try:
@@ -69,3 +71,9 @@ def atomic_output(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def check_writable(path: Path, overwrite: bool) -> None:
+    """Refuse to replace an existing file unless asked to (ConfigError naming the file and the flag)."""
+    if path.exists() and not overwrite:
+        raise ConfigError(f"{path} already exists; pass --overwrite to replace it or choose another -o")

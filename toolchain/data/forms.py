@@ -25,9 +25,14 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from toolchain.data.calibration import CalibrationSet, load_calibration
+from toolchain.data.calibration import CalibrationSet, load_calibration, sample_calibration
 from toolchain.data.images import npz_keys, read_npz
 from toolchain.errors import DataError
+from toolchain.onnxio.graph import image_input
+from toolchain.onnxio.loaded import model_preprocessing
+from toolchain.onnxio.preprocessing import PreprocessingOverrides
+
+DEFAULT_CALIB_IMAGES = 512
 
 NPZ_HINT = ("give a calibration .npz ('inputs', see calib_data/README.md; or keyed by the model's input name), "
             "a test_data_set_* folder of input_*.pb files, or an image dataset (.npz with 'images' and 'labels')")
@@ -66,6 +71,22 @@ def read_calibration_form(source: Any, input_name: str, model_source: str, limit
         return None
     raise DataError(f"{path} holds {', '.join(keys) or 'nothing'} but no array named 'inputs' or after the input "
                     f"{input_name!r} of {model_source}; {NPZ_HINT}")
+
+
+def load_calibration_inputs(calib: Any, proto: onnx.ModelProto, source: str, limit: int | None, seed: int,
+                            overrides: PreprocessingOverrides = PreprocessingOverrides()) -> CalibrationSet:
+    """A CalibrationSet from any form read_calibration_form reads (the first `limit` inputs, all when None) or from
+    an image dataset (`limit` images, default 512, sampled with `seed`, preprocessed as the model says)."""
+    loaded = read_calibration_form(calib, image_input(proto, source).name, source, limit)
+    if loaded is not None:
+        return loaded
+    pre = model_preprocessing(proto, overrides, source)
+    return sample_calibration(Path(calib), pre, limit if limit is not None else DEFAULT_CALIB_IMAGES, seed)
+
+
+def first_inputs(calibration: CalibrationSet, limit: int | None) -> CalibrationSet:
+    """The first `limit` inputs of `calibration` (all when None), as reading its file with that limit gives them."""
+    return _limited(calibration.inputs, calibration.labels, calibration.manifest, limit)
 
 
 def tensor_set_folders(path: Path) -> list[Path]:

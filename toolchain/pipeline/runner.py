@@ -24,12 +24,19 @@ from typing import Any
 
 import onnx
 
-from toolchain.onnxio.graph import image_input
+from toolchain.data.calibration import CalibrationSet, sample_calibration, save_calibration
+from toolchain.data.forms import first_inputs, load_calibration_inputs, read_calibration_form
+from toolchain.errors import EXIT_GATE, EXIT_OK
+from toolchain.evaluate.accuracy import EvalResult, evaluate
+from toolchain.export.outputs import export_to_file
+from toolchain.export.zoo import zoo_input_size
+from toolchain.generate.outputs import generate_to_file
+from toolchain.onnxio.graph import image_input, summarize
+from toolchain.onnxio.loaded import LoadedModel, open_model
 from toolchain.pipeline.config import QuantizeSpec, RunConfig
 from toolchain.pipeline.config_io import config_hash, resolved_yaml
 from toolchain.pipeline.rundir import RUN_MARKER, check_resumable, run_directory, run_log
 from toolchain.pipeline.state import RunState
-from toolchain.export.zoo import zoo_input_size
 
 CALIBRATION_FILE = "calibration.npz"
 
@@ -48,8 +55,6 @@ class RunResult:
 
     @property
     def exit_code(self) -> int:
-        from toolchain.cli.errors import EXIT_GATE, EXIT_OK
-
         return EXIT_OK if self.passed else EXIT_GATE
 
 
@@ -118,8 +123,9 @@ class _Stages:
         self.config, self.folder, self.log, self.progress, self.state = config, folder, log, progress, state
         self.execution = config.execution.execution()
         self.timing: dict[str, float] = {}
-        self.model_path: Path | None = None
-        self.pre: Any = None
+        self.model: LoadedModel | None = None  # the FP32 model, opened once (read, checked, run) for every stage
+        self.calibration: CalibrationSet | None = None  # read back once for every quantize entry
+        self.checked_limits: set[int | None] = set()  # the calib_limit values whose first inputs passed the checks
 
     def _timed(self, stage: str, started: float) -> None:
         self.timing[stage] = round(self.timing.get(stage, 0.0) + time.perf_counter() - started, 2)
@@ -131,8 +137,8 @@ class _Stages:
         report: dict[str, Any] = {"toolchain": provenance(), "config_hash": config_hash(config), "config": RUN_MARKER,
                                   "seeds": {"generate": config.generate.seed, "evaluate": config.evaluate.seed,
                                             "quantize": {s.label: s.seed for s in config.quantize}}}
-        report["model"] = self.model()
-        report["calibration"] = self.calibration()
+        report["model"] = self.open_fp32()
+        report["calibration"] = self.calibrate()
         data = config.evaluation_data()
         fp32 = self.evaluate_fp32(data) if data is not None else None
         report["evaluation"] = ({"data": "built-in digits test split" if config.evaluate.data is None else data,
@@ -147,17 +153,23 @@ class _Stages:
 
     # ---------------------------------------------------------------------------------------------- stages
 
-    def model(self) -> dict:
-        from toolchain import api
-        from toolchain.onnxio.files import load_model
+    @property
+    def model_path(self) -> Path:
+        assert self.model is not None, "the model stage runs first"
+        return self.model.path
 
+    @property
+    def pre(self) -> Any:
+        assert self.model is not None, "the model stage runs first"
+        return self.model.preprocessing
+
+    def open_fp32(self) -> dict:
         config, started = self.config, time.perf_counter()
         done = self.state.finished("model")
         if done is not None:
             path = self.folder / done["file"] if not Path(done["file"]).is_absolute() else Path(done["file"])
             if path.is_file() and _sha256(path) == done["sha256"]:
-                self.model_path = path
-                self.pre = api.model_preprocessing(load_model(path), config.preprocessing, str(path))
+                self.model = open_model(path, config.preprocessing)
                 self.log.info("model    %s: finished in an earlier session", path)
                 return self.state.reuse("model")
         if config.model_is_file:
@@ -165,11 +177,10 @@ class _Stages:
             exported = None
         else:
             path = self.folder / f"{config.model.split(':')[-1].replace('.', '_')}.onnx"
-            exported = api.export_model(config.model, path, config.export.weights, config.preprocessing, config.export.opset,
-                                        overwrite=True, exporter=config.export.exporter)
-        summary = api.inspect_model(path)
-        self.model_path = path
-        self.pre = api.model_preprocessing(load_model(path), config.preprocessing, str(path))
+            exported = export_to_file(config.model, path, config.export.weights, config.preprocessing,
+                                      config.export.opset, exporter=config.export.exporter)
+        self.model = open_model(path, config.preprocessing)
+        summary = summarize(self.model.proto)
         self._timed("export" if exported else "inspect", started)
         where = (f"exported with {exported.num_batchnorm} BatchNormalization kept, onnxruntime vs PyTorch "
                  f"max|diff|/max|ref| {exported.relative_diff:.1e}" if exported else "given as a file")
@@ -182,13 +193,7 @@ class _Stages:
         self.state.finish("model", entry)
         return entry
 
-    def calibration(self) -> dict:
-        from toolchain import api
-        from toolchain.data.calibration import sample_calibration, save_calibration
-        from toolchain.data.forms import read_calibration_form
-        from toolchain.onnxio.graph import image_input
-        from toolchain.onnxio.files import load_model
-
+    def calibrate(self) -> dict:
         config, out, started = self.config, self.folder / CALIBRATION_FILE, time.perf_counter()
         gen = config.generate
         done = self.state.finished("calibration")
@@ -196,8 +201,8 @@ class _Stages:
             self.log.info("calibrate %s: finished in an earlier session", out)
             return self.state.reuse("calibration")
         if config.calibration is not None:
-            calib = read_calibration_form(config.calibration, image_input(load_model(self.model_path), str(self.model_path)).name,
-                                          str(self.model_path))
+            source = self.model.source
+            calib = read_calibration_form(config.calibration, image_input(self.model.proto, source).name, source)
             if calib is None:  # an image dataset: generate.n images drawn with generate.seed
                 calib = sample_calibration(Path(config.calibration), self.pre, gen.n, gen.seed)
             save_calibration(out, calib)
@@ -205,11 +210,10 @@ class _Stages:
             what = f"{len(calib)} inputs from {config.calibration if isinstance(config.calibration, str) else 'a reader'}"
         else:
             checkpoint = out.with_name(out.name + ".ckpt")  # generate_calibration's, kept by a stopped session
-            outcome = api.generate_calibration(self.model_path, gen.method, gen.n, out, gen.preset, gen.seed, gen.data,
-                                               gen.batch_size, gen.iterations, gen.per_class,
-                                               resume=self.state.resumed and checkpoint.is_file(), overwrite=True,
-                                               overrides=config.preprocessing, progress=self.progress,
-                                               execution=self.execution, fdda_classes=gen.fdda_classes)
+            outcome = generate_to_file(self.model, gen.method, gen.n, out, gen.preset, gen.seed, gen.data,
+                                       gen.batch_size, gen.iterations, gen.per_class,
+                                       resume=self.state.resumed and checkpoint.is_file(), progress=self.progress,
+                                       execution=self.execution, fdda_classes=gen.fdda_classes)
             manifest = outcome.manifest
             what = f"{gen.n} images by {gen.method.upper()} (preset {gen.preset}, seed {gen.seed})"
         self._timed("calibration", started)
@@ -223,26 +227,43 @@ class _Stages:
         self.state.finish("calibration", entry)
         return entry
 
-    def evaluate_fp32(self, data: str):
-        from toolchain import api
-
-        from toolchain.evaluate.accuracy import EvalResult
-
+    def evaluate_fp32(self, data: str) -> EvalResult:
         done = self.state.finished("fp32")
         if done is not None:
             return EvalResult(**self.state.reuse("fp32"))
         started = time.perf_counter()
-        result = api.evaluate_model(self.model_path, data, None, self.config.evaluate.limit, self.config.evaluate.batch_size,
-                                    self.execution.thread_count, self.config.evaluate.seed, self.config.preprocessing,
-                                    progress=self.progress, providers=self.execution.providers)
+        evaluation = self.config.evaluate
+        result = evaluate(self.model_path, data, self.pre, limit=evaluation.limit, batch_size=evaluation.batch_size,
+                          threads=self.execution.thread_count, progress=self.progress, seed=evaluation.seed,
+                          providers=self.execution.providers)
         self._timed("evaluate", started)
         self.log.info("evaluate FP32 top-1 %.4f on %d images", result.top1, result.n)
         self.state.finish("fp32", result.to_dict())
         return result
 
+    def calibration_inputs(self, spec: QuantizeSpec) -> CalibrationSet:
+        """The run's calibration set, read back from its file once; an entry's calib_limit takes its first inputs,
+        as reading the file with that limit would. Each limit's inputs are checked against the model once, and the
+        model runs once on the first input (the same for every limit)."""
+        # start-up time: the quantizer loads when a run quantizes (the pipeline package loads with the CLI)
+        from toolchain.quantize.driver import check_calibration
+        from toolchain.onnxio.validate import check_runs
+
+        model = self.model
+        if self.calibration is None:
+            self.calibration = load_calibration_inputs(self.folder / CALIBRATION_FILE, model.proto, model.source, None,
+                                                       spec.seed, self.config.preprocessing)
+        calibration = first_inputs(self.calibration, spec.calib_limit)
+        if spec.calib_limit not in self.checked_limits:
+            check_calibration(model.proto, calibration.inputs, model.source)
+            if not self.checked_limits:
+                check_runs(model.proto, model.source, sample=calibration.inputs[:1])
+            self.checked_limits.add(spec.calib_limit)
+        return calibration
+
     def quantize(self, spec: QuantizeSpec, data: str | None, fp32: Any) -> dict:
-        from toolchain import api
-        from toolchain.onnxio.files import load_model
+        # start-up time: the quantizer loads when a run quantizes (the pipeline package loads with the CLI)
+        from toolchain.quantize.outputs import quantize_to_files
         from toolchain.pipeline.measure import parameter_bytes
 
         config, out, started = self.config, self.folder / f"{spec.label}.onnx", time.perf_counter()
@@ -253,21 +274,23 @@ class _Stages:
         quant_config = spec.quant_config()
         checkpoint = out.with_name(out.name + ".ckpt")  # quantize_model's reconstruction checkpoint
         resume = self.state.resumed and quant_config.reconstruction.enabled and checkpoint.is_file()
-        outcome = api.quantize_model(self.model_path, self.folder / CALIBRATION_FILE, out, quant_config, spec.calib_limit,
-                                     spec.seed, overwrite=True, overrides=config.preprocessing, progress=self.progress,
-                                     resume=resume, execution=self.execution)
+        if quant_config.reconstruction.enabled:
+            self.execution.torch_device()  # a device torch cannot use fails now, not after calibrating
+        outcome = quantize_to_files(self.model.copy(), self.calibration_inputs(spec), out, quant_config,
+                                    self.model.source, progress=self.progress, resume=resume, execution=self.execution)
         self._timed("quantize", started)
         for warning in outcome.warnings:
             self.log.warning("%s: %s", spec.label, warning)
         report = outcome.report
         entry = _model_entry(spec, quant_config, report, self._relative(out), self._relative(outcome.report_path))
-        entry["size"] = {**parameter_bytes(load_model(out), report), "file_bytes": out.stat().st_size}
+        entry["size"] = {**parameter_bytes(outcome.model, report), "file_bytes": out.stat().st_size}
         if fp32 is not None:
             started = time.perf_counter()
-            metrics = api.evaluate_model(out, data, self.model_path, config.evaluate.limit, config.evaluate.batch_size,
-                                         self.execution.thread_count, config.evaluate.seed, config.preprocessing,
-                                         progress=self.progress, providers=self.execution.providers,
-                                         runtime=config.evaluate.runtime)
+            evaluation = config.evaluate
+            metrics = evaluate(out, data, self.pre, reference_path=self.model_path, limit=evaluation.limit,
+                               batch_size=evaluation.batch_size, threads=self.execution.thread_count,
+                               progress=self.progress, seed=evaluation.seed, providers=self.execution.providers,
+                               runtime=evaluation.runtime)
             self._timed("evaluate", started)
             entry.update(top1=metrics.top1, top5=metrics.top5, agreement=metrics.agreement,
                          drop=round(fp32.top1 - metrics.top1, 6))

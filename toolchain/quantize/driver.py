@@ -204,7 +204,7 @@ def choose_parameters(float_model: onnx.ModelProto, plan: QuantPlan, calib: np.n
 def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, source: str = "model",
              calib_info: dict | None = None, progress: bool = True, checkpoint: Path | None = None,
              resume: bool = False, consume: bool = False, execution: Execution | None = None,
-             distributed=None) -> QuantResult | None:
+             distributed=None, inputs_checked: bool = False) -> QuantResult | None:
     """Quantize every layer of `model` with `calib` (float32 NCHW model inputs) as `config` says.
 
     With reconstruction and a `checkpoint` path, the finished units are saved there after each one;
@@ -212,13 +212,16 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
     the BN-folded float model), which saves a copy of it. `execution`: device, threads, cache budget and
     onnxruntime providers (not part of the result). `distributed` (torchrun): every rank calibrates on the
     whole set and reconstructs on its shard; rank 0 returns the result, the other ranks None.
+    `inputs_checked=True`: the caller ran outputs.check_quantize_inputs on this model and `calib` (the calibration
+    set is checked once per run, not once per quantized model).
     """
     execution = execution or Execution()
     if config.reconstruction.enabled:  # torch is imported only when reconstruction runs
         execution.apply_threads()
     start = time.perf_counter()
     check_not_quantized(model, source)
-    check_calibration(model, calib, source)
+    if not inputs_checked:
+        check_calibration(model, calib, source)
     if config.effective_batch is not None:
         check_batch(model, config.effective_batch, source)
     if config.reconstruction.enabled and len(calib) < config.reconstruction.batch_size:
