@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from test_cli import assert_user_error
+from cli_helpers import assert_user_error
 from toolchain import api
 from toolchain.data.calibration import load_calibration
 from toolchain.cli.commands import cli

@@ -100,7 +100,7 @@ def test_pretrained_imagenet_entry_without_its_weights_package_says_how_to_insta
 
     from click.testing import CliRunner
 
-    from test_cli import assert_user_error
+    from cli_helpers import assert_user_error
     from toolchain.cli.commands import cli
 
     real = importlib.util.find_spec

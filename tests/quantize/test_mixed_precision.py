@@ -17,6 +17,7 @@ from toolchain.errors import ConfigError
 from toolchain.quantize.mixed_precision import (ActivationProbe, LayerSensitivity, TensorSensitivity, allocate,
                                       allocate_activations, measure_sensitivity)
 from toolchain.quantize.config import ActivationBudget, BitBudget, QuantConfig
+from toolchain.onnxio import qdq_names
 
 CHOICES = (2, 4, 8)
 
@@ -192,7 +193,7 @@ def test_three_bit_weights_are_held_in_int4_with_three_bit_values(digits, tmp_pa
     result = CliRunner().invoke(cli, ["quantize", str(model), "--calib", str(calib), "--w-bits", "3", "--a-bits", "8",
                                       "--low-bit-storage", storage, "-o", str(out), "-q"])
     assert result.exit_code == 0, result.output
-    weights = [t for t in onnx.load(str(out)).graph.initializer if t.name.endswith("weight_quantized")]
+    weights = [t for t in onnx.load(str(out)).graph.initializer if qdq_names.is_weight_integers(t.name)]
     assert weights and all(t.data_type == onnx.TensorProto.INT4 for t in weights)
     values = np.concatenate([numpy_helper.to_array(t).astype(np.int32).ravel() for t in weights])
     assert values.min() == -4 and values.max() == 3
@@ -350,7 +351,7 @@ def test_the_mixed_activation_model_carries_each_tensors_bits_and_fits_the_budge
     inits = {t.name: numpy_helper.to_array(t) for t in qdq.graph.initializer}
     for tensor, width in bits.items():
         assert report["activations"][tensor]["bits"] == width, tensor
-        quantize = nodes[f"{tensor}_QuantizeLinear"]
+        quantize = nodes[qdq_names.quantize_node(tensor)]
         scale, zero = float(inits[quantize.input[1]]), int(inits[quantize.input[2]])
         assert inits[quantize.input[2]].dtype == np.uint8, tensor
         clip = nodes.get(f"{tensor}_Clip")

@@ -12,18 +12,9 @@ from onnx import numpy_helper
 from quant_fixtures import export_random, gaussian_inputs
 from toolchain.quantize.config import QuantConfig
 from toolchain.quantize.driver import quantize
+from toolchain.onnxio import qdq_names
 
 F = onnx.TensorProto.FLOAT
-
-
-@pytest.fixture(scope="module")
-def resnet20_random():
-    return export_random("toolchain_models.resnet_cifar:resnet20", 32)
-
-
-@pytest.fixture(scope="module")
-def calib32():
-    return gaussian_inputs(64, (3, 32, 32))
 
 
 @pytest.fixture(scope="module")
@@ -113,7 +104,7 @@ def test_four_bit_weights_are_int4_at_opset_21(resnet20_random, calib32, storage
     """W4A4: weights stored as INT4 at opset 21; the model loads in onnxruntime with default optimisations."""
     result = quantize(resnet20_random, calib32[:16], QuantConfig(w_bits=4, a_bits=4, low_bit_storage=storage), progress=False)
     inits = _initializers(result.model)
-    weights = [inits[n.input[0]] for n in result.model.graph.node if n.op_type == "DequantizeLinear" and n.input[0].endswith("weight_quantized")]
+    weights = [inits[n.input[0]] for n in result.model.graph.node if n.op_type == "DequantizeLinear" and qdq_names.is_weight_integers(n.input[0])]
     assert weights and all(w.data_type == weight_type for w in weights)
     assert result.report["opset"] == opset
     ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -130,7 +121,7 @@ def test_two_bit_native_types_are_int2_at_opset_25(resnet20_random, calib32, mon
     result = quantize(resnet20_random, calib32[:16], QuantConfig(w_bits=2, a_bits=2, low_bit_storage="native"), progress=False)
     inits = _initializers(result.model)
     types = {inits[n.input[0]].data_type for n in result.model.graph.node
-             if n.op_type == "DequantizeLinear" and n.input[0] in inits and n.input[0].endswith("weight_quantized")}
+             if n.op_type == "DequantizeLinear" and n.input[0] in inits and qdq_names.is_weight_integers(n.input[0])}
     assert types == {onnx.TensorProto.INT2} and result.report["opset"] == 25
     zero_points = {inits[n.input[2]].data_type for n in result.model.graph.node if n.op_type == "QuantizeLinear"}
     assert onnx.TensorProto.UINT2 in zero_points and onnx.TensorProto.UINT8 in zero_points  # the input stays 8-bit
@@ -145,13 +136,13 @@ def test_two_bit_ort_storage_holds_two_bit_values_and_loads_in_onnxruntime(resne
     result = quantize(resnet20_random, calib32[:16], QuantConfig(w_bits=2, a_bits=2), progress=False)
     inits = _initializers(result.model)
     for node in result.model.graph.node:
-        if node.op_type == "DequantizeLinear" and node.input[0].endswith("weight_quantized"):
+        if node.op_type == "DequantizeLinear" and qdq_names.is_weight_integers(node.input[0]):
             values = numpy_helper.to_array(inits[node.input[0]]).astype(np.int64)
             assert values.min() >= -2 and values.max() <= 1
     session = ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"])
     logits = session.run(None, {"input": calib32[:4]})[0]
-    scale = numpy_helper.to_array(inits["logits_scale"])
-    zero = numpy_helper.to_array(inits["logits_zero_point"]).astype(np.int64)
+    scale = numpy_helper.to_array(inits[qdq_names.scale("logits")])
+    zero = numpy_helper.to_array(inits[qdq_names.zero_point("logits")]).astype(np.int64)
     levels = np.unique(np.rint(logits / scale).astype(np.int64) + zero)
     assert levels.min() >= 0 and levels.max() <= 3  # 2-bit output: at most 4 distinct levels
 
@@ -197,7 +188,7 @@ def test_reduce_range_stores_8_bit_weights_in_7_bits_and_the_integer_kernels_mat
         options.graph_optimization_level = level
         session = ort.InferenceSession(result.model.SerializeToString(), options, providers=["CPUExecutionProvider"])
         outputs.append(session.run(None, {"input": calib32})[0])
-    step = float(numpy_helper.to_array(inits["logits_scale"]))
+    step = float(numpy_helper.to_array(inits[qdq_names.scale("logits")]))
     assert np.mean(np.abs(outputs[0] - outputs[1]) <= step * (1 + 1e-5)) >= 0.99
 
 
@@ -225,8 +216,8 @@ def test_network_input_spans_the_preprocessing_range(resnet20_random, calib32):
     lo, hi = read_preprocessing(resnet20_random).input_range()
     init = _initializers(result.model)
     name = result.model.graph.input[0].name
-    scale = float(numpy_helper.to_array(init[f"{name}_scale"]))
-    zero = int(numpy_helper.to_array(init[f"{name}_zero_point"]))
+    scale = float(numpy_helper.to_array(init[qdq_names.scale(name)]))
+    zero = int(numpy_helper.to_array(init[qdq_names.zero_point(name)]))
     assert abs((0 - zero) * scale - lo) <= scale and abs((255 - zero) * scale - hi) <= scale
 
 

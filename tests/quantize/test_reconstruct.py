@@ -15,7 +15,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 from quant_fixtures import export_random, gaussian_inputs
-from test_qdq_agreement import layerwise_agreement
+from agreement import layerwise_agreement
 
 from toolchain.errors import ConfigError, DataError, GraphError
 from toolchain.executor import OnnxModule
@@ -28,6 +28,7 @@ from toolchain.quantize.reconstruct.correction import bn_loss, bn_targets, corre
 from toolchain.quantize.reconstruct.engine import ReconstructionError
 from toolchain.quantize.reconstruct.subgraph import extract
 from toolchain.quantize.reconstruct.units import find_units
+from toolchain.onnxio import qdq_names
 
 
 @pytest.fixture(scope="module")
@@ -207,7 +208,7 @@ def test_compiled_distribution_correction_follows_the_plateau_schedule_as_the_ea
 
 def _weight_integers(model: onnx.ModelProto) -> dict[str, np.ndarray]:
     return {i.name: numpy_helper.to_array(i).astype(np.int64) for i in model.graph.initializer
-            if i.name.endswith("weight_quantized") or (i.name.endswith("_quantized") and i.data_type == onnx.TensorProto.INT4)}
+            if qdq_names.is_weight_integers(i.name) or (i.name.endswith("_quantized") and i.data_type == onnx.TensorProto.INT4)}
 
 
 @pytest.mark.parametrize("method", ["brecq", "pdquant"])
@@ -257,7 +258,7 @@ def test_a_unit_that_ends_worse_than_it_started_keeps_its_start(resnet20_random,
         assert (u["kept"] == "start") == (u["loss_after"]["rec"] > u["loss_before"]["rec"]), u["unit"]
     for u in kept_start:
         for w in u["weights"]:
-            assert np.array_equal(learned[f"{w}_quantized"], nearest[f"{w}_quantized"]), (u["unit"], w)
+            assert np.array_equal(learned[qdq_names.quantized(w)], nearest[qdq_names.quantized(w)]), (u["unit"], w)
 
 
 def test_reconstructed_model_engines_agree_layer_by_layer(resnet20_random, calib):

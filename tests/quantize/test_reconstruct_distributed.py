@@ -20,6 +20,8 @@ import onnx
 import pytest
 from onnx import numpy_helper
 
+from toolchain.onnxio import qdq_names
+
 # Measured (seed 0, fast preset, this test's settings): 0.99920 of the 4-bit weight integers equal (215 of
 # 268,336 differ, none in the first five layers: the float differences grow with depth); learned activation
 # step sizes within 1.5e-3 (relative). Bounds:
@@ -72,7 +74,7 @@ def test_two_processes_learn_the_parameters_of_one(runs):
     folder = runs[0]
     one, two = _arrays(folder / "k1.onnx"), _arrays(folder / "k2.onnx")
     assert one.keys() == two.keys()
-    integers = [k for k in one if k.endswith("weight_quantized")]  # int4 (ml_dtypes): compared as int64
+    integers = [k for k in one if qdq_names.is_weight_integers(k)]  # int4 (ml_dtypes): compared as int64
     assert len(integers) == 20  # ResNet-20: 19 convs and the classifier
     equal = sum(int((one[k].astype(np.int64) == two[k].astype(np.int64)).sum()) for k in integers) / \
         sum(one[k].size for k in integers)

@@ -25,7 +25,7 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
-from test_cli import assert_user_error
+from cli_helpers import assert_user_error
 from toolchain import api
 from toolchain.cli.commands import cli
 from toolchain.errors import ConfigError

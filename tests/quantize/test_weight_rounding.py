@@ -9,14 +9,13 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
-from test_cli import assert_user_error
+from cli_helpers import assert_user_error
 from toolchain.cli.commands import cli
 from toolchain.quantize.config import QuantConfig
 from toolchain.quantize.driver import quantize
 from toolchain.quantize.reconstruct import ReconConfig
 from toolchain.quantize.reconstruct.adaround import AdaRound
 
-from test_quantize import calib32, resnet20_random  # noqa: F401  (the quantizer tests' module-scoped fixtures)
 
 
 def _outputs(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:

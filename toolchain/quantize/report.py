@@ -17,6 +17,7 @@ from tqdm import tqdm
 import toolchain
 from toolchain.core.execution import Execution
 from toolchain.onnxio.sessions import exposing, inference_session
+from toolchain.onnxio import qdq_names
 from toolchain.quantize.annotate.placement import QuantPlan
 from toolchain.quantize.calibrate.ranges import batch_rows
 from toolchain.quantize.config import QuantConfig
@@ -69,7 +70,7 @@ def build_report(float_model, qdq, plan: QuantPlan, act, weights, calib, config:
     sample = calib[:SQNR_SAMPLES]
     graph_outputs = {o.name for o in qdq.graph.output}
     layer_outputs = [layer.output for layer in plan.layers if layer.output in plan.activations]
-    dq_name = {t: t if t in graph_outputs else f"{t}_dequantized" for t in layer_outputs}
+    dq_name = {t: qdq_names.value_in_qdq(t, graph_outputs) for t in layer_outputs}
     layer_sqnr = dict(zip(layer_outputs, streamed_sqnr(float_model, layer_outputs, qdq, [dq_name[t] for t in layer_outputs],
                                                        sample, execution, progress, "layer SQNR")))
     layers = []

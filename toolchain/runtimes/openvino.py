@@ -21,6 +21,7 @@ from collections import Counter
 import numpy as np
 
 from toolchain.errors import ModelFileError
+from toolchain.onnxio import qdq_names
 from toolchain.runtimes import missing_runtime
 
 COMPUTE_LAYERS = {"Convolution", "Deconvolution", "FullyConnected", "MatMul", "Eltwise", "Subgraph", "Reduce", "Pooling",
@@ -70,7 +71,7 @@ def open_session(path: str | os.PathLike[str], threads: int, precision: str | No
 
 def coverage(path: str | os.PathLike[str], threads: int) -> dict:
     compiled, model = _compile(path, threads)
-    boundary_names = {o.get_any_name() for o in model.outputs} | {f"{i.get_any_name()}_QuantizeLinear" for i in model.inputs}
+    boundary_names = {o.get_any_name() for o in model.outputs} | {qdq_names.quantize_node(i.get_any_name()) for i in model.inputs}
     counts: Counter = Counter()
     float_layers, boundary = [], 0
     for op in compiled.get_runtime_model().get_ordered_ops():

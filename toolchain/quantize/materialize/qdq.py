@@ -5,8 +5,8 @@ Usage:
 
 `activation_params` is keyed by the root tensor of each activation (shared tensors reuse their root's
 scale and zero-point initializers); `weight_params` by weight tensor. Original node names are kept, so
-parameters found later (reconstruction) can be written back by name. New names derive from the tensor:
-`<t>_quantized`, `<t>_dequantized`, `<t>_scale`, `<t>_zero_point`, `<t>_QuantizeLinear`, ...
+parameters found later (reconstruction) can be written back by name. New names derive from the tensor, as
+quantize.qdq_names says (`<t>_quantized`, `<t>_dequantized`, `<t>_scale`, ...).
 A graph output keeps its name: it becomes the output of the last DequantizeLinear, so the last layer
 is followed by Q->DQ and onnxruntime can fuse it.
 """
@@ -20,6 +20,7 @@ from onnx import helper, numpy_helper
 from toolchain.errors import GraphError
 from toolchain.onnxio.external_data import detached_raw_data
 from toolchain.onnxio.passes import RemoveUnusedPass
+from toolchain.onnxio import qdq_names
 from toolchain.quantize.annotate.placement import QuantPlan
 from toolchain.quantize.qparams import BIAS_TYPE, IntType, QParams, storage_type
 
@@ -65,8 +66,8 @@ class _Builder:
         return tensor.name
 
     def qparam_inputs(self, base: str, params: QParams, storage: IntType) -> tuple[str, str]:
-        scale = self.add_initializer(numpy_helper.from_array(params.scale.astype(np.float32), f"{base}_scale"))
-        zero = self.add_initializer(integer_tensor(f"{base}_zero_point", params.zero_point, storage))
+        scale = self.add_initializer(numpy_helper.from_array(params.scale.astype(np.float32), qdq_names.scale(base)))
+        zero = self.add_initializer(integer_tensor(qdq_names.zero_point(base), params.zero_point, storage))
         return scale, zero
 
     def replace_uses(self, old: str, new: str, skip: onnx.NodeProto | None = None) -> None:
@@ -119,18 +120,18 @@ def materialize(
         array = numpy_helper.to_array(source[weight])
         integers = (weight_integers or {}).get(weight)
         integers = params.quantize_compact(array) if integers is None else integers
-        builder.add_initializer(integer_tensor(f"{weight}_quantized", integers, storage))
+        builder.add_initializer(integer_tensor(qdq_names.quantized(weight), integers, storage))
         scale, zero = builder.qparam_inputs(weight, params, storage)
-        builder.replace_uses(weight, f"{weight}_dequantized")
-        builder.dq_node(f"{weight}_quantized", scale, zero, f"{weight}_dequantized", f"{weight}_DequantizeLinear", spec.axis)
+        builder.replace_uses(weight, qdq_names.dequantized(weight))
+        builder.dq_node(qdq_names.quantized(weight), scale, zero, qdq_names.dequantized(weight), qdq_names.dequantize_node(weight), spec.axis)
 
     for bias, spec in plan.biases.items():
         array = numpy_helper.to_array(builder.initializers[bias]).astype(np.float32)
         params = bias_params(activation_params[plan.root(spec.activation)], weight_params[spec.weight])
-        builder.add_initializer(integer_tensor(f"{bias}_quantized", params.quantize(array), BIAS_TYPE))
+        builder.add_initializer(integer_tensor(qdq_names.quantized(bias), params.quantize(array), BIAS_TYPE))
         scale, zero = builder.qparam_inputs(bias, params, BIAS_TYPE)
-        builder.replace_uses(bias, f"{bias}_dequantized")
-        builder.dq_node(f"{bias}_quantized", scale, zero, f"{bias}_dequantized", f"{bias}_DequantizeLinear", 0)
+        builder.replace_uses(bias, qdq_names.dequantized(bias))
+        builder.dq_node(qdq_names.quantized(bias), scale, zero, qdq_names.dequantized(bias), qdq_names.dequantize_node(bias), 0)
 
     integer_pads = _integer_domain_pads(qdq.graph, plan) if integer_pads else {}
     for tensor, spec in plan.activations.items():
@@ -140,9 +141,9 @@ def materialize(
         scale, zero = builder.qparam_inputs(root, params, storage)
         if spec.constant:
             array = numpy_helper.to_array(builder.initializers[tensor])
-            builder.add_initializer(integer_tensor(f"{tensor}_quantized", params.quantize(array), storage))
-            builder.replace_uses(tensor, f"{tensor}_dequantized")
-            builder.dq_node(f"{tensor}_quantized", scale, zero, f"{tensor}_dequantized", f"{tensor}_DequantizeLinear", None)
+            builder.add_initializer(integer_tensor(qdq_names.quantized(tensor), params.quantize(array), storage))
+            builder.replace_uses(tensor, qdq_names.dequantized(tensor))
+            builder.dq_node(qdq_names.quantized(tensor), scale, zero, qdq_names.dequantized(tensor), qdq_names.dequantize_node(tensor), None)
             continue
         if tensor in integer_pads:
             _materialize_integer_pad(builder, integer_pads[tensor], spec.shared_with, tensor, scale, zero)
@@ -164,8 +165,9 @@ def _range_clip(builder: _Builder, root: str, params: QParams) -> tuple[str, str
     scale, zero = float(params.scale), int(params.zero_point)
     low = np.float32(scale * (params.qtype.qmin - zero))
     high = np.float32(scale * (params.qtype.qmax - zero))
-    return (builder.add_initializer(numpy_helper.from_array(np.asarray(low), f"{root}_clip_min")),
-            builder.add_initializer(numpy_helper.from_array(np.asarray(high), f"{root}_clip_max")))
+    clip_min, clip_max = qdq_names.clip_bounds(root)
+    return (builder.add_initializer(numpy_helper.from_array(np.asarray(low), clip_min)),
+            builder.add_initializer(numpy_helper.from_array(np.asarray(high), clip_max)))
 
 
 def _materialize_activation(builder: _Builder, tensor: str, scale: str, zero: str, is_graph_output: bool,
@@ -173,7 +175,7 @@ def _materialize_activation(builder: _Builder, tensor: str, scale: str, zero: st
     graph = builder.graph
     if is_graph_output:
         # The producer writes <t>_float; Q -> DQ ends in the graph output's own name.
-        source = f"{tensor}_float"
+        source = qdq_names.float_producer_output(tensor)
         for node in graph.node:
             for i, name in enumerate(node.output):
                 if name == tensor:
@@ -182,12 +184,12 @@ def _materialize_activation(builder: _Builder, tensor: str, scale: str, zero: st
             raise GraphError(f"tensor {tensor!r} is both a graph input and output; the quantizer cannot wrap it")
         dequantized = tensor
     else:
-        source, dequantized = tensor, f"{tensor}_dequantized"
+        source, dequantized = tensor, qdq_names.dequantized(tensor)
     quantize_input = source
     if clip is not None:  # values of a low-bit grid held in a wider type: clamp to the low-bit range first
-        quantize_input = f"{tensor}_clipped"
-        graph.node.append(helper.make_node("Clip", [source, *clip], [quantize_input], name=f"{tensor}_Clip"))
-    quantize = helper.make_node("QuantizeLinear", [quantize_input, scale, zero], [f"{tensor}_quantized"], name=f"{tensor}_QuantizeLinear")
+        quantize_input = qdq_names.clipped(tensor)
+        graph.node.append(helper.make_node("Clip", [source, *clip], [quantize_input], name=qdq_names.clip_node(tensor)))
+    quantize = helper.make_node("QuantizeLinear", [quantize_input, scale, zero], [qdq_names.quantized(tensor)], name=qdq_names.quantize_node(tensor))
     graph.node.append(quantize)
     quantize = graph.node[-1]  # protobuf appends a copy: `skip` below must be the node in the graph
     if not is_graph_output:
@@ -198,7 +200,7 @@ def _materialize_activation(builder: _Builder, tensor: str, scale: str, zero: st
             for i, name in enumerate(node.input):
                 if name == tensor:
                     node.input[i] = dequantized
-    builder.dq_node(f"{tensor}_quantized", scale, zero, dequantized, f"{tensor}_DequantizeLinear", None)
+    builder.dq_node(qdq_names.quantized(tensor), scale, zero, dequantized, qdq_names.dequantize_node(tensor), None)
 
 
 def _integer_domain_pads(graph: onnx.GraphProto, plan: QuantPlan) -> dict[str, onnx.NodeProto]:
@@ -220,13 +222,13 @@ def _integer_domain_pads(graph: onnx.GraphProto, plan: QuantPlan) -> dict[str, o
 
 
 def _materialize_integer_pad(builder: _Builder, pad: onnx.NodeProto, source: str, tensor: str, scale: str, zero: str) -> None:
-    pad.input[0] = f"{source}_quantized"  # the integers of the input's QuantizeLinear
+    pad.input[0] = qdq_names.quantized(source)  # the integers of the input's QuantizeLinear
     while len(pad.input) < 3:
         pad.input.append("")
     pad.input[2] = zero  # pad with the zero point: the integer that means 0.0
-    pad.output[0] = f"{tensor}_quantized"
-    builder.replace_uses(tensor, f"{tensor}_dequantized")
-    builder.dq_node(f"{tensor}_quantized", scale, zero, f"{tensor}_dequantized", f"{tensor}_DequantizeLinear", None)
+    pad.output[0] = qdq_names.quantized(tensor)
+    builder.replace_uses(tensor, qdq_names.dequantized(tensor))
+    builder.dq_node(qdq_names.quantized(tensor), scale, zero, qdq_names.dequantized(tensor), qdq_names.dequantize_node(tensor), None)
 
 
 def _topological_sort(graph: onnx.GraphProto) -> None:

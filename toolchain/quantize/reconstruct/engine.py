@@ -46,6 +46,7 @@ from toolchain.core.execution import Execution
 from toolchain.executor import OnnxModule
 from toolchain.core.acceleration import Acceleration, to_channels_last
 from toolchain.core.memory import release_freed_memory, reuse_freed_memory
+from toolchain.onnxio import qdq_names
 from toolchain.quantize.annotate.placement import QuantPlan
 from toolchain.quantize.materialize.qdq import materialize
 from toolchain.quantize.qparams import QParams
@@ -120,7 +121,7 @@ class _Trainer:
         """The QDQ graph's name of the quantized (dequantized) value of float tensor `tensor`."""
         if tensor == self.image_input:
             return tensor  # the unit that reads the image holds the input's Q/DQ
-        return tensor if tensor == self.output else f"{tensor}_dequantized"
+        return qdq_names.value_in_qdq(tensor, (self.output,))
 
     def _module(self, model: onnx.ModelProto, trainable: bool = False) -> OnnxModule:
         module = OnnxModule(model, trainable=trainable).to(self.device)
@@ -190,7 +191,7 @@ class _Trainer:
             with torch.no_grad():
                 for w, rounding in roundings.items():
                     ints = rounding.hard_integers() if hard else self._starting_integers(w)
-                    module.set_initializer(f"{w}_quantized", torch.from_numpy(ints.astype(np.float32)).to(self.device))
+                    module.set_initializer(qdq_names.quantized(w), torch.from_numpy(ints.astype(np.float32)).to(self.device))
                 sums = torch.zeros(3, dtype=torch.float64)
                 # In chunks of at most PASS_BYTES of unit output, so that at 224x224 the PD tail never holds the
                 # activations of all 64 samples at once (a 32x32 unit's samples still fit one chunk, as before).
@@ -238,7 +239,7 @@ class _Trainer:
                 self._hook_rows = torch.cat([positions, positions + batch]) if use_pd else positions
                 self._hook_batch = 2 * batch if use_pd else batch
             for w, rounding in roundings.items():
-                module.set_initializer(f"{w}_quantized", rounding.soft_integers())
+                module.set_initializer(qdq_names.quantized(w), rounding.soft_integers())
             with module.output_hooks(qdrop_hooks):
                 out = module(inputs)
             local = len(rows)
@@ -363,7 +364,7 @@ class _Trainer:
         """Activation roots whose scale initializer the unit's QuantizeLinear nodes read, as trainable parameters."""
         scales = {}
         for root in self.act:
-            name = f"{root}_scale"
+            name = qdq_names.scale(root)
             if name in module.initializer_names and not self.plan.activations[root].constant:
                 parameter = module.initializer(name)
                 if isinstance(parameter, torch.nn.Parameter):
