@@ -30,6 +30,16 @@ import onnx
 import torch
 
 
+
+def _module(new: str, old: str):
+    """A toolchain module by its path since the stage folders (#31), or its path before, for older code trees."""
+    import importlib
+
+    try:
+        return importlib.import_module(new)
+    except ModuleNotFoundError:
+        return importlib.import_module(old)
+
 def peak_rss_gb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
 
@@ -70,8 +80,8 @@ def generate_mode(args: argparse.Namespace) -> dict:
 
 
 def reconstruct_mode(args: argparse.Namespace) -> dict:
-    from toolchain.cli.commands import cli
-    from toolchain.quantize.reconstruct import engine as recon_engine
+    cli = _module("toolchain.cli.commands", "toolchain.cli").cli
+    recon_engine = _module("toolchain.quantize.reconstruct.engine", "toolchain.recon.engine")
 
     original = recon_engine.find_units
 
@@ -125,7 +135,10 @@ def _time_phases(recon_engine) -> dict[str, float]:
     totals: dict[str, float] = {}
     raised: dict[str, float] = {}  # step -> the peak (GB) it left, for the steps that raised it
     totals["peak raised by"] = raised
-    trainer = recon_engine._Trainer
+    # the unit's steps moved from the engine to trainer.py (#31); older trees have them in the engine
+    steps = _module("toolchain.quantize.reconstruct.trainer", "toolchain.recon.engine") \
+        if hasattr(recon_engine, "UnitTrainer") else recon_engine
+    trainer = getattr(steps, "UnitTrainer", None) or steps._Trainer
     output_of = {}
 
     def timed(name: str, function):
@@ -139,8 +152,8 @@ def _time_phases(recon_engine) -> dict[str, float]:
                     raised[name] = peak_rss_gb()
         return wrapper
 
-    recon_engine.correct_inputs = timed("distribution correction (50 steps per batch)", recon_engine.correct_inputs)
-    recon_engine.extract = timed("graph cuts (extract)", recon_engine.extract)
+    steps.correct_inputs = timed("distribution correction (50 steps per batch)", steps.correct_inputs)
+    steps.extract = timed("graph cuts (extract)", steps.extract)
     trainer.qdq_model = timed("QDQ graph rebuild (materialize)", trainer.qdq_model)
     trainer._pass = timed("full passes (prefix, FP targets, next inputs)", trainer._pass)
     module_builder = trainer._module
@@ -161,8 +174,8 @@ def _time_phases(recon_engine) -> dict[str, float]:
         method = trainer._qdrop_hook
         trainer._qdrop_hook = lambda self: timed(hook_name, method(self))
     else:
-        factory = recon_engine.qdrop_hook
-        recon_engine.qdrop_hook = lambda *a, **k: timed(hook_name, factory(*a, **k))
+        factory = steps.qdrop_hook
+        steps.qdrop_hook = lambda *a, **k: timed(hook_name, factory(*a, **k))
     return totals
 
 
@@ -178,15 +191,15 @@ def _phase_split(totals: dict[str, float], unit_seconds: float) -> dict[str, flo
 def profile_mode(args: argparse.Namespace) -> dict:
     from torch.profiler import ProfilerActivity, profile
 
-    from toolchain.generate.config import preset
-    from toolchain.generate.engine import Engine
-    from toolchain.generate.teacher import Teacher
-    from toolchain.onnxio.preprocessing import read_preprocessing
+    preset = _module("toolchain.generate.config", "toolchain.datagen.config").preset
+    Engine = _module("toolchain.generate.engine", "toolchain.datagen.engine").Engine
+    Teacher = _module("toolchain.generate.teacher", "toolchain.datagen.teacher").Teacher
+    read_preprocessing = _module("toolchain.onnxio.preprocessing", "toolchain.preprocessing").read_preprocessing
 
     model = onnx.load(args.model)
     pre = read_preprocessing(model)
     if args.accelerated:  # the new code's "auto" at 224 on the CPU
-        from toolchain.core.acceleration import Acceleration
+        Acceleration = _module("toolchain.core.acceleration", "toolchain.executor.acceleration").Acceleration
 
         teacher = Teacher.from_onnx(model, Acceleration.resolve("auto", "auto", pre.input_size, torch.device("cpu")))
     else:

@@ -32,9 +32,9 @@ if TYPE_CHECKING:
     from toolchain.quantize.outputs import QuantizeOutcome
 
 # Re-exported: the names an MLOps step imports from here (the stage modules define them).
-__all__ = ["DEFAULT_CALIB_IMAGES", "ExportReport", "GenerateOutcome", "QuantizeOutcome", "check_writable",
+__all__ = ["DEFAULT_CALIB_IMAGES", "ExportReport", "GenerateOutcome", "check_writable",
            "default_calibration_path", "evaluate_model", "export_model", "generate_calibration", "inspect_model",
-           "load_calibration_inputs", "model_preprocessing", "quantize_model", "report_path_for", "run", "stamp_model"]
+           "load_calibration_inputs", "model_preprocessing", "quantize_model", "run", "stamp_model"]
 
 
 def export_model(

@@ -199,16 +199,16 @@ def test_quantize_divergence_names_the_unit_and_writes_nothing(digits, calib_npz
 
 def _stop_at_unit(monkeypatch, index: int, error: BaseException) -> None:
     """Make reconstruction stop when it reaches unit `index` (the units before it finish normally)."""
-    from toolchain.quantize.reconstruct import engine
+    from toolchain.quantize.reconstruct import trainer
 
-    original = engine._Trainer.unit
+    original = trainer.UnitTrainer.unit
 
     def unit(self, unit, bar_position):
         if unit.index == index:
             raise error
         return original(self, unit, bar_position)
 
-    monkeypatch.setattr(engine._Trainer, "unit", unit)
+    monkeypatch.setattr(trainer.UnitTrainer, "unit", unit)
 
 
 def _initializers(path) -> dict:

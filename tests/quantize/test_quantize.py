@@ -9,7 +9,6 @@ import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
-from quant_fixtures import export_random, gaussian_inputs
 from toolchain.quantize.config import QuantConfig
 from toolchain.quantize.driver import quantize
 from toolchain.onnxio import qdq_names

@@ -34,7 +34,6 @@ and Dropout is the identity, as the ONNX graph (exported in eval mode) says.
 from __future__ import annotations
 
 import contextlib
-import heapq
 import re
 from collections import OrderedDict
 from collections.abc import Callable, Iterator
@@ -44,18 +43,18 @@ from typing import Any
 import numpy as np
 import onnx
 import torch
-from onnx import helper, numpy_helper
+from onnx import numpy_helper
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from toolchain.errors import GraphError
+from toolchain.executor.graph_prep import (check_supported, default_opset, node_attributes,
+                                           to_tensor, topological_order)
 from toolchain.executor.ops import SUB_BYTE_HOLDERS, constant_value
-from toolchain.executor.registry import NodeContext, op_spec, supported_ops
+from toolchain.executor.registry import NodeContext, op_spec
 
 BnHook = Callable[[str, torch.Tensor], None]
 OutputHook = Callable[[list[torch.Tensor], torch.Tensor], torch.Tensor]  # (node inputs, output) -> output
 
-ONNX_DOMAINS = ("", "ai.onnx")
 _NONE_SLOT = 0  # always None: absent optional inputs read it
 
 
@@ -85,87 +84,18 @@ class _Step:
     name: str  # the node's name: output hooks are keyed by it
 
 
-def _attributes(node: onnx.NodeProto) -> dict[str, Any]:
-    attrs: dict[str, Any] = {}
-    for attribute in node.attribute:
-        value = helper.get_attribute_value(attribute)
-        if isinstance(value, bytes):
-            value = value.decode()
-        elif isinstance(value, onnx.TensorProto):
-            value = numpy_helper.to_array(value)
-        attrs[attribute.name] = value
-    return attrs
-
-
-def _to_tensor(array: np.ndarray, what: str) -> torch.Tensor:
-    array = np.asarray(array)
-    holder = SUB_BYTE_HOLDERS.get(array.dtype)
-    if holder is not None:  # INT4/UINT4/INT2/UINT2 (ml_dtypes arrays): torch has no such types
-        array = array.astype(holder)
-    try:
-        return torch.from_numpy(np.array(array))  # a writable copy: ONNX arrays may be read-only views
-    except TypeError as err:
-        raise GraphError(f"{what} has dtype {array.dtype}, which torch cannot hold; use a numeric type") from err
-
-
-def _opset(model: onnx.ModelProto) -> int:
-    for entry in model.opset_import:
-        if entry.domain in ONNX_DOMAINS:
-            return int(entry.version)
-    raise GraphError("the model imports no default ('ai.onnx') opset; re-export it with opset >= 17")
-
-
-def _topological_order(graph: onnx.GraphProto, known: set[str]) -> list[onnx.NodeProto]:
-    """Nodes in an order where every input is produced before use; file order among the ready ones."""
-    producers = {out: i for i, node in enumerate(graph.node) for out in node.output if out}
-    consumers: list[list[int]] = [[] for _ in graph.node]
-    waiting = [0] * len(graph.node)  # number of distinct producing nodes not yet placed
-    for index, node in enumerate(graph.node):
-        missing = [name for name in node.input if name and name not in known and name not in producers]
-        if missing:
-            raise GraphError(f"{node.op_type} node '{node.name}': input '{missing[0]}' is neither a graph input, "
-                             "an initializer nor any node's output; fix the graph")
-        for producer in {producers[name] for name in node.input if name in producers}:
-            consumers[producer].append(index)
-            waiting[index] += 1
-    ready = [i for i, count in enumerate(waiting) if count == 0]
-    heapq.heapify(ready)
-    order = []
-    while ready:
-        index = heapq.heappop(ready)
-        order.append(index)
-        for consumer in consumers[index]:
-            waiting[consumer] -= 1
-            if waiting[consumer] == 0:
-                heapq.heappush(ready, consumer)
-    if len(order) < len(graph.node):
-        node = graph.node[next(i for i, count in enumerate(waiting) if count > 0)]
-        raise GraphError(f"{node.op_type} node '{node.name}' is part of a cycle; an ONNX graph must be acyclic")
-    return [graph.node[i] for i in order]
-
-
-def _check_supported(nodes: list[onnx.NodeProto]) -> None:
-    for node in nodes:
-        if node.domain not in ONNX_DOMAINS:
-            raise GraphError(f"node '{node.name}' ({node.op_type}) is in domain '{node.domain}'; the torch executor "
-                             f"runs only ai.onnx ops: {', '.join(supported_ops())}")
-        if op_spec(node.op_type) is None:
-            raise GraphError(f"{node.op_type} node '{node.name}' is not supported by the torch executor; replace it, "
-                             f"or add a kernel with toolchain.executor.register; supported ops: {', '.join(supported_ops())}")
-
-
 class OnnxModule(nn.Module):
     """Runs an ONNX graph as a torch module (see the module docstring)."""
 
     def __init__(self, model: onnx.ModelProto, trainable: bool = False) -> None:
         super().__init__()
         graph = model.graph
-        opset = _opset(model)
+        opset = default_opset(model)
         initializers = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
         self.input_names = [v.name for v in graph.input if v.name not in initializers]
         self.output_names = [v.name for v in graph.output]
-        nodes = _topological_order(graph, set(initializers) | set(self.input_names))
-        _check_supported(nodes)
+        nodes = topological_order(graph, set(initializers) | set(self.input_names))
+        check_supported(nodes)
 
         self.initializer_names: dict[str, str] = {}  # ONNX initializer name -> attribute name
         # ONNX initializer name -> ONNX element type (TensorProto.INT4, ...): INT4/INT2 are held as int8,
@@ -175,7 +105,7 @@ class OnnxModule(nn.Module):
         self._constant_names: dict[str, str] = {}  # Constant / folded value -> attribute name
         static_only = self._static_only_initializers(nodes, initializers)
         for name, array in initializers.items():
-            tensor = _to_tensor(array, f"initializer '{name}'")
+            tensor = to_tensor(array, f"initializer '{name}'")
             attribute = self._attribute_name(name)
             if trainable and tensor.is_floating_point() and name not in static_only:
                 self.register_parameter(attribute, nn.Parameter(tensor))
@@ -191,7 +121,7 @@ class OnnxModule(nn.Module):
         for node in nodes:
             spec = op_spec(node.op_type)
             ctx = NodeContext(
-                name=node.name, op_type=node.op_type, attrs=_attributes(node), inputs=tuple(node.input),
+                name=node.name, op_type=node.op_type, attrs=node_attributes(node), inputs=tuple(node.input),
                 num_outputs=len(node.output),
                 constants=tuple(known.get(name) if i in spec.static else None for i, name in enumerate(node.input)),
                 opset=opset, shapes=tuple(None if name not in known else tuple(known[name].shape) for name in node.input),
@@ -238,7 +168,7 @@ class OnnxModule(nn.Module):
     def _add_constant(self, name: str, array: np.ndarray, known: dict[str, np.ndarray], foldable: set[str]) -> None:
         attribute = self._attribute_name(name)
         # Not persistent: the value is part of the graph, not a weight a state dict should carry.
-        self.register_buffer(attribute, _to_tensor(array, f"constant '{name}'"), persistent=False)
+        self.register_buffer(attribute, to_tensor(array, f"constant '{name}'"), persistent=False)
         self._constant_names[name] = attribute
         known[name] = array
         foldable.add(name)
