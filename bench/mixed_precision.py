@@ -118,7 +118,7 @@ def _weight_params(onnx_path: Path, report: dict) -> dict[str, int]:
     import onnx
 
     from toolchain.quantize.config import QuantConfig as _Q
-    from toolchain.quantize.driver import prepare_float_model
+    from toolchain.quantize.fold.prepare import prepare_float_model
 
     folded, _ = prepare_float_model(onnx.load(str(onnx_path)), _Q())
     inits = {t.name: t for t in folded.graph.initializer}

@@ -16,7 +16,7 @@ from toolchain.core.execution import describe_duration
 from toolchain.quantize.annotate.placement import annotate
 from toolchain.quantize.config import QuantConfig
 from toolchain.runtimes.coverage import layer_macs
-from toolchain.quantize.driver import prepare_float_model
+from toolchain.quantize.fold.prepare import prepare_float_model
 from toolchain.quantize.reconstruct.estimate import announce_remaining as announce_reconstruction
 from toolchain.quantize.reconstruct.estimate import remaining_seconds, unit_costs
 from toolchain.quantize.reconstruct.units import find_units

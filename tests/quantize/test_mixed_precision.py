@@ -89,7 +89,7 @@ def test_sensitivity_is_the_kl_onnxruntime_measures_for_that_layer_alone(digits,
     from toolchain.quantize.annotate.placement import annotate
     from toolchain.quantize.calibrate.ranges import weight_params
     from toolchain.quantize.qparams import weight_type
-    from toolchain.quantize.driver import prepare_float_model
+    from toolchain.quantize.fold.prepare import prepare_float_model
 
     model, calib = digits
     inputs = np.load(calib)["inputs"]
@@ -256,7 +256,7 @@ def test_input_hessians_are_the_layers_input_second_moments(digits):
     from toolchain.onnxio.sessions import exposing, inference_session
     from toolchain.quantize.annotate.placement import annotate
     from toolchain.quantize.calibrate.gptq import input_hessians
-    from toolchain.quantize.driver import prepare_float_model
+    from toolchain.quantize.fold.prepare import prepare_float_model
 
     model, calib = digits
     inputs = np.load(calib)["inputs"]
@@ -307,7 +307,7 @@ def test_activation_sensitivity_is_the_kl_onnxruntime_measures_for_that_tensor_a
     from onnx import helper
 
     from toolchain.quantize.annotate.placement import annotate
-    from toolchain.quantize.driver import prepare_float_model
+    from toolchain.quantize.fold.prepare import prepare_float_model
 
     model, calib = digits
     inputs = np.load(calib)["inputs"]
@@ -366,7 +366,7 @@ def test_an_activation_budget_without_candidates_takes_4_and_8_and_survives_the_
     and with the per-tensor bits it writes comes back equal from its JSON form; hand-set tensor bits on a tensor the
     plan does not quantize are refused naming it."""
     from toolchain.quantize.annotate.placement import annotate
-    from toolchain.quantize.driver import prepare_float_model
+    from toolchain.quantize.fold.prepare import prepare_float_model
 
     config = QuantConfig(w_bits=4, target="ort-arm", act_budget=ActivationBudget(average_bits=5.0),
                          tensor_a_bits=(("no_such_tensor", 8),))

@@ -21,7 +21,8 @@ from toolchain.errors import ConfigError, DataError, GraphError
 from toolchain.executor import OnnxModule
 from toolchain.quantize.annotate.placement import annotate
 from toolchain.quantize.config import QuantConfig
-from toolchain.quantize.driver import prepare_float_model, quantize
+from toolchain.quantize.driver import quantize
+from toolchain.quantize.fold.prepare import prepare_float_model
 from toolchain.quantize.reconstruct import ReconConfig
 from toolchain.quantize.reconstruct.adaround import AdaRound
 from toolchain.quantize.reconstruct.correction import bn_loss, bn_targets, correct_inputs

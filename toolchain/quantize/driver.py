@@ -25,7 +25,6 @@ import toolchain
 from toolchain.core.cpu import has_vnni
 from toolchain.errors import DataError, GraphError
 from toolchain.onnxio.graph import image_input
-from toolchain.onnxio.passes import cleanup_passes, run_passes
 from toolchain.onnxio.files import check_model, model_sha256
 from toolchain.quantize.annotate.placement import QuantPlan, annotate
 from toolchain.core.execution import Execution
@@ -39,20 +38,16 @@ from toolchain.quantize.calibrate.ranges import (
     weight_params,
 )
 from toolchain.quantize.config import QuantConfig
-from toolchain.quantize.fold.batchnorm import FoldBatchNormPass, StandaloneBatchNormToConvPass
-from toolchain.quantize.fold.pad import FoldZeroPadIntoConvPass
-from toolchain.quantize.fold.integer_rewrites import integer_rewrite_passes
+from toolchain.quantize.fold.prepare import prepare_float_model
 from toolchain.runtimes.coverage import float_ops_text
 from toolchain.quantize.calibrate.gptq import gptq_integers
 from toolchain.quantize.materialize.qdq import guard_bias_overflow, materialize
-from toolchain.quantize.fold.opset import upgrade_opset
 from toolchain.quantize.report import build_report
 from toolchain.quantize.fold.static_batch import check_batch, fix_batch
 from toolchain.quantize.target_check import layout_problems, verify_on_runtime
 from toolchain.onnxio.preprocessing import read_preprocessing
 from toolchain.quantize.qparams import (
     QParams,
-    storage_type,
     weight_type,
 )
 
@@ -115,37 +110,6 @@ def check_calibration(model: onnx.ModelProto, inputs: np.ndarray, source: str) -
     if bad_count:
         raise DataError(f"calibration inputs contain {bad_count} NaN/Inf values (first in sample {first}); "
                         "regenerate or clean the calibration set")
-
-
-def prepare_float_model(model: onnx.ModelProto, config: QuantConfig, before_folding: list | None = None,
-                        in_place: bool = False) -> tuple[onnx.ModelProto, int]:
-    """Clean-up, BN folding and the opset the chosen integer types need. Returns (model, folded BN count).
-
-    `before_folding`, when given, receives a copy of the cleaned model with its BN nodes (for the BN
-    statistics that distribution correction reads).
-    """
-    if in_place:  # the caller gives the model up (a large model is then not held twice)
-        float_model = model
-    else:
-        float_model = onnx.ModelProto()
-        float_model.CopyFrom(model)
-    run_passes(float_model, cleanup_passes())
-    if before_folding is not None:
-        cleaned = onnx.ModelProto()
-        cleaned.CopyFrom(float_model)
-        before_folding.append(cleaned)
-    before = sum(n.op_type == "BatchNormalization" for n in float_model.graph.node)
-    FoldBatchNormPass()(float_model)
-    StandaloneBatchNormToConvPass()(float_model)  # pre-activation BN: a depthwise 1x1 Conv, quantized like any layer
-    FoldZeroPadIntoConvPass()(float_model)  # TF "SAME" padding: no float Pad between Q/DQ pairs
-    run_passes(float_model, integer_rewrite_passes(min(config.layer_activation_bits)))
-    folded = before - sum(n.op_type == "BatchNormalization" for n in float_model.graph.node)
-    profile = config.profile
-    stored = [storage_type(weight_type(bits), config.low_bit_storage) for bits in config.weight_bits_used]
-    stored += [storage_type(profile.activation_type(bits), config.low_bit_storage, activation=True)
-               for bits in config.activation_bits_used]
-    needed = max(t.min_opset for t in stored)
-    return upgrade_opset(float_model, needed), folded
 
 
 def is_synthetic(calib_info: dict | None) -> bool:
@@ -219,39 +183,13 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
     if config.reconstruction.enabled:  # torch is imported only when reconstruction runs
         execution.apply_threads()
     start = time.perf_counter()
-    check_not_quantized(model, source)
-    if not inputs_checked:
-        check_calibration(model, calib, source)
-    if config.effective_batch is not None:
-        check_batch(model, config.effective_batch, source)
-    if config.reconstruction.enabled and len(calib) < config.reconstruction.batch_size:
-        raise DataError(f"the calibration set has {len(calib)} images, fewer than the reconstruction batch size "
-                        f"{config.reconstruction.batch_size}: give more images or a smaller --recon-batch-size")
+    _check_inputs(model, calib, config, source, inputs_checked)
     cleaned: list[onnx.ModelProto] | None = [] if config.reconstruction.enabled else None  # BN statistics for DC
     pre = read_preprocessing(model)  # before a consumed model becomes the folded one
     float_model, folded = prepare_float_model(model, config, cleaned, in_place=consume)
-    plan = annotate(float_model, config)
-    mixed = None
-    if config.bit_budget is not None:
-        config, plan, mixed = allocate_weight_bits(float_model, plan, calib, config, progress, execution)
-    mixed_activations = None
-    if config.act_budget is not None:  # independent of the weights' allocation: the additive objective splits
-        config, plan, mixed_activations = allocate_activation_bits(float_model, plan, calib, config, progress, execution)
-    warnings = [f"no quantization rule for {op} node {name!r}: left in float" for name, op in plan.float_nodes]
-    if warnings and config.require_all_quantized:
-        listed = ", ".join(f"{op} {name!r}" for name, op in plan.float_nodes[:5])
-        raise GraphError(f"{source}: {len(plan.float_nodes)} node(s) have no quantization rule ({listed}); "
-                         "drop --require-all-quantized to leave them in float")
-    # full-range 8-bit weights on an x86 CPU target, quantized on a CPU without VNNI: its kernels saturate here
+    config, plan, mixed = _plan(float_model, calib, config, progress, execution)
     saturates_here = config.target in _X86_CPU_TARGETS and not config.reduce_range and has_vnni() is False
-    if saturates_here and 8 in {spec.bits for spec in plan.weights.values()}:
-        warnings.append(f"this CPU has no VNNI: {_X86_CPU_TARGETS[config.target]}'s 8-bit integer kernels saturate here "
-                        "with full-range weights (ResNet-20 W8A8: onnxruntime 92.3 % top-1 agreement with the QDQ "
-                        "semantics, OpenVINO 13 dB SQNR); pass --reduce-range if the model will run on such CPUs "
-                        "(99.9 %, 32 dB)")
-    advice = config.reconstruction.calibration_advice(len(calib))
-    if advice:
-        warnings.append(advice)
+    warnings = _plan_warnings(plan, config, source, len(calib), saturates_here)
     resume_point = _resume_point(float_model, calib, config, checkpoint, resume)
     act, weights = choose_parameters(float_model, plan, calib, config, progress, execution,
                                      input_range=pre.input_range() if pre is not None else None,
@@ -274,6 +212,67 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
                         "seconds": result.seconds, "cache": result.cache, "resumed_after_units": result.resumed_units}
         warnings.extend(result.notes)  # e.g. a region reconstructed layer by layer: the CLI prints these
     act = cap_to_fused_clips(float_model, plan, act)
+    qdq = _materialize_checked(float_model, plan, act, weights, integers, config)
+    report = build_report(float_model, qdq, plan, act, weights, calib, config, source, calib_info or {}, folded,
+                          execution, progress)
+    _complete_report(report, float_model, qdq, plan, calib, config, calib_info, source, execution, warnings,
+                     saturates_here)
+    report["reconstruction"] = recon_report or {"config": config.reconstruction.to_dict()}
+    report.update({key: value for key, value in mixed.items() if value is not None})
+    report["seconds"] = round(time.perf_counter() - start, 3)
+    return QuantResult(qdq, report, tuple(warnings))
+
+
+def _check_inputs(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, source: str,
+                  inputs_checked: bool) -> None:
+    check_not_quantized(model, source)
+    if not inputs_checked:
+        check_calibration(model, calib, source)
+    if config.effective_batch is not None:
+        check_batch(model, config.effective_batch, source)
+    if config.reconstruction.enabled and len(calib) < config.reconstruction.batch_size:
+        raise DataError(f"the calibration set has {len(calib)} images, fewer than the reconstruction batch size "
+                        f"{config.reconstruction.batch_size}: give more images or a smaller --recon-batch-size")
+
+
+def _plan(float_model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, progress: bool,
+          execution: Execution) -> tuple[QuantConfig, QuantPlan, dict]:
+    """Annotate, then the mixed-precision allocations (weights, activations) when budgets are given: the config
+    and plan they leave, and their report sections (None when not asked for)."""
+    plan = annotate(float_model, config)
+    mixed: dict = {"mixed_precision": None, "mixed_precision_activations": None}
+    if config.bit_budget is not None:
+        config, plan, mixed["mixed_precision"] = allocate_weight_bits(float_model, plan, calib, config, progress,
+                                                                      execution)
+    if config.act_budget is not None:  # independent of the weights' allocation: the additive objective splits
+        config, plan, mixed["mixed_precision_activations"] = allocate_activation_bits(float_model, plan, calib, config,
+                                                                                      progress, execution)
+    return config, plan, mixed
+
+
+def _plan_warnings(plan: QuantPlan, config: QuantConfig, source: str, calib_count: int,
+                   saturates_here: bool) -> list[str]:
+    """Ops left in float (an error with require_all_quantized), a CPU whose kernels saturate, calibration advice."""
+    warnings = [f"no quantization rule for {op} node {name!r}: left in float" for name, op in plan.float_nodes]
+    if warnings and config.require_all_quantized:
+        listed = ", ".join(f"{op} {name!r}" for name, op in plan.float_nodes[:5])
+        raise GraphError(f"{source}: {len(plan.float_nodes)} node(s) have no quantization rule ({listed}); "
+                         "drop --require-all-quantized to leave them in float")
+    # full-range 8-bit weights on an x86 CPU target, quantized on a CPU without VNNI: its kernels saturate here
+    if saturates_here and 8 in {spec.bits for spec in plan.weights.values()}:
+        warnings.append(f"this CPU has no VNNI: {_X86_CPU_TARGETS[config.target]}'s 8-bit integer kernels saturate here "
+                        "with full-range weights (ResNet-20 W8A8: onnxruntime 92.3 % top-1 agreement with the QDQ "
+                        "semantics, OpenVINO 13 dB SQNR); pass --reduce-range if the model will run on such CPUs "
+                        "(99.9 %, 32 dB)")
+    advice = config.reconstruction.calibration_advice(calib_count)
+    if advice:
+        warnings.append(advice)
+    return warnings
+
+
+def _materialize_checked(float_model: onnx.ModelProto, plan: QuantPlan, act: dict[str, QParams],
+                         weights: dict[str, QParams], integers: dict[str, np.ndarray] | None,
+                         config: QuantConfig) -> onnx.ModelProto:
     qdq = materialize(float_model, plan, act, weights, config.low_bit_storage, integers,
                       integer_pads=config.profile.integer_domain_pad)
     qdq.producer_name, qdq.producer_version = "toolchain", toolchain.__version__
@@ -281,8 +280,14 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
         check_model(qdq)
     except onnx.checker.ValidationError as err:  # a bug in the quantizer, not the user's input
         raise RuntimeError(f"the quantized graph fails onnx.checker: {err}") from err
-    report = build_report(float_model, qdq, plan, act, weights, calib, config, source, calib_info or {}, folded,
-                          execution, progress)
+    return qdq
+
+
+def _complete_report(report: dict, float_model: onnx.ModelProto, qdq: onnx.ModelProto, plan: QuantPlan,
+                     calib: np.ndarray, config: QuantConfig, calib_info: dict | None, source: str,
+                     execution: Execution, warnings: list[str], saturates_here: bool) -> None:
+    """What the driver knows beyond build_report: the calibrator's label, the synthetic-output headroom, the
+    full-integer requirement, a fixed batch, the target's verdict (its failure a warning), the warnings."""
     report["calibration"]["activation_calibrator"] = config.calibrator_label(is_synthetic(calib_info))
     report["calibration"]["weight_rounding"] = config.effective_weight_rounding
     if is_synthetic(calib_info):
@@ -307,13 +312,6 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
             report["target"]["why"] += "; this CPU has no VNNI, so its kernels saturate: quantize with --reduce-range"
         warnings.append(report["target"]["why"])
     report["warnings"] = warnings
-    report["reconstruction"] = recon_report or {"config": config.reconstruction.to_dict()}
-    if mixed is not None:
-        report["mixed_precision"] = mixed
-    if mixed_activations is not None:
-        report["mixed_precision_activations"] = mixed_activations
-    report["seconds"] = round(time.perf_counter() - start, 3)
-    return QuantResult(qdq, report, tuple(warnings))
 
 
 def _agreement_inputs(calib: np.ndarray, config: QuantConfig) -> np.ndarray | None:

@@ -158,106 +158,135 @@ def _weight_axis(node: onnx.NodeProto) -> int:
 
 def annotate(model: onnx.ModelProto, config: QuantConfig) -> QuantPlan:
     """Build the QuantPlan for a BN-folded, cleaned-up float graph (nodes in topological order)."""
-    graph = model.graph
-    constants = {init.name: init for init in graph.initializer}  # decoded only where a value is read (large models)
-    types = tensor_types(model)
+    annotator = _Annotator(model, config)
+    for name in annotator.graph_inputs:
+        annotator.own(name, config.effective_input_bits)
+    for node in model.graph.node:
+        annotator.visit(node)
+    return annotator.finish()
 
-    def is_float(tensor: str) -> bool:  # unknown types count as float, as every tensor did before types were read
-        return types.get(tensor, onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT
-    readers: dict[str, list[onnx.NodeProto]] = {}
-    for node in graph.node:
-        for name in node.input:
-            readers.setdefault(name, []).append(node)
-    graph_outputs = {o.name for o in graph.output}
-    graph_inputs = [i.name for i in graph.input if i.name not in constants]
-    plan = QuantPlan()
 
-    weighted = [n for n in graph.node if n.op_type in WEIGHTED_OPS and len(n.input) > 1 and n.input[1] in constants]
-    first_last = {weighted[0].name, weighted[-1].name} if config.first_last_8bit and weighted else set()
-    layer_bits = dict(config.layer_w_bits)
-    unknown = sorted(set(layer_bits) - {n.name for n in weighted})
-    if unknown:
-        names = ", ".join(repr(n.name) for n in weighted[:4])
-        raise ConfigError(f"layer_w_bits names {', '.join(map(repr, unknown))}, which are not weighted layers of the "
-                          f"model (those are {names}, ...: the names in the quantize report's layers)")
-    last_layer = weighted[-1] if weighted else None
-    tensor_bits = dict(config.tensor_a_bits)  # an activation allocation's bits, applied where a tensor gets its spec
+class _Annotator:
+    """The graph facts annotate reads (constants, types, readers, fused activations, requested bits) and the plan
+    it fills, one node at a time in graph order."""
 
-    # A Conv/Gemm/MatMul/Add whose output only feeds one ReLU/Clip(0, x) is quantized after that activation.
-    fused: dict[str, onnx.NodeProto] = {}
-    for node in graph.node:
-        if node.op_type in FUSIBLE_PRODUCERS and node.output[0] not in graph_outputs:
-            users = readers.get(node.output[0], [])
-            if len(users) == 1 and _is_zero_floor_activation(users[0], constants):
-                fused[node.output[0]] = users[0]
-    absorbed = {id(activation) for activation in fused.values()}
+    def __init__(self, model: onnx.ModelProto, config: QuantConfig) -> None:
+        graph = model.graph
+        self.graph, self.config, self.profile = graph, config, config.profile
+        self.constants = {init.name: init for init in graph.initializer}  # decoded only where a value is read
+        self.types = tensor_types(model)
+        self.graph_outputs = {o.name for o in graph.output}
+        self.graph_inputs = [i.name for i in graph.input if i.name not in self.constants]
+        self.plan = QuantPlan()
+        weighted = [n for n in graph.node if n.op_type in WEIGHTED_OPS and len(n.input) > 1 and n.input[1] in self.constants]
+        self.first_last = {weighted[0].name, weighted[-1].name} if config.first_last_8bit and weighted else set()
+        self.layer_bits = dict(config.layer_w_bits)
+        unknown = sorted(set(self.layer_bits) - {n.name for n in weighted})
+        if unknown:
+            names = ", ".join(repr(n.name) for n in weighted[:4])
+            raise ConfigError(f"layer_w_bits names {', '.join(map(repr, unknown))}, which are not weighted layers of "
+                              f"the model (those are {names}, ...: the names in the quantize report's layers)")
+        self.last_layer = weighted[-1] if weighted else None
+        self.tensor_bits = dict(config.tensor_a_bits)  # an activation allocation's bits, applied where a spec is made
+        self.fused = self._fused_activations()
+        self.absorbed = {id(activation) for activation in self.fused.values()}
+        self.floors: dict[str, float] = {}  # known lower bounds of tensors (HardSwish outputs and what keeps them)
+        self.gates: set[str] = set()  # tensors in [0, 1]
 
-    def own(tensor: str, bits: int, one_sided: bool = False, floor: float | None = None) -> None:
-        if tensor not in plan.activations:
-            plan.activations[tensor] = ActivationSpec(tensor, tensor_bits.get(tensor, bits), one_sided,
-                                                      constant=tensor in constants, floor=floor)
+    def _fused_activations(self) -> dict[str, onnx.NodeProto]:
+        """A Conv/Gemm/MatMul/Add whose output only feeds one ReLU/Clip(0, x) is quantized after that activation."""
+        readers: dict[str, list[onnx.NodeProto]] = {}
+        for node in self.graph.node:
+            for name in node.input:
+                readers.setdefault(name, []).append(node)
+        fused = {}
+        for node in self.graph.node:
+            if node.op_type in FUSIBLE_PRODUCERS and node.output[0] not in self.graph_outputs:
+                users = readers.get(node.output[0], [])
+                if len(users) == 1 and _is_zero_floor_activation(users[0], self.constants):
+                    fused[node.output[0]] = users[0]
+        return fused
 
-    profile = config.profile
-    for name in graph_inputs:
-        own(name, config.effective_input_bits)
-    floors: dict[str, float] = {}  # known lower bounds of tensors (HardSwish outputs and what keeps them)
-    gates: set[str] = set()  # tensors in [0, 1]
+    def is_float(self, tensor: str) -> bool:  # unknown types count as float, as every tensor did before types were read
+        return self.types.get(tensor, onnx.TensorProto.FLOAT) == onnx.TensorProto.FLOAT
 
-    for node in graph.node:
-        if id(node) in absorbed:
-            continue
+    def own(self, tensor: str, bits: int, one_sided: bool = False, floor: float | None = None) -> None:
+        """Give `tensor` parameters of its own (once; the first spec stays)."""
+        if tensor not in self.plan.activations:
+            self.plan.activations[tensor] = ActivationSpec(tensor, self.tensor_bits.get(tensor, bits), one_sided,
+                                                           constant=tensor in self.constants, floor=floor)
+
+    def visit(self, node: onnx.NodeProto) -> None:
+        """One node: left in float or integer (no rule, non-float tensors), shared parameters, or a layer."""
+        if id(node) in self.absorbed:
+            return
         rule = rule_for(node.op_type) if node.domain in ("", "ai.onnx") else None
-        data = _data_inputs(node, rule, constants)
-        if not all(is_float(name) for name in (*data, *node.output) if name):
-            if all(types.get(name) in _INTEGER_TYPES for name in node.output if name):
-                plan.integer_nodes.append((node.name, node.op_type))
+        data = _data_inputs(node, rule, self.constants)
+        if not all(self.is_float(name) for name in (*data, *node.output) if name):
+            if all(self.types.get(name) in _INTEGER_TYPES for name in node.output if name):
+                self.plan.integer_nodes.append((node.name, node.op_type))
             else:  # a Cast of a shape to float feeding float arithmetic, float16 / double arithmetic: no rule
-                plan.float_nodes.append((node.name, node.op_type))
-            continue
+                self.plan.float_nodes.append((node.name, node.op_type))
+            return
         if rule is None or not data:
-            plan.float_nodes.append((node.name, node.op_type))
-            continue
+            self.plan.float_nodes.append((node.name, node.op_type))
+            return
         if node.op_type in GATE_OUTPUTS:
-            gates.add(node.output[0])
+            self.gates.add(node.output[0])
         if rule.kind == "shared":
-            source = data[0]
-            if source in floors:
-                floors.update({name: floors[source] for name in node.output if name})
-            own(source, config.a_bits)
-            root = plan.activations[plan.root(source)]  # shared specs copy bits/one_sided for reports only
-            for output in (name for name in node.output if name):
-                plan.activations[output] = ActivationSpec(output, root.bits, root.one_sided, shared_with=source)
-            continue
+            self._shared(node, data[0])
+        else:
+            self._layer(node, data)
+
+    def _shared(self, node: onnx.NodeProto, source: str) -> None:
+        """A pass-through op (MaxPool, Reshape, ...): its outputs share the parameters of its data input."""
+        plan = self.plan
+        if source in self.floors:
+            self.floors.update({name: self.floors[source] for name in node.output if name})
+        self.own(source, self.config.a_bits)
+        root = plan.activations[plan.root(source)]  # shared specs copy bits/one_sided for reports only
+        for output in (name for name in node.output if name):
+            plan.activations[output] = ActivationSpec(output, root.bits, root.one_sided, shared_with=source)
+
+    def _layer(self, node: onnx.NodeProto, data: list[str]) -> None:
+        """A computing op: its inputs and output get parameters, its weight and bias their specs."""
+        config, plan, constants = self.config, self.plan, self.constants
         for name in data:
-            own(name, config.a_bits)
-        activation = fused.get(node.output[0])
+            self.own(name, config.a_bits)
+        activation = self.fused.get(node.output[0])
         output = activation.output[0] if activation is not None else node.output[0]
-        one_sided = activation is not None or _is_zero_floor_activation(node, constants) or node.op_type in NON_NEGATIVE_OUTPUTS
-        academic_output = config.first_last_8bit and node is last_layer
-        floor = _output_floor(node, floors, gates) if activation is None else None
+        one_sided = (activation is not None or _is_zero_floor_activation(node, constants)
+                     or node.op_type in NON_NEGATIVE_OUTPUTS)
+        academic_output = config.first_last_8bit and node is self.last_layer
+        floor = _output_floor(node, self.floors, self.gates) if activation is None else None
         if floor is not None:
-            floors[output] = floor
-        if not (output in graph_outputs and (academic_output or not profile.quantize_output)):
-            own(output, config.a_bits, one_sided, floor)
+            self.floors[output] = floor
+        if not (output in self.graph_outputs and (academic_output or not self.profile.quantize_output)):
+            self.own(output, config.a_bits, one_sided, floor)
         weight = None
         if node.op_type in WEIGHTED_OPS and len(node.input) > 1 and node.input[1] in constants:
             weight = node.input[1]
-            bits = 8 if node.name in first_last else layer_bits.get(node.name, config.w_bits)
+            bits = 8 if node.name in self.first_last else self.layer_bits.get(node.name, config.w_bits)
             plan.weights[weight] = WeightSpec(weight, node.name, _weight_axis(node), bits)
-            if (not profile.float_bias and len(node.input) > 2 and node.input[2] in constants
+            if (not self.profile.float_bias and len(node.input) > 2 and node.input[2] in constants
                     and len(constants[node.input[2]].dims) == 1):
                 plan.biases[node.input[2]] = BiasSpec(node.input[2], node.name, node.input[0], weight)
             if academic_output:
                 root = plan.root(node.input[0])
                 plan.activations[root] = replace(plan.activations[root], bits=8)
-        plan.layers.append(QuantLayer(node.name, node.op_type, output, weight, activation.name if activation is not None else None))
-    if profile.inputs_only:
-        _keep_layer_inputs_only(plan, graph, constants)
-    unknown = sorted(set(tensor_bits) - {t for t, spec in plan.activations.items() if spec.shared_with is None})
-    if unknown:
-        raise ConfigError(f"tensor_a_bits names {', '.join(map(repr, unknown[:3]))}, which the plan does not quantize "
-                          "with parameters of its own (the names in the report's mixed_precision activations)")
-    return plan
+        plan.layers.append(QuantLayer(node.name, node.op_type, output, weight,
+                                      activation.name if activation is not None else None))
+
+    def finish(self) -> QuantPlan:
+        """The plan, with the explicit-quantization placement applied and the requested tensor bits checked."""
+        plan = self.plan
+        if self.profile.inputs_only:
+            _keep_layer_inputs_only(plan, self.graph, self.constants)
+        unknown = sorted(set(self.tensor_bits) - {t for t, spec in plan.activations.items() if spec.shared_with is None})
+        if unknown:
+            raise ConfigError(f"tensor_a_bits names {', '.join(map(repr, unknown[:3]))}, which the plan does not "
+                              "quantize with parameters of its own (the names in the report's mixed_precision activations)")
+        return plan
 
 
 def _keep_layer_inputs_only(plan: QuantPlan, graph: onnx.GraphProto, constants: dict[str, onnx.TensorProto]) -> None:
