@@ -104,16 +104,16 @@ def test_unreadable_config_files_name_the_file_and_line(tmp_path, text, suffix, 
 
 
 def test_the_readme_config_example_is_a_valid_config():
-    """Rule: the pipeline.yaml the README shows reads as a valid RunConfig (its keys and values as documented)."""
+    """Rule: the pipeline.yaml docs/pipeline.md shows reads as a valid RunConfig (its keys and values as documented)."""
     import re
     from pathlib import Path
 
     import yaml
 
-    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    readme = (Path(__file__).parents[2] / "docs" / "pipeline.md").read_text()
     block = re.search(r"```yaml\n(# pipeline\.yaml.*?)```", readme, re.S)
-    assert block is not None, "the README lost its pipeline.yaml example"
-    config = config_from_mapping(yaml.safe_load(block.group(1)), "README pipeline.yaml")
+    assert block is not None, "docs/pipeline.md lost its pipeline.yaml example"
+    config = config_from_mapping(yaml.safe_load(block.group(1)), "docs/pipeline.md pipeline.yaml")
     assert [s.label for s in config.quantize] == ["w8a8", "w4a4", "qnn-w8a16"]
     assert config.quantize[1].gates.max_drop == 0.015 and config.gates.max_drop == 0.005
 
