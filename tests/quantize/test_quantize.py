@@ -134,10 +134,11 @@ def test_two_bit_ort_storage_holds_two_bit_values_and_loads_in_onnxruntime(resne
     """W2A2 ort storage: weights in INT4 with values in [-2, 1], activations clipped to 4 levels; default session loads it."""
     result = quantize(resnet20_random, calib32[:16], QuantConfig(w_bits=2, a_bits=2), progress=False)
     inits = _initializers(result.model)
-    for node in result.model.graph.node:
-        if node.op_type == "DequantizeLinear" and qdq_names.is_weight_integers(node.input[0]):
-            values = numpy_helper.to_array(inits[node.input[0]]).astype(np.int64)
-            assert values.min() >= -2 and values.max() <= 1
+    weights = [numpy_helper.to_array(inits[node.input[0]]).astype(np.int64) for node in result.model.graph.node
+               if node.op_type == "DequantizeLinear" and qdq_names.is_weight_integers(node.input[0])]
+    weighted_layers = [layer for layer in result.report["layers"] if layer.get("weight_bits")]
+    assert weighted_layers and len(weights) == len(weighted_layers)  # every layer's weights were looked at
+    assert all(values.min() >= -2 and values.max() <= 1 for values in weights)
     session = ort.InferenceSession(result.model.SerializeToString(), providers=["CPUExecutionProvider"])
     logits = session.run(None, {"input": calib32[:4]})[0]
     scale = numpy_helper.to_array(inits[qdq_names.scale("logits")])
