@@ -146,7 +146,8 @@ def throughput(model: Path) -> dict:
 def render(data: dict) -> str:
     rows = data["accuracy"]
     lines = ["# Synthetic vs real calibration data — ResNet-20, CIFAR-10", "",
-             f"Budget: **{data['n']} calibration images**, generation preset `{data.get('preset', 'default')}`, seeds {data['seeds']}; quantizer: all layers "
+             f"Budget: **{data['n']} calibration images**, generation preset `{data.get('preset', 'default')}`, "
+             f"seeds {data['seeds']}; quantizer: all layers "
              f"(first/last and the network output), default MSE calibrator, **no reconstruction**; evaluated in onnxruntime on "
              f"{data['test_images']} CIFAR-10 JPEG test images. FP32: 81.03 %. Machine: {data['machine']}.", "",
              "Generation seconds are the mean over seeds; seed 0 ran while the CPU was shared with a test run (bns 435 s, dgh 292 s); "

@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from measure import run_stage  # noqa: E402
+from measure import run_stage
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from toolchain.core.paths import shared_dir
 from toolchain.executor import OnnxModule
 from toolchain.export.exporter import export_to_onnx
-from toolchain.core.paths import shared_dir
 from toolchain.export.zoo import read_state_dict
 from toolchain_models.resnet_cifar import resnet20
 

@@ -31,9 +31,9 @@ import torch
 from toolchain.core.cpu import has_vnni
 from toolchain.executor import OnnxModule
 from toolchain.quantize.config import QuantConfig
-from toolchain.runtimes.coverage import float_ops_text
 from toolchain.quantize.driver import quantize
 from toolchain.quantize.reconstruct import ReconConfig
+from toolchain.runtimes.coverage import float_ops_text
 from toolchain_models.families import FAMILIES, export_as_users_do, family_model
 
 RESULTS = Path(__file__).resolve().parent / "results"

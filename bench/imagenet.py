@@ -42,6 +42,7 @@ import sys
 from pathlib import Path
 
 from measure import run_stage
+
 from toolchain.core.paths import shared_dir
 
 RESULTS = Path(__file__).resolve().parent / "results"

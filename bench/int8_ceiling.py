@@ -29,8 +29,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-
 from timing import interleaved_ms
+
 from toolchain.core.cpu import has_vnni
 from toolchain.onnxio.files import save_model
 from toolchain.quantize.config import QuantConfig

@@ -24,9 +24,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from measure import run_stage
 from torch import nn
 
-from measure import run_stage
 from toolchain.core.cpu import has_vnni
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> None:
             total = sum(params.values())
             bits = sum(params[layer["node"]] * layer["weight_bits"] for layer in layers) / total
             row = {"model": args.model, "point": point, "seed": seed, "top1": metrics.top1, "average_bits": round(bits, 4),
-                   "weight_bytes": int(round(bits * total / 8)), "layer_bits": [layer["weight_bits"] for layer in layers],
+                   "weight_bytes": round(bits * total / 8), "layer_bits": [layer["weight_bits"] for layer in layers],
                    "quantize_s": round(seconds, 1), "threads": execution.thread_count, "cpu_vnni": has_vnni(),
                    "machine": platform.platform()}
             mixed_act = report.get("mixed_precision_activations")
@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> None:
                            tensor_elements=[t["elements"] for t in mixed_act["tensors"]])
             if mixed:
                 row.update(predicted_kl=mixed["predicted_kl"], measured_kl=mixed["measured_kl"],
-                           sensitivity_s=mixed["sensitivity_seconds"], sensitivity=[l["kl"] for l in mixed["layers"]])
+                           sensitivity_s=mixed["sensitivity_seconds"], sensitivity=[layer["kl"] for layer in mixed["layers"]])
             merge(RESULTS / "mixed_precision.json", row)
             print(f"{args.model} {point} seed {seed}: top-1 {metrics.top1:.4f}, {bits:.3f} bits, {seconds:.0f} s", flush=True)
     render(RESULTS / "mixed_precision.json")

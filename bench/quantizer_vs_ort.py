@@ -62,9 +62,9 @@ import onnx
 import onnxruntime as ort
 
 from toolchain import api
+from toolchain.core.paths import shared_dir
 from toolchain.data.calibration import load_calibration, sample_calibration, save_calibration
 from toolchain.data.images import open_images
-from toolchain.core.paths import shared_dir
 from toolchain.onnxio.preprocessing import read_preprocessing
 
 MODEL = "resnet20_cifar10"

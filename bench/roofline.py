@@ -33,7 +33,7 @@ import torch
 from onnx import numpy_helper, shape_inference
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from torch_speed import MODELS, RESULTS, dense_gflops, prepare  # noqa: E402
+from torch_speed import MODELS, RESULTS, dense_gflops, prepare
 
 
 def memory_gbps() -> float:

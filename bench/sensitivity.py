@@ -182,7 +182,7 @@ def _levels(model: onnx.ModelProto, q: onnx.NodeProto) -> int:
         return 255
     scale, zero = float(numpy_helper.to_array(init[q.input[1]])), float(numpy_helper.to_array(init[q.input[2]]))
     hi = float(numpy_helper.to_array(init[clip.input[2]]))
-    return int(round(hi / scale + zero))
+    return round(hi / scale + zero)
 
 
 def with_float_weights(model: onnx.ModelProto, float_model: onnx.ModelProto, weights: list[str]) -> onnx.ModelProto:

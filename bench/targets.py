@@ -32,8 +32,8 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from timing import interleaved_ms, sessions_ms
+
 from toolchain import api
 from toolchain.core.cpu import has_vnni
 from toolchain.core.paths import shared_dir
@@ -81,7 +81,8 @@ def measure(target: str, w_bits: int, a_bits: int, extra: dict, model: Path, cal
            "verified_in_runtime": verdict["verified"], "runtime_coverage": verdict.get("coverage"),
            "runtime_details": verdict.get("details") or verdict.get("why"),
            "layout_problems": verdict["layout_problems"], "ort_x86_fusion_coverage": outcome.report["summary"]["fusion_coverage"],
-           "top1_runtime": in_runtime.top1, "top1_ort_cpu": in_ort.top1, "top1_reference": reference.top1, "top1_fp32": fp32.top1, "images": in_runtime.n,
+           "top1_runtime": in_runtime.top1, "top1_ort_cpu": in_ort.top1, "top1_reference": reference.top1, "top1_fp32": fp32.top1,
+           "images": in_runtime.n,
            "quantize_s": round(quantize_s, 1), "extra": extra}
     row["agreement_db"] = verdict.get("agreement_db")
     if target == "ort-x86":  # its verdict is the fusion report: measure the kernels against the reference here too

@@ -257,7 +257,8 @@ def summary(entry: dict, stage: str) -> dict | None:
 def render(results: dict) -> str:
     lines = ["# Torch stages at 224x224 on the CPU: old code against new", "",
              f"Machine: {results['machine']}; dense float32 rate {results['dense_float32_gflops']} GFLOP/s "
-             f"(2048^3 torch.mm). Old code: `{results['baseline']}`; the new code of each row is named in it. Seconds per image-iteration, median over "
+             f"(2048^3 torch.mm). Old code: `{results['baseline']}`; the new code of each row is named in it. "
+             "Seconds per image-iteration, median over "
              "rounds; old and new alternate within each round, each run its own process with an empty compile "
              "cache. Generation's floor = 4 x forward MACs / dense rate; reconstruction's = the measured units' "
              "convolution and matrix work (distribution correction, training loop with the PD tail, measures, passes) "

@@ -30,7 +30,6 @@ import onnx
 import torch
 
 
-
 def _module(new: str, old: str):
     """A toolchain module by its path since the stage folders (#31), or its path before, for older code trees."""
     import importlib
@@ -47,10 +46,9 @@ def peak_rss_gb() -> float:
 def generate_mode(args: argparse.Namespace) -> dict:
     from dataclasses import replace
 
-    from toolchain.generate.config import preset
-
-    from toolchain.generate.generate import generate
     from toolchain.generate import engine as engine_module
+    from toolchain.generate.config import preset
+    from toolchain.generate.generate import generate
     from toolchain.onnxio.preprocessing import read_preprocessing
 
     model = onnx.load(args.model)

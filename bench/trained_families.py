@@ -27,18 +27,17 @@ import sys
 import time
 from pathlib import Path
 
-
 from toolchain import api
-from toolchain.data.calibration import sample_calibration
 from toolchain.core.cpu import has_vnni
-from toolchain.errors import ToolchainError
 from toolchain.core.paths import shared_dir
+from toolchain.data.calibration import sample_calibration
+from toolchain.errors import ToolchainError
 from toolchain.onnxio.preprocessing import read_preprocessing
 from toolchain.quantize.config import QuantConfig
 from toolchain.quantize.reconstruct import ReconConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quantizer_vs_ort import prepare_for_ort, quantize_ort  # noqa: E402  (bench/ is not a package)
+from quantizer_vs_ort import prepare_for_ort, quantize_ort
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = ("mobilenet_v3_cifar10", "shufflenet_v2_cifar10")

@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from toolchain.core.paths import SHARED_ENV, shared_dir as _shared_dir
+from toolchain.core.paths import SHARED_ENV
+from toolchain.core.paths import shared_dir as _shared_dir
 
 
 def _missing(path: Path) -> None:

@@ -13,9 +13,19 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from fuzz_inputs import (CALIB, DATA, MODEL, FuzzCase, base_model_bytes, calib_npz, image_members, png_bytes,
-                         quantize_command, tar_bytes, valid_calibration)
-
+from fuzz_inputs import (
+    CALIB,
+    DATA,
+    MODEL,
+    FuzzCase,
+    base_model_bytes,
+    calib_npz,
+    image_members,
+    png_bytes,
+    quantize_command,
+    tar_bytes,
+    valid_calibration,
+)
 
 
 def npz_cases() -> list[FuzzCase]:

@@ -17,7 +17,6 @@ from onnx import helper, numpy_helper
 from fuzz_inputs import FuzzCase, base_model, base_model_bytes, commands_for_model, model_cases
 
 
-
 def byte_flip_cases(count: int = 150, seed: int = 100) -> list[FuzzCase]:
     """1 to 8 random bytes of the serialised model replaced by random values."""
     original = base_model_bytes()

@@ -22,8 +22,9 @@ def run_cases(root: Path, worker: int, workers: int, out: Path) -> None:
     import torch
     from click.testing import CliRunner
 
-    from fuzz_inputs import all_cases
     from toolchain.cli.commands import cli
+
+    from fuzz_inputs import all_cases
 
     torch.set_num_threads(1)
     cases = all_cases()

@@ -27,8 +27,8 @@ def content(kind: str, version: int):
     """The object written for `kind`: version 0 is the old file, 1 the new one."""
     rng = np.random.default_rng(version)
     if kind.startswith("model"):
-        from onnx import helper, numpy_helper
         import onnx
+        from onnx import helper, numpy_helper
 
         weight = numpy_helper.from_array(rng.standard_normal((64, 64, 3, 3)).astype(np.float32), "w")
         graph = helper.make_graph([helper.make_node("Conv", ["x", "w"], ["y"], name="conv")], f"v{version}",

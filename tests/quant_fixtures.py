@@ -7,8 +7,8 @@ import onnx
 import torch
 
 from toolchain.export.exporter import export_to_onnx
-from toolchain.onnxio.preprocessing import CIFAR10_CLASSES, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from toolchain.export.zoo import load_zoo_model
+from toolchain.onnxio.preprocessing import CIFAR10_CLASSES, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from toolchain_models.statistics import with_data_statistics
 
 

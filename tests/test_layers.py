@@ -70,9 +70,9 @@ def import_graph() -> dict[str, set[str]]:
             if isinstance(node, ast.Import):
                 names = [alias.name for alias in node.names]
             elif isinstance(node, ast.ImportFrom):
-                base = ".".join(package[: len(package) - node.level + 1] + [node.module or ""]) if node.level \
+                base = ".".join([*package[: len(package) - node.level + 1], node.module or ""]) if node.level \
                     else node.module or ""
-                names = [base.rstrip(".")] + [f"{base.rstrip('.')}.{alias.name}" for alias in node.names]
+                names = [base.rstrip("."), *(f"{base.rstrip('.')}.{alias.name}" for alias in node.names)]
             else:
                 continue
             targets.update(resolve(name) for name in names if name.split(".")[0] == "toolchain")

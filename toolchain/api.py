@@ -85,8 +85,8 @@ def evaluate_model(
     an evaluate.EvalResult.
 
     `providers`: onnxruntime execution providers, e.g. "cuda,cpu" (default: the CPU provider)."""
-    from toolchain.evaluate.accuracy import evaluate
     from toolchain.core.execution import provider_names
+    from toolchain.evaluate.accuracy import evaluate
 
     chosen = provider_names(providers)
     # the proto is dropped on return: onnxruntime opens the file itself, and a large model is not held twice

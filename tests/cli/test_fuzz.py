@@ -23,8 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from fuzz_inputs import all_cases
 from toolchain.cli.errors import INTERNAL_ERROR
+
+from fuzz_inputs import all_cases
 
 WORKERS = 2
 MIN_CASES = 500

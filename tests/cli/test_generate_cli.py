@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cli_helpers import assert_user_error
 from toolchain import api
-from toolchain.data.calibration import load_calibration
 from toolchain.cli.commands import cli
+from toolchain.data.calibration import load_calibration
 from toolchain.export.zoo import default_eval_data
+
+from cli_helpers import assert_user_error
 
 
 def run(*args):

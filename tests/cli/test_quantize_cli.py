@@ -10,10 +10,11 @@ import pytest
 from click.testing import CliRunner
 from onnx import helper, numpy_helper
 
-from cli_helpers import assert_user_error
 from toolchain import api
 from toolchain.cli.commands import cli
 from toolchain.export.zoo import default_eval_data
+
+from cli_helpers import assert_user_error
 
 
 def run(*args):

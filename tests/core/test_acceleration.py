@@ -12,15 +12,15 @@ import torch
 from click.testing import CliRunner
 
 from toolchain.cli.commands import cli
+from toolchain.core import acceleration as acceleration_module
+from toolchain.core.acceleration import Acceleration, to_channels_last
+from toolchain.core.execution import Execution
+from toolchain.errors import ConfigError
+from toolchain.executor import OnnxModule
+from toolchain.export.exporter import export_to_onnx
 from toolchain.generate.config import preset
 from toolchain.generate.generate import generate
 from toolchain.generate.teacher import Teacher
-from toolchain.errors import ConfigError
-from toolchain.core import acceleration as acceleration_module
-from toolchain.core.acceleration import Acceleration, to_channels_last
-from toolchain.executor import OnnxModule
-from toolchain.core.execution import Execution
-from toolchain.export.exporter import export_to_onnx
 from toolchain_models.digits import digits_resnet, preprocessing, weights_path
 
 CPU = torch.device("cpu")

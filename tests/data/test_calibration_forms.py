@@ -90,8 +90,8 @@ def test_quantize_takes_a_test_data_set_folder(tmp_path):
     model as the same inputs in a calibration .npz."""
     from click.testing import CliRunner
 
-    from toolchain.data.calibration import CalibrationSet, save_calibration
     from toolchain.cli.commands import cli
+    from toolchain.data.calibration import CalibrationSet, save_calibration
 
     runner = CliRunner()
     model = tmp_path / "d.onnx"

@@ -208,7 +208,7 @@ def test_images_outside_class_folders_are_an_error(tmp_path: Path) -> None:
     """Images directly in the root (no class folder) raise DataError naming one of them."""
     _tree(tmp_path, {"cat": 1})
     Image.fromarray(_pixels(0)).save(tmp_path / "loose.png")
-    with pytest.raises(DataError, match="one folder per class.*loose.png"):
+    with pytest.raises(DataError, match=r"one folder per class.*loose.png"):
         open_images(tmp_path, PRE)
 
 

@@ -125,7 +125,7 @@ def test_result_fields_and_progress_bar(tmp_path: Path, colour_data: Path, capsy
 def test_labels_beyond_the_model_outputs_are_an_error(tmp_path: Path, colour_data: Path) -> None:
     """A dataset with more classes than the model outputs raises DataError, not a wrong accuracy."""
     model = _classifier(tmp_path / "m.onnx", COLOUR_WEIGHT[:2], np.zeros(2))
-    with pytest.raises(DataError, match="labels go up to 2 but .*m.onnx outputs 2 classes"):
+    with pytest.raises(DataError, match=r"labels go up to 2 but .*m.onnx outputs 2 classes"):
         evaluate(model, colour_data, PRE, progress=False)
 
 

@@ -231,7 +231,7 @@ def test_node_outside_the_onnx_domain_is_rejected():
     x = np.zeros((1, 4), np.float32)
     node = helper.make_node("Gelu", ["x"], ["y"], name="ms_gelu", domain="com.microsoft")
     model = _graph([node], {"x": x}, ["y"])
-    with pytest.raises(GraphError, match="'ms_gelu'.*com.microsoft"):
+    with pytest.raises(GraphError, match=r"'ms_gelu'.*com.microsoft"):
         OnnxModule(model)
 
 

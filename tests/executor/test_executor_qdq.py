@@ -108,7 +108,7 @@ def _quantize(x: np.ndarray, scale: np.ndarray | float, zero: np.ndarray | int, 
 
 def _symmetric_weights(w: np.ndarray, qtype: str, axis: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-channel symmetric quantization of a float weight: (integers, scales)."""
-    _, qmin, qmax, _ = QTYPES[qtype]
+    _, _, qmax, _ = QTYPES[qtype]
     reduce = tuple(i for i in range(w.ndim) if i != axis)
     scale = (np.abs(w).max(axis=reduce) / qmax).astype(np.float32)
     return _quantize(w, scale, 0, qtype, axis), scale
@@ -150,7 +150,7 @@ def _round_trip_data(scale: float, zero: int, qmin: int, qmax: int, rng: np.rand
 @pytest.mark.parametrize("scale", [0.125, 0.0371])
 def test_quantize_dequantize_round_trip_matches_ort(qtype: str, scale: float) -> None:
     """Q -> DQ, per tensor: Q outputs (half-to-even rounding, saturation) and DQ outputs equal onnxruntime's exactly."""
-    elem, qmin, qmax, opset = QTYPES[qtype]
+    _, qmin, qmax, opset = QTYPES[qtype]
     zero = qmin + (qmax - qmin + 1) // 3  # non-zero for every type
     x = _round_trip_data(scale, zero, qmin, qmax, np.random.default_rng(0))
     if scale == 0.125:  # a power of two: x / scale is exactly k + 0.5, so ties are really exercised
@@ -195,7 +195,7 @@ def test_quantize_without_zero_point_is_uint8() -> None:
 @pytest.mark.parametrize("qtype", ["int8", "uint8", "int4", "uint2"])
 def test_per_axis_quantize_and_asymmetric_weights_match_ort(qtype: str) -> None:
     """Per-axis Q on an activation (axis 1 of NCHW) and per-axis DQ of integer weights with non-zero zero points: exact."""
-    elem, qmin, qmax, opset = QTYPES[qtype]
+    _, qmin, qmax, opset = QTYPES[qtype]
     rng = np.random.default_rng(2)
     x = rng.normal(0, 2, (2, 4, 3, 5)).astype(np.float32)
     scale = np.array([0.05, 0.125, 0.3, 1.0], np.float32)
@@ -403,7 +403,7 @@ def test_runtime_zero_point_is_rejected() -> None:
     nodes = [helper.make_node("Identity", ["zp"], ["zp2"]), helper.make_node("QuantizeLinear", ["x", "s", "zp2"], ["q"], name="q")]
     graph = helper.make_graph(nodes, "g", [_float_input("x", (3,)), helper.make_tensor_value_info("zp", TensorProto.UINT8, [])],
                               [_output("q", TensorProto.UINT8)], [_scale("s", 0.1)])
-    with pytest.raises(GraphError, match="QuantizeLinear node 'q'.*initializer or a Constant"):
+    with pytest.raises(GraphError, match=r"QuantizeLinear node 'q'.*initializer or a Constant"):
         OnnxModule(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]))
 
 
@@ -445,7 +445,8 @@ def test_input_gradient_is_straight_through(qtype: str) -> None:
 
 @pytest.mark.parametrize("qtype", ["uint8", "int4", "uint2"])
 def test_scale_gradient_is_lsq(qtype: str) -> None:
-    """d loss / d scale of a trainable Q -> DQ scale is finite, non-zero and the LSQ value: sum g * (round(x/s) - x/s | qmin-zp | qmax-zp), rtol 1e-4."""
+    """d loss / d scale of a trainable Q -> DQ scale is finite, non-zero and the LSQ value:
+    sum g * (round(x/s) - x/s | qmin-zp | qmax-zp), rtol 1e-4."""
     _, qmin, qmax, _ = QTYPES[qtype]
     scale, zero = 0.05, qmin + (qmax - qmin + 1) // 3
     x_np = _gradient_data(scale, zero, qmin, qmax, 2000, seed=11)

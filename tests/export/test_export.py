@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from toolchain import api
-from toolchain.errors import ExportError
+from toolchain.errors import ExportError, PreprocessingError
 from toolchain.export.exporter import count_batchnorm_modules, export_to_onnx, verify_export
+from toolchain.export.zoo import load_zoo_model
 from toolchain.onnxio.files import load_model
 from toolchain.onnxio.preprocessing import read_preprocessing
-from toolchain.export.zoo import load_zoo_model
 
 SHAPE_OPS = {"Shape", "Gather", "Unsqueeze", "Concat", "ConstantOfShape", "Cast", "Constant", "Identity", "Transpose", "Reshape"}
 
@@ -60,7 +60,7 @@ def test_verification_catches_a_graph_that_disagrees_with_the_module():
 def test_export_writes_nothing_when_it_fails(tmp_path):
     """A failing export (no preprocessing for a factory model) leaves no file behind."""
     out = tmp_path / "x.onnx"
-    with pytest.raises(Exception):
+    with pytest.raises(PreprocessingError, match="carries no preprocessing metadata"):
         api.export_model("toolchain_models.digits:digits_resnet", out)
     assert not out.exists() and not list(tmp_path.iterdir())
 

@@ -20,8 +20,8 @@ import pytest
 import torch
 from torch import nn
 
-from agreement import layerwise_agreement
 from toolchain import api
+from toolchain.cli.text import format_summary
 from toolchain.errors import GraphError
 from toolchain.executor import OnnxModule
 from toolchain.onnxio.graph import summarize, tensor_types
@@ -30,8 +30,9 @@ from toolchain.onnxio.preprocessing import PreprocessingOverrides
 from toolchain.quantize.config import QuantConfig
 from toolchain.quantize.driver import quantize
 from toolchain.quantize.reconstruct import ReconConfig
-from toolchain.cli.text import format_summary
 from toolchain_models.families import FAMILIES, export_as_users_do, family_model
+
+from agreement import layerwise_agreement
 
 EXPORTERS = ("torchscript", "dynamo")
 TOLERANCE = 1e-5  # max|diff| / max|reference|, as for every executor parity check
@@ -138,7 +139,7 @@ def test_dgh_runs_on_dynamo_exports(exported, name, tmp_path):
 def test_generation_without_bn_names_the_alternatives(exported, name, tmp_path):
     """A model without BN statistics (SqueezeNet; LayerNorm-only ConvNeXt and ViT) gets one clear error naming
     gaussian and real data, and nothing is written."""
-    with pytest.raises(GraphError, match="gaussian.*real"):
+    with pytest.raises(GraphError, match=r"gaussian.*real"):
         api.generate_calibration(exported(name, "torchscript"), "dgh", 16, out=tmp_path / "calib.npz", preset_name="fast",
                                  overrides=PRE, progress=False)
     assert not list(tmp_path.iterdir())

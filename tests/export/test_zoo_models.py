@@ -100,8 +100,9 @@ def test_pretrained_imagenet_entry_without_its_weights_package_says_how_to_insta
 
     from click.testing import CliRunner
 
-    from cli_helpers import assert_user_error
     from toolchain.cli.commands import cli
+
+    from cli_helpers import assert_user_error
 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec",

@@ -12,18 +12,17 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from toolchain.data.images import open_images
-from toolchain.generate.config import preset
-from toolchain.generate.generate import generate
-from toolchain.generate import engine as engine_module
-from toolchain.generate.augment import ImagePipeline, valid_range
-from toolchain.generate.config import GenerationConfig
-from toolchain.generate.engine import Engine
-from toolchain.generate.fdda import class_centres
-from toolchain.generate.losses import combine_moments, image_moments
-from toolchain.generate.teacher import Teacher
 from toolchain.errors import ConfigError, DataError, GraphError
 from toolchain.executor import OnnxModule
 from toolchain.export.exporter import export_to_onnx
+from toolchain.generate import engine as engine_module
+from toolchain.generate.augment import ImagePipeline, valid_range
+from toolchain.generate.config import GenerationConfig, preset
+from toolchain.generate.engine import Engine
+from toolchain.generate.fdda import class_centres
+from toolchain.generate.generate import generate
+from toolchain.generate.losses import combine_moments, image_moments
+from toolchain.generate.teacher import Teacher
 from toolchain.onnxio.preprocessing import CIFAR10_CLASSES, Preprocessing
 from toolchain_models.digits import digits_resnet, heldout_path, preprocessing, weights_path
 from toolchain_models.resnet_cifar import resnet20
@@ -162,7 +161,7 @@ def _no_bn_model() -> onnx.ModelProto:
 
 def test_model_without_batchnorm_is_refused_with_the_remedy(digits):
     """A graph whose BN was folded at export cannot drive dgh: GraphError suggesting `toolchain export` or real data."""
-    with pytest.raises(GraphError, match="no BatchNormalization.*toolchain export.*--method real"):
+    with pytest.raises(GraphError, match=r"no BatchNormalization.*toolchain export.*--method real"):
         generate(_no_bn_model(), digits[1], "dgh", 16, fast("dgh"), progress=False)
 
 
@@ -185,7 +184,7 @@ def test_fdda_with_a_missing_class_names_it(digits, tmp_path):
         keep = data["labels"] != 3
         path = tmp_path / "no3.npz"
         np.savez(path, images=data["images"][keep], labels=data["labels"][keep], class_names=data["class_names"])
-    with pytest.raises(DataError, match="no images of class 3.*--fdda-classes present"):
+    with pytest.raises(DataError, match=r"no images of class 3.*--fdda-classes present"):
         generate(*digits, "fdda", 16, fast("fdda"), real_data=path, progress=False)
 
 
@@ -208,7 +207,7 @@ def test_fdda_on_the_present_classes_labels_and_centres_only_those(digits, tmp_p
     config = replace(fast("fdda"), fdda=replace(fast("fdda").fdda, classes="present"))
     calib = generate(model, pre, "fdda", 18, config, seed=0, real_data=path, progress=False)
     assert np.bincount(calib.labels, minlength=10).tolist() == [2, 2, 2, 0, 2, 2, 2, 2, 2, 2]
-    with pytest.raises(ConfigError, match="fdda.classes"):
+    with pytest.raises(ConfigError, match=r"fdda.classes"):
         replace(fast("fdda"), fdda=replace(fast("fdda").fdda, classes="some"))
 
 
@@ -235,7 +234,7 @@ def test_resume_continues_bit_for_bit(digits, tmp_path, monkeypatch):
     resumed = generate(model, pre, "dgh", 32, config, seed=1, progress=False, checkpoint=checkpoint, resume=True)
     assert resumed.manifest["resumed_at_iteration"] == 2 and resumed.manifest["iterations"] == 6
     np.testing.assert_array_equal(resumed.inputs, reference.inputs)
-    with pytest.raises(ConfigError, match="different.*seed"):
+    with pytest.raises(ConfigError, match=r"different.*seed"):
         generate(model, pre, "dgh", 32, config, seed=2, progress=False, checkpoint=checkpoint, resume=True)
 
 
@@ -265,7 +264,7 @@ def test_non_image_input_is_refused(digits):
                               [helper.make_tensor_value_info("features", TensorProto.FLOAT, ["N", 4])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 2])], [weight])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    with pytest.raises(GraphError, match="'features'.*not an image tensor"):
+    with pytest.raises(GraphError, match=r"'features'.*not an image tensor"):
         generate(model, digits[1], "dgh", 16, fast("dgh"), progress=False)
 
 

@@ -7,6 +7,7 @@ per-rank .npz files under OUT.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -32,11 +33,9 @@ def _worker(model_path: str, out: str) -> None:
     import torch
 
     from toolchain.core.distributed import distributed_from_env
-
-    from toolchain.generate.config import preset
-
-    from toolchain.generate.generate import generate
     from toolchain.generate import engine as engine_module
+    from toolchain.generate.config import preset
+    from toolchain.generate.generate import generate
     from toolchain.onnxio.preprocessing import read_preprocessing
 
     torch.set_num_threads(1)
@@ -95,10 +94,8 @@ def _worker(model_path: str, out: str) -> None:
         raise KeyboardInterrupt
 
     engine_module.save_checkpoint = save_then_stop
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         generate(model, pre, "dgh", 32, config, seed=0, progress=False, checkpoint=checkpoint, distributed=distributed)
-    except KeyboardInterrupt:
-        pass
     engine_module.save_checkpoint = real_save
     resumed = generate(model, pre, "dgh", 32, config, seed=0, progress=False, checkpoint=checkpoint, resume=True,
                        distributed=distributed)
@@ -153,7 +150,7 @@ def _load(runs: Path, label: str, name: str, rank: int) -> dict[str, np.ndarray]
 @pytest.mark.parametrize("name", ["dgh32", "dgh48"])
 def test_rank0_returns_all_images_in_global_batch_order(runs, name):
     """Rank 0's set = rank 0's block then rank 1's (contiguous batch blocks), n images; the manifest says 2 x gloo."""
-    method, n, _ = CASES[name]
+    _, n, _ = CASES[name]
     rank0, rank1 = _load(runs, "k2", name, 0), _load(runs, "k2", name, 1)
     blocks = {32: ([0], [1]), 48: ([0, 1], [2])}[n]
     assert (rank0["owned"].tolist(), rank1["owned"].tolist()) == blocks
@@ -203,9 +200,8 @@ def test_dgh_two_processes_are_one_process_with_deferred_refreshes(runs, monkeyp
     import torch
 
     from toolchain.generate.config import preset
-
-    from toolchain.generate.generate import generate
     from toolchain.generate.engine import Engine
+    from toolchain.generate.generate import generate
     from toolchain.onnxio.preprocessing import read_preprocessing
 
     pending: list = []

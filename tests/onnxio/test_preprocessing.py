@@ -49,7 +49,8 @@ def test_bgr_order_reverses_channels():
     np.testing.assert_allclose(x.reshape(-1), np.array([30, 20, 10]) / 255.0, atol=1e-7)
 
 
-@pytest.mark.parametrize("kwargs", [dict(mean=(0.5,), std=(0.5, 0.5)), dict(mean=(0.5,), std=(0.0,)), dict(mean=(0.5,), std=(0.5,), input_size=(0, 8))])
+@pytest.mark.parametrize("kwargs", [dict(mean=(0.5,), std=(0.5, 0.5)), dict(mean=(0.5,), std=(0.0,)),
+                                    dict(mean=(0.5,), std=(0.5,), input_size=(0, 8))])
 def test_invalid_fields_are_rejected(kwargs):
     """Mismatched mean/std lengths, non-positive std and empty sizes raise PreprocessingError."""
     kwargs.setdefault("input_size", (8, 8))

@@ -11,8 +11,7 @@ from toolchain.cli.quantize import quantize_command
 from toolchain.errors import ConfigError
 from toolchain.pipeline import QuantizeSpec, RunConfig
 from toolchain.pipeline.config import GenerateSpec
-from toolchain.pipeline.config_io import (apply_overrides, config_from_mapping, config_hash, config_to_mapping,
-                                          read_config_file, resolved_yaml)
+from toolchain.pipeline.config_io import apply_overrides, config_from_mapping, config_hash, config_to_mapping, read_config_file, resolved_yaml
 
 
 def _option_keys(command: click.Command) -> set[str]:
@@ -23,7 +22,8 @@ def test_every_quantize_option_is_a_quantize_key():
     """Rule: each option of `toolchain quantize` that shapes the model is a key of a quantize entry (with the
     option's name), so a quantize command line translates one to one into a config entry."""
     not_model_options = {"calib", "output", "resume", "overwrite", "as_json", "quiet", "log_level", "device", "threads", "cache_budget",
-                         "spill_dir", "providers", "channels_last", "compile", "reuse_memory", "mean", "std", "input_size", "channel_order", "pixel_scale",
+                         "spill_dir", "providers", "channels_last", "compile", "reuse_memory", "mean", "std", "input_size", "channel_order",
+                         "pixel_scale",
                          "crop_fraction", "class_names"}  # run-level keys: calibration, run_dir, execution, preprocessing
     keys = {f.name for f in dataclasses.fields(QuantizeSpec)}
     assert _option_keys(quantize_command) - not_model_options <= keys

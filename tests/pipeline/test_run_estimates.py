@@ -9,17 +9,18 @@ and the announcement is made only when the rest is long enough to matter.
 from __future__ import annotations
 
 import pytest
-from quant_fixtures import export_random
 
-from toolchain.generate.engine import _announce_estimate as announce_generation
 from toolchain.core.execution import describe_duration
+from toolchain.generate.engine import _announce_estimate as announce_generation
 from toolchain.quantize.annotate.placement import annotate
 from toolchain.quantize.config import QuantConfig
-from toolchain.runtimes.coverage import layer_macs
 from toolchain.quantize.fold.prepare import prepare_float_model
 from toolchain.quantize.reconstruct.estimate import announce_remaining as announce_reconstruction
 from toolchain.quantize.reconstruct.estimate import remaining_seconds, unit_costs
 from toolchain.quantize.reconstruct.units import find_units
+from toolchain.runtimes.coverage import layer_macs
+
+from quant_fixtures import export_random
 
 
 @pytest.fixture(scope="module")

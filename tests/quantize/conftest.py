@@ -1,6 +1,7 @@
 """Fixtures of the quantizer's tests: a random-weight ResNet-20 and Gaussian calibration inputs (one per module)."""
 
 import pytest
+
 from quant_fixtures import export_random, gaussian_inputs
 
 

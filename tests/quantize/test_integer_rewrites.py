@@ -107,8 +107,8 @@ def test_a_fused_clip_output_grid_is_capped_at_the_clip_bound():
     (onnxruntime drops the Clip only then); a step within the bound is kept."""
     from toolchain.quantize.annotate.placement import annotate
     from toolchain.quantize.config import QuantConfig
-    from toolchain.quantize.qparams import activation_type, one_sided_params
     from toolchain.quantize.driver import cap_to_fused_clips
+    from toolchain.quantize.qparams import activation_type, one_sided_params
 
     w = RNG.standard_normal((4, 4, 1, 1)).astype(np.float32)
     model = _model([helper.make_node("Conv", ["x", "w"], ["c"], name="conv"),

@@ -14,10 +14,16 @@ from onnx import numpy_helper
 
 from toolchain.cli.commands import cli
 from toolchain.errors import ConfigError
-from toolchain.quantize.mixed_precision import (ActivationProbe, LayerSensitivity, TensorSensitivity, allocate,
-                                      allocate_activations, measure_sensitivity)
-from toolchain.quantize.config import ActivationBudget, BitBudget, QuantConfig
 from toolchain.onnxio import qdq_names
+from toolchain.quantize.config import ActivationBudget, BitBudget, QuantConfig
+from toolchain.quantize.mixed_precision import (
+    ActivationProbe,
+    LayerSensitivity,
+    TensorSensitivity,
+    allocate,
+    allocate_activations,
+    measure_sensitivity,
+)
 
 CHOICES = (2, 4, 8)
 
@@ -85,11 +91,11 @@ def test_sensitivity_is_the_kl_onnxruntime_measures_for_that_layer_alone(digits,
     """Rule: a layer's sensitivity at b bits is the mean KL between the float model and the float model with only
     that layer's weights quantized (as the quantizer would: rounded to nearest, or compensated by the layer's input
     Hessian), here recomputed in onnxruntime (rel. 1e-3: torch and onnxruntime round float32 differently)."""
-    from toolchain.quantize.calibrate.gptq import compensated_weight, input_hessians
     from toolchain.quantize.annotate.placement import annotate
+    from toolchain.quantize.calibrate.gptq import compensated_weight, input_hessians
     from toolchain.quantize.calibrate.ranges import weight_params
-    from toolchain.quantize.qparams import weight_type
     from toolchain.quantize.fold.prepare import prepare_float_model
+    from toolchain.quantize.qparams import weight_type
 
     model, calib = digits
     inputs = np.load(calib)["inputs"]

@@ -16,17 +16,18 @@ import pytest
 import torch
 from onnx import numpy_helper
 
-from agreement import layerwise_agreement
-from quant_fixtures import export_random, gaussian_inputs
 from toolchain import api
-from toolchain.data.calibration import sample_calibration
 from toolchain.core.cpu import has_vnni
+from toolchain.data.calibration import sample_calibration
 from toolchain.data.images import open_images
 from toolchain.executor import OnnxModule
 from toolchain.onnxio.preprocessing import read_preprocessing
 from toolchain.quantize.config import QuantConfig
 from toolchain.quantize.driver import quantize
 from toolchain.quantize.reconstruct import ReconConfig
+
+from agreement import layerwise_agreement
+from quant_fixtures import export_random, gaussian_inputs
 
 WITHIN_ONE_STEP = 0.999
 TOP1_AGREEMENT = 0.995

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-
 import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
 from onnx import numpy_helper
 
+from toolchain.onnxio import qdq_names
 from toolchain.quantize.config import QuantConfig
 from toolchain.quantize.driver import quantize
-from toolchain.onnxio import qdq_names
 
 F = onnx.TensorProto.FLOAT
 
@@ -89,7 +88,8 @@ def test_bias_scale_is_input_scale_times_weight_scale(w8a8):
 
 
 def test_report_has_per_layer_bits_scales_and_sqnr(w8a8):
-    """The report lists every layer with bits, scales, zero points and a finite SQNR (> 15 dB at W8A8: end-to-end error accumulated up to that layer)."""
+    """The report lists every layer with bits, scales, zero points and a finite SQNR (> 15 dB at W8A8: end-to-end error
+    accumulated up to that layer)."""
     layers = [layer for layer in w8a8.report["layers"] if layer["op_type"] in ("Conv", "Gemm")]
     assert len(layers) == 20
     for layer in layers:
@@ -261,7 +261,10 @@ def test_zero_pads_fold_into_the_convs_that_read_them():
                                   [helper.make_tensor_value_info("y", F, None)], inits)
         return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     x = rng.standard_normal((1, 3, 9, 9)).astype(np.float32)
-    run = lambda m: ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
+    def run(m):
+        return ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
+
     spatial = model([0, 0, 0, 1, 0, 0, 1, 1], 0.0)
     before = run(spatial)
     assert FoldZeroPadIntoConvPass()(spatial).modified

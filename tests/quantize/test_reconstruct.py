@@ -14,11 +14,10 @@ import onnxruntime as ort
 import pytest
 import torch
 from onnx import numpy_helper
-from quant_fixtures import export_random, gaussian_inputs
-from agreement import layerwise_agreement
 
 from toolchain.errors import ConfigError, DataError, GraphError
 from toolchain.executor import OnnxModule
+from toolchain.onnxio import qdq_names
 from toolchain.quantize.annotate.placement import annotate
 from toolchain.quantize.config import QuantConfig
 from toolchain.quantize.driver import quantize
@@ -29,7 +28,9 @@ from toolchain.quantize.reconstruct.correction import bn_loss, bn_targets, corre
 from toolchain.quantize.reconstruct.engine import ReconstructionError
 from toolchain.quantize.reconstruct.subgraph import extract
 from toolchain.quantize.reconstruct.units import find_units
-from toolchain.onnxio import qdq_names
+
+from agreement import layerwise_agreement
+from quant_fixtures import export_random, gaussian_inputs
 
 
 @pytest.fixture(scope="module")

@@ -7,22 +7,25 @@ time measurements at 224x224 are benchmarks (bench/scale.py), not tests.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import onnx
 import pytest
 import torch
 from onnx import numpy_helper
-from quant_fixtures import export_random, gaussian_inputs
 
-from toolchain.errors import ConfigError
 from toolchain.core.execution import Execution, usable_cores
+from toolchain.core.metrics import sqnr_db
+from toolchain.errors import ConfigError
 from toolchain.quantize.calibrate.ranges import batch_rows
 from toolchain.quantize.config import QuantConfig
-from toolchain.core.metrics import sqnr_db
 from toolchain.quantize.driver import quantize
-from toolchain.quantize.report import streamed_sqnr
 from toolchain.quantize.reconstruct import ReconConfig
 from toolchain.quantize.reconstruct.cache import SampleCache, parse_bytes
+from toolchain.quantize.report import streamed_sqnr
+
+from quant_fixtures import export_random, gaussian_inputs
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +81,7 @@ def test_cache_budget_sizes_parse(text, expected):
 
 @pytest.mark.parametrize("text", ["lots", "-1G", "4X", ""])
 def test_a_bad_cache_budget_names_the_value_and_the_format(text):
-    with pytest.raises(ConfigError, match="e.g. 4G"):
+    with pytest.raises(ConfigError, match=r"e.g. 4G"):
         parse_bytes(text)
 
 
@@ -195,7 +198,7 @@ def test_shards_tile_the_set_on_distribution_correction_batches(n, world, align)
 
     shards = [Shard.of(n, _Rank(r, world), align) for r in range(world)]
     assert shards[0].start == 0 and shards[-1].stop == n
-    assert all(a.stop == b.start for a, b in zip(shards, shards[1:]))
+    assert all(a.stop == b.start for a, b in itertools.pairwise(shards))
     assert all(s.start % align == 0 and s.size > 0 for s in shards)
     index = torch.randint(0, n, (40,), generator=torch.Generator().manual_seed(0))
     seen = torch.zeros(40, dtype=torch.long)

@@ -25,15 +25,16 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
-from cli_helpers import assert_user_error
 from toolchain import api
 from toolchain.cli.commands import cli
 from toolchain.errors import ConfigError
+from toolchain.export.zoo import default_eval_data
 from toolchain.quantize.config import QuantConfig
 from toolchain.quantize.driver import quantize
 from toolchain.quantize.target_check import layout_problems
 from toolchain.quantize.targets import TARGETS, target_profile
-from toolchain.export.zoo import default_eval_data
+
+from cli_helpers import assert_user_error
 
 HAS_OPENVINO = importlib.util.find_spec("openvino") is not None
 HAS_QNN = importlib.util.find_spec("onnxruntime_qnn") is not None
@@ -153,8 +154,8 @@ def test_fixed_batch_model_with_another_batch_is_refused_before_any_work(digits,
 @pytest.mark.parametrize("w_bits, a_bits", [(8, 8), (8, 16), (4, 8), (4, 16)])
 def test_qnn_runs_every_node_on_htp(digits, calib, w_bits, a_bits):
     """With CPU fallback off the QNN EP takes the whole model; its logits match onnxruntime CPU's top-1 on 16 inputs."""
-    from toolchain.runtimes import open_runtime
     from toolchain.onnxio.files import written_to_temporary_folder
+    from toolchain.runtimes import open_runtime
 
     result = quantize(digits, calib, QuantConfig(w_bits=w_bits, a_bits=a_bits, target="qnn"), progress=False)
     assert result.report["target"]["verified"] and result.report["target"]["details"]["on_htp"]

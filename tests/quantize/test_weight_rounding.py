@@ -9,13 +9,13 @@ import pytest
 from click.testing import CliRunner
 from onnx import numpy_helper
 
-from cli_helpers import assert_user_error
 from toolchain.cli.commands import cli
 from toolchain.quantize.config import QuantConfig
 from toolchain.quantize.driver import quantize
 from toolchain.quantize.reconstruct import ReconConfig
 from toolchain.quantize.reconstruct.adaround import AdaRound
 
+from cli_helpers import assert_user_error
 
 
 def _outputs(model: onnx.ModelProto, x: np.ndarray) -> np.ndarray:
@@ -38,12 +38,18 @@ def test_gptq_rounding_is_the_default_and_lowers_the_output_error(resnet20_rando
                        progress=False)
     assert default.report["config"]["effective_weight_rounding"] == "gptq"
     assert nearest.report["config"]["effective_weight_rounding"] == "nearest"
-    scales = lambda m: {i.name: numpy_helper.to_array(i) for i in m.graph.initializer if i.name.endswith("_scale")}
+
+    def scales(m):
+        return {i.name: numpy_helper.to_array(i) for i in m.graph.initializer if i.name.endswith("_scale")}
+
     assert all(np.array_equal(v, scales(nearest.model)[k]) for k, v in scales(default.model).items())
     gptq_w, nearest_w = _weights(default.model), _weights(nearest.model)
     assert any(not np.array_equal(gptq_w[k], nearest_w[k]) for k in gptq_w)
     reference = _outputs(resnet20_random, calib)
-    error = lambda m: float(np.mean((_outputs(m, calib) - reference) ** 2))
+
+    def error(m):
+        return float(np.mean((_outputs(m, calib) - reference) ** 2))
+
     assert error(default.model) < 0.9 * error(nearest.model)
 
 

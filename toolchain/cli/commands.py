@@ -24,8 +24,8 @@ import click
 
 from toolchain import __version__
 from toolchain.cli.errors import EXIT_CODES_TEXT, handle_errors
-from toolchain.cli.output import output_options, progress_wanted, say
 from toolchain.cli.options import execution_from, execution_options, preprocessing_options, preprocessing_overrides
+from toolchain.cli.output import output_options, progress_wanted, say
 from toolchain.cli.quantize import quantize_command
 from toolchain.cli.run import run_command
 

@@ -33,8 +33,7 @@ from typing import Any, TypeVar
 
 import click
 
-from toolchain.errors import (EXIT_BAD_INPUT, EXIT_GATE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, GateFailed,
-                              ToolchainError)
+from toolchain.errors import EXIT_BAD_INPUT, EXIT_GATE, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, GateFailed, ToolchainError
 
 F = TypeVar("F", bound=Callable[..., Any])
 

@@ -71,8 +71,8 @@ def output_options(json_output: bool = True, default_level: str = "warning") -> 
 
     def decorate(func: F) -> F:
         options = [
-            click.option("--quiet", "-q", is_flag=True, expose_value=False, callback=_remember(_QUIET, default_level), help="Print nothing but errors (and --json's object): no progress "
-                                                          "bars, no result text, no warnings."),
+            click.option("--quiet", "-q", is_flag=True, expose_value=False, callback=_remember(_QUIET, default_level),
+                         help="Print nothing but errors (and --json's object): no progress bars, no result text, no warnings."),
             click.option("--log-level", type=click.Choice(list(LEVELS)), expose_value=False,
                          callback=_remember(_LEVEL, default_level),
                          help=f"Messages shown on stderr from this level up [default: {default_level}]."),

@@ -13,10 +13,10 @@ from typing import Any
 import click
 
 from toolchain.cli.errors import handle_errors
-from toolchain.cli.output import output_options, progress_wanted, say, warn
 from toolchain.cli.options import execution_from, execution_options, preprocessing_options, preprocessing_overrides
-from toolchain.quantize.targets import TARGETS
+from toolchain.cli.output import output_options, progress_wanted, say, warn
 from toolchain.quantize.reconstruct.config import PRESETS, ReconConfig
+from toolchain.quantize.targets import TARGETS
 
 
 @click.command("quantize")
@@ -195,9 +195,10 @@ def _print_quantized(outcome: Any, config: Any, as_json: bool) -> None:
     activations = f"A{mixed_act['average_bits']:.2f}mixed" if mixed_act else f"A{config.a_bits}"
     if mixed_act:
         mixed_text += f" (activation bits per tensor in the report; measured in {mixed_act['sensitivity_seconds']:.0f} s)"
+    rounding = _recon_text(recon, outcome.report) if recon.enabled else f", {config.effective_weight_rounding} rounding"
     say(
         f"wrote {outcome.path}: {weights}{activations} ({outcome.report['calibration']['activation_calibrator']}"
-        f"{_recon_text(recon, outcome.report) if recon.enabled else ', ' + config.effective_weight_rounding + ' rounding'}), {summary['quantized_layers']} layers quantized{mixed_text}, "
+        f"{rounding}), {summary['quantized_layers']} layers quantized{mixed_text}, "
         f"{sqnr_text} on {outcome.report['calibration']['sqnr_samples']} calibration inputs; "
         f"{'' if config.target == 'ort-x86' else 'onnxruntime x86 '}integer coverage {summary['fusion_coverage']:.2f} of ops{macs} "
         f"(float ops left: {float_ops_text(fusion)}){_target_text(outcome.report.get('target'))}; report {outcome.report_path}"

@@ -36,8 +36,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from toolchain.errors import ConfigError
 from toolchain.core.memory import reuse_available
+from toolchain.errors import ConfigError
 
 SWITCHES = ("auto", "on", "off")
 IMAGENET_SIZE = 96  # inputs at least this many pixels on their short side count as ImageNet-size for "auto"

@@ -16,8 +16,8 @@ from typing import Any
 
 import torch
 
-from toolchain.errors import ConfigError, DataError
 from toolchain.core.atomic import atomic_output
+from toolchain.errors import ConfigError, DataError
 
 
 def save_checkpoint(path: Path, state: dict[str, Any], kind: str, version: int) -> None:

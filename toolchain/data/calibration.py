@@ -20,9 +20,9 @@ from typing import Any
 
 import numpy as np
 
+from toolchain.core.atomic import atomic_output
 from toolchain.data.images import open_images, read_npz
 from toolchain.errors import DataError
-from toolchain.core.atomic import atomic_output
 from toolchain.onnxio.preprocessing import Preprocessing
 
 
@@ -55,9 +55,8 @@ def save_calibration(path: str | Path, calib: CalibrationSet) -> Path:
     if calib.labels is not None:
         arrays["labels"] = np.asarray(calib.labels, dtype=np.int64)
     arrays["manifest"] = np.array(json.dumps(calib.manifest, sort_keys=True))
-    with atomic_output(path) as tmp:
-        with open(tmp, "wb") as handle:
-            np.savez(handle, **arrays)
+    with atomic_output(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **arrays)
     return path
 
 

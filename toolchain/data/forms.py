@@ -125,7 +125,7 @@ def _input_tensor(folder: Path, input_name: str, model_source: str) -> np.ndarra
     for file in files:
         try:
             tensors.append(onnx.load_tensor(str(file)))
-        except Exception as err:  # noqa: BLE001 - protobuf raises DecodeError and friends for a damaged file
+        except Exception as err:
             raise DataError(f"cannot read {file} as an ONNX TensorProto ({type(err).__name__}: {err}); "
                             "write it with onnx.numpy_helper.from_array(array, name).SerializeToString()") from err
     named = [t for t in tensors if t.name == input_name]
@@ -168,4 +168,4 @@ def _limited(inputs: np.ndarray, labels: np.ndarray | None, manifest: dict, limi
     if limit is not None:
         inputs = inputs[:limit]
         labels = labels[:limit] if labels is not None else None
-    return CalibrationSet(inputs, labels, {**manifest, "n": int(len(inputs))})
+    return CalibrationSet(inputs, labels, {**manifest, "n": len(inputs)})

@@ -47,8 +47,7 @@ from onnx import numpy_helper
 from torch import nn
 from torch.utils.hooks import RemovableHandle
 
-from toolchain.executor.graph_prep import (check_supported, default_opset, node_attributes,
-                                           to_tensor, topological_order)
+from toolchain.executor.graph_prep import check_supported, default_opset, node_attributes, to_tensor, topological_order
 from toolchain.executor.ops import SUB_BYTE_HOLDERS, constant_value
 from toolchain.executor.registry import NodeContext, op_spec
 

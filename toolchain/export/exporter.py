@@ -33,9 +33,9 @@ from torch import nn
 import toolchain
 from toolchain.errors import ExportError
 from toolchain.onnxio.files import check_model, load_model
-from toolchain.onnxio.sessions import inference_session
 from toolchain.onnxio.passes import cleanup_passes, run_passes
 from toolchain.onnxio.preprocessing import Preprocessing, write_preprocessing
+from toolchain.onnxio.sessions import inference_session
 
 logger = logging.getLogger(__name__)
 

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from toolchain.errors import ZooError
 from toolchain.core.paths import shared_dir
+from toolchain.errors import ZooError
 from toolchain.onnxio.preprocessing import CIFAR10_CLASSES, IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
 _PACKAGE_ARTIFACTS = Path(__file__).resolve().parent.parent / "models" / "artifacts"

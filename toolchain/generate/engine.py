@@ -37,16 +37,15 @@ import torch
 from torch.nn import functional as F
 from tqdm import tqdm
 
+from toolchain.core.distributed import Distributed, shard_batches
+from toolchain.core.execution import describe_duration
+from toolchain.errors import ConfigError, DataError
 from toolchain.generate.augment import ImagePipeline, batch_sizes
 from toolchain.generate.checkpoint import save_checkpoint
 from toolchain.generate.config import GenerationConfig
-from toolchain.core.distributed import Distributed, shard_batches
-from toolchain.generate.losses import (BatchClasses, BNObjective, ClassObjective, combine_moments, image_moments,
-                                      output_loss, stored_sum)
+from toolchain.generate.losses import BatchClasses, BNObjective, ClassObjective, combine_moments, image_moments, output_loss, stored_sum
 from toolchain.generate.schedule import PlateauSchedule
 from toolchain.generate.teacher import Outputs, Teacher
-from toolchain.errors import ConfigError, DataError
-from toolchain.core.execution import describe_duration
 from toolchain.onnxio.preprocessing import Preprocessing
 
 Reduce = Callable[[torch.Tensor], torch.Tensor]

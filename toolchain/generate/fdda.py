@@ -21,8 +21,8 @@ import numpy as np
 import torch
 
 from toolchain.data.images import ImageSet
-from toolchain.generate.teacher import Teacher
 from toolchain.errors import DataError
+from toolchain.generate.teacher import Teacher
 
 
 @dataclass(frozen=True)

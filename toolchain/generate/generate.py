@@ -31,20 +31,20 @@ import onnx
 import torch
 
 import toolchain
+from toolchain.core.acceleration import Acceleration
+from toolchain.core.distributed import Distributed, rank_path
+from toolchain.core.memory import reuse_freed_memory
 from toolchain.data.calibration import CalibrationSet
+from toolchain.errors import ConfigError, DataError, GraphError
 from toolchain.generate.augment import valid_range
 from toolchain.generate.checkpoint import load_checkpoint
 from toolchain.generate.config import METHODS, OPTIMISING_METHODS, FDDAConfig, GenerationConfig, preset
-from toolchain.core.distributed import Distributed, rank_path
 from toolchain.generate.engine import Engine, bn_distance
 from toolchain.generate.fdda import class_centres, round_robin_labels
 from toolchain.generate.losses import ClassObjective, deep_weights
 from toolchain.generate.teacher import Teacher
-from toolchain.errors import ConfigError, DataError, GraphError
-from toolchain.core.acceleration import Acceleration
-from toolchain.core.memory import reuse_freed_memory
-from toolchain.onnxio.graph import image_input
 from toolchain.onnxio.files import model_sha256
+from toolchain.onnxio.graph import image_input
 from toolchain.onnxio.preprocessing import Preprocessing
 
 

@@ -25,8 +25,8 @@ import onnx
 import torch
 from torch import nn
 
-from toolchain.errors import GraphError
 from toolchain.core.acceleration import Acceleration, CompiledForward, to_channels_last
+from toolchain.errors import GraphError
 
 BnHook = Callable[[str, torch.Tensor], None]
 STD_EPS = 1e-6  # sqrt(var + 1e-6), as DGH and ZeroQ

@@ -21,9 +21,19 @@ from google.protobuf.message import DecodeError
 
 from toolchain.core.atomic import atomic_output
 from toolchain.errors import ModelFileError
-from toolchain.onnxio.external_data import (EXTERNAL_DATA_ABOVE, PROTOBUF_LIMIT, all_tensors, check_model, data_files,
-                                     detached_raw_data, fits_one_protobuf, read_external_data, serialized_size,
-                                     write_with_external_data, written_to_temporary_folder)
+from toolchain.onnxio.external_data import (
+    EXTERNAL_DATA_ABOVE,
+    PROTOBUF_LIMIT,
+    all_tensors,
+    check_model,
+    data_files,
+    detached_raw_data,
+    fits_one_protobuf,
+    read_external_data,
+    serialized_size,
+    write_with_external_data,
+    written_to_temporary_folder,
+)
 from toolchain.onnxio.validate import check_structure
 
 # check_model, fits_one_protobuf, serialized_size and written_to_temporary_folder live in external_data (below

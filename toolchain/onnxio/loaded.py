@@ -19,8 +19,7 @@ import onnx
 from toolchain.errors import ConfigError
 from toolchain.onnxio.files import load_model
 from toolchain.onnxio.graph import image_input
-from toolchain.onnxio.preprocessing import (Preprocessing, PreprocessingOverrides, read_preprocessing,
-                                            resolve_preprocessing)
+from toolchain.onnxio.preprocessing import Preprocessing, PreprocessingOverrides, read_preprocessing, resolve_preprocessing
 from toolchain.onnxio.validate import check_runs
 
 

@@ -161,7 +161,7 @@ def check_runs(model: onnx.ModelProto, source: str, input_size: tuple[int, int] 
     options.log_severity_level = 4
     try:
         session = inference_session(model, options)
-    except Exception as err:  # noqa: BLE001 - onnxruntime raises its own exception types for invalid graphs
+    except Exception as err:
         raise GraphError(f"onnxruntime cannot load {source}: {_first_line(err)}; the graph is inconsistent: "
                          "export the model again") from err
     feeds = _zero_input(model, input_size)
@@ -169,7 +169,7 @@ def check_runs(model: onnx.ModelProto, source: str, input_size: tuple[int, int] 
         feeds = {next(iter(feeds)): sample}
     try:
         outputs = session.run(None, feeds)
-    except Exception as err:  # noqa: BLE001
+    except Exception as err:
         shapes = ", ".join(f"{k} {list(v.shape)}" for k, v in feeds.items())
         what = "the first calibration input" if sample is not None else "a zero input"
         raise GraphError(f"onnxruntime cannot run {source} on {what} ({shapes}): {_first_line(err)}; "

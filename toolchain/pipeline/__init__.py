@@ -8,8 +8,7 @@ config: the typed RunConfig; config_io: YAML/JSON files, overrides, the resolved
 directory and its log; runner: the stages; measure: size and latency; report, plots: report.json/.md and figures.
 """
 
-from toolchain.pipeline.config import (CalibrationReader, EvaluateSpec, ExecutionSpec, ExportSpec, Gates, GenerateSpec,
-                                       QuantizeSpec, RunConfig)
+from toolchain.pipeline.config import CalibrationReader, EvaluateSpec, ExecutionSpec, ExportSpec, Gates, GenerateSpec, QuantizeSpec, RunConfig
 from toolchain.pipeline.runner import RunResult, run_pipeline
 
 __all__ = ["CalibrationReader", "EvaluateSpec", "ExecutionSpec", "ExportSpec", "Gates", "GenerateSpec", "QuantizeSpec",

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 from toolchain.errors import ConfigError
-from toolchain.onnxio.preprocessing import PreprocessingOverrides
 from toolchain.export.zoo import DEFAULT_MODEL
+from toolchain.onnxio.preprocessing import PreprocessingOverrides
 
 CONFIG_VERSION = 1
 # Measured on ResNet-20 W?A4 (bench/results/mixed_precision.md, 3 seeds): with 3-bit candidates the allocation

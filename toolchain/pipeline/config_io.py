@@ -172,9 +172,8 @@ def _coerce(hint: Any, value: Any, where: str, source: str) -> Any:
             return value
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return str(value)  # e.g. cache_budget: 512M written as a number of bytes
-    elif hint is type(None):
-        if value is None:
-            return None
+    elif hint is type(None) and value is None:
+        return None
     raise ConfigError(f"{source}: {where} is {_shown(value)}: expected {_type_name(hint)}")
 
 

@@ -76,7 +76,7 @@ def _input_pixels(model: str) -> int | None:
     if model.endswith(".onnx"):
         try:
             shape = image_input(onnx.load(model, load_external_data=False)).shape
-        except Exception:  # protobuf, onnx and OS errors alike: the model stage reports the file with its own line
+        except Exception:  # noqa: BLE001 - protobuf, onnx and OS errors alike: the model stage reports the file itself
             return None
         return shape[2] * shape[3] if isinstance(shape[2], int) and isinstance(shape[3], int) else None
     size = zoo_input_size(model)
@@ -246,8 +246,8 @@ class _Stages:
         as reading the file with that limit would. Each limit's inputs are checked against the model once, and the
         model runs once on the first input (the same for every limit)."""
         # start-up time: the quantizer loads when a run quantizes (the pipeline package loads with the CLI)
-        from toolchain.quantize.driver import check_calibration
         from toolchain.onnxio.validate import check_runs
+        from toolchain.quantize.driver import check_calibration
 
         model = self.model
         if self.calibration is None:
@@ -263,8 +263,8 @@ class _Stages:
 
     def quantize(self, spec: QuantizeSpec, data: str | None, fp32: Any) -> dict:
         # start-up time: the quantizer loads when a run quantizes (the pipeline package loads with the CLI)
-        from toolchain.quantize.outputs import quantize_to_files
         from toolchain.pipeline.measure import parameter_bytes
+        from toolchain.quantize.outputs import quantize_to_files
 
         config, out, started = self.config, self.folder / f"{spec.label}.onnx", time.perf_counter()
         done = self.state.finished(f"quantize:{spec.label}")

@@ -16,8 +16,8 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any, Literal
 
 from toolchain.errors import ConfigError
-from toolchain.quantize.targets import TargetName, TargetProfile, target_profile
 from toolchain.quantize.reconstruct.config import ReconConfig
+from toolchain.quantize.targets import TargetName, TargetProfile, target_profile
 
 DEFAULT_W_BITS_CHOICES = (2, 3, 4, 8)  # a budget's candidates: the target's among these (measured: README)
 DEFAULT_A_BITS_CHOICES = (4, 8)  # an activation budget's candidates: the target's among these

@@ -23,12 +23,13 @@ from tqdm import tqdm
 
 import toolchain
 from toolchain.core.cpu import has_vnni
-from toolchain.errors import DataError, GraphError
-from toolchain.onnxio.graph import image_input
-from toolchain.onnxio.files import check_model, model_sha256
-from toolchain.quantize.annotate.placement import QuantPlan, annotate
 from toolchain.core.execution import Execution
-from toolchain.quantize.mixed_precision.apply import allocate_activation_bits, allocate_weight_bits
+from toolchain.errors import DataError, GraphError
+from toolchain.onnxio.files import check_model, model_sha256
+from toolchain.onnxio.graph import image_input
+from toolchain.onnxio.preprocessing import read_preprocessing
+from toolchain.quantize.annotate.placement import QuantPlan, annotate
+from toolchain.quantize.calibrate.gptq import gptq_integers
 from toolchain.quantize.calibrate.ranges import (
     Observation,
     activation_params,
@@ -39,17 +40,16 @@ from toolchain.quantize.calibrate.ranges import (
 )
 from toolchain.quantize.config import QuantConfig
 from toolchain.quantize.fold.prepare import prepare_float_model
-from toolchain.runtimes.coverage import float_ops_text
-from toolchain.quantize.calibrate.gptq import gptq_integers
-from toolchain.quantize.materialize.qdq import guard_bias_overflow, materialize
-from toolchain.quantize.report import build_report
 from toolchain.quantize.fold.static_batch import check_batch, fix_batch
-from toolchain.quantize.target_check import layout_problems, verify_on_runtime
-from toolchain.onnxio.preprocessing import read_preprocessing
+from toolchain.quantize.materialize.qdq import guard_bias_overflow, materialize
+from toolchain.quantize.mixed_precision.apply import allocate_activation_bits, allocate_weight_bits
 from toolchain.quantize.qparams import (
     QParams,
     weight_type,
 )
+from toolchain.quantize.report import build_report
+from toolchain.quantize.target_check import layout_problems, verify_on_runtime
+from toolchain.runtimes.coverage import float_ops_text
 
 logger = logging.getLogger(__name__)
 # x86 CPU targets whose u8 x s8 kernels saturate without VNNI (vpmaddubsw pairs overflow int16): the runtime's name
@@ -346,7 +346,8 @@ def cap_to_fused_clips(float_model: onnx.ModelProto, plan: QuantPlan, act: dict[
         high = float(numpy_helper.to_array(constants[clip.input[2]]).reshape(-1)[0])
         root = plan.root(layer.output)
         params = capped[root]
-        if params.axis is None and int(params.zero_point) == params.qtype.qmin and float(params.scale) * (params.qtype.qmax - params.qtype.qmin) > high:
+        if params.axis is None and int(params.zero_point) == params.qtype.qmin \
+                and float(params.scale) * (params.qtype.qmax - params.qtype.qmin) > high:
             levels = params.qtype.qmax - params.qtype.qmin
             scale = np.float32(high / levels)
             while np.float32(scale * np.float32(levels)) > high:  # float32 rounding must not reopen the range

@@ -16,8 +16,8 @@ from tqdm import tqdm
 
 import toolchain
 from toolchain.core.execution import Execution
-from toolchain.onnxio.sessions import exposing, inference_session
 from toolchain.onnxio import qdq_names
+from toolchain.onnxio.sessions import exposing, inference_session
 from toolchain.quantize.annotate.placement import QuantPlan
 from toolchain.quantize.calibrate.ranges import batch_rows
 from toolchain.quantize.config import QuantConfig
@@ -102,7 +102,7 @@ def build_report(float_model, qdq, plan: QuantPlan, act, weights, calib, config:
         "toolchain_version": toolchain.__version__,
         "source": source,
         "config": config.to_dict(),
-        "calibration": {"n": int(len(calib)), "sqnr_samples": int(len(sample)), **calib_info},
+        "calibration": {"n": len(calib), "sqnr_samples": len(sample), **calib_info},
         "opset": next(o.version for o in qdq.opset_import if o.domain in ("", "ai.onnx")),
         "batchnorm_folded": folded,
         "layers": layers,

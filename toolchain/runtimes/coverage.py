@@ -30,7 +30,6 @@ import onnxruntime as ort
 from onnx import helper
 
 from toolchain.errors import ConfigError
-
 from toolchain.onnxio.sessions import inference_session
 
 INTEGER_LAYER_OPS = {"QLinearConv", "QGemm", "QLinearMatMul", "MatMulIntegerToFloat", "ConvInteger", "MatMulInteger"}
@@ -52,7 +51,7 @@ def _optimized(model: onnx.ModelProto, threads: int) -> onnx.ModelProto:
         options.log_severity_level = 3  # the "hardware specific optimizations" notice is expected here
         try:
             inference_session(model, options)
-        except Exception as err:  # noqa: BLE001 - onnxruntime raises its own InvalidGraph/Fail types
+        except Exception as err:
             if "INVALID_GRAPH" in str(err) and _has_native_low_bit_types(model):
                 raise ConfigError("onnxruntime 1.32's QDQ fusion turns this file's INT2/INT4/UINT4 tensors next to "
                                   "other widths into an invalid graph (" + " ".join(str(err).split())[:160] + "); "
@@ -121,7 +120,7 @@ def layer_macs(model: onnx.ModelProto) -> dict[str, int]:
             dims.setdefault(value.name, [d.dim_value if d.HasField("dim_value") else 1 for d in value.type.tensor_type.shape.dim])
     macs = {}
     for node in model.graph.node:
-        if node.op_type not in ("Conv", "Gemm", "MatMul") or not node.output[0] in dims:
+        if node.op_type not in ("Conv", "Gemm", "MatMul") or node.output[0] not in dims:
             continue
         out, b = dims[node.output[0]], dims.get(node.input[1])
         if b is None:

@@ -14,7 +14,6 @@ import torch
 from toolchain.executor.ops.shapes import torch_dtype
 from toolchain.executor.registry import Kernel, NodeContext, register
 
-
 # ----------------------------------------------------------------------------------------- quantization
 #
 # QDQ graphs run as fake quantization. QuantizeLinear returns its integers as float32 values (exact up

@@ -8,7 +8,6 @@ import torch
 
 from toolchain.executor.registry import Kernel, NodeContext, register
 
-
 _TORCH_DTYPES: dict[int, torch.dtype] = {
     onnx.TensorProto.FLOAT: torch.float32,
     onnx.TensorProto.DOUBLE: torch.float64,

@@ -16,7 +16,7 @@ from toolchain.onnxio.passes.cleanup import (
 )
 from toolchain.onnxio.passes.output_types import CompleteOutputTypesPass
 
-__all__ = [
+__all__ = [  # noqa: RUF022 - grouped by role, as the comments say
     # infrastructure
     "GraphPass",
     "PassResult",

@@ -105,7 +105,7 @@ class ReshapeToFlattenPass(GraphPass):
         producer = {out: node for node in graph.node for out in node.output}
         constants = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
         changed = False
-        for index, node in enumerate(list(graph.node)):
+        for node in list(graph.node):
             if node.op_type != "Reshape" or len(node.input) < 2:
                 continue
             if _is_batch_then_minus_one(node.input[1], node.input[0], producer, constants):

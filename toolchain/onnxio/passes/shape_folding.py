@@ -155,7 +155,7 @@ class _Evaluator:
         if op == "Slice" and not first.scalar:
             bounds = [self.ints(name) if name else None for name in node.input[1:5]]
             starts, ends = bounds[0], bounds[1] if len(bounds) > 1 else None
-            axes, steps = (bounds + [None, None])[2:4]
+            axes, steps = [*bounds, None, None][2:4]
             if starts is None or ends is None or (axes not in (None, [0], [-1])) or len(starts) != 1:
                 return None
             return replace(first, items=tuple(first.items[slice(starts[0], ends[0], (steps or [1])[0])]))
@@ -260,7 +260,7 @@ def _rewrite_sequences(graph: onnx.GraphProto, evaluator: _Evaluator) -> bool:
         attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
         axis = attrs.get("axis", 0)
         dims = evaluator.shapes.get(node.input[0])
-        if dims is None or not isinstance(dims[axis], int) or not attrs.get("keepdims", 1) and len(node.input) < 2:
+        if dims is None or not isinstance(dims[axis], int) or (not attrs.get("keepdims", 1) and len(node.input) < 2):
             continue
         if len(node.input) > 1 and node.input[1]:
             split = evaluator.ints(node.input[1])

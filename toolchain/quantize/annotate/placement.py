@@ -28,10 +28,18 @@ from onnx import helper, numpy_helper
 
 from toolchain.errors import ConfigError
 from toolchain.onnxio.graph import tensor_types
+from toolchain.quantize.annotate.rules import (
+    ALL_INPUTS,
+    FLOOR_KEEPING_POOLS,
+    FUSIBLE_PRODUCERS,
+    GATE_OUTPUTS,
+    NON_NEGATIVE_OUTPUTS,
+    OUTPUT_FLOORS,
+    WEIGHTED_OPS,
+    OpRule,
+    rule_for,
+)
 from toolchain.quantize.config import QuantConfig
-from toolchain.quantize.annotate.rules import (ALL_INPUTS, FLOOR_KEEPING_POOLS, FUSIBLE_PRODUCERS, GATE_OUTPUTS, NON_NEGATIVE_OUTPUTS,
-                                   OUTPUT_FLOORS, WEIGHTED_OPS, OpRule, rule_for)
-
 
 _T = onnx.TensorProto
 _INTEGER_TYPES = {_T.INT8, _T.INT16, _T.INT32, _T.INT64, _T.UINT8, _T.UINT16, _T.UINT32, _T.UINT64, _T.BOOL}

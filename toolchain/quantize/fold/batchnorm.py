@@ -52,7 +52,7 @@ def _drop_unused_initializers(graph: onnx.GraphProto) -> None:
 
 
 def _foldable(layer, bn, initializers, readers, graph_outputs) -> bool:
-    if layer is None or layer.op_type not in ("Conv", "Gemm") or len(bn.output) > 1 and any(bn.output[1:]):
+    if layer is None or layer.op_type not in ("Conv", "Gemm") or (len(bn.output) > 1 and any(bn.output[1:])):
         return False
     if readers.get(layer.output[0], 0) != 1 or layer.output[0] in graph_outputs:
         return False

@@ -80,4 +80,4 @@ def _attribute(node: onnx.NodeProto, name: str, default):
 def _set_ints(node: onnx.NodeProto, name: str, values: list[int]) -> None:
     kept = [a for a in node.attribute if a.name != name]
     del node.attribute[:]
-    node.attribute.extend(kept + [helper.make_attribute(name, values)])
+    node.attribute.extend([*kept, helper.make_attribute(name, values)])

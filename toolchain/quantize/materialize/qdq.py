@@ -18,9 +18,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from toolchain.errors import GraphError
+from toolchain.onnxio import qdq_names
 from toolchain.onnxio.external_data import detached_raw_data
 from toolchain.onnxio.passes import RemoveUnusedPass
-from toolchain.onnxio import qdq_names
 from toolchain.quantize.annotate.placement import QuantPlan
 from toolchain.quantize.qparams import BIAS_TYPE, IntType, QParams, storage_type
 

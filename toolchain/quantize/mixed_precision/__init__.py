@@ -15,8 +15,7 @@ allocate.py: the multiple-choice knapsack over layers, solved exactly by a Paret
 """
 
 from toolchain.quantize.mixed_precision.activations import ActivationProbe, TensorSensitivity, allocatable_tensors
-from toolchain.quantize.mixed_precision.allocate import (Allocation, activation_budget_bits, allocate, allocate_activations,
-                                               budget_bits)
+from toolchain.quantize.mixed_precision.allocate import Allocation, activation_budget_bits, allocate, allocate_activations, budget_bits
 from toolchain.quantize.mixed_precision.sensitivity import LayerSensitivity, SensitivityProbe, measure_sensitivity, weights_only_kl
 
 __all__ = ["ActivationProbe", "Allocation", "LayerSensitivity", "SensitivityProbe", "TensorSensitivity",

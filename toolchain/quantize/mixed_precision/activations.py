@@ -27,9 +27,9 @@ import onnx
 from tqdm import tqdm
 
 from toolchain.quantize.annotate.placement import QuantPlan
-from toolchain.quantize.mixed_precision.sensitivity import log_probabilities, mean_kl
 from toolchain.quantize.calibrate.ranges import activation_params, observe_activations
 from toolchain.quantize.config import QuantConfig
+from toolchain.quantize.mixed_precision.sensitivity import log_probabilities, mean_kl
 from toolchain.quantize.qparams import QParams
 
 

@@ -11,7 +11,8 @@ subject to sum_l params_l * b_l <= budget. It is solved exactly by a dynamic pro
 after each layer, keep every reachable total size with the least KL reaching it, dropping any state that
 is both larger and no better than another. The front stays small (a few thousand states for ResNet-20's
 21 layers), and no state that could be optimal is dropped, so the result is the true optimum of the
-additive model (activations: the same with values per input for parameters). Ties go to the larger size, then to the earlier layers' higher bits (deterministic).
+additive model (activations: the same with values per input for parameters). Ties go to the larger size, then to the
+earlier layers' higher bits (deterministic).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from toolchain.errors import ConfigError
+from toolchain.quantize.config import DEFAULT_A_BITS_CHOICES, DEFAULT_W_BITS_CHOICES, ActivationBudget, BitBudget
 from toolchain.quantize.mixed_precision.activations import TensorSensitivity
 from toolchain.quantize.mixed_precision.sensitivity import LayerSensitivity
-from toolchain.quantize.config import DEFAULT_A_BITS_CHOICES, DEFAULT_W_BITS_CHOICES, ActivationBudget, BitBudget
 
 
 @dataclass(frozen=True)

@@ -22,10 +22,10 @@ import onnx
 
 from toolchain.core.execution import Execution
 from toolchain.quantize.annotate.placement import QuantPlan, annotate
+from toolchain.quantize.config import QuantConfig
 from toolchain.quantize.mixed_precision.activations import ActivationProbe
 from toolchain.quantize.mixed_precision.allocate import activation_budget_bits, allocate, allocate_activations, budget_bits
 from toolchain.quantize.mixed_precision.sensitivity import SensitivityProbe
-from toolchain.quantize.config import QuantConfig
 
 logger = logging.getLogger(__name__)
 

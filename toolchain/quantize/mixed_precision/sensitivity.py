@@ -132,8 +132,8 @@ class _Probe:
         """Mean KL with each tensor of `quantized` (tensor -> (axis, bits)) fake-quantized as the quantizer would."""
         import torch
 
-        from toolchain.quantize.calibrate.ranges import weight_calibrator, weight_params
         from toolchain.quantize.calibrate.gptq import compensated_weight
+        from toolchain.quantize.calibrate.ranges import weight_calibrator, weight_params
         from toolchain.quantize.qparams import weight_type
 
         calibrator, profile = self.config.effective_calibrator, self.config.profile

@@ -25,8 +25,8 @@ import onnx
 import torch
 from onnx import numpy_helper
 
-from toolchain.executor import OnnxModule
 from toolchain.core.acceleration import RECOMPILE_LIMIT, CompiledForward
+from toolchain.executor import OnnxModule
 
 PATIENCE = 100  # steps without progress before ReduceLROnPlateau lowers the rate
 

@@ -20,8 +20,8 @@ import sys
 import onnx
 
 from toolchain.core.execution import describe_duration
-from toolchain.runtimes.coverage import layer_macs
 from toolchain.quantize.reconstruct.units import Unit
+from toolchain.runtimes.coverage import layer_macs
 
 
 def unit_costs(float_model: onnx.ModelProto, units: list[Unit], prediction_difference: bool) -> list[float]:
