@@ -31,7 +31,8 @@ def format_summary(summary: GraphSummary, source: str) -> str:
         for info in tensors:
             lines.append(f"  {label:<6} {info.name}: {info.dtype} {_shape(info.shape)}")
     lines.append("ops: " + ", ".join(f"{op} {count}" for op, count in summary.ops.items()))
-    width = max((len(layer.node) for layer in (*summary.batchnorm, *summary.quantizable)), default=0)
+    width = max((len(name) for name in (*(b.node for b in summary.batchnorm), *(q.node for q in summary.quantizable))),
+                default=0)
     if summary.batchnorm:
         lines.append(f"BatchNormalization: {summary.num_batchnorm} layers")
         for layer in summary.batchnorm:
@@ -41,8 +42,8 @@ def format_summary(summary: GraphSummary, source: str) -> str:
         explanation = NORMALISED_WITHOUT_STATISTICS.format(norms=", ".join(norms)) if norms else NO_BN_EXPLANATION
         lines.append(f"BatchNormalization: 0 layers — {explanation}")
     lines.append(f"quantizable layers: {len(summary.quantizable)}")
-    for layer in summary.quantizable:
-        lines.append(f"  {layer.node:<{width}}  {layer.op_type:<6} weight {list(layer.weight_shape)}")
+    for quantizable in summary.quantizable:
+        lines.append(f"  {quantizable.node:<{width}}  {quantizable.op_type:<6} weight {list(quantizable.weight_shape)}")
     pre = summary.preprocessing
     if pre is None:
         lines.append("preprocessing: none stored — give --mean/--std/--input-size to later commands or run `toolchain stamp`")

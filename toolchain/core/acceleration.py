@@ -31,7 +31,7 @@ import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -43,6 +43,9 @@ SWITCHES = ("auto", "on", "off")
 IMAGENET_SIZE = 96  # inputs at least this many pixels on their short side count as ImageNet-size for "auto"
 RECOMPILE_LIMIT = 1024  # compilations of one function (a unit each in reconstruction) before dynamo gives up
 
+
+
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
 @dataclass(frozen=True)
 class Acceleration:
@@ -79,15 +82,15 @@ def compiler_available() -> bool:
     return any(shutil.which(name) for name in ("g++", "c++", "clang++"))
 
 
-def to_channels_last(module: nn.Module) -> nn.Module:
+def to_channels_last(module: ModuleT) -> ModuleT:
     """4-D float parameters and buffers in channels-last order, and the module's 4-D inputs converted on entry.
 
     Convolutions follow their input's layout (oneDNN picks NHWC kernels when the input or the weight is NHWC)
     and element-wise ops keep it, so one conversion at the input carries through the whole graph.
     """
-    module.to(memory_format=torch.channels_last)
+    module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # nn.Module.to takes it at runtime
     if hasattr(module, "input_memory_format"):
-        module.input_memory_format = torch.channels_last
+        setattr(module, "input_memory_format", torch.channels_last)  # noqa: B010 - an OnnxModule attribute nn.Module's stubs do not know
     return module
 
 

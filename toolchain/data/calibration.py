@@ -56,7 +56,7 @@ def save_calibration(path: str | Path, calib: CalibrationSet) -> Path:
         arrays["labels"] = np.asarray(calib.labels, dtype=np.int64)
     arrays["manifest"] = np.array(json.dumps(calib.manifest, sort_keys=True))
     with atomic_output(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, **arrays)
+        np.savez(handle, **arrays)  # type: ignore[arg-type]  # numpy's stub types a first keyword as allow_pickle
     return path
 
 

@@ -287,7 +287,7 @@ class OnnxModule(nn.Module):
                 for slot in step.free:
                     values[slot] = None
         except Exception as err:
-            if step is not None:
+            if step is not None and hasattr(err, "add_note"):  # Python 3.11+; 3.10 raises the error as it is
                 err.add_note(f"while running {step.label} of the ONNX graph")
             raise
         outputs = tuple(values[slot] for slot in self._output_slots)

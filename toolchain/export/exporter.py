@@ -23,7 +23,7 @@ import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import onnx
@@ -153,7 +153,7 @@ def _quiet_exporter():
 
 
 def _torch_export(module: nn.Module, example_input: torch.Tensor, path: Path, config: ExportConfig) -> None:
-    names = {"input_names": [config.input_name], "output_names": [config.output_name],
+    names: dict[str, Any] = {"input_names": [config.input_name], "output_names": [config.output_name],
              "opset_version": exported_opset(config)}
     with _quiet_exporter():
         if config.exporter == "dynamo":

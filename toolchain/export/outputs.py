@@ -44,7 +44,7 @@ def export_to_file(model: str, path: Path, weights: str | Path | None = None,
     loaded = load_zoo_model(model, weights)
     pre = resolve_preprocessing(loaded.preprocessing, overrides, source=model)
     example = torch.zeros(1, pre.num_channels, *pre.input_size)
-    config = ExportConfig(opset=opset, exporter=exporter)
+    config = ExportConfig(opset=opset, exporter=exporter)  # type: ignore[arg-type]  # the CLI's choice, checked there
     proto = export_to_onnx(loaded.module, example, pre, config, source=model)
     check = verify_export(loaded.module, proto, example, config)
     save_model(proto, path)

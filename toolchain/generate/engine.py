@@ -220,7 +220,7 @@ class Engine:
         current = self._moments(out, view)
         moments = combine_moments(self.stored, self.counts, j, current, self.reduce) if self.config.joint_statistics else current
         terms = self._terms(out, moments, j, generator)
-        total = sum(terms.values())
+        total: torch.Tensor = sum(terms.values())  # type: ignore[assignment]  # at least one term: a tensor
         optimizer = self.optimizers[i]
         optimizer.zero_grad(set_to_none=True)
         total.backward()

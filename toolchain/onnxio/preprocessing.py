@@ -74,7 +74,7 @@ class Preprocessing:
             raise PreprocessingError(
                 f"expected NHWC images with {self.num_channels} channels, got an array of shape {images.shape}"
             )
-        x = images.astype(np.float32) / np.float32(self.pixel_scale)
+        x: np.ndarray = images.astype(np.float32) / np.float32(self.pixel_scale)
         if self.channel_order == "BGR":
             x = x[..., ::-1]
         x = (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)

@@ -154,7 +154,7 @@ def _coerce(hint: Any, value: Any, where: str, source: str) -> Any:
         if value in args:
             return value
         raise ConfigError(f"{source}: {where} is {_shown(value)}: choose one of {', '.join(map(str, args))}")
-    if dataclasses.is_dataclass(hint):
+    if isinstance(hint, type) and dataclasses.is_dataclass(hint):
         return _build(hint, value, f"{where}.", source)
     if hint is CalibrationReader:
         raise ConfigError(f"{source}: {where} is {_shown(value)}: expected a path")

@@ -154,14 +154,17 @@ class _Stages:
     # ---------------------------------------------------------------------------------------------- stages
 
     @property
-    def model_path(self) -> Path:
+    def loaded(self) -> LoadedModel:
         assert self.model is not None, "the model stage runs first"
-        return self.model.path
+        return self.model
+
+    @property
+    def model_path(self) -> Path:
+        return self.loaded.path
 
     @property
     def pre(self) -> Any:
-        assert self.model is not None, "the model stage runs first"
-        return self.model.preprocessing
+        return self.loaded.preprocessing
 
     def open_fp32(self) -> dict:
         config, started = self.config, time.perf_counter()
@@ -180,7 +183,7 @@ class _Stages:
             exported = export_to_file(config.model, path, config.export.weights, config.preprocessing,
                                       config.export.opset, exporter=config.export.exporter)
         self.model = open_model(path, config.preprocessing)
-        summary = summarize(self.model.proto)
+        summary = summarize(self.loaded.proto)
         self._timed("export" if exported else "inspect", started)
         where = (f"exported with {exported.num_batchnorm} BatchNormalization kept, onnxruntime vs PyTorch "
                  f"max|diff|/max|ref| {exported.relative_diff:.1e}" if exported else "given as a file")
@@ -196,21 +199,23 @@ class _Stages:
     def calibrate(self) -> dict:
         config, out, started = self.config, self.folder / CALIBRATION_FILE, time.perf_counter()
         gen = config.generate
+        assert gen.n is not None and gen.preset is not None, "resolve() sized the generation"
         done = self.state.finished("calibration")
         if done is not None and out.is_file():
             self.log.info("calibrate %s: finished in an earlier session", out)
             return self.state.reuse("calibration")
         if config.calibration is not None:
-            source = self.model.source
-            calib = read_calibration_form(config.calibration, image_input(self.model.proto, source).name, source)
+            source = self.loaded.source
+            calib = read_calibration_form(config.calibration, image_input(self.loaded.proto, source).name, source)
             if calib is None:  # an image dataset: generate.n images drawn with generate.seed
+                assert isinstance(config.calibration, str), "a reader always yields its inputs"
                 calib = sample_calibration(Path(config.calibration), self.pre, gen.n, gen.seed)
             save_calibration(out, calib)
             manifest = calib.manifest
             what = f"{len(calib)} inputs from {config.calibration if isinstance(config.calibration, str) else 'a reader'}"
         else:
             checkpoint = out.with_name(out.name + ".ckpt")  # generate_calibration's, kept by a stopped session
-            outcome = generate_to_file(self.model, gen.method, gen.n, out, gen.preset, gen.seed, gen.data,
+            outcome = generate_to_file(self.loaded, gen.method, gen.n, out, gen.preset, gen.seed, gen.data,
                                        gen.batch_size, gen.iterations, gen.per_class,
                                        resume=self.state.resumed and checkpoint.is_file(), progress=self.progress,
                                        execution=self.execution, fdda_classes=gen.fdda_classes)
@@ -249,7 +254,7 @@ class _Stages:
         from toolchain.onnxio.validate import check_runs
         from toolchain.quantize.driver import check_calibration
 
-        model = self.model
+        model = self.loaded
         if self.calibration is None:
             self.calibration = load_calibration_inputs(self.folder / CALIBRATION_FILE, model.proto, model.source, None,
                                                        spec.seed, self.config.preprocessing)
@@ -276,8 +281,9 @@ class _Stages:
         resume = self.state.resumed and quant_config.reconstruction.enabled and checkpoint.is_file()
         if quant_config.reconstruction.enabled:
             self.execution.torch_device()  # a device torch cannot use fails now, not after calibrating
-        outcome = quantize_to_files(self.model.copy(), self.calibration_inputs(spec), out, quant_config,
-                                    self.model.source, progress=self.progress, resume=resume, execution=self.execution)
+        outcome = quantize_to_files(self.loaded.copy(), self.calibration_inputs(spec), out, quant_config,
+                                    self.loaded.source, progress=self.progress, resume=resume, execution=self.execution)
+        assert outcome is not None, "one process: this rank writes the outcome"
         self._timed("quantize", started)
         for warning in outcome.warnings:
             self.log.warning("%s: %s", spec.label, warning)
@@ -285,6 +291,7 @@ class _Stages:
         entry = _model_entry(spec, quant_config, report, self._relative(out), self._relative(outcome.report_path))
         entry["size"] = {**parameter_bytes(outcome.model, report), "file_bytes": out.stat().st_size}
         if fp32 is not None:
+            assert data is not None, "an FP32 evaluation ran, so the run has evaluation data"
             started = time.perf_counter()
             evaluation = config.evaluate
             metrics = evaluate(out, data, self.pre, reference_path=self.model_path, limit=evaluation.limit,

@@ -33,7 +33,7 @@ class QuantizeOutcome:
     report_path: Path
     report: dict
     warnings: tuple[str, ...]
-    model: onnx.ModelProto | None = None
+    model: onnx.ModelProto
 
 
 def report_path_for(model_path: Path) -> Path:

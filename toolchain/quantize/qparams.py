@@ -206,7 +206,7 @@ def one_sided_params(hi: float, qtype: IntType) -> QParams:
     return QParams(np.asarray(scale, np.float32), np.asarray(qtype.qmin, np.int64), qtype)
 
 
-def symmetric_params(absmax: np.ndarray, qtype: IntType, axis: int | None) -> QParams:
+def symmetric_params(absmax: np.ndarray | np.floating, qtype: IntType, axis: int | None) -> QParams:
     """Zero point 0; absmax maps to the largest positive level (per channel when axis is set)."""
     absmax = np.asarray(absmax, np.float32)
     scale = np.maximum(absmax / np.float32(qtype.qmax), _TINY).astype(np.float32)

@@ -8,6 +8,7 @@ Usage:
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 import numpy as np
 import onnx
@@ -75,7 +76,7 @@ def build_report(float_model, qdq, plan: QuantPlan, act, weights, calib, config:
                                                        sample, execution, progress, "layer SQNR")))
     layers = []
     for layer in plan.layers:
-        entry = {"node": layer.node, "op_type": layer.op_type, "output": layer.output}
+        entry: dict[str, Any] = {"node": layer.node, "op_type": layer.op_type, "output": layer.output}
         if layer.activation_node:
             entry["fused_activation"] = layer.activation_node
         if layer.weight is not None:

@@ -79,9 +79,9 @@ def layout_problems(model: onnx.ModelProto, profile: TargetProfile, batch: int |
                 problems.append(f"{node.op_type} {node.name!r} output is quantized ({profile.name}: Q/DQ on layer inputs only)")
     for name in outputs:
         source = producer.get(name)
-        quantized = source is not None and source.op_type == "DequantizeLinear"
-        if quantized != profile.quantize_output:
-            problems.append(f"network output {name!r} {'ends in' if quantized else 'lacks'} a DequantizeLinear "
+        output_quantized = source is not None and source.op_type == "DequantizeLinear"
+        if output_quantized != profile.quantize_output:
+            problems.append(f"network output {name!r} {'ends in' if output_quantized else 'lacks'} a DequantizeLinear "
                             f"({profile.name} {'quantizes' if profile.quantize_output else 'leaves float'} the output)")
     if batch is not None:
         for value in graph.input:

@@ -96,7 +96,7 @@ def _output_type(node: onnx.NodeProto, types: dict[str, int]) -> int | None:
 def _in_dependency_order(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     """The nodes with every producer before its readers (an optimised graph is not always saved in that order)."""
     available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    pending, ordered = list(graph.node), []
+    pending, ordered = list(graph.node), list[onnx.NodeProto]()
     while pending:
         ready = [n for n in pending if all(name in available for name in n.input)]
         if not ready:  # a cycle or an unknown input: keep the file order for the rest

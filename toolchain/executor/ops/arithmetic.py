@@ -20,9 +20,10 @@ def _fixed(fn: Callable[..., Any]) -> Builder:
     return lambda ctx: fn
 
 
-for _op, _fn in {"Add": operator.add, "Sub": operator.sub, "Mul": operator.mul, "Equal": torch.eq, "Less": torch.lt,
+_FIXED: dict[str, Callable[..., Any]] = {"Add": operator.add, "Sub": operator.sub, "Mul": operator.mul, "Equal": torch.eq, "Less": torch.lt,
                  "LessOrEqual": torch.le, "Greater": torch.gt, "GreaterOrEqual": torch.ge, "Not": torch.logical_not,
-                 "And": torch.logical_and, "Or": torch.logical_or, "Where": torch.where}.items():
+                 "And": torch.logical_and, "Or": torch.logical_or, "Where": torch.where}
+for _op, _fn in _FIXED.items():
     register(_op)(_fixed(_fn))
 
 

@@ -255,21 +255,21 @@ def _resize(ctx: NodeContext) -> Kernel:
     sizes = ctx.const_ints(3) if ctx.has_input(3) else None
     if (ctx.has_input(2) and scales is None) or (ctx.has_input(3) and sizes is None):
         raise ctx.error("scales or sizes are computed at run time; they must be initializers or Constants")
-    scales = [float(s) for s in scales.reshape(-1)] if scales is not None and scales.size else None
-    if scales is None and sizes is None:
+    scale_factors = [float(s) for s in scales.reshape(-1)] if scales is not None and scales.size else None
+    if scale_factors is None and sizes is None:
         raise ctx.error("neither scales nor sizes is given; Resize needs one of them")
 
     def resize(x: torch.Tensor, *_: torch.Tensor | None) -> torch.Tensor:
-        if (scales is not None and scales[:2] != [1.0, 1.0]) or (sizes is not None and list(sizes[:2]) != list(x.shape[:2])):
+        if (scale_factors is not None and scale_factors[:2] != [1.0, 1.0]) or (sizes is not None and list(sizes[:2]) != list(x.shape[:2])):
             raise ctx.error("only the spatial dims (2 and after) can be resized; batch and channels must keep their size")
         rank = x.dim() - 2
         torch_mode = interpolation if interpolation.startswith("nearest") else _TORCH_RESAMPLING.get((interpolation, rank))
         if torch_mode is None:
             raise ctx.error(f"{interpolation} resizing of {rank} spatial dims is not supported")
         extra = {} if align_corners is None else {"align_corners": align_corners}
-        if scales is not None:
+        if scale_factors is not None:
             # The given scales, not out/in, map the coordinates (as ONNX does when scales are given).
-            return F.interpolate(x, scale_factor=scales[2:], mode=torch_mode, recompute_scale_factor=False, **extra)
+            return F.interpolate(x, scale_factor=scale_factors[2:], mode=torch_mode, recompute_scale_factor=False, **extra)
         return F.interpolate(x, size=list(sizes[2:]), mode=torch_mode, **extra)
 
     return resize

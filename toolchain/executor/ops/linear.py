@@ -65,7 +65,7 @@ def _padded_conv(rank: int, strides: tuple[int, ...], dilations: tuple[int, ...]
 
     def conv2d(x: torch.Tensor, w: torch.Tensor, b: torch.Tensor | None, padding: tuple[int, ...]) -> torch.Tensor:
         if x.requires_grad and worth_phases(w, strides):
-            return stem_conv2d(x, w, b, strides, padding)
+            return stem_conv2d(x, w, b, strides, padding)  # type: ignore[arg-type]  # 2-D: worth_phases checked the rank
         return plain(x, w, b, strides, padding, dilations, groups)
 
     return conv2d

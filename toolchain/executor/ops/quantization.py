@@ -41,7 +41,7 @@ def integer_range(dtype: Any) -> tuple[int, int] | None:
     if dtype in SUB_BYTE_HOLDERS:
         info = ml_dtypes.iinfo(dtype)
     elif np.issubdtype(dtype, np.integer):
-        info = np.iinfo(dtype)
+        info = np.iinfo(dtype)  # type: ignore[assignment]  # ml_dtypes.iinfo and np.iinfo share min / max
     else:
         return None
     return int(info.min), int(info.max)
@@ -190,10 +190,7 @@ def _quantize_linear(ctx: NodeContext) -> Kernel:
         if compute is not None:
             x, s = x.to(compute), s.to(compute)
         v = x / (s if scale_view is None else scale_view(s, x))
-        if per_axis_zero:
-            offset = zp if zero_view is None else zero_view(zp, x)
-        else:
-            offset = z or None
+        offset: torch.Tensor | int | None = (zp if zero_view is None else zero_view(zp, x)) if per_axis_zero else z or None
         if v.requires_grad:
             return _RoundClamp.apply(v, offset, lo, hi)
         v = v.round_()

@@ -13,6 +13,8 @@ is followed by Q->DQ and onnxruntime can fuse it.
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import onnx
 from onnx import helper, numpy_helper
@@ -79,7 +81,7 @@ class _Builder:
                     node.input[i] = new
 
     def dq_node(self, source: str, scale: str, zero: str, output: str, name: str, axis: int | None) -> onnx.NodeProto:
-        kwargs = {"axis": axis} if axis is not None else {}
+        kwargs: dict[str, Any] = {"axis": axis} if axis is not None else {}
         node = helper.make_node("DequantizeLinear", [source, scale, zero], [output], name=name, **kwargs)
         self.graph.node.append(node)
         return self.graph.node[-1]
@@ -125,28 +127,29 @@ def materialize(
         builder.replace_uses(weight, qdq_names.dequantized(weight))
         builder.dq_node(qdq_names.quantized(weight), scale, zero, qdq_names.dequantized(weight), qdq_names.dequantize_node(weight), spec.axis)
 
-    for bias, spec in plan.biases.items():
+    for bias, bias_spec in plan.biases.items():
         array = numpy_helper.to_array(builder.initializers[bias]).astype(np.float32)
-        params = bias_params(activation_params[plan.root(spec.activation)], weight_params[spec.weight])
+        params = bias_params(activation_params[plan.root(bias_spec.activation)], weight_params[bias_spec.weight])
         builder.add_initializer(integer_tensor(qdq_names.quantized(bias), params.quantize(array), BIAS_TYPE))
         scale, zero = builder.qparam_inputs(bias, params, BIAS_TYPE)
         builder.replace_uses(bias, qdq_names.dequantized(bias))
         builder.dq_node(qdq_names.quantized(bias), scale, zero, qdq_names.dequantized(bias), qdq_names.dequantize_node(bias), 0)
 
-    integer_pads = _integer_domain_pads(qdq.graph, plan) if integer_pads else {}
-    for tensor, spec in plan.activations.items():
+    pads = _integer_domain_pads(qdq.graph, plan) if integer_pads else {}
+    for tensor, activation in plan.activations.items():
         root = plan.root(tensor)
         params = activation_params[root]
         storage = storage_type(params.qtype, low_bit_storage, activation=True)
         scale, zero = builder.qparam_inputs(root, params, storage)
-        if spec.constant:
+        if activation.constant:
             array = numpy_helper.to_array(builder.initializers[tensor])
             builder.add_initializer(integer_tensor(qdq_names.quantized(tensor), params.quantize(array), storage))
             builder.replace_uses(tensor, qdq_names.dequantized(tensor))
             builder.dq_node(qdq_names.quantized(tensor), scale, zero, qdq_names.dequantized(tensor), qdq_names.dequantize_node(tensor), None)
             continue
-        if tensor in integer_pads:
-            _materialize_integer_pad(builder, integer_pads[tensor], spec.shared_with, tensor, scale, zero)
+        if tensor in pads:
+            assert activation.shared_with is not None, "an integer-domain Pad shares its input's parameters"
+            _materialize_integer_pad(builder, pads[tensor], activation.shared_with, tensor, scale, zero)
             continue
         clip = _range_clip(builder, root, params) if storage != params.qtype else None
         _materialize_activation(builder, tensor, scale, zero, tensor in graph_outputs, clip)

@@ -38,6 +38,7 @@ class AdaRound(nn.Module):
             above = integers >= scaled  # the start is the upper neighbour; the lower one is a step towards w/s
             floor = torch.where(above, integers - 1, integers)
             fraction = torch.where(above, torch.tensor(1 - 1e-4), torch.tensor(1e-4))
+        self.floor: torch.Tensor  # a buffer: moves with .to(device), not trained
         self.register_buffer("floor", floor)
         self.qmin, self.qmax = qmin, qmax
         self.alpha = nn.Parameter(-torch.log((ZETA - GAMMA) / (fraction - GAMMA) - 1))

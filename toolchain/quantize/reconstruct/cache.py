@@ -100,7 +100,8 @@ class SampleStore:
         return self.n
 
     def _map(self, mode: str) -> np.memmap:
-        return np.memmap(self.path, dtype=np.float32, mode=mode, shape=(self.n, *self.sample_shape))
+        assert self.path is not None, "only a spilled store has a file"
+        return np.memmap(self.path, dtype=np.float32, mode=mode, shape=(self.n, *self.sample_shape))  # type: ignore[call-overload]
 
     def write(self, start: int, values: torch.Tensor) -> None:
         values = values.detach().to("cpu", torch.float32)

@@ -122,7 +122,7 @@ class ReconConfig:
         pd = method == "pdquant"
         base = cls(method=method, preset_name=preset, qdrop=method != "none", prediction_difference=pd,  # type: ignore[arg-type]
                    learn_scales=pd, distribution_correction=pd)
-        budget = {
+        budgets: dict[str, dict[str, Any]] = {
             # PD-Quant's run_script.py: 20k iterations per unit, batch 32, 500 DC steps.
             "paper": {"iterations": 20000, "batch_size": 32, "dc_steps": 500, "pd_weight": 10.0},
             # Measured on ResNet-20 W4A4 (bench/pdquant.py): see the README's reconstruction table.
@@ -135,7 +135,8 @@ class ReconConfig:
             # 0.03 -> 80.07 / 79.11 %, 0.003 -> 78.78 / 78.80 % (README, "Pretrained ImageNet models").
             "cpu": {"iterations": 100, "batch_size": 8, "dc_steps": 50, "round_lr": 3e-2},
             "fast": {"iterations": 6, "batch_size": 8, "dc_steps": 2, "dc_batch_size": 16},
-        }[preset]
+        }
+        budget = budgets[preset]
         return replace(base, **{**budget, **{k: v for k, v in overrides.items() if v is not None}})
 
     def calibration_advice(self, images: int) -> str | None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from toolchain.core.distributed import shard_batches
+from toolchain.core.distributed import Distributed, shard_batches
 from toolchain.errors import ConfigError
 
 
@@ -34,7 +34,7 @@ class Shard:
     start: int
     stop: int
     total: int
-    distributed: object | None = None
+    distributed: Distributed | None = None
 
     @classmethod
     def whole(cls, n: int) -> Shard:
