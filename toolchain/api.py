@@ -18,8 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from toolchain.core.atomic import check_writable
+from toolchain.core.execution import provider_names
 from toolchain.data.forms import DEFAULT_CALIB_IMAGES, load_calibration_inputs
 from toolchain.errors import ConfigError
+from toolchain.evaluate.accuracy import evaluate
 from toolchain.export.outputs import ExportReport, export_to_file
 from toolchain.generate.outputs import GenerateOutcome, default_calibration_path, generate_to_file
 from toolchain.onnxio.files import load_model, save_model
@@ -27,6 +29,7 @@ from toolchain.onnxio.graph import GraphSummary, image_input, summarize
 from toolchain.onnxio.loaded import model_preprocessing, open_model
 from toolchain.onnxio.preprocessing import Preprocessing, PreprocessingOverrides, write_preprocessing
 from toolchain.onnxio.validate import check_runs
+from toolchain.quantize.config import QuantConfig
 
 if TYPE_CHECKING:
     from toolchain.quantize.outputs import QuantizeOutcome
@@ -85,8 +88,6 @@ def evaluate_model(
     an evaluate.EvalResult.
 
     `providers`: onnxruntime execution providers, e.g. "cuda,cpu" (default: the CPU provider)."""
-    from toolchain.core.execution import provider_names
-    from toolchain.evaluate.accuracy import evaluate
 
     chosen = provider_names(providers)
     # the proto is dropped on return: onnxruntime opens the file itself, and a large model is not held twice
@@ -119,7 +120,7 @@ def run(config=None, config_name: str = "default", progress: bool = True, resume
         if not result.passed:
             raise SystemExit(result.failures)
     """
-    from toolchain.pipeline import RunConfig, run_pipeline
+    from toolchain.pipeline import RunConfig, run_pipeline  # deferred: torch loads only when this runs (start-up time)
 
     return run_pipeline(config if config is not None else RunConfig(), config_name, progress, resume)
 
@@ -128,7 +129,7 @@ def __getattr__(name: str):
     # start-up time: QuantizeOutcome and report_path_for live with the quantizer (numpy, onnx checker); they load on
     # first use, as the quantizer itself does in quantize_model.
     if name in ("QuantizeOutcome", "report_path_for"):
-        from toolchain.quantize import outputs
+        from toolchain.quantize import outputs  # deferred: onnxruntime loads only when this runs (start-up time)
 
         return getattr(outputs, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
@@ -151,16 +152,15 @@ def quantize_model(
     """Quantize MODEL with calibration data CALIB; write OUT and OUT's .report.json (both or neither).
 
     CALIB: a path (calibration .npz, .npz keyed by the input name, test_data_set_* folder of input_*.pb, or an
-    image dataset), an onnxruntime CalibrationDataReader, or a float32 numpy array of model inputs (see calibforms).
+    image dataset), an onnxruntime CalibrationDataReader, or a float32 numpy array of model inputs (see data.forms).
 
     With reconstruction, `OUT.ckpt` keeps the finished units while it runs (removed once OUT is written);
     after a divergence, a crash or Ctrl-C, `resume=True` continues from it. `execution` (an
     execution.Execution): device, threads, reconstruction cache budget, onnxruntime providers.
-    `distributed` (under torchrun, see datagen.distributed.distributed_session): the ranks share the
+    `distributed` (under torchrun, see core.distributed.distributed_session): the ranks share the
     reconstruction; rank 0 writes the files and returns the outcome, the other ranks return None.
     """
     # start-up time: the quantizer (onnxruntime, its passes) loads when a model is quantized, not with every command
-    from toolchain.quantize.config import QuantConfig
     from toolchain.quantize.outputs import check_quantize_inputs, quantize_to_files, report_path_for
 
     config = config or QuantConfig()

@@ -333,12 +333,12 @@ def test_openvino_verdict_measures_agreement_and_names_reduce_range(digits, cali
     A disagreeing run (as ResNet-20 W8A8 with full-range weights measures on this VNNI-less CPU: 12.7 dB; simulated
     here, the digits model does not saturate) is NOT verified, warned about, and the fix named is --reduce-range."""
     import toolchain.quantize.driver as quantize_module
-    import toolchain.runtimes as runtimes
+    import toolchain.quantize.target_check as target_check  # patched where the verdict looks it up
 
     safe = quantize(digits, calib, QuantConfig(target="openvino", reduce_range=True), progress=False).report["target"]
     assert safe["verified"] and safe["agreement_db"] >= 15.0, safe
     monkeypatch.setattr(quantize_module, "has_vnni", lambda: False)
-    monkeypatch.setattr(runtimes, "runtime_agreement_db", lambda *args, **kwargs: 12.7)
+    monkeypatch.setattr(target_check, "runtime_agreement_db", lambda *args, **kwargs: 12.7)
     result = quantize(digits, calib, QuantConfig(target="openvino"), progress=False)
     assert not result.report["target"]["verified"] and "--reduce-range" in result.report["target"]["why"]
     assert any("12.7 dB" in w and "--reduce-range" in w for w in result.warnings)

@@ -18,6 +18,7 @@ Every command takes --json, --quiet and --log-level (cli_output.py) and never pr
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from typing import Any
 
 import click
@@ -28,6 +29,8 @@ from toolchain.cli.options import execution_from, execution_options, preprocessi
 from toolchain.cli.output import output_options, progress_wanted, say
 from toolchain.cli.quantize import quantize_command
 from toolchain.cli.run import run_command
+from toolchain.cli.text import format_summary
+from toolchain.core.execution import prefer_passive_waiting
 
 _GROUP_HELP = f"""ONNX post-training quantization with synthetic calibration data.
 
@@ -53,7 +56,7 @@ def cli(debug: bool) -> None:
 @handle_errors
 def zoo_command(as_json: bool) -> None:
     """List the models `toolchain export` knows by name."""
-    from toolchain.export.zoo import DEFAULT_MODEL, ZOO
+    from toolchain.export.zoo import DEFAULT_MODEL, ZOO  # deferred: torch loads only when this runs (start-up time)
 
     if as_json:
         click.echo(json.dumps([{"name": name, "description": entry.description, "default": name == DEFAULT_MODEL}
@@ -91,11 +94,10 @@ def export_command(model: str, weights: str | None, output: str | None, opset: i
       toolchain export mypkg.nets:small_net --mean 0.5 --std 0.25 --input-size 64 -o small.onnx
       toolchain export mobilenet_v3_cifar10 --exporter dynamo -o mnv3.onnx
     """
-    from toolchain import api
+    from toolchain import api  # deferred: PIL loads only when this runs (start-up time)
 
     report = api.export_model(model, output, weights, preprocessing_overrides(kwargs), opset, overwrite, exporter)
     if as_json:
-        from dataclasses import asdict
 
         click.echo(json.dumps({**asdict(report), "path": str(report.path)}))
         return
@@ -118,8 +120,7 @@ def inspect_command(model: str, as_json: bool) -> None:
       toolchain inspect resnet20.onnx
       toolchain inspect resnet20.onnx --json | python -c "import json,sys; print(json.load(sys.stdin)['num_batchnorm'])"
     """
-    from toolchain import api
-    from toolchain.cli.text import format_summary
+    from toolchain import api  # deferred: PIL loads only when this runs (start-up time)
 
     summary = api.inspect_model(model)
     if as_json:
@@ -142,7 +143,7 @@ def stamp_command(model: str, output: str | None, as_json: bool, **kwargs: Any) 
       toolchain stamp theirs.onnx --mean 0.485,0.456,0.406 --std 0.229,0.224,0.225 --input-size 224 \\
           --crop-fraction 0.875 --class-names @classes.txt
     """
-    from toolchain import api
+    from toolchain import api  # deferred: PIL loads only when this runs (start-up time)
 
     pre = api.stamp_model(model, preprocessing_overrides(kwargs), output)
     if as_json:
@@ -182,7 +183,7 @@ def evaluate_command(model: str, data: str, reference: str | None, limit: int | 
       toolchain evaluate r20_w8a8_ov.onnx --data test.tar.gz --runtime openvino
       toolchain evaluate r20_qnn.onnx --data test.tar.gz --runtime qnn --limit 500    # HTP emulator: slow
     """
-    from toolchain import api
+    from toolchain import api  # deferred: PIL loads only when this runs (start-up time)
 
     result = api.evaluate_model(model, data, reference, limit, batch_size, threads, seed, preprocessing_overrides(kwargs),
                                 providers=providers, runtime=runtime, progress=progress_wanted())
@@ -243,8 +244,8 @@ def generate_command(model: str, method: str, n: int, output: str | None, preset
       torchrun --nproc-per-node 2 -m toolchain.cli generate resnet20.onnx -n 1024 -o calib_data/dgh1024.npz
       toolchain generate resnet18.onnx -n 1024 --device cuda -o calib_data/r18_dgh1024.npz
     """
-    from toolchain import api
-    from toolchain.core.distributed import distributed_session, exit_process
+    from toolchain import api  # deferred: PIL loads only when this runs (start-up time)
+    from toolchain.core.distributed import distributed_session, exit_process  # deferred: torch loads only when this runs (start-up time)
 
     execution = execution_from(kwargs)
     with distributed_session() as distributed:  # destroyed on exit, so a torchrun run exits 0 after writing
@@ -271,7 +272,6 @@ def _print_generated(outcome: Any, n: int, method: str, preset_name: str, seed: 
 
 def main() -> None:
     """Console-script entry point."""
-    from toolchain.core.execution import prefer_passive_waiting
 
     prefer_passive_waiting()  # before any command imports torch (its OpenMP runtime reads this once)
     cli(prog_name="toolchain")

@@ -17,6 +17,10 @@ from typing import Any, TypeVar
 
 import click
 
+from toolchain.core.execution import Execution, provider_names
+from toolchain.errors import ConfigError
+from toolchain.onnxio.preprocessing import PreprocessingOverrides
+
 F = TypeVar("F", bound=Callable[..., Any])
 
 
@@ -70,7 +74,6 @@ def preprocessing_options(func: F) -> F:
 
 
 def preprocessing_overrides(kwargs: dict[str, Any]) -> Any:
-    from toolchain.onnxio.preprocessing import PreprocessingOverrides
 
     keys = ("mean", "std", "input_size", "channel_order", "pixel_scale", "crop_fraction", "class_names")
     return PreprocessingOverrides(**{k: kwargs.pop(k) for k in keys})
@@ -81,8 +84,7 @@ def preprocessing_overrides(kwargs: dict[str, Any]) -> Any:
 def _cache_budget(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
     if value is None:
         return None
-    from toolchain.errors import ConfigError
-    from toolchain.quantize.reconstruct.cache import parse_bytes
+    from toolchain.quantize.reconstruct.cache import parse_bytes  # deferred: torch loads only when this runs (start-up time)
 
     try:
         return parse_bytes(value)
@@ -143,7 +145,6 @@ def execution_options(reconstruction: bool = False, providers: bool = False) -> 
 
 def execution_from(kwargs: dict[str, Any]) -> Any:
     """The Execution the options describe (they are popped from `kwargs`)."""
-    from toolchain.core.execution import Execution, provider_names
 
     names = provider_names(kwargs.pop("providers", None))
     return Execution(device=kwargs.pop("device"), threads=kwargs.pop("threads"),

@@ -136,9 +136,9 @@ def quantize_command(model: str, calib: str, output: str, w_bits: int, a_bits: i
       torchrun --nproc-per-node 2 -m toolchain.cli quantize resnet20.onnx --calib calib_data/dgh256.npz \
           --w-bits 4 --a-bits 4 --reconstruct pdquant -o r20_pd.onnx    # 2 processes share the reconstruction
     """
-    from toolchain import api
-    from toolchain.core.distributed import distributed_session, exit_process
-    from toolchain.pipeline.config import QuantizeSpec
+    from toolchain import api  # deferred: PIL loads only when this runs (start-up time)
+    from toolchain.core.distributed import distributed_session, exit_process  # deferred: torch loads only when this runs (start-up time)
+    from toolchain.pipeline.config import QuantizeSpec  # deferred: PIL, torch load only when this runs (start-up time)
 
     # The options map one to one onto `toolchain run`'s quantize entries: one translation for both.
     spec = QuantizeSpec(w_bits=w_bits, a_bits=a_bits, calibrator=calibrator, percentile=percentile, target=target,
@@ -174,7 +174,7 @@ def _bit_list(value: str | None) -> tuple[int, ...] | None:
 
 
 def _print_quantized(outcome: Any, config: Any, as_json: bool) -> None:
-    from toolchain.runtimes.coverage import float_ops_text
+    from toolchain.runtimes.coverage import float_ops_text  # deferred: onnxruntime loads only when this runs (start-up time)
 
     recon = config.reconstruction
     for warning in outcome.warnings:

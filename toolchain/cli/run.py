@@ -8,13 +8,14 @@ Usage:
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
 
 from toolchain.cli.errors import handle_errors
 from toolchain.cli.output import output_options, progress_wanted, quiet, say
-from toolchain.errors import GateFailed
+from toolchain.errors import ConfigError, GateFailed
 
 
 def _flag_overrides(model: str | None, run_dir: str | None, overwrite: bool, calib: str | None, eval_data: str | None,
@@ -80,10 +81,8 @@ def run_command(config_file: str | None, run_dir: str | None, overwrite: bool, r
       toolchain run --model efficientnet_lite0 --eval-data ../shared/datasets/imagenet-sample-500.tar
       toolchain run --model efficientnet_lite0 --eval-data ../shared/datasets/imagenet-sample-500.tar --resume
     """
-    import os
-
+    # start-up time: the library (PIL, torch) loads when a run starts, not with `toolchain --help`
     from toolchain import api
-    from toolchain.errors import ConfigError
     from toolchain.pipeline.config_io import apply_overrides, config_from_mapping, read_config_file
     from toolchain.pipeline.report import summary_table
 

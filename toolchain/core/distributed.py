@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -69,7 +70,7 @@ class TorchDistributed:
     """Distributed over the default torch.distributed process group (initialised by the caller)."""
 
     def __init__(self, owns_group: bool = False) -> None:
-        import torch.distributed as dist
+        import torch.distributed as dist  # deferred: torch loads only when this runs (start-up time)
 
         if not dist.is_initialized():
             raise ConfigError("torch.distributed is not initialised: call distributed_from_env() under torchrun")
@@ -131,7 +132,7 @@ def distributed_from_env(backend: str = "gloo") -> TorchDistributed | None:
         raise ConfigError(f"WORLD_SIZE={os.environ['WORLD_SIZE']!r} is not an integer; launch with torchrun") from err
     if world_size <= 1:
         return None
-    import torch.distributed as dist
+    import torch.distributed as dist  # deferred: torch loads only when this runs (start-up time)
 
     if not dist.is_available():
         raise ConfigError("WORLD_SIZE > 1 but this torch build has no torch.distributed; run a single process")
@@ -153,7 +154,6 @@ def exit_process(code: int = 0) -> None:
     communication backend destroyed during teardown. Nothing is left to do at that point, so the
     teardown is skipped; the exit code is the run's own.
     """
-    import sys
 
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(OSError, ValueError):

@@ -62,7 +62,7 @@ def prefer_passive_waiting() -> bool:
 
 def provider_names(spec: str | tuple[str, ...] | list[str] | None) -> tuple[str, ...]:
     """'cuda,cpu' or ('CUDAExecutionProvider', ...) -> onnxruntime provider names, checked against this install."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # deferred: onnxruntime loads only when this runs (start-up time)
 
     if spec is None or spec == "" or spec == ():
         return ("CPUExecutionProvider",)
@@ -115,7 +115,7 @@ class Execution:
 
     def apply_threads(self) -> int:
         """Set torch's intra-op threads (once per process matters: it is global); returns the count."""
-        import torch
+        import torch  # deferred: torch loads only when this runs (start-up time)
 
         count = self.thread_count
         if torch.get_num_threads() != count:
@@ -124,13 +124,13 @@ class Execution:
 
     def acceleration(self, input_size: tuple[int, ...] | None):
         """The executor.acceleration.Acceleration for a model with this input size (H, W) on torch_device()."""
-        from toolchain.core.acceleration import Acceleration
+        from toolchain.core.acceleration import Acceleration  # deferred: torch loads only when this runs (start-up time)
 
         return Acceleration.resolve(self.channels_last, self.compile, input_size, self.torch_device(), self.reuse_memory)
 
     def torch_device(self):
         """The torch.device for this run; ConfigError when CUDA is asked for and torch cannot use it."""
-        import torch
+        import torch  # deferred: torch loads only when this runs (start-up time)
 
         if self.device == "auto":
             if not torch.cuda.is_available():

@@ -24,6 +24,7 @@ from tqdm import tqdm
 from toolchain.data.images import open_images
 from toolchain.errors import ConfigError, DataError, GraphError, PreprocessingError
 from toolchain.onnxio.preprocessing import Preprocessing
+from toolchain.runtimes import open_runtime
 
 PathLike = str | os.PathLike[str]
 
@@ -128,7 +129,6 @@ class _Classifier:
 
     def __init__(self, path: PathLike, pre: Preprocessing, threads: int,
                  providers: tuple[str, ...] = ("CPUExecutionProvider",), runtime: str = "ort") -> None:
-        from toolchain.runtimes import open_runtime
 
         self.session = open_runtime(runtime, path, threads, providers)
         names = getattr(self.session, "input_names", [self.session.input_name])

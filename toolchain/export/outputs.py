@@ -35,7 +35,7 @@ def export_to_file(model: str, path: Path, weights: str | Path | None = None,
     """Export `model` to `path` (replacing it) and verify the file against the torch module.
 
     `exporter`: "torchscript" (default) or "dynamo" (torch.onnx's dynamo exporter; needs onnxscript)."""
-    # start-up time: torch (and the exporter, which imports it) load only when a model is exported, not with api
+    # start-up time: torch, onnxruntime and the exporter load only when a model is exported, not with api
     import torch
 
     from toolchain.export.exporter import ExportConfig, export_to_onnx, verify_export

@@ -89,7 +89,7 @@ def _imagenet_pretrained() -> Preprocessing:
 
 def _artifacts_dir() -> Path:
     try:
-        import toolchain_models
+        import toolchain_models  # deferred: toolchain_models loads only when this runs (start-up time)
 
         return Path(toolchain_models.__file__).resolve().parent / "artifacts"
     except ImportError:  # running from a source tree that was not installed
@@ -97,7 +97,7 @@ def _artifacts_dir() -> Path:
 
 
 def _digits_preprocessing() -> Preprocessing:
-    from toolchain_models import digits
+    from toolchain_models import digits  # deferred: toolchain_models loads only when this runs (start-up time)
 
     return digits.preprocessing()
 

@@ -35,6 +35,7 @@ from toolchain.core.acceleration import Acceleration
 from toolchain.core.distributed import Distributed, rank_path
 from toolchain.core.memory import reuse_freed_memory
 from toolchain.data.calibration import CalibrationSet
+from toolchain.data.images import open_images
 from toolchain.errors import ConfigError, DataError, GraphError
 from toolchain.generate.augment import valid_range
 from toolchain.generate.checkpoint import load_checkpoint
@@ -160,7 +161,6 @@ def _gaussian(pre: Preprocessing, n: int, seed: int) -> np.ndarray:
 
 def _real(pre: Preprocessing, n: int, seed: int, real_data: str | Path | None,
           manifest: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
-    from toolchain.data.images import open_images
 
     if real_data is None:
         raise DataError("method 'real' samples real images: give an image dataset (folder, .tar.gz or .npz) with --data")
@@ -244,7 +244,6 @@ def _optimise(model: onnx.ModelProto, pre: Preprocessing, method: str, n: int, c
 
 def _fdda_setup(teacher: Teacher, pre: Preprocessing, n: int, config: GenerationConfig, seed: int,
                 real_data: str | Path | None, manifest: dict[str, Any]) -> tuple[torch.Tensor, ClassObjective, int]:
-    from toolchain.data.images import open_images
 
     fdda = config.fdda
     assert fdda is not None  # generate() fills it in for method fdda

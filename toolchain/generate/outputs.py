@@ -12,6 +12,7 @@ from pathlib import Path
 
 from toolchain.core.execution import Execution
 from toolchain.data.calibration import save_calibration
+from toolchain.generate.config import preset
 from toolchain.onnxio.loaded import LoadedModel
 
 
@@ -39,8 +40,7 @@ def generate_to_file(model: LoadedModel, method: str, n: int, path: Path, preset
     `path.ckpt` is kept while optimising; `resume=True` continues from it; it is removed once `path` is written.
     """
     # start-up time: the generation package imports torch; api imports this module for every command
-    from toolchain.generate.config import preset
-    from toolchain.generate.generate import generate
+    from toolchain.generate.generate import generate  # deferred: torch loads only when this runs (start-up time)
 
     rank = distributed.rank if distributed is not None else 0
     checkpoint = path.with_name(path.name + ".ckpt")

@@ -27,6 +27,7 @@ from torch import nn
 
 from toolchain.core.acceleration import Acceleration, CompiledForward, to_channels_last
 from toolchain.errors import GraphError
+from toolchain.executor import OnnxModule
 
 BnHook = Callable[[str, torch.Tensor], None]
 STD_EPS = 1e-6  # sqrt(var + 1e-6), as DGH and ZeroQ
@@ -132,7 +133,6 @@ class Teacher:
 
     @classmethod
     def from_onnx(cls, model: onnx.ModelProto, acceleration: Acceleration | None = None) -> Teacher:
-        from toolchain.executor import OnnxModule
 
         module = OnnxModule(model)  # initializers are buffers: nothing to differentiate but the input
         stats = module.bn_statistics()

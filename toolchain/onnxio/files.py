@@ -37,7 +37,7 @@ from toolchain.onnxio.external_data import (
 from toolchain.onnxio.validate import check_structure
 
 # check_model, fits_one_protobuf, serialized_size and written_to_temporary_folder live in external_data (below
-# validate and ortsession, which need them); they are re-exported here, where callers look for file handling.
+# validate and sessions, which need them); they are re-exported here, where callers look for file handling.
 __all__ = ["EXTERNAL_DATA_ABOVE", "PROTOBUF_LIMIT", "atomic_output", "check_model", "fits_one_protobuf", "load_model",
            "model_sha256", "save_model", "serialized_size", "written_to_temporary_folder"]
 

@@ -15,9 +15,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import onnx
-from onnx import numpy_helper
+from onnx import numpy_helper, shape_inference
 
 from toolchain.errors import GraphError
+from toolchain.onnxio.passes import run_passes
+from toolchain.onnxio.passes.cleanup import FoldConstantsPass, LiftConstantNodesPass
 from toolchain.onnxio.preprocessing import Preprocessing, read_preprocessing
 
 QUANTIZABLE_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
@@ -104,8 +106,6 @@ def _quantizable_layers(model: onnx.ModelProto) -> tuple[QuantizableLayer, ...]:
     produced = {out for node in graph.node for out in node.output}
     weighted = [n for n in graph.node if n.op_type in QUANTIZABLE_OPS and len(n.input) > 1]
     if any(node.input[1] in produced for node in weighted):
-        from toolchain.onnxio.passes import run_passes
-        from toolchain.onnxio.passes.cleanup import FoldConstantsPass, LiftConstantNodesPass
 
         cleaned = onnx.ModelProto()
         cleaned.CopyFrom(model)
@@ -147,7 +147,6 @@ def tensor_types(model: onnx.ModelProto) -> dict[str, int]:
 
     Tensors it cannot type are absent; callers decide what an unknown type means.
     """
-    from onnx import shape_inference
 
     types = {init.name: init.data_type for init in model.graph.initializer}
     try:

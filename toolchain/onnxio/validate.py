@@ -4,7 +4,7 @@ Usage:
     check_structure(model, "model.onnx")              # text fields, tensor types and sizes, onnx.checker
     check_runs(model, "model.onnx", (8, 8))           # onnxruntime loads it and runs a zero image
 
-A model read from disk passes `check_structure` before any command looks at it (modelio.load_model);
+A model read from disk passes `check_structure` before any command looks at it (files.load_model);
 commands that execute it (quantize, generate, evaluate) also require `check_runs`, so that onnxruntime's
 verdict on the user's own file comes first, as a user error, and a later onnxruntime failure on a graph
 the toolchain derived is a bug of the toolchain, reported as such.
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 import onnx
-from onnx import helper
+from onnx import helper, numpy_helper
 
 from toolchain.errors import GraphError, ModelFileError
 from toolchain.onnxio.external_data import SUB_BYTE_BITS, all_tensors, check_model, expected_bytes
@@ -102,7 +102,6 @@ def check_attributes(model: onnx.ModelProto, source: str) -> None:
 
 def check_batchnorm_statistics(model: onnx.ModelProto, source: str) -> None:
     """Running means finite, running variances finite and non-negative: data generation matches them."""
-    from onnx import numpy_helper
 
     initializers = {i.name: i for i in model.graph.initializer}
     for node in model.graph.node:
@@ -153,9 +152,9 @@ def check_runs(model: onnx.ModelProto, source: str, input_size: tuple[int, int] 
                sample: np.ndarray | None = None) -> None:
     """onnxruntime (CPU) loads `model` and runs it once, on `sample` (one model input, batch first) or else on a
     zero image of `input_size` (batch 1); GraphError with onnxruntime's message otherwise."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # deferred: onnxruntime loads only when this runs (start-up time)
 
-    from toolchain.onnxio.sessions import inference_session
+    from toolchain.onnxio.sessions import inference_session  # deferred: onnxruntime loads only when this runs (start-up time)
 
     options = ort.SessionOptions()
     options.log_severity_level = 4

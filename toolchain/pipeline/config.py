@@ -18,9 +18,15 @@ import re
 from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
+from toolchain.core.cpu import has_vnni
+from toolchain.core.execution import Execution, provider_names
 from toolchain.errors import ConfigError
-from toolchain.export.zoo import DEFAULT_MODEL
+from toolchain.export.zoo import DEFAULT_MODEL, default_eval_data
+from toolchain.generate.config import METHODS, PRESETS
 from toolchain.onnxio.preprocessing import PreprocessingOverrides
+from toolchain.quantize.config import ActivationBudget, BitBudget, QuantConfig
+from toolchain.quantize.reconstruct import ReconConfig
+from toolchain.quantize.reconstruct.cache import parse_bytes
 
 CONFIG_VERSION = 1
 # Measured on ResNet-20 W?A4 (bench/results/mixed_precision.md, 3 seeds): with 3-bit candidates the allocation
@@ -93,7 +99,7 @@ class QuantizeSpec:
     reduce_range: True, False or "auto" (True when the target is ort-x86, the weights have 8 bits and this
     CPU has no VNNI: `run` evaluates the model here, where full-range weights would saturate).
     weight_bits_budget / size_budget (e.g. "120KB"): mixed precision, each layer's weight bits chosen from
-    w_bits_choices [default: the target's among 2, 3, 4, 8] so the weights fit (quant.bitalloc);
+    w_bits_choices [default: the target's among 2, 3, 4, 8] so the weights fit (quantize.mixed_precision);
     sensitivity_rounding: "nearest" or "compensated" [default: BitBudget's] for the sensitivity measurement.
     a_bits_budget: mixed precision of activations, each tensor's bits chosen from a_bits_choices [default: 4, 8]
     so that their mean over all activation values is at most this (ActivationBudget).
@@ -144,7 +150,6 @@ class QuantizeSpec:
 
     def act_budget(self):
         """The ActivationBudget these options describe (None without an activation budget)."""
-        from toolchain.quantize.config import ActivationBudget
 
         if self.a_bits_budget is None:
             if self.a_bits_choices is not None:
@@ -155,8 +160,6 @@ class QuantizeSpec:
 
     def bit_budget(self):
         """The BitBudget these options describe (None without a budget)."""
-        from toolchain.quantize.config import BitBudget
-        from toolchain.quantize.reconstruct.cache import parse_bytes
 
         if self.weight_bits_budget is None and self.size_budget is None:
             for given, flag in ((self.w_bits_choices, "--w-bits-choices"), (self.sensitivity_rounding, "--sensitivity-rounding")):
@@ -173,7 +176,6 @@ class QuantizeSpec:
 
     def resolved_reduce_range(self) -> bool:
         if self.reduce_range == "auto":
-            from toolchain.core.cpu import has_vnni
 
             return self.target == "ort-x86" and self.w_bits == 8 and has_vnni() is False
         if not isinstance(self.reduce_range, bool):
@@ -182,8 +184,6 @@ class QuantizeSpec:
 
     def quant_config(self):
         """The QuantConfig these options describe (ConfigError for a value out of range)."""
-        from toolchain.quantize.config import QuantConfig
-        from toolchain.quantize.reconstruct import ReconConfig
 
         recon = ReconConfig.preset(self.reconstruct, self.preset or "default", iterations=self.recon_iterations,
                                    batch_size=self.recon_batch_size, seed=self.seed, pd_weight=self.pd_weight)
@@ -235,8 +235,6 @@ class ExecutionSpec:
     reuse_memory: str = "auto"
 
     def execution(self):
-        from toolchain.core.execution import Execution, provider_names
-        from toolchain.quantize.reconstruct.cache import parse_bytes
 
         budget = parse_bytes(self.cache_budget) if self.cache_budget is not None else None
         return Execution(device=self.device, threads=self.threads, cache_budget=budget, spill_dir=self.spill_dir,
@@ -283,7 +281,6 @@ class RunConfig:
 
     def validate(self) -> None:
         """ConfigError, naming the key and the choices, for anything the stages would refuse later."""
-        from toolchain.generate.config import METHODS, PRESETS
 
         if self.version > CONFIG_VERSION:
             raise ConfigError(f"config version {self.version} is newer than this toolchain reads ({CONFIG_VERSION}); "
@@ -340,7 +337,6 @@ class RunConfig:
         if self.evaluate.data is not None:
             return self.evaluate.data
         if self.model == DEFAULT_MODEL:
-            from toolchain.export.zoo import default_eval_data
 
             return str(default_eval_data())
         return None

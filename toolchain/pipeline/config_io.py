@@ -13,6 +13,7 @@ addressed by index (`quantize.1.w_bits=2`) or all at once (`quantize.*.preset=fa
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import hashlib
@@ -31,7 +32,7 @@ UNHASHED_KEYS = ("run_dir", "overwrite")
 
 def read_config_file(path: str | Path) -> dict[str, Any]:
     """The mapping in a .yaml/.yml/.json file; ConfigError naming the file (and line) when it is not one."""
-    import yaml
+    import yaml  # deferred: yaml loads only when this runs (start-up time)
 
     path = Path(path)
     if not path.is_file():
@@ -61,9 +62,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> dict[str, Any]:
     """`raw` with each KEY.PATH=VALUE set (a deep copy; `raw` is not changed)."""
-    import copy
 
-    import yaml
+    import yaml  # deferred: yaml loads only when this runs (start-up time)
 
     data = copy.deepcopy(raw)
     for item in overrides:
@@ -211,7 +211,7 @@ def _plain(value: Any) -> Any:
 
 
 def resolved_yaml(config: RunConfig) -> str:
-    import yaml
+    import yaml  # deferred: yaml loads only when this runs (start-up time)
 
     header = "# The resolved config of this run: every key, defaults filled in. `toolchain run THIS_FILE` repeats it.\n"
     return header + yaml.safe_dump(config_to_mapping(config), sort_keys=False, default_flow_style=False, width=110)

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from toolchain.runtimes.timing import interleaved_ms
+
 _TYPE_BITS = {onnx.TensorProto.INT8: 8, onnx.TensorProto.UINT8: 8, onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4,
               onnx.TensorProto.INT16: 16, onnx.TensorProto.UINT16: 16, onnx.TensorProto.INT32: 32}
 for _name in ("INT2", "UINT2"):
@@ -60,6 +62,5 @@ def _feeds_layer(name: str, model: onnx.ModelProto, layer_bits: dict[str, int]) 
 
 def batch1_latency_ms(paths: list[Path], shape: list[int], runs: int, threads: int) -> list[float]:
     """Median ms of one batch-1 call of each file in onnxruntime, the files timed in alternating rounds."""
-    from toolchain.runtimes.timing import interleaved_ms
 
     return list(interleaved_ms("ort", tuple(paths), [1, *shape[1:]], runs, threads=threads))

@@ -18,10 +18,10 @@ PLOTS = ("accuracy", "layer_sqnr", "reconstruction", "generation", "images", "co
 
 def draw_plots(report: dict, folder: Path, images: dict) -> dict[str, str]:
     """Every figure this run has data for, written as FOLDER/NAME.png; returns {name: file name}."""
-    import matplotlib
+    import matplotlib  # deferred: matplotlib loads only when this runs (start-up time)
 
     matplotlib.use("Agg")  # no display; also on machines that have one, so a run never opens a window
-    import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt  # deferred: matplotlib loads only when this runs (start-up time)
 
     drawn = {}
     for name in PLOTS:

@@ -11,14 +11,14 @@ import platform
 import sys
 
 import toolchain
+from toolchain.core.cpu import has_vnni
+from toolchain.core.execution import usable_cores
 
 PACKAGES = ("onnx", "onnxruntime", "torch", "numpy", "openvino", "onnxruntime-qnn")
 
 
 def provenance() -> dict:
     """Versions of the toolchain, Python and PACKAGES (None when not installed), and the CPU's integer features."""
-    from toolchain.core.cpu import has_vnni
-    from toolchain.core.execution import usable_cores
 
     versions = {"toolchain": toolchain.__version__, "python": sys.version.split()[0]}
     for name in PACKAGES:

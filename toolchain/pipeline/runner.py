@@ -22,10 +22,12 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 
 from toolchain.data.calibration import CalibrationSet, sample_calibration, save_calibration
 from toolchain.data.forms import first_inputs, load_calibration_inputs, read_calibration_form
+from toolchain.data.images import open_images
 from toolchain.errors import EXIT_GATE, EXIT_OK
 from toolchain.evaluate.accuracy import EvalResult, evaluate
 from toolchain.export.outputs import export_to_file
@@ -33,8 +35,12 @@ from toolchain.export.zoo import zoo_input_size
 from toolchain.generate.outputs import generate_to_file
 from toolchain.onnxio.graph import image_input, summarize
 from toolchain.onnxio.loaded import LoadedModel, open_model
+from toolchain.onnxio.validate import check_runs
 from toolchain.pipeline.config import QuantizeSpec, RunConfig
 from toolchain.pipeline.config_io import config_hash, resolved_yaml
+from toolchain.pipeline.measure import batch1_latency_ms, parameter_bytes
+from toolchain.pipeline.provenance import provenance
+from toolchain.pipeline.report import write_reports
 from toolchain.pipeline.rundir import RUN_MARKER, check_resumable, run_directory, run_log
 from toolchain.pipeline.state import RunState
 
@@ -107,7 +113,6 @@ def run_pipeline(config: RunConfig, config_name: str = "default", progress: bool
         report["timing"]["total_s"] = round(time.perf_counter() - started, 2)
         failures = tuple(f for m in report["models"] for f in m["gates"]["failures"])
         report["gates"] = {"passed": not failures, "failures": list(failures)}
-        from toolchain.pipeline.report import write_reports
 
         write_reports(report, folder, stages.images_for_plots())
         for failure in failures:
@@ -131,7 +136,6 @@ class _Stages:
         self.timing[stage] = round(self.timing.get(stage, 0.0) + time.perf_counter() - started, 2)
 
     def run(self) -> dict:
-        from toolchain.pipeline.provenance import provenance
 
         config = self.config
         report: dict[str, Any] = {"toolchain": provenance(), "config_hash": config_hash(config), "config": RUN_MARKER,
@@ -251,8 +255,7 @@ class _Stages:
         as reading the file with that limit would. Each limit's inputs are checked against the model once, and the
         model runs once on the first input (the same for every limit)."""
         # start-up time: the quantizer loads when a run quantizes (the pipeline package loads with the CLI)
-        from toolchain.onnxio.validate import check_runs
-        from toolchain.quantize.driver import check_calibration
+        from toolchain.quantize.driver import check_calibration  # deferred: onnxruntime loads only when this runs (start-up time)
 
         model = self.loaded
         if self.calibration is None:
@@ -268,8 +271,7 @@ class _Stages:
 
     def quantize(self, spec: QuantizeSpec, data: str | None, fp32: Any) -> dict:
         # start-up time: the quantizer loads when a run quantizes (the pipeline package loads with the CLI)
-        from toolchain.pipeline.measure import parameter_bytes
-        from toolchain.quantize.outputs import quantize_to_files
+        from toolchain.quantize.outputs import quantize_to_files  # deferred: onnxruntime loads only when this runs (start-up time)
 
         config, out, started = self.config, self.folder / f"{spec.label}.onnx", time.perf_counter()
         done = self.state.finished(f"quantize:{spec.label}")
@@ -311,7 +313,6 @@ class _Stages:
 
     def latency(self, models: list[dict]) -> dict:
         """Batch-1 latency of FP32 and every quantized model in onnxruntime, timed in alternating rounds."""
-        from toolchain.pipeline.measure import batch1_latency_ms
 
         runs = self.config.evaluate.latency_runs
         if runs == 0:
@@ -330,9 +331,7 @@ class _Stages:
 
     def images_for_plots(self) -> dict:
         """Synthesised (calibration) and real images for the report's grid, as model inputs, with their preprocessing."""
-        import numpy as np
 
-        from toolchain.data.images import open_images
 
         with np.load(self.folder / CALIBRATION_FILE) as calibration:  # closes the archive (np.load keeps it open)
             inputs = calibration["inputs"][:16]
@@ -353,7 +352,7 @@ class _Stages:
 
 
 def _model_entry(spec: QuantizeSpec, quant_config: Any, report: dict, file: str, report_file: str) -> dict:
-    from toolchain.runtimes.coverage import float_ops_text
+    from toolchain.runtimes.coverage import float_ops_text  # deferred: onnxruntime loads only when this runs (start-up time)
 
     fusion, summary = report["fusion"], report["summary"]
     recon = report.get("reconstruction") or {}

@@ -21,7 +21,7 @@ from toolchain.quantize.targets import TargetName, TargetProfile, target_profile
 
 DEFAULT_W_BITS_CHOICES = (2, 3, 4, 8)  # a budget's candidates: the target's among these (measured: README)
 DEFAULT_A_BITS_CHOICES = (4, 8)  # an activation budget's candidates: the target's among these
-SUPPORTED_BITS = {"w_bits": (2, 3, 4, 8), "a_bits": (2, 4, 8, 16), "input_bits": (2, 4, 8, 16)}  # each target's own: quant.targets
+SUPPORTED_BITS = {"w_bits": (2, 3, 4, 8), "a_bits": (2, 4, 8, 16), "input_bits": (2, 4, 8, 16)}  # each target's own: quantize.targets
 Calibrator = Literal["minmax", "percentile", "mse"]
 LowBitStorage = Literal["ort", "native"]
 WeightRounding = Literal["nearest", "gptq"]  # None in QuantConfig: gptq, or AdaRound's own start with reconstruction
@@ -30,14 +30,14 @@ CONFIG_VERSION = 1
 
 @dataclass(frozen=True)
 class BitBudget:
-    """Mixed precision: per-layer weight bits from `choices` whose total fits the budget (quant.bitalloc).
+    """Mixed precision: per-layer weight bits from `choices` whose total fits the budget (quantize.mixed_precision).
 
     Give one of average_bits (mean weight bits over all weights, counted by parameters) and size_bytes
     (bytes of the weights at their bits). `samples`: calibration inputs the per-layer sensitivity is
     measured on. `choices`: the candidate widths; None = the target's among 2, 3, 4, 8 (QuantConfig fills
     them in). `rounding`: how a layer is quantized while its sensitivity is measured, "nearest" or
     "compensated" (default: each input column's rounding error spread over the rest by the layer's input
-    Hessian, as reconstruction will later recover much of it; quant.bitalloc.compensate; measured against
+    Hessian, as reconstruction will later recover much of it; mixed_precision.sensitivity (compensated rounding); measured against
     nearest in bench/results/mixed_precision.md)."""
 
     average_bits: float | None = None
@@ -65,7 +65,7 @@ class BitBudget:
 @dataclass(frozen=True)
 class ActivationBudget:
     """Mixed precision of activations: per-tensor bits from `choices` whose mean over all quantized activation
-    elements (per input image, each tensor counted by its size) stays within `average_bits` (quant.bitalloc).
+    elements (per input image, each tensor counted by its size) stays within `average_bits` (quantize.mixed_precision).
 
     `choices`: None = the target's widths among 4 and 8 (QuantConfig fills them in; two at least).
     `samples`: calibration inputs the per-tensor sensitivity is measured on. The network input keeps
@@ -98,7 +98,7 @@ class QuantConfig:
         calibrator: how ranges are chosen; None = "mse" (for weights the MSE search runs below 8 bits only,
             see calibrate.weight_calibrator).
         percentile: the percentile calibrator's upper percentile of activation values.
-        target: runtime profile deciding types, symmetry, bias, Q/DQ placement and shapes (quant.targets);
+        target: runtime profile deciding types, symmetry, bias, Q/DQ placement and shapes (quantize.targets);
             it also limits the bit-widths.
         batch: fix the batch dimension of the emitted model to this size (None: keep it dynamic, except for
             targets that need static shapes, qnn, where it is 1).
@@ -118,7 +118,7 @@ class QuantConfig:
             (measured on ResNet-20 W8A8 on an AVX2 CPU: top-1 agreement of onnxruntime's integer kernels
             with the QDQ semantics 92.3 % full range, 99.9 % reduced). Lower bit-widths are unaffected.
         weight_rounding: how weights are rounded onto their grid. Without reconstruction: "gptq" (the default:
-            each layer's rounding errors compensated through its input Hessian, quant.gptq; measured on
+            each layer's rounding errors compensated through its input Hessian, calibrate.gptq; measured on
             EfficientNet-Lite0, 64 DGH images: W8A8 KL to FP32 0.046 against 0.058 with "nearest", W4A8 top-1
             66.6 % against 13.0 %) or "nearest". With reconstruction AdaRound learns the rounding; "gptq" makes
             it start from GPTQ's integers instead of the float weights (the default, the papers'); "nearest"
@@ -126,11 +126,11 @@ class QuantConfig:
         calib_batch_size: calibration batch size for onnxruntime.
         samples_per_tensor: values kept per activation tensor for the percentile/MSE searches.
         reconstruction: what runs after the calibrator (none / brecq / pdquant; see recon.config).
-        bit_budget: choose each layer's weight bits under this budget (mixed precision, quant.bitalloc);
+        bit_budget: choose each layer's weight bits under this budget (mixed precision, quantize.mixed_precision);
             `w_bits` is then unused.
         layer_w_bits: (node name, weight bits) pairs that replace `w_bits` for those layers (what bit_budget's
             allocation writes in; also settable by hand).
-        act_budget: choose each activation tensor's bits under this budget (quant.bitalloc); `a_bits` then
+        act_budget: choose each activation tensor's bits under this budget (quantize.mixed_precision); `a_bits` then
             applies only to what the allocation does not cover (constants, and the input where the target
             quantizes it at activation bits).
         tensor_a_bits: (tensor name, activation bits) pairs that replace `a_bits` for those tensors (what

@@ -172,7 +172,7 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
     """Quantize every layer of `model` with `calib` (float32 NCHW model inputs) as `config` says.
 
     With reconstruction and a `checkpoint` path, the finished units are saved there after each one;
-    `resume=True` continues from that file (see recon.resume). `consume=True`: `model` may be changed (it becomes
+    `resume=True` continues from that file (see reconstruct.resume). `consume=True`: `model` may be changed (it becomes
     the BN-folded float model), which saves a copy of it. `execution`: device, threads, cache budget and
     onnxruntime providers (not part of the result). `distributed` (torchrun): every rank calibrates on the
     whole set and reconstructs on its shard; rank 0 returns the result, the other ranks None.
@@ -199,7 +199,7 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
         integers = gptq_integers(float_model, plan, weights, calib[:GPTQ_SAMPLES], execution.thread_count,
                                  progress=progress)
     if config.reconstruction.enabled:
-        from toolchain.quantize.reconstruct.correction import bn_targets
+        from toolchain.quantize.reconstruct.correction import bn_targets  # deferred: torch loads only when this runs (start-up time)
         from toolchain.quantize.reconstruct.engine import reconstruct  # torch is imported only when reconstruction runs
 
         result = reconstruct(float_model, plan, act, weights, calib, config.reconstruction, bn_targets(cleaned[0]),
@@ -361,7 +361,7 @@ def _resume_point(float_model: onnx.ModelProto, calib: np.ndarray, config: Quant
     """The reconstruction checkpoint of this run (None without reconstruction or path); checked now when resuming."""
     if checkpoint is None or not config.reconstruction.enabled:
         return None
-    from toolchain.quantize.reconstruct.resume import ResumePoint, check_resumable
+    from toolchain.quantize.reconstruct.resume import ResumePoint, check_resumable  # deferred: torch loads only when this runs (start-up time)
 
     quantizer = {k: v for k, v in config.to_dict().items() if k != "reconstruction"}
     calib_sha256 = hashlib.sha256(np.ascontiguousarray(calib).data).hexdigest()  # no copy of the set

@@ -20,8 +20,10 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
+from toolchain.onnxio.files import written_to_temporary_folder
 from toolchain.quantize.annotate.rules import WEIGHTED_OPS
 from toolchain.quantize.targets import TargetProfile
+from toolchain.runtimes import runtime_agreement_db, runtime_coverage
 
 _T = onnx.TensorProto
 _SIGNED = {_T.INT8, _T.INT16, _T.INT4, _T.INT2}
@@ -104,8 +106,6 @@ def verify_on_runtime(model: onnx.ModelProto, profile: TargetProfile, threads: i
     if importlib.util.find_spec(_PACKAGES[profile.runtime]) is None:
         return {"runtime": profile.runtime, "verified": False,
                 "why": f"{_PACKAGES[profile.runtime]} is not installed (pip install -e \".[{profile.runtime}]\")"}
-    from toolchain.onnxio.files import written_to_temporary_folder
-    from toolchain.runtimes import runtime_agreement_db, runtime_coverage
 
     with written_to_temporary_folder(model) as path:
         details = runtime_coverage(profile.runtime, path, threads)

@@ -24,6 +24,7 @@ from typing import Protocol
 
 import numpy as np
 
+from toolchain.core.metrics import sqnr_db
 from toolchain.errors import ConfigError
 
 RUNTIMES = ("ort", "reference", "openvino", "qnn")
@@ -68,7 +69,7 @@ def runtime_agreement_db(name: str, path: PathLike, inputs: np.ndarray, threads:
     """SQNR in dB of runtime `name`'s outputs on `inputs` against `reference` (the file's exact Q/DQ semantics).
 
     Integer kernels round differently from the float Q/DQ arithmetic; a runtime that runs the file right
-    measures 28-48 dB on ResNet-20, a wrong layer or saturating kernels 13 dB or less (quant.target_check).
+    measures 28-48 dB on ResNet-20, a wrong layer or saturating kernels 13 dB or less (quantize.target_check).
     A fixed batch is fed in slices of that size."""
     session, reference = open_runtime(name, path, threads), open_runtime("reference", path, threads)
     fixed = session.input_shape[0] if isinstance(session.input_shape[0], int) else None
@@ -76,7 +77,6 @@ def runtime_agreement_db(name: str, path: PathLike, inputs: np.ndarray, threads:
     usable = len(inputs) - len(inputs) % step
     if usable == 0:
         raise ValueError(f"runtime_agreement_db needs at least {step} inputs (the model's fixed batch)")
-    from toolchain.core.metrics import sqnr_db
 
     got = np.concatenate([session.run(inputs[i:i + step]) for i in range(0, usable, step)])
     want = np.concatenate([reference.run(inputs[i:i + step]) for i in range(0, usable, step)])

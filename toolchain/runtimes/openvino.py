@@ -10,7 +10,7 @@ dequantisation through the layers and run them on integers. `compiled.get_runtim
 executed layer, its `layerType` and `runtimePrecision`: the coverage is the share of compute layers
 (Convolution, FullyConnected, MatMul, Eltwise, Reduce, Pooling, ...) whose precision is an integer type.
 The network input's FakeQuantize and the output's dequantisation arithmetic (Subtract/Multiply on the
-graph output) are the model's boundary, counted apart as in quant.fusion.
+graph output) are the model's boundary, counted apart as in runtimes.coverage.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ INTEGER_PRECISIONS = {"u8", "i8", "u16", "i16", "u4", "i4", "u2", "i2"}
 
 def _openvino():
     try:
-        import openvino
+        import openvino  # optional package (.[openvino]): imported only when this runtime is asked for
     except ImportError:
         raise missing_runtime("openvino", "openvino") from None
     return openvino

@@ -4,7 +4,7 @@ Usage:
     session = OrtSession("r20_w8a8.onnx", threads=2)
     reference = OrtSession("r20_w8a8.onnx", threads=2, optimize=False)   # the file's Q/DQ semantics, no fused kernels
     logits = session.run(batch)
-    coverage("r20_w8a8.onnx")     # quant.fusion's integer coverage after onnxruntime's graph optimisation
+    coverage("r20_w8a8.onnx")     # runtimes.coverage's integer coverage after onnxruntime's graph optimisation
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ import os
 import numpy as np
 import onnx
 import onnxruntime as ort
+
+from toolchain.runtimes.coverage import fusion_coverage
 
 
 class OrtSession:
@@ -36,7 +38,6 @@ class OrtSession:
 
 
 def coverage(path: str | os.PathLike[str], threads: int) -> dict:
-    from toolchain.runtimes.coverage import fusion_coverage
 
     fusion = fusion_coverage(onnx.load(os.fspath(path)), threads=threads)
     return {"runtime": "ort", "coverage": fusion["coverage"], "mac_coverage": fusion.get("mac_coverage"),

@@ -31,7 +31,7 @@ _registered = False
 
 def _qnn():
     try:
-        import onnxruntime_qnn
+        import onnxruntime_qnn  # optional package (.[qnn]): imported only when this runtime is asked for
     except ImportError:
         raise missing_runtime("onnxruntime-qnn", "qnn") from None
     return onnxruntime_qnn

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from toolchain.runtimes import open_runtime
+
 
 def interleaved_ms(runtime: str, paths: tuple[Path, ...], shape: list[int], runs: int, rounds: int = 10,
                    threads: int = 2) -> tuple[float, ...]:
@@ -21,7 +23,6 @@ def interleaved_ms(runtime: str, paths: tuple[Path, ...], shape: list[int], runs
     The machine's speed drifts by up to 30 % between minutes (FP32 baselines of one model measured 1.12-1.64 ms
     on this project's 2-core machine); alternating the files round by round puts the same drift on each, so
     their ratio is what the files change, not when each one ran."""
-    from toolchain.runtimes import open_runtime
 
     return sessions_ms([open_runtime(runtime, path, threads=threads) for path in paths], shape, runs, rounds)
 

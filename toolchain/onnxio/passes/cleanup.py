@@ -17,6 +17,8 @@ from onnx import helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 from toolchain.onnxio.passes.base import GraphPass, PassResult
+from toolchain.onnxio.passes.output_types import CompleteOutputTypesPass
+from toolchain.onnxio.passes.shape_folding import FoldStaticShapesPass
 
 # Ops whose value depends on more than their inputs, and ops that must stay visible as layers.
 _NEVER_FOLD = {"RandomNormal", "RandomUniform", "RandomNormalLike", "RandomUniformLike", "Multinomial", "BatchNormalization"}
@@ -195,8 +197,6 @@ class RemoveUnusedPass(GraphPass):
 
 def cleanup_passes() -> list[GraphPass]:
     """The clean-up pipeline in the order it should run."""
-    from toolchain.onnxio.passes.output_types import CompleteOutputTypesPass  # runs onnxruntime only when inference cannot tell
-    from toolchain.onnxio.passes.shape_folding import FoldStaticShapesPass
 
     return [LiftConstantNodesPass(), FoldConstantsPass(), ReshapeToFlattenPass(), FoldStaticShapesPass(), EliminateIdentityPass(),
             RemoveUnusedPass(), CompleteOutputTypesPass()]

@@ -39,9 +39,9 @@ def _inferred(model: onnx.ModelProto) -> dict[str, onnx.ValueInfoProto]:
 
 def _ranks_from_a_run(model: onnx.ModelProto, names: list[str]) -> dict[str, tuple[int, int]]:
     """(element type, rank) of `names` from one onnxruntime run on zeros; {} when the model does not run."""
-    import onnxruntime as ort
+    import onnxruntime as ort  # deferred: onnxruntime loads only when this runs (start-up time)
 
-    from toolchain.onnxio.sessions import inference_session
+    from toolchain.onnxio.sessions import inference_session  # deferred: onnxruntime loads only when this runs (start-up time)
 
     initializers = {i.name for i in model.graph.initializer}
     feeds = {}

@@ -15,7 +15,7 @@ greedy rounding, in milliseconds per layer. Two users:
   at W8A8 nearest rounding alone cost 3.6 points of top-1 agreement in the 27-input stem, where a few
   BN-folded filters of large weights carry a small signal on a large offset (17.7 dB SQNR at 8 bits); see
   bench/results/imagenet.md;
-- the mixed-precision sensitivity (quant.bitalloc), which must rank layers by the error reconstruction will
+- the mixed-precision sensitivity (quantize.mixed_precision), which must rank layers by the error reconstruction will
   leave, not by the raw rounding error: a layer with many inputs per output (ResNet-20's 576 in layer3)
   recovers much of it, the 27-input stem almost none. OBC (Frantar & Alistarh, 2022) feeds such per-layer
   errors to the same kind of bit-allocation programme.
@@ -71,11 +71,11 @@ def input_hessians(float_model: onnx.ModelProto, plan: QuantPlan, calib: np.ndar
                    seed: int = 0, progress: bool = False) -> dict[str, LayerHessian]:
     """H of every weighted layer of `plan` whose input patches are understood (2-D Conv with explicit pads,
     Gemm without transA, MatMul); the others are left out, and their sensitivity rounds to nearest."""
-    import onnxruntime as ort
-    import torch
+    import onnxruntime as ort  # deferred: onnxruntime loads only when this runs (start-up time)
+    import torch  # deferred: torch loads only when this runs (start-up time)
 
-    from toolchain.onnxio.sessions import exposing, inference_session
-    from toolchain.quantize.calibrate.ranges import batch_rows
+    from toolchain.onnxio.sessions import exposing, inference_session  # deferred: onnxruntime loads only when this runs (start-up time)
+    from toolchain.quantize.calibrate.ranges import batch_rows  # deferred: onnxruntime loads only when this runs (start-up time)
 
     nodes = {node.name: node for node in float_model.graph.node}
     constants = {init.name: init for init in float_model.graph.initializer}
@@ -130,7 +130,7 @@ def gptq_integers(float_model: onnx.ModelProto, plan: QuantPlan, weights: dict[s
 def compensated_weight(weight: np.ndarray, axis: int, params: QParams, hessian: LayerHessian) -> np.ndarray:
     """`weight` rounded onto `params`' grid column by column with the error spread by H^-1 (see the module
     docstring); the same shape and dtype as `weight`."""
-    import torch
+    import torch  # deferred: torch loads only when this runs (start-up time)
 
     rows = np.moveaxis(weight, axis, 0)  # (out, ...) whatever the layout: one row per output channel
     shape = rows.shape
@@ -155,7 +155,7 @@ def compensated_weight(weight: np.ndarray, axis: int, params: QParams, hessian: 
 
 def _inverse_factor(hessian):
     """The upper Cholesky factor of (H + damping)^-1 per group, inputs that never fire made harmless."""
-    import torch
+    import torch  # deferred: torch loads only when this runs (start-up time)
 
     hessian = hessian.clone()
     diagonal = torch.diagonal(hessian, dim1=1, dim2=2)
@@ -186,7 +186,7 @@ def _patches(node: onnx.NodeProto, weight: onnx.TensorProto) -> _Patches | None:
 def _columns(values, patch: _Patches):
     """The input as (groups, fan_in, positions): each column one patch a weight row multiplies, in the order
     of the row's (input channel, kernel row, kernel column) elements."""
-    import torch.nn.functional as F
+    import torch.nn.functional as F  # deferred: torch loads only when this runs (start-up time)
 
     if patch.kind == "dense":
         flat = values.reshape(-1, values.shape[-1]).float()

@@ -17,6 +17,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from toolchain.onnxio.passes.base import GraphPass, PassResult
+from toolchain.onnxio.passes.shape_folding import symbolic_shapes
 
 
 class FoldBatchNormPass(GraphPass):
@@ -109,7 +110,6 @@ class StandaloneBatchNormToConvPass(GraphPass):
     """
 
     def call(self, model: onnx.ModelProto) -> PassResult:
-        from toolchain.onnxio.passes.shape_folding import symbolic_shapes
 
         graph = model.graph
         initializers = {init.name: init for init in graph.initializer}

@@ -20,6 +20,7 @@ import onnx
 from onnx import helper, numpy_helper
 
 from toolchain.onnxio.passes.base import GraphPass, PassResult
+from toolchain.onnxio.passes.shape_folding import symbolic_shapes
 
 
 def _reduce_axes(node: onnx.NodeProto, initializers: dict[str, onnx.TensorProto]) -> list[int] | None:
@@ -36,7 +37,6 @@ class ReduceMeanToGlobalPoolPass(GraphPass):
     """ReduceMean over axes 2..rank-1 -> GlobalAveragePool (+ Flatten when keepdims=0, for a 4-D or 3-D input)."""
 
     def call(self, model: onnx.ModelProto) -> PassResult:
-        from toolchain.onnxio.passes.shape_folding import symbolic_shapes
 
         graph = model.graph
         candidates = [n for n in graph.node if n.op_type == "ReduceMean" and n.domain in ("", "ai.onnx")]

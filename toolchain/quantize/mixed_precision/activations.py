@@ -6,7 +6,7 @@ Usage:
     tensors[0].tensor, tensors[0].elements, tensors[0].kl[4]   # mean KL(FP || this tensor at 4 bits, the rest FP)
     probe.together({"/layer1/relu": 8, ...})                   # those tensors quantized at once (additivity)
 
-The same measure as the weights' (quant.bitalloc.sensitivity): the BN-folded float model runs in the torch
+The same measure as the weights' (quantize.mixed_precision.sensitivity): the BN-folded float model runs in the torch
 executor with one tensor fake-quantized as the quantizer would quantize it (per tensor, asymmetric, the
 calibrator's range for that width, found on the same calibration sample) and everything else in float; the
 cost is the mean KL divergence between the float model's softmax and this model's. No labels needed.
@@ -60,9 +60,9 @@ class ActivationProbe:
     def __init__(self, float_model: onnx.ModelProto, plan: QuantPlan, calib: np.ndarray, config: QuantConfig,
                  progress: bool = False, device: str = "cpu", threads: int = 2,
                  providers: tuple[str, ...] = ("CPUExecutionProvider",)) -> None:
-        import torch
+        import torch  # deferred: torch loads only when this runs (start-up time)
 
-        from toolchain.executor import OnnxModule
+        from toolchain.executor import OnnxModule  # deferred: torch loads only when this runs (start-up time)
 
         budget = config.act_budget
         assert budget is not None and budget.choices is not None  # QuantConfig fills the choices in
@@ -93,7 +93,7 @@ class ActivationProbe:
 
     def _elements(self, producers: dict[str, str], runtime: set[str]) -> dict[str, int]:
         """Values per input of every root with the tensors sharing its parameters, from one forward pass."""
-        import torch
+        import torch  # deferred: torch loads only when this runs (start-up time)
 
         sizes: dict[str, int] = {}
         shared = {t: self.plan.root(t) for t, spec in self.plan.activations.items() if spec.shared_with is not None}
@@ -131,7 +131,7 @@ class ActivationProbe:
 
     def together(self, tensor_bits: dict[str, int]) -> float:
         """Mean KL with every tensor of `tensor_bits` (tensor -> bits) fake-quantized at once, the rest float."""
-        import torch
+        import torch  # deferred: torch loads only when this runs (start-up time)
 
         hooks = {self.producer[t]: _fake_quantizer(self.params[t, bits]) for t, bits in tensor_bits.items()}
         with torch.no_grad(), self.module.output_hooks(hooks):

@@ -32,7 +32,7 @@ logger = logging.getLogger(__name__)
 
 def allocate_weight_bits(float_model: onnx.ModelProto, plan: QuantPlan, calib: np.ndarray, config: QuantConfig,
                          progress: bool, execution: Execution) -> tuple[QuantConfig, QuantPlan, dict]:
-    """Per-layer weight bits under config.bit_budget (quant.bitalloc): the config and plan that carry them, and
+    """Per-layer weight bits under config.bit_budget (quantize.mixed_precision): the config and plan that carry them, and
     the report's mixed_precision section (every layer's sensitivity per candidate, its bits, the sizes)."""
     dims = {init.name: init.dims for init in float_model.graph.initializer if init.name in plan.weights}
     budget_bits([int(np.prod(dims[w])) for w in plan.weights], config.bit_budget)  # type: ignore[arg-type]  # fails before measuring
@@ -56,7 +56,7 @@ def allocate_weight_bits(float_model: onnx.ModelProto, plan: QuantPlan, calib: n
 
 def allocate_activation_bits(float_model: onnx.ModelProto, plan: QuantPlan, calib: np.ndarray, config: QuantConfig,
                               progress: bool, execution: Execution) -> tuple[QuantConfig, QuantPlan, dict]:
-    """Per-tensor activation bits under config.act_budget (quant.bitalloc.activations): the config and plan that
+    """Per-tensor activation bits under config.act_budget (quantize.mixed_precision.activations): the config and plan that
     carry them, and the report's mixed_precision_activations section."""
     started = time.perf_counter()
     execution.apply_threads()

@@ -11,7 +11,7 @@ weights quantized as the quantizer would (symmetric per channel, the calibrator'
 bits) and every other tensor in float; the mean KL divergence between the float model's softmax and this
 model's over the calibration inputs is the layer's cost at that width. It needs no labels, so it works on
 DGH images. The layer's weights are rounded to nearest (BitBudget.rounding "nearest") or with compensation
-("compensated", quant.bitalloc.compensate: each input column's rounding error spread over the others by the
+("compensated", mixed_precision.sensitivity (compensated rounding): each input column's rounding error spread over the others by the
 layer's input Hessian, a closed-form stand-in for the rounding that reconstruction learns later). Summing
 the layers' costs assumes they add up; the report and bench/mixed_precision.py measure how well the sum
 predicts the KL of the mixed model.
@@ -27,7 +27,10 @@ import onnx
 from tqdm import tqdm
 
 from toolchain.quantize.annotate.placement import QuantPlan
+from toolchain.quantize.calibrate.gptq import compensated_weight, input_hessians
+from toolchain.quantize.calibrate.ranges import weight_calibrator, weight_params
 from toolchain.quantize.config import QuantConfig
+from toolchain.quantize.qparams import weight_type
 
 EVAL_BATCH = 64
 
@@ -101,7 +104,6 @@ def _hessians(float_model: onnx.ModelProto, plan: QuantPlan, calib: np.ndarray, 
     budget = config.bit_budget
     if budget is None or budget.rounding != "compensated":
         return {}
-    from toolchain.quantize.calibrate.gptq import input_hessians
 
     return input_hessians(float_model, plan, calib[:budget.samples], progress=progress)
 
@@ -111,9 +113,9 @@ class _Probe:
 
     def __init__(self, float_model: onnx.ModelProto, sample: np.ndarray, config: QuantConfig, device: str,
                  hessians: dict) -> None:
-        import torch
+        import torch  # deferred: torch loads only when this runs (start-up time)
 
-        from toolchain.executor import OnnxModule
+        from toolchain.executor import OnnxModule  # deferred: torch loads only when this runs (start-up time)
 
         self.config = config
         self.hessians = hessians
@@ -130,11 +132,8 @@ class _Probe:
 
     def kl(self, quantized: dict[str, tuple[int, int]]) -> float:
         """Mean KL with each tensor of `quantized` (tensor -> (axis, bits)) fake-quantized as the quantizer would."""
-        import torch
+        import torch  # deferred: torch loads only when this runs (start-up time)
 
-        from toolchain.quantize.calibrate.gptq import compensated_weight
-        from toolchain.quantize.calibrate.ranges import weight_calibrator, weight_params
-        from toolchain.quantize.qparams import weight_type
 
         calibrator, profile = self.config.effective_calibrator, self.config.profile
         originals = {}
@@ -157,7 +156,7 @@ class _Probe:
 
 
 def log_probabilities(module, sample):
-    import torch
+    import torch  # deferred: torch loads only when this runs (start-up time)
 
     outputs = []
     for start in range(0, len(sample), EVAL_BATCH):

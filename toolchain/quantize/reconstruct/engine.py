@@ -14,7 +14,7 @@ one is trained on the quantized graph as it stands (finished units hard-rounded)
 - AdaRound variables replace the weights' integer initializers (soft integers behind the same
   DequantizeLinear); activation step sizes are the QuantizeLinear/DequantizeLinear scale initializers;
 - QDrop is a hook on the unit's QuantizeLinear nodes letting a random half of the elements through
-  (recon.qdrop);
+  (reconstruct.qdrop);
 - the PD term runs the unit's quantized output through the FP rest of the network (cut at the unit).
 It returns new parameters (same zero points) and hard-rounded integers; a unit whose objective, measured
 hard-rounded on the same samples, ends above where it started keeps its start instead. With a `resume_point`
@@ -23,10 +23,10 @@ a non-finite loss stops with ReconstructionError naming the unit (and the checkp
 finished ones); the caller then writes no model.
 
 Scale: the per-sample tensors (unit inputs, FP targets, logits) live in a SampleCache, in RAM within
-`execution.cache_budget` and in spill files beyond it (recon.cache: the same values either way); full
+`execution.cache_budget` and in spill files beyond it (reconstruct.cache: the same values either way); full
 passes over the calibration set run in batches of bounded size. The modules run on `execution`'s
 device (the cached tensors stay on the CPU, one batch at a time moves). Under torch.distributed each
-rank holds a shard of the calibration set and the gradients are all-reduced (recon.shard).
+rank holds a shard of the calibration set and the gradients are all-reduced (reconstruct.shard).
 """
 
 from __future__ import annotations
@@ -75,10 +75,10 @@ def reconstruct(float_model: onnx.ModelProto, plan: QuantPlan, act: dict[str, QP
                 start_integers: dict[str, np.ndarray] | None = None) -> ReconResult:
     """Learn weight rounding (and, for pdquant, activation step sizes) unit by unit; see the module docstring.
 
-    `start_integers` (by weight tensor, e.g. quant.gptq's): AdaRound starts from these instead of the float
-    weights (recon.adaround); weights not in it start as usual.
+    `start_integers` (by weight tensor, e.g. calibrate.gptq's): AdaRound starts from these instead of the float
+    weights (reconstruct.adaround); weights not in it start as usual.
 
-    `distributed` (a datagen.distributed.Distributed, e.g. from distributed_session()): this process
+    `distributed` (a core.distributed.Distributed, e.g. from distributed_session()): this process
     reconstructs with its shard of `calib` (every rank passes the whole set); every rank returns the same
     result, and only rank 0 writes checkpoints.
     """
