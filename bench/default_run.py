@@ -32,6 +32,7 @@ def main() -> None:
     args = parser.parse_args()
     from toolchain.core.cpu import has_vnni
     from toolchain.pipeline.report import summary_table
+    from toolchain.pipeline.run_report import RunReport
 
     records, report = [], None
     with tempfile.TemporaryDirectory() as tmp:
@@ -46,7 +47,7 @@ def main() -> None:
     seconds = [r["seconds"] for r in records]
     result = {"machine": {"platform": platform.platform(), "cores": os.cpu_count(), "vnni": has_vnni()},
               "repeats": records, "median_s": statistics.median(seconds),
-              "table": summary_table(report), "models": [{k: m.get(k) for k in ("name", "top1", "agreement", "size", "timing")}
+              "table": summary_table(RunReport.from_dict(report)), "models": [{k: m.get(k) for k in ("name", "top1", "agreement", "size", "timing")}
                                                          for m in report["models"]],
               "fp32_top1": report["evaluation"]["fp32"]["top1"], "fp32_latency_ms": report["timing"]["fp32_latency_ms_batch1"]}
     RESULTS.mkdir(exist_ok=True)

@@ -108,6 +108,21 @@ def test_default_report_records_versions_seeds_and_config_hash(default_run):
     assert report["config_hash"] == config_hash(resolved) and len(report["config_hash"]) == 64
 
 
+def test_report_json_reads_back_as_the_typed_report_key_for_key(default_run):
+    """Rule: report.json is RunReport.to_dict(): read back with RunReport.from_dict and written again, it gives the same
+    keys in the same order and the same values (schema_version first), and readers see them as fields."""
+    from toolchain.pipeline.run_report import SCHEMA_VERSION, RunReport
+
+    folder, _ = default_run
+    written = json.loads((folder / "report.json").read_text())
+    typed = RunReport.from_dict(written)
+    again = json.loads(json.dumps(typed.to_dict(), default=float))
+    assert again == written and json.dumps(again) == json.dumps(written)  # same values and the same key order
+    assert written["schema_version"] == SCHEMA_VERSION and next(iter(written)) == "schema_version"
+    assert [m.name for m in typed.models] == ["W8A8", "W4A4-pdquant"] and typed.models[0].size.fp32 > 0
+    assert typed.evaluation is not None and typed.models[0].top1 == written["models"][0]["top1"]
+
+
 def test_every_plot_the_report_links_exists_and_is_a_valid_png(default_run):
     """Rule: each image report.md links is a file in the run directory that PIL reads as a whole PNG; the default
     run draws all six figures (accuracy, layer SQNR, reconstruction, generation, images, coverage)."""

@@ -41,6 +41,22 @@ from toolchain.pipeline.config_io import config_hash, resolved_yaml
 from toolchain.pipeline.measure import batch1_latency_ms, parameter_bytes
 from toolchain.pipeline.provenance import provenance
 from toolchain.pipeline.report import write_reports
+from toolchain.pipeline.run_report import (
+    Accuracy,
+    CalibrationSection,
+    Evaluation,
+    ExportCheck,
+    Latency,
+    ModelAccuracy,
+    ModelEntry,
+    ModelSection,
+    ModelSize,
+    RunGates,
+    RunReport,
+    Timing,
+    gate_result,
+    model_entry,
+)
 from toolchain.pipeline.rundir import RUN_MARKER, check_resumable, run_directory, run_log
 from toolchain.pipeline.state import RunState
 
@@ -52,8 +68,9 @@ class RunResult:
     """What a run wrote and whether its gates passed."""
 
     run_dir: Path
-    report: dict
+    report: dict  # report.json's content (what users' scripts read)
     failures: tuple[str, ...]
+    run_report: RunReport | None = None  # the same, typed
 
     @property
     def passed(self) -> bool:
@@ -110,15 +127,12 @@ def run_pipeline(config: RunConfig, config_name: str = "default", progress: bool
             log.info("run %s: config hash %s, resolved config in %s", folder, digest[:12], folder / RUN_MARKER)
         stages = _Stages(config, folder, log, progress, state)
         report = stages.run()
-        report["timing"]["total_s"] = round(time.perf_counter() - started, 2)
-        failures = tuple(f for m in report["models"] for f in m["gates"]["failures"])
-        report["gates"] = {"passed": not failures, "failures": list(failures)}
-
-        write_reports(report, folder, stages.images_for_plots())
-        for failure in failures:
+        report = replace(report, timing=replace(report.timing, total_s=round(time.perf_counter() - started, 2)))
+        report = write_reports(report, folder, stages.images_for_plots())
+        for failure in report.gates.failures:
             log.warning("gate failed: %s", failure)
-        log.info("report %s (%.1f s in all)", folder / "report.md", report["timing"]["total_s"])
-    return RunResult(folder, report, failures)
+        log.info("report %s (%.1f s in all)", folder / "report.md", report.timing.total_s)
+    return RunResult(folder, report.to_dict(), tuple(report.gates.failures), report)
 
 
 class _Stages:
@@ -135,25 +149,23 @@ class _Stages:
     def _timed(self, stage: str, started: float) -> None:
         self.timing[stage] = round(self.timing.get(stage, 0.0) + time.perf_counter() - started, 2)
 
-    def run(self) -> dict:
-
+    def run(self) -> RunReport:
         config = self.config
-        report: dict[str, Any] = {"toolchain": provenance(), "config_hash": config_hash(config), "config": RUN_MARKER,
-                                  "seeds": {"generate": config.generate.seed, "evaluate": config.evaluate.seed,
-                                            "quantize": {s.label: s.seed for s in config.quantize}}}
-        report["model"] = self.open_fp32()
-        report["calibration"] = self.calibrate()
+        seeds = {"generate": config.generate.seed, "evaluate": config.evaluate.seed,
+                 "quantize": {s.label: s.seed for s in config.quantize}}
+        model = self.open_fp32()
+        calibration = self.calibrate()
         data = config.evaluation_data()
         fp32 = self.evaluate_fp32(data) if data is not None else None
-        report["evaluation"] = ({"data": "built-in digits test split" if config.evaluate.data is None else data,
-                                 "runtime": config.evaluate.runtime, "n": fp32.n,
-                                 "fp32": {"top1": fp32.top1, "top5": fp32.top5}} if fp32 is not None else None)
-        report["models"] = [self.quantize(spec, data, fp32) for spec in config.quantize]
-        latency = self.latency(report["models"])
-        report["timing"] = {"stages_s": dict(self.timing), **latency}
-        if self.state.resumed:  # the stage times are this session's; the reused stages ran in an earlier one
-            report["resumed"] = {"reused_stages": list(self.state.reused)}
-        return report
+        evaluation = (Evaluation("built-in digits test split" if config.evaluate.data is None else data,
+                                 config.evaluate.runtime, fp32.n, Accuracy(fp32.top1, fp32.top5))
+                      if fp32 is not None else None)
+        models, timing = self.latency([self.quantize(spec, data, fp32) for spec in config.quantize])
+        failures = [f for m in models if m.gates is not None for f in m.gates.failures]
+        # the stage times are this session's; after --resume the reused stages ran in an earlier one
+        resumed = {"reused_stages": list(self.state.reused)} if self.state.resumed else None
+        return RunReport(provenance(), config_hash(config), RUN_MARKER, seeds, model, calibration, evaluation, models,
+                         timing, RunGates(not failures, failures), resumed)
 
     # ---------------------------------------------------------------------------------------------- stages
 
@@ -170,7 +182,7 @@ class _Stages:
     def pre(self) -> Any:
         return self.loaded.preprocessing
 
-    def open_fp32(self) -> dict:
+    def open_fp32(self) -> ModelSection:
         config, started = self.config, time.perf_counter()
         done = self.state.finished("model")
         if done is not None:
@@ -178,7 +190,7 @@ class _Stages:
             if path.is_file() and _sha256(path) == done["sha256"]:
                 self.model = open_model(path, config.preprocessing)
                 self.log.info("model    %s: finished in an earlier session", path)
-                return self.state.reuse("model")
+                return ModelSection.from_dict(self.state.reuse("model"))
         if config.model_is_file:
             path = Path(config.model)
             exported = None
@@ -193,21 +205,20 @@ class _Stages:
                  f"max|diff|/max|ref| {exported.relative_diff:.1e}" if exported else "given as a file")
         self.log.info("model    %s: %s; %d BN layers, %d quantizable layers", path, where, summary.num_batchnorm,
                       len(summary.quantizable))
-        entry = {"source": config.model, "file": self._relative(path), "sha256": _sha256(path),
-                 "num_batchnorm": summary.num_batchnorm, "quantizable_layers": len(summary.quantizable), "ops": summary.ops,
-                 "input_shape": [1, self.pre.num_channels, *self.pre.input_size],
-                 "export": {"relative_diff": exported.relative_diff, "tolerance": exported.tolerance} if exported else None}
-        self.state.finish("model", entry)
+        entry = ModelSection(config.model, self._relative(path), _sha256(path), summary.num_batchnorm,
+                             len(summary.quantizable), summary.ops, [1, self.pre.num_channels, *self.pre.input_size],
+                             ExportCheck(exported.relative_diff, exported.tolerance) if exported else None)
+        self.state.finish("model", entry.to_dict())
         return entry
 
-    def calibrate(self) -> dict:
+    def calibrate(self) -> CalibrationSection:
         config, out, started = self.config, self.folder / CALIBRATION_FILE, time.perf_counter()
         gen = config.generate
         assert gen.n is not None and gen.preset is not None, "resolve() sized the generation"
         done = self.state.finished("calibration")
         if done is not None and out.is_file():
             self.log.info("calibrate %s: finished in an earlier session", out)
-            return self.state.reuse("calibration")
+            return CalibrationSection.from_dict(self.state.reuse("calibration"))
         if config.calibration is not None:
             source = self.loaded.source
             calib = read_calibration_form(config.calibration, image_input(self.loaded.proto, source).name, source)
@@ -228,12 +239,11 @@ class _Stages:
         self._timed("calibration", started)
         self.log.info("calibrate %s: %s", out, what)
         losses = manifest.get("losses") or {}
-        entry = {"file": CALIBRATION_FILE, "method": manifest.get("method"), "n": manifest.get("n", gen.n),
-                 "form": manifest.get("form"), "source": manifest.get("source") or manifest.get("file"),
-                 "preset": manifest.get("preset"), "seed": manifest.get("seed"),
-                 "losses": {k: losses[k] for k in ("initial", "final") if k in losses},
-                 "loss_curve": losses.get("curve", [])}
-        self.state.finish("calibration", entry)
+        entry = CalibrationSection(CALIBRATION_FILE, manifest.get("method"), manifest.get("n", gen.n), manifest.get("form"),
+                                   manifest.get("source") or manifest.get("file"), manifest.get("preset"),
+                                   manifest.get("seed"), {k: losses[k] for k in ("initial", "final") if k in losses},
+                                   losses.get("curve", []))
+        self.state.finish("calibration", entry.to_dict())
         return entry
 
     def evaluate_fp32(self, data: str) -> EvalResult:
@@ -269,7 +279,7 @@ class _Stages:
             self.checked_limits.add(spec.calib_limit)
         return calibration
 
-    def quantize(self, spec: QuantizeSpec, data: str | None, fp32: Any) -> dict:
+    def quantize(self, spec: QuantizeSpec, data: str | None, fp32: EvalResult | None) -> ModelEntry:
         # start-up time: the quantizer loads when a run quantizes (the pipeline package loads with the CLI)
         from toolchain.quantize.outputs import quantize_to_files  # deferred: onnxruntime loads only when this runs (start-up time)
 
@@ -277,7 +287,7 @@ class _Stages:
         done = self.state.finished(f"quantize:{spec.label}")
         if done is not None and out.is_file():
             self.log.info("quantize %s %s: finished in an earlier session", spec.label, out)
-            return self.state.reuse(f"quantize:{spec.label}")
+            return ModelEntry.from_dict(self.state.reuse(f"quantize:{spec.label}"))
         quant_config = spec.quant_config()
         checkpoint = out.with_name(out.name + ".ckpt")  # quantize_model's reconstruction checkpoint
         resume = self.state.resumed and quant_config.reconstruction.enabled and checkpoint.is_file()
@@ -289,9 +299,11 @@ class _Stages:
         self._timed("quantize", started)
         for warning in outcome.warnings:
             self.log.warning("%s: %s", spec.label, warning)
-        report = outcome.report
-        entry = _model_entry(spec, quant_config, report, self._relative(out), self._relative(outcome.report_path))
-        entry["size"] = {**parameter_bytes(outcome.model, report), "file_bytes": out.stat().st_size}
+        entry = model_entry(spec.label, spec.w_bits, spec.a_bits, spec.reconstruct, spec.preset, spec.target,
+                            quant_config.reduce_range, outcome.report, self._relative(out),
+                            self._relative(outcome.report_path))
+        size = ModelSize(**parameter_bytes(outcome.model, outcome.report), file_bytes=out.stat().st_size)
+        accuracy = None
         if fp32 is not None:
             assert data is not None, "an FP32 evaluation ran, so the run has evaluation data"
             started = time.perf_counter()
@@ -301,31 +313,31 @@ class _Stages:
                                progress=self.progress, seed=evaluation.seed, providers=self.execution.providers,
                                runtime=evaluation.runtime)
             self._timed("evaluate", started)
-            entry.update(top1=metrics.top1, top5=metrics.top5, agreement=metrics.agreement,
-                         drop=round(fp32.top1 - metrics.top1, 6))
-        entry["gates"] = _gate_result(spec.label, config.gates.merged(spec.gates).given(), entry, fp32)
-        accuracy = (f"top-1 {entry['top1']:.4f} (FP32 {fp32.top1:.4f}, agreement {entry['agreement']:.4f}), "
-                    if fp32 is not None else "")
+            accuracy = ModelAccuracy(metrics.top1, metrics.top5, metrics.agreement, round(fp32.top1 - metrics.top1, 6))
+        gates = gate_result(spec.label, config.gates.merged(spec.gates).given(), accuracy)
+        entry = replace(entry, size=size, accuracy=accuracy, gates=gates)
+        measured = (f"top-1 {accuracy.top1:.4f} (FP32 {fp32.top1:.4f}, agreement {accuracy.agreement:.4f}), "
+                    if accuracy is not None and fp32 is not None else "")
         self.log.info("quantize %s %s: %sinteger coverage %.2f of ops, %s bytes of parameters (FP32 %s)", spec.label, out,
-                      accuracy, entry["coverage"]["ops"], f"{entry['size']['bytes']:,}", f"{entry['size']['fp32']:,}")
-        self.state.finish(f"quantize:{spec.label}", entry)
+                      measured, entry.coverage.ops, f"{size.bytes:,}", f"{size.fp32:,}")
+        self.state.finish(f"quantize:{spec.label}", entry.to_dict())
         return entry
 
-    def latency(self, models: list[dict]) -> dict:
-        """Batch-1 latency of FP32 and every quantized model in onnxruntime, timed in alternating rounds."""
+    def latency(self, models: list[ModelEntry]) -> tuple[list[ModelEntry], Timing]:
+        """Batch-1 latency of FP32 and every quantized model in onnxruntime, timed in alternating rounds: the models
+        with their latency, and the run's timing (stage seconds of this session, the latency settings)."""
 
         runs = self.config.evaluate.latency_runs
         if runs == 0:
-            return {}
+            return models, Timing(dict(self.timing))
         started = time.perf_counter()
-        paths = [self.model_path, *(self.folder / m["file"] for m in models)]
+        paths = [self.model_path, *(self.folder / m.file for m in models)]
         shape = [1, self.pre.num_channels, *self.pre.input_size]
         ms = batch1_latency_ms(paths, shape, runs, self.execution.thread_count)
         self._timed("latency", started)
-        for model, value in zip(models, ms[1:]):
-            model["timing"] = {"latency_ms_batch1": round(value, 4), "latency_vs_fp32": round(value / ms[0], 3)}
-        return {"fp32_latency_ms_batch1": round(ms[0], 4), "latency_runs": runs,
-                "latency_threads": self.execution.thread_count}
+        timed = [replace(model, timing=Latency(round(value, 4), round(value / ms[0], 3)))
+                 for model, value in zip(models, ms[1:])]
+        return timed, Timing(dict(self.timing), round(ms[0], 4), runs, self.execution.thread_count)
 
     # ---------------------------------------------------------------------------------------------- helpers
 
@@ -349,44 +361,6 @@ class _Stages:
             return str(path.relative_to(self.folder))
         except ValueError:
             return str(path.resolve())
-
-
-def _model_entry(spec: QuantizeSpec, quant_config: Any, report: dict, file: str, report_file: str) -> dict:
-    from toolchain.runtimes.coverage import float_ops_text  # deferred: onnxruntime loads only when this runs (start-up time)
-
-    fusion, summary = report["fusion"], report["summary"]
-    recon = report.get("reconstruction") or {}
-    return {
-        "name": spec.label, "file": file, "report": report_file, "w_bits": spec.w_bits, "a_bits": spec.a_bits,
-        "reconstruct": spec.reconstruct, "preset": spec.preset if spec.reconstruct != "none" else None,
-        "calibrator": report["calibration"]["activation_calibrator"],
-        "weight_rounding": report["calibration"]["weight_rounding"], "target": spec.target, "reduce_range": quant_config.reduce_range,
-        "output_sqnr_db": summary["output_sqnr_db"],
-        "coverage": {"ops": fusion["coverage"], "macs": fusion["mac_coverage"], "fully_integer": fusion["fully_integer"],
-                     "float_ops": float_ops_text(fusion)},
-        "target_verdict": report.get("target"),
-        "layers": [{"node": layer["node"], "op_type": layer["op_type"], "weight_bits": layer.get("weight_bits"),
-                    "output_bits": layer.get("output_bits"), "sqnr_db": layer.get("sqnr_db")} for layer in report["layers"]],
-        "reconstruction": [{"unit": u["unit"], "kind": u["kind"], "output": u["output"], "loss_before": u["loss_before"],
-                            "loss_after": u["loss_after"], "kept": u.get("kept", "learned")} for u in recon.get("units", [])],
-        "warnings": list(report.get("warnings", [])),
-        "mixed_precision": report.get("mixed_precision"),
-        "mixed_precision_activations": report.get("mixed_precision_activations"),
-    }
-
-
-def _gate_result(name: str, gates: dict[str, float], entry: dict, fp32: Any) -> dict:
-    """Each given gate checked against the model's measured accuracy (a tolerance of 1e-9 for float rounding)."""
-    failures = []
-    if fp32 is not None:
-        checks = {"min_top1": (entry["top1"], ">=", "top-1"), "max_drop": (entry["drop"], "<=", "top-1 drop against FP32"),
-                  "min_agreement": (entry["agreement"], ">=", "top-1 agreement with FP32")}
-        for gate, bound in gates.items():
-            value, direction, what = checks[gate]
-            ok = value >= bound - 1e-9 if direction == ">=" else value <= bound + 1e-9
-            if not ok:
-                failures.append(f"{name}: {what} {value:.4f} {'<' if direction == '>=' else '>'} {gate} {bound}")
-    return {"given": gates, "passed": not failures, "failures": failures}
 
 
 def _sha256(path: Path) -> str:
