@@ -30,7 +30,7 @@ LAYERS: list[tuple[str, ...]] = [
 # Inside toolchain.quantize, bottom first: the shared vocabulary, then the steps in the order they run.
 QUANTIZE_STEPS: list[tuple[str, ...]] = [
     ("toolchain.quantize.qparams", "toolchain.quantize.targets", "toolchain.quantize.reconstruct.config",
-     "toolchain.quantize.config"),  # settings and number formats; every step reads them
+     "toolchain.quantize.config", "toolchain.quantize.report_types"),  # settings and number formats; every step reads them
     ("toolchain.quantize.fold",),
     ("toolchain.quantize.annotate",),
     ("toolchain.quantize.calibrate",),

@@ -87,6 +87,18 @@ def test_bias_scale_is_input_scale_times_weight_scale(w8a8):
     assert s_w.shape == (16,) and not numpy_helper.to_array(inits[bias.input[2]]).any()
 
 
+def test_report_keys_are_stable_and_the_typed_report_is_what_is_written(w8a8):
+    """Rule: NAME.report.json keeps its keys and their order (users' scripts read them; schema_version first), and the
+    JSON form is the typed report's to_dict(), so the two cannot drift apart."""
+    assert list(w8a8.report) == ["schema_version", "toolchain_version", "source", "config", "calibration", "opset",
+                                 "batchnorm_folded", "layers", "activations", "unquantized", "integer_nodes", "fusion",
+                                 "summary", "target", "warnings", "reconstruction", "seconds"]
+    assert list(w8a8.report["layers"][0]) == ["node", "op_type", "output", "fused_activation", "weight_bits", "weight",
+                                              "output_bits", "output_qparams", "sqnr_db"]
+    assert w8a8.typed is not None and w8a8.typed.to_dict() == w8a8.report
+    assert w8a8.typed.summary.quantized_layers == sum(1 for layer in w8a8.typed.layers if layer.weight_bits)
+
+
 def test_report_has_per_layer_bits_scales_and_sqnr(w8a8):
     """The report lists every layer with bits, scales, zero points and a finite SQNR (> 15 dB at W8A8: end-to-end error
     accumulated up to that layer)."""

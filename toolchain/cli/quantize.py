@@ -16,6 +16,7 @@ from toolchain.cli.errors import handle_errors
 from toolchain.cli.options import execution_from, execution_options, preprocessing_options, preprocessing_overrides
 from toolchain.cli.output import output_options, progress_wanted, say, warn
 from toolchain.quantize.reconstruct.config import PRESETS, ReconConfig
+from toolchain.quantize.report_types import QuantReport, TargetVerdict
 from toolchain.quantize.targets import TARGETS
 
 
@@ -179,50 +180,52 @@ def _print_quantized(outcome: Any, config: Any, as_json: bool) -> None:
     recon = config.reconstruction
     for warning in outcome.warnings:
         warn(warning)
-    summary = outcome.report["summary"]
+    report = outcome.typed
+    summary = report.summary
     if as_json:
-        click.echo(json.dumps({**summary, "path": str(outcome.path), "report": str(outcome.report_path)}))
+        click.echo(json.dumps({**vars(summary), "path": str(outcome.path), "report": str(outcome.report_path)}))
         return
-    fusion = outcome.report["fusion"]
+    fusion = report.fusion
     macs = f", {fusion['mac_coverage']:.3f} of MACs" if fusion.get("mac_coverage") is not None else ""
-    sqnr = summary["output_sqnr_db"]
+    sqnr = summary.output_sqnr_db
     sqnr_text = f"output SQNR {sqnr:.1f} dB" + (" (network output in float: --first-last-8bit)" if config.first_last_8bit else "")
-    mixed = outcome.report.get("mixed_precision")
+    mixed = report.mixed_precision
     weights = f"W{mixed['average_bits']:.2f}mixed" if mixed else f"W{config.w_bits}"
     mixed_text = (f" (weights {mixed['size_bytes']:,} bytes, bits per layer in the report; sensitivity measured in "
                   f"{mixed['sensitivity_seconds']:.0f} s)" if mixed else "")
-    mixed_act = outcome.report.get("mixed_precision_activations")
+    mixed_act = report.mixed_precision_activations
     activations = f"A{mixed_act['average_bits']:.2f}mixed" if mixed_act else f"A{config.a_bits}"
     if mixed_act:
         mixed_text += f" (activation bits per tensor in the report; measured in {mixed_act['sensitivity_seconds']:.0f} s)"
-    rounding = _recon_text(recon, outcome.report) if recon.enabled else f", {config.effective_weight_rounding} rounding"
+    rounding = _recon_text(recon, report) if recon.enabled else f", {config.effective_weight_rounding} rounding"
     say(
-        f"wrote {outcome.path}: {weights}{activations} ({outcome.report['calibration']['activation_calibrator']}"
-        f"{rounding}), {summary['quantized_layers']} layers quantized{mixed_text}, "
-        f"{sqnr_text} on {outcome.report['calibration']['sqnr_samples']} calibration inputs; "
-        f"{'' if config.target == 'ort-x86' else 'onnxruntime x86 '}integer coverage {summary['fusion_coverage']:.2f} of ops{macs} "
-        f"(float ops left: {float_ops_text(fusion)}){_target_text(outcome.report.get('target'))}; report {outcome.report_path}"
+        f"wrote {outcome.path}: {weights}{activations} ({report.calibration.activation_calibrator}"
+        f"{rounding}), {summary.quantized_layers} layers quantized{mixed_text}, "
+        f"{sqnr_text} on {report.calibration.sqnr_samples} calibration inputs; "
+        f"{'' if config.target == 'ort-x86' else 'onnxruntime x86 '}integer coverage {summary.fusion_coverage:.2f} of ops{macs} "
+        f"(float ops left: {float_ops_text(fusion)}){_target_text(report.target)}; report {outcome.report_path}"
     )
 
 
-def _recon_text(recon: ReconConfig, report: dict) -> str:
+def _recon_text(recon: ReconConfig, report: QuantReport) -> str:
     """", pdquant cpu", and how many units kept their starting rounding because the learned one measured worse."""
-    units = report.get("reconstruction", {}).get("units", [])
+    units = (report.reconstruction.units if report.reconstruction is not None else None) or []
     kept = sum(u.get("kept") == "start" for u in units)
     return f", {recon.method} {recon.preset_name}" + (f" ({kept} of {len(units)} units kept their start)" if kept else "")
 
 
-def _target_text(target: dict | None) -> str:
+def _target_text(verdict: TargetVerdict | None) -> str:
     """The target runtime's own verdict, for targets other than ort-x86 (whose verdict is the fusion report)."""
-    if not target or target["name"] == "ort-x86":
+    if verdict is None or verdict.name == "ort-x86":
         return ""
-    problems = target.get("layout_problems") or []
+    target = verdict.to_dict()
+    problems = verdict.layout_problems
     layout = f"layout: {len(problems)} problem(s), first: {problems[0]}" if problems else "layout ok"
     if target.get("coverage") is not None:
-        verdict = "every node on HTP" if target.get("details", {}).get("on_htp") else f"integer coverage {target['coverage']:.2f}"
+        state = "every node on HTP" if target.get("details", {}).get("on_htp") else f"integer coverage {target['coverage']:.2f}"
         if "agreement_db" in target:
-            verdict += f", SQNR {target['agreement_db']} dB against the reference"
+            state += f", SQNR {target['agreement_db']} dB against the reference"
         if not target["verified"] and "why" in target:
-            verdict += " (NOT VERIFIED: see the warning above)"
-        return f"; {target['name']}: {layout}, {target['runtime']} {verdict}"
+            state += " (NOT VERIFIED: see the warning above)"
+        return f"; {target['name']}: {layout}, {target['runtime']} {state}"
     return f"; {target['name']}: {layout}, not run here ({target['why']})"

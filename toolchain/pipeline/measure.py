@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
+from toolchain.quantize.report_types import QuantReport
 from toolchain.runtimes.timing import interleaved_ms
 
 _TYPE_BITS = {onnx.TensorProto.INT8: 8, onnx.TensorProto.UINT8: 8, onnx.TensorProto.INT4: 4, onnx.TensorProto.UINT4: 4,
@@ -25,10 +26,10 @@ for _name in ("INT2", "UINT2"):
         _TYPE_BITS[getattr(onnx.TensorProto, _name)] = 2
 
 
-def parameter_bytes(qdq: onnx.ModelProto, report: dict) -> dict:
+def parameter_bytes(qdq: onnx.ModelProto, report: QuantReport) -> dict:
     """Bytes of the quantized model's weights at their bits and of its biases, and the FP32 equivalent."""
     initializers = {t.name: t for t in qdq.graph.initializer}
-    layer_bits = {layer["node"]: layer["weight_bits"] for layer in report["layers"] if layer.get("weight_bits")}
+    layer_bits = {layer.node: layer.weight_bits for layer in report.layers if layer.weight_bits}
     consumers: dict[str, list[str]] = {}
     for node in qdq.graph.node:
         for name in node.input:

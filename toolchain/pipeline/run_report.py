@@ -16,6 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from toolchain.quantize.report_types import QuantReport
+
 SCHEMA_VERSION = 1
 
 
@@ -293,25 +295,24 @@ class RunReport:
 
 
 def model_entry(label: str, w_bits: int, a_bits: int, reconstruct: str, preset: str | None, target: str,
-                reduce_range: bool, quant_report: dict[str, Any], file: str, report_file: str) -> ModelEntry:
+                reduce_range: bool, quant_report: QuantReport, file: str, report_file: str) -> ModelEntry:
     """The run's line for one quantized model, from the quantizer's report (NAME.report.json)."""
     # deferred: onnxruntime loads only when this runs (start-up time)
     from toolchain.runtimes.coverage import float_ops_text
 
-    fusion, summary = quant_report["fusion"], quant_report["summary"]
-    recon = quant_report.get("reconstruction") or {}
+    fusion, summary = quant_report.fusion, quant_report.summary
+    units = (quant_report.reconstruction.units if quant_report.reconstruction is not None else None) or []
     return ModelEntry(
         label, file, report_file, w_bits, a_bits, reconstruct, preset if reconstruct != "none" else None,
-        quant_report["calibration"]["activation_calibrator"], quant_report["calibration"]["weight_rounding"], target,
-        reduce_range, summary["output_sqnr_db"],
+        quant_report.calibration.activation_calibrator, quant_report.calibration.weight_rounding, target,
+        reduce_range, summary.output_sqnr_db,
         Coverage(fusion["coverage"], fusion["mac_coverage"], fusion["fully_integer"], float_ops_text(fusion)),
-        quant_report.get("target"),
-        [LayerLine(layer["node"], layer["op_type"], layer.get("weight_bits"), layer.get("output_bits"), layer.get("sqnr_db"))
-         for layer in quant_report["layers"]],
+        quant_report.target.to_dict() if quant_report.target is not None else None,
+        [LayerLine(layer.node, layer.op_type, layer.weight_bits, layer.output_bits, layer.sqnr_db)
+         for layer in quant_report.layers],
         [UnitLine(u["unit"], u["kind"], u["output"], u["loss_before"], u["loss_after"], u.get("kept", "learned"))
-         for u in recon.get("units", [])],
-        list(quant_report.get("warnings", [])), quant_report.get("mixed_precision"),
-        quant_report.get("mixed_precision_activations"))
+         for u in units],
+        list(quant_report.warnings), quant_report.mixed_precision, quant_report.mixed_precision_activations)
 
 
 def gate_result(name: str, gates: dict[str, float], accuracy: ModelAccuracy | None) -> GateResult:

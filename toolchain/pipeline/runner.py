@@ -300,9 +300,9 @@ class _Stages:
         for warning in outcome.warnings:
             self.log.warning("%s: %s", spec.label, warning)
         entry = model_entry(spec.label, spec.w_bits, spec.a_bits, spec.reconstruct, spec.preset, spec.target,
-                            quant_config.reduce_range, outcome.report, self._relative(out),
+                            quant_config.reduce_range, outcome.typed, self._relative(out),
                             self._relative(outcome.report_path))
-        size = ModelSize(**parameter_bytes(outcome.model, outcome.report), file_bytes=out.stat().st_size)
+        size = ModelSize(**parameter_bytes(outcome.model, outcome.typed), file_bytes=out.stat().st_size)
         accuracy = None
         if fp32 is not None:
             assert data is not None, "an FP32 evaluation ran, so the run has evaluation data"

@@ -13,7 +13,7 @@ import hashlib
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,7 @@ from toolchain.quantize.qparams import (
     weight_type,
 )
 from toolchain.quantize.report import build_report
+from toolchain.quantize.report_types import QuantReport, ReconstructionReport, TargetVerdict
 from toolchain.quantize.target_check import layout_problems, verify_on_runtime
 from toolchain.runtimes.coverage import float_ops_text
 
@@ -73,11 +74,13 @@ QUANTIZED_OP_TYPES = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLine
 
 @dataclass(frozen=True, eq=False)
 class QuantResult:
-    """A quantized model, its report (JSON-ready dict) and the warnings raised on the way."""
+    """A quantized model, its report (the JSON form, as NAME.report.json holds it; `typed`: the same as a
+    QuantReport) and the warnings raised on the way."""
 
     model: onnx.ModelProto
     report: dict
     warnings: tuple[str, ...]
+    typed: QuantReport | None = None
 
 
 def check_not_quantized(model: onnx.ModelProto, source: str) -> None:
@@ -208,19 +211,20 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
         if distributed is not None and distributed.rank != 0:
             return None  # every rank holds the same parameters: rank 0 materialises and reports
         act, weights, integers = result.activations, result.weights, result.weight_integers
-        recon_report = {"config": result.config.to_dict(), "units": result.units, "notes": result.notes,
-                        "seconds": result.seconds, "cache": result.cache, "resumed_after_units": result.resumed_units}
+        recon_report = ReconstructionReport(result.config.to_dict(), result.units, result.notes, result.seconds,
+                                            result.cache, result.resumed_units)
         warnings.extend(result.notes)  # e.g. a region reconstructed layer by layer: the CLI prints these
     act = cap_to_fused_clips(float_model, plan, act)
     qdq = _materialize_checked(float_model, plan, act, weights, integers, config)
     report = build_report(float_model, qdq, plan, act, weights, calib, config, source, calib_info or {}, folded,
                           execution, progress)
-    _complete_report(report, float_model, qdq, plan, calib, config, calib_info, source, execution, warnings,
-                     saturates_here)
-    report["reconstruction"] = recon_report or {"config": config.reconstruction.to_dict()}
-    report.update({key: value for key, value in mixed.items() if value is not None})
-    report["seconds"] = round(time.perf_counter() - start, 3)
-    return QuantResult(qdq, report, tuple(warnings))
+    report = _complete_report(report, float_model, qdq, plan, calib, config, calib_info, source, execution, warnings,
+                              saturates_here)
+    report = replace(report, reconstruction=recon_report or ReconstructionReport(config.reconstruction.to_dict()),
+                     mixed_precision=mixed["mixed_precision"],
+                     mixed_precision_activations=mixed["mixed_precision_activations"],
+                     seconds=round(time.perf_counter() - start, 3))
+    return QuantResult(qdq, report.to_dict(), tuple(warnings), report)
 
 
 def _check_inputs(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, source: str,
@@ -283,19 +287,19 @@ def _materialize_checked(float_model: onnx.ModelProto, plan: QuantPlan, act: dic
     return qdq
 
 
-def _complete_report(report: dict, float_model: onnx.ModelProto, qdq: onnx.ModelProto, plan: QuantPlan,
+def _complete_report(report: QuantReport, float_model: onnx.ModelProto, qdq: onnx.ModelProto, plan: QuantPlan,
                      calib: np.ndarray, config: QuantConfig, calib_info: dict | None, source: str,
-                     execution: Execution, warnings: list[str], saturates_here: bool) -> None:
+                     execution: Execution, warnings: list[str], saturates_here: bool) -> QuantReport:
     """What the driver knows beyond build_report: the calibrator's label, the synthetic-output headroom, the
     full-integer requirement, a fixed batch, the target's verdict (its failure a warning), the warnings."""
-    report["calibration"]["activation_calibrator"] = config.calibrator_label(is_synthetic(calib_info))
-    report["calibration"]["weight_rounding"] = config.effective_weight_rounding
+    headroom = None
     if is_synthetic(calib_info):
-        report["calibration"]["output_headroom"] = {
-            "tensors": synthetic_output_roots(float_model, plan, {t: config.activation_calibrator(s.bits, True)
-                                                                  for t, s in plan.activations.items()}),
-            "factor": SYNTHETIC_OUTPUT_HEADROOM}
-    fusion = report["fusion"]
+        headroom = {"tensors": synthetic_output_roots(float_model, plan, {t: config.activation_calibrator(s.bits, True)
+                                                                          for t, s in plan.activations.items()}),
+                    "factor": SYNTHETIC_OUTPUT_HEADROOM}
+    calibration = replace(report.calibration, activation_calibrator=config.calibrator_label(is_synthetic(calib_info)),
+                          weight_rounding=config.effective_weight_rounding, output_headroom=headroom)
+    fusion = report.fusion
     if config.require_full_integer and not fusion["fully_integer"]:
         listed = ", ".join(f"{op['op_type']} {op['name']!r}" for op in fusion["float_ops"][:5]) or \
             f"{fusion['stray_q']} QuantizeLinear / {fusion['stray_dq']} DequantizeLinear inside the graph"
@@ -304,14 +308,15 @@ def _complete_report(report: dict, float_model: onnx.ModelProto, qdq: onnx.Model
                          "report's fusion section for what has no integer kernel")
     if config.effective_batch is not None:  # after the report, whose SQNR runs in batches of any size
         fix_batch(qdq, config.effective_batch)
-        report["batch"] = config.effective_batch
-    report["target"] = {"name": config.target, "layout_problems": layout_problems(qdq, config.profile, config.effective_batch),
-                        **verify_on_runtime(qdq, config.profile, execution.thread_count, _agreement_inputs(calib, config))}
-    if not report["target"]["verified"] and "agreement_db" in report["target"]:
+    problems = layout_problems(qdq, config.profile, config.effective_batch)
+    verdict = verify_on_runtime(qdq, config.profile, execution.thread_count, _agreement_inputs(calib, config))
+    if not verdict["verified"] and "agreement_db" in verdict:
         if saturates_here:
-            report["target"]["why"] += "; this CPU has no VNNI, so its kernels saturate: quantize with --reduce-range"
-        warnings.append(report["target"]["why"])
-    report["warnings"] = warnings
+            verdict["why"] += "; this CPU has no VNNI, so its kernels saturate: quantize with --reduce-range"
+        warnings.append(verdict["why"])
+    target = TargetVerdict(config.target, problems, verdict)
+    return replace(report, calibration=calibration, batch=config.effective_batch, target=target,
+                   warnings=tuple(warnings))
 
 
 def _agreement_inputs(calib: np.ndarray, config: QuantConfig) -> np.ndarray | None:

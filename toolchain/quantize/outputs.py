@@ -22,6 +22,7 @@ from toolchain.onnxio.files import save_model
 from toolchain.onnxio.validate import check_runs
 from toolchain.quantize.config import QuantConfig
 from toolchain.quantize.driver import check_calibration, quantize
+from toolchain.quantize.report_types import QuantReport
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class QuantizeOutcome:
     report: dict
     warnings: tuple[str, ...]
     model: onnx.ModelProto
+    typed: QuantReport  # the report as typed values; `report` is its JSON form
 
 
 def report_path_for(model_path: Path) -> Path:
@@ -70,4 +72,5 @@ def quantize_to_files(proto: onnx.ModelProto, calibration: CalibrationSet, out: 
         checkpoint.unlink(missing_ok=True)
     if distributed is not None:
         distributed.barrier()  # the other ranks wait until the files are written
-    return QuantizeOutcome(out, report_path, result.report, result.warnings, result.model)
+    assert result.typed is not None, "the driver returns the typed report with the JSON one"
+    return QuantizeOutcome(out, report_path, result.report, result.warnings, result.model, result.typed)

@@ -8,7 +8,6 @@ Usage:
 from __future__ import annotations
 
 import sys
-from typing import Any
 
 import numpy as np
 import onnx
@@ -22,6 +21,7 @@ from toolchain.onnxio.sessions import exposing, inference_session
 from toolchain.quantize.annotate.placement import QuantPlan
 from toolchain.quantize.calibrate.ranges import batch_rows
 from toolchain.quantize.config import QuantConfig
+from toolchain.quantize.report_types import ActivationReport, CalibrationReport, LayerReport, QuantReport, ReportSummary
 from toolchain.runtimes.coverage import fusion_coverage
 
 SQNR_SAMPLES = 256
@@ -65,8 +65,9 @@ def streamed_sqnr(float_model: onnx.ModelProto, reference_names: list[str], qdq:
 
 
 def build_report(float_model, qdq, plan: QuantPlan, act, weights, calib, config: QuantConfig, source: str,
-                 calib_info: dict, folded: int, execution: Execution | None = None, progress: bool = False) -> dict:
-    """Per-layer bits, parameters and SQNR against FP32 on (up to 256) calibration inputs; fusion coverage."""
+                 calib_info: dict, folded: int, execution: Execution | None = None, progress: bool = False) -> QuantReport:
+    """Per-layer bits, parameters and SQNR against FP32 on (up to 256) calibration inputs; fusion coverage. The
+    driver completes it (calibrator, target verdict, warnings, reconstruction) once the graph is final."""
     execution = execution or Execution()
     sample = calib[:SQNR_SAMPLES]
     graph_outputs = {o.name for o in qdq.graph.output}
@@ -74,49 +75,31 @@ def build_report(float_model, qdq, plan: QuantPlan, act, weights, calib, config:
     dq_name = {t: qdq_names.value_in_qdq(t, graph_outputs) for t in layer_outputs}
     layer_sqnr = dict(zip(layer_outputs, streamed_sqnr(float_model, layer_outputs, qdq, [dq_name[t] for t in layer_outputs],
                                                        sample, execution, progress, "layer SQNR")))
-    layers = []
-    for layer in plan.layers:
-        entry: dict[str, Any] = {"node": layer.node, "op_type": layer.op_type, "output": layer.output}
-        if layer.activation_node:
-            entry["fused_activation"] = layer.activation_node
-        if layer.weight is not None:
-            entry["weight_bits"] = plan.weights[layer.weight].bits
-            entry["weight"] = weights[layer.weight].to_dict()
-        if layer.output in plan.activations:
-            root = plan.root(layer.output)
-            entry["output_bits"] = plan.activations[root].bits
-            entry["output_qparams"] = act[root].to_dict()
-            entry["sqnr_db"] = round(layer_sqnr[layer.output], 3)
-        else:
-            entry["output_bits"] = None  # academic setting: the network output stays float
-        layers.append(entry)
+    layers = [_layer_report(layer, plan, act, weights, layer_sqnr) for layer in plan.layers]
     activations = {
-        t: {"bits": plan.activations[plan.root(t)].bits, "one_sided": spec.one_sided, "shared_with": spec.shared_with,
-            "constant": spec.constant, "floor": spec.floor, **act[plan.root(t)].to_dict()}
+        t: ActivationReport(plan.activations[plan.root(t)].bits, spec.one_sided, spec.shared_with, spec.constant,
+                            spec.floor, act[plan.root(t)].to_dict())
         for t, spec in plan.activations.items()
     }
     fusion = fusion_coverage(qdq)
     # On the graph outputs themselves, whatever produces them (a layer, a Flatten after a pool, a float output).
     output_names = [o.name for o in qdq.graph.output]
     output_sqnr = [round(v, 3) for v in streamed_sqnr(float_model, output_names, qdq, output_names, sample, execution)]
-    return {
-        "toolchain_version": toolchain.__version__,
-        "source": source,
-        "config": config.to_dict(),
-        "calibration": {"n": len(calib), "sqnr_samples": len(sample), **calib_info},
-        "opset": next(o.version for o in qdq.opset_import if o.domain in ("", "ai.onnx")),
-        "batchnorm_folded": folded,
-        "layers": layers,
-        "activations": activations,
-        "unquantized": [{"node": name, "op_type": op} for name, op in plan.float_nodes],
-        "integer_nodes": [{"node": name, "op_type": op} for name, op in plan.integer_nodes],  # shape arithmetic
-        "fusion": fusion,
-        "summary": {
-            "quantized_layers": sum(1 for layer in layers if layer.get("weight_bits")),
-            "output_sqnr_db": output_sqnr[0] if output_sqnr else None,
-            "fusion_coverage": fusion["coverage"],
-            "mac_coverage": fusion["mac_coverage"],
-            "fully_integer": fusion["fully_integer"],
-            "float_ops": len(fusion["float_ops"]),
-        },
-    }
+    summary = ReportSummary(sum(1 for layer in layers if layer.weight_bits), output_sqnr[0] if output_sqnr else None,
+                            fusion["coverage"], fusion["mac_coverage"], fusion["fully_integer"], len(fusion["float_ops"]))
+    return QuantReport(
+        toolchain.__version__, source, config.to_dict(), CalibrationReport(len(calib), len(sample), dict(calib_info)),
+        next(o.version for o in qdq.opset_import if o.domain in ("", "ai.onnx")), folded, layers, activations,
+        [{"node": name, "op_type": op} for name, op in plan.float_nodes],
+        [{"node": name, "op_type": op} for name, op in plan.integer_nodes],  # shape arithmetic
+        fusion, summary)
+
+
+def _layer_report(layer, plan: QuantPlan, act, weights, layer_sqnr: dict[str, float]) -> LayerReport:
+    weight_bits = plan.weights[layer.weight].bits if layer.weight is not None else None
+    weight = weights[layer.weight].to_dict() if layer.weight is not None else None
+    if layer.output not in plan.activations:  # academic setting: the network output stays float
+        return LayerReport(layer.node, layer.op_type, layer.output, layer.activation_node, weight_bits, weight)
+    root = plan.root(layer.output)
+    return LayerReport(layer.node, layer.op_type, layer.output, layer.activation_node, weight_bits, weight,
+                       plan.activations[root].bits, act[root].to_dict(), round(layer_sqnr[layer.output], 3))
