@@ -66,7 +66,7 @@ def measure(name: str, exporter: str, folder: Path) -> dict:
         executed = OnnxModule(model)(torch.from_numpy(heldout)).numpy()
     parity = float(np.abs(executed - fp32).max() / np.abs(fp32).max())
     w8a8 = quantize(model, calib, QuantConfig(reduce_range=has_vnni() is False), progress=False)
-    fusion = w8a8.report["fusion"]
+    fusion = w8a8.report["fusion"]  # the JSON form of the typed report's FusionReport
     row = {"family": name, "exporter": exporter, "executor_parity": parity,
            "ops_coverage": fusion["coverage"], "mac_coverage": fusion["mac_coverage"],
            "integer_ops": fusion["integer_ops"], "float_ops": len(fusion["float_ops"]),

@@ -216,6 +216,7 @@ def fusion_of(path: Path) -> dict[str, Any] | None:
     except ImportError:
         return None
     f = fusion_coverage(onnx.load(str(path)))
+    f = f.to_dict() if hasattr(f, "to_dict") else f  # a FusionReport since #31, a dict before
     return {k: f[k] for k in ("coverage", "integer_layers", "float_layers", "float_ops_left")}
 
 

@@ -124,10 +124,12 @@ def test_four_bit_weights_are_int4_at_opset_21(resnet20_random, calib32, storage
 def test_two_bit_native_types_are_int2_at_opset_25(resnet20_random, calib32, monkeypatch):
     """W2A2 native: INT2 weights, UINT2 activations, opset 25; the file passes onnx.checker and runs unoptimised in onnxruntime."""
     import toolchain.quantize.report as report_module
+    from toolchain.runtimes.coverage import FusionReport
 
     # onnxruntime 1.32's QDQ fusion mis-handles 2-bit types, so the fusion probe cannot load this file.
-    unknown = {"coverage": 0.0, "mac_coverage": None, "float_ops": [], "fully_integer": False, "float_ops_left": {},
-               "stray_q": 0, "stray_dq": 0}
+    unknown = FusionReport(coverage=0.0, mac_coverage=None, integer_ops=0, float_ops=[], shape_ops=0, integer_layers=0,
+                           float_layers=0, macs=0, float_macs=0, stray_q=0, stray_dq=0, float_ops_left={},
+                           fully_integer=False, optimized_ops={})
     monkeypatch.setattr(report_module, "fusion_coverage", lambda model: unknown)
     result = quantize(resnet20_random, calib32[:16], QuantConfig(w_bits=2, a_bits=2, low_bit_storage="native"), progress=False)
     inits = _initializers(result.model)

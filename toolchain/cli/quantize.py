@@ -186,7 +186,7 @@ def _print_quantized(outcome: Any, config: Any, as_json: bool) -> None:
         click.echo(json.dumps({**vars(summary), "path": str(outcome.path), "report": str(outcome.report_path)}))
         return
     fusion = report.fusion
-    macs = f", {fusion['mac_coverage']:.3f} of MACs" if fusion.get("mac_coverage") is not None else ""
+    macs = f", {fusion.mac_coverage:.3f} of MACs" if fusion.mac_coverage is not None else ""
     sqnr = summary.output_sqnr_db
     sqnr_text = f"output SQNR {sqnr:.1f} dB" + (" (network output in float: --first-last-8bit)" if config.first_last_8bit else "")
     mixed = report.mixed_precision

@@ -306,7 +306,7 @@ def model_entry(label: str, w_bits: int, a_bits: int, reconstruct: str, preset: 
         label, file, report_file, w_bits, a_bits, reconstruct, preset if reconstruct != "none" else None,
         quant_report.calibration.activation_calibrator, quant_report.calibration.weight_rounding, target,
         reduce_range, summary.output_sqnr_db,
-        Coverage(fusion["coverage"], fusion["mac_coverage"], fusion["fully_integer"], float_ops_text(fusion)),
+        Coverage(fusion.coverage, fusion.mac_coverage, fusion.fully_integer, float_ops_text(fusion)),
         quant_report.target.to_dict() if quant_report.target is not None else None,
         [LayerLine(layer.node, layer.op_type, layer.weight_bits, layer.output_bits, layer.sqnr_db)
          for layer in quant_report.layers],

@@ -300,10 +300,10 @@ def _complete_report(report: QuantReport, float_model: onnx.ModelProto, qdq: onn
     calibration = replace(report.calibration, activation_calibrator=config.calibrator_label(is_synthetic(calib_info)),
                           weight_rounding=config.effective_weight_rounding, output_headroom=headroom)
     fusion = report.fusion
-    if config.require_full_integer and not fusion["fully_integer"]:
-        listed = ", ".join(f"{op['op_type']} {op['name']!r}" for op in fusion["float_ops"][:5]) or \
-            f"{fusion['stray_q']} QuantizeLinear / {fusion['stray_dq']} DequantizeLinear inside the graph"
-        raise GraphError(f"{source}: onnxruntime runs {len(fusion['float_ops'])} op(s) in float ({listed}; "
+    if config.require_full_integer and not fusion.fully_integer:
+        listed = ", ".join(f"{op['op_type']} {op['name']!r}" for op in fusion.float_ops[:5]) or \
+            f"{fusion.stray_q} QuantizeLinear / {fusion.stray_dq} DequantizeLinear inside the graph"
+        raise GraphError(f"{source}: onnxruntime runs {len(fusion.float_ops)} op(s) in float ({listed}; "
                          f"{float_ops_text(fusion)}); drop --require-full-integer to accept them, or see the "
                          "report's fusion section for what has no integer kernel")
     if config.effective_batch is not None:  # after the report, whose SQNR runs in batches of any size

@@ -86,7 +86,7 @@ def build_report(float_model, qdq, plan: QuantPlan, act, weights, calib, config:
     output_names = [o.name for o in qdq.graph.output]
     output_sqnr = [round(v, 3) for v in streamed_sqnr(float_model, output_names, qdq, output_names, sample, execution)]
     summary = ReportSummary(sum(1 for layer in layers if layer.weight_bits), output_sqnr[0] if output_sqnr else None,
-                            fusion["coverage"], fusion["mac_coverage"], fusion["fully_integer"], len(fusion["float_ops"]))
+                            fusion.coverage, fusion.mac_coverage, fusion.fully_integer, len(fusion.float_ops))
     return QuantReport(
         toolchain.__version__, source, config.to_dict(), CalibrationReport(len(calib), len(sample), dict(calib_info)),
         next(o.version for o in qdq.opset_import if o.domain in ("", "ai.onnx")), folded, layers, activations,

@@ -7,15 +7,19 @@ Usage:
 
 Optional keys are omitted from the JSON exactly when they were before: a layer's `fused_activation`, its weight
 and output parameters, `batch` without a fixed batch, the mixed-precision sections without a budget,
-`output_headroom` on real data, the reconstruction's units when none ran. The sections other modules produce
-in their own shapes stay mappings: the calibration manifest (its generator's keys), the fusion coverage
-(runtimes.coverage), the runtime's verdict details, the mixed-precision allocations and the config.
+`output_headroom` on real data, the reconstruction's units when none ran. The fusion coverage is
+runtimes.coverage's FusionReport. The sections other modules produce in their own shapes stay mappings: the
+calibration manifest (its generator's keys), the runtime's verdict details, the mixed-precision allocations and
+the config.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # start-up time: runtimes.coverage imports onnxruntime; the CLI imports these types at start
+    from toolchain.runtimes.coverage import FusionReport
 
 SCHEMA_VERSION = 1
 
@@ -144,7 +148,7 @@ class QuantReport:
     activations: dict[str, ActivationReport]
     unquantized: list[dict[str, str]]
     integer_nodes: list[dict[str, str]]
-    fusion: dict[str, Any]  # runtimes.coverage.fusion_coverage's report
+    fusion: FusionReport
     summary: ReportSummary
     target: TargetVerdict | None = None  # set by the driver once the graph is final
     warnings: tuple[str, ...] = ()
@@ -160,7 +164,7 @@ class QuantReport:
             "config": self.config, "calibration": self.calibration.to_dict(), "opset": self.opset,
             "batchnorm_folded": self.batchnorm_folded, "layers": [layer.to_dict() for layer in self.layers],
             "activations": {t: a.to_dict() for t, a in self.activations.items()}, "unquantized": self.unquantized,
-            "integer_nodes": self.integer_nodes, "fusion": self.fusion, "summary": vars(self.summary).copy(),
+            "integer_nodes": self.integer_nodes, "fusion": self.fusion.to_dict(), "summary": vars(self.summary).copy(),
         }
         if self.batch is not None:
             out["batch"] = self.batch

@@ -1,11 +1,11 @@
 """Integer coverage: what onnxruntime actually runs on integer kernels after its graph optimisation.
 
 Usage:
-    fusion = fusion_coverage(qdq_model)
-    fusion["coverage"]          # share of compute ops on integer kernels (1.0 only when nothing computes in float)
-    fusion["mac_coverage"]      # share of the multiply-accumulates of Conv/Gemm/MatMul on integer kernels
-    fusion["float_ops"]         # [{"op_type": "HardSwish", "name": "/features/0/act/HardSwish"}, ...]
-    fusion["fully_integer"]     # no float op, one Q per graph input, one DQ per graph output
+    fusion = fusion_coverage(qdq_model)   # a FusionReport
+    fusion.coverage          # share of compute ops on integer kernels (1.0 only when nothing computes in float)
+    fusion.mac_coverage      # share of the multiply-accumulates of Conv/Gemm/MatMul on integer kernels
+    fusion.float_ops         # [{"op_type": "HardSwish", "name": "/features/0/act/HardSwish"}, ...]
+    fusion.fully_integer     # no float op, one Q per graph input, one DQ per graph output
 
 The QDQ model is loaded with all graph optimisations and the optimised graph saved and read back. Every
 node is classed by the element type it produces, propagated from the graph's inputs and initializers:
@@ -22,7 +22,10 @@ from __future__ import annotations
 
 import tempfile
 from collections import Counter
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -143,7 +146,30 @@ def _layer_of(name: str, macs: dict[str, int]) -> str | None:
     return next((layer for layer in macs if name.startswith(layer)), None)
 
 
-def fusion_coverage(model: onnx.ModelProto, threads: int = 1) -> dict:
+@dataclass(frozen=True)
+class FusionReport:
+    """What onnxruntime CPU runs on integer kernels after its graph optimisation (to_dict: the report's `fusion`)."""
+
+    coverage: float  # share of the compute ops on integer kernels
+    mac_coverage: float | None  # share of the Conv/Gemm/MatMul MACs on integer kernels (None: no such layer)
+    integer_ops: int
+    float_ops: list[dict[str, str]]  # {"op_type", "name"} of each op left in float
+    shape_ops: int
+    integer_layers: int
+    float_layers: int
+    macs: int
+    float_macs: int
+    stray_q: int  # QuantizeLinear beyond one per graph input
+    stray_dq: int  # DequantizeLinear beyond one per graph output
+    float_ops_left: dict[str, int]  # op type -> count, stray Q/DQ included
+    fully_integer: bool
+    optimized_ops: dict[str, int]  # op type -> count in the optimised graph
+
+    def to_dict(self) -> dict[str, Any]:
+        return {name: getattr(self, name) for name in self.__dataclass_fields__}
+
+
+def fusion_coverage(model: onnx.ModelProto, threads: int = 1) -> FusionReport:
     """Optimise `model` with onnxruntime (CPU) and class every node of the result (see the module docstring)."""
     optimized = _optimized(model, threads)
     graph = optimized.graph
@@ -178,26 +204,27 @@ def fusion_coverage(model: onnx.ModelProto, threads: int = 1) -> dict:
         left["QuantizeLinear"] = stray_q
     if stray_dq > 0:
         left["DequantizeLinear"] = stray_dq
-    return {
-        "coverage": len(integer_ops) / computing if computing else 0.0,
-        "mac_coverage": (total_macs - float_macs) / total_macs if total_macs else None,
-        "integer_ops": len(integer_ops),
-        "float_ops": float_ops,
-        "shape_ops": shape_ops,
-        "integer_layers": sum(counts[op] for op in INTEGER_LAYER_OPS),
-        "float_layers": sum(counts[op] for op in FLOAT_LAYER_OPS),
-        "macs": total_macs,
-        "float_macs": float_macs,
-        "stray_q": max(stray_q, 0),
-        "stray_dq": max(stray_dq, 0),
-        "float_ops_left": left,
-        "fully_integer": not float_ops and stray_q <= 0 and stray_dq <= 0,
-        "optimized_ops": dict(counts.most_common()),
-    }
+    return FusionReport(
+        coverage=len(integer_ops) / computing if computing else 0.0,
+        mac_coverage=(total_macs - float_macs) / total_macs if total_macs else None,
+        integer_ops=len(integer_ops),
+        float_ops=float_ops,
+        shape_ops=shape_ops,
+        integer_layers=sum(counts[op] for op in INTEGER_LAYER_OPS),
+        float_layers=sum(counts[op] for op in FLOAT_LAYER_OPS),
+        macs=total_macs,
+        float_macs=float_macs,
+        stray_q=max(stray_q, 0),
+        stray_dq=max(stray_dq, 0),
+        float_ops_left=left,
+        fully_integer=not float_ops and stray_q <= 0 and stray_dq <= 0,
+        optimized_ops=dict(counts.most_common()),
+    )
 
 
-def float_ops_text(fusion: dict, limit: int = 6) -> str:
-    """'HardSwish x7, LayerNormalization x5, ...' (or 'none') for summaries."""
-    left = fusion.get("float_ops_left", {})
+def float_ops_text(fusion: FusionReport | Mapping[str, Any], limit: int = 6) -> str:
+    """'HardSwish x7, LayerNormalization x5, ...' (or 'none') for summaries; also takes a stored report's `fusion`
+    mapping (or a bench row with `float_ops_left`)."""
+    left = fusion.float_ops_left if isinstance(fusion, FusionReport) else fusion.get("float_ops_left", {})
     parts = [f"{op} x{n}" for op, n in left.items()]
     return ", ".join(parts[:limit]) + (f", ... ({len(parts) - limit} more types)" if len(parts) > limit else "") if parts else "none"

@@ -40,5 +40,5 @@ class OrtSession:
 def coverage(path: str | os.PathLike[str], threads: int) -> dict:
 
     fusion = fusion_coverage(onnx.load(os.fspath(path)), threads=threads)
-    return {"runtime": "ort", "coverage": fusion["coverage"], "mac_coverage": fusion.get("mac_coverage"),
-            "float_ops": fusion["float_ops"], "fully_integer": fusion["fully_integer"]}
+    return {"runtime": "ort", "coverage": fusion.coverage, "mac_coverage": fusion.mac_coverage,
+            "float_ops": fusion.float_ops, "fully_integer": fusion.fully_integer}
