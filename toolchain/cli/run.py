@@ -99,7 +99,6 @@ def run_command(config_file: str | None, run_dir: str | None, overwrite: bool, r
     if as_json:
         click.echo(json.dumps({"run_dir": str(result.run_dir), "passed": result.passed, **result.report}, default=float))
     elif not quiet():
-        assert result.run_report is not None, "api.run returns the typed report with the JSON one"
         say(summary_table(result.run_report))
         say(f"report: {result.run_dir / 'report.md'} ({result.run_report.timing.total_s or 0:.0f} s)")
     if not result.passed:

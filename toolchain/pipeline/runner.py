@@ -70,7 +70,7 @@ class RunResult:
     run_dir: Path
     report: dict  # report.json's content (what users' scripts read)
     failures: tuple[str, ...]
-    run_report: RunReport | None = None  # the same, typed
+    run_report: RunReport  # the same, typed
 
     @property
     def passed(self) -> bool:

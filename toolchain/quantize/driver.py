@@ -80,7 +80,7 @@ class QuantResult:
     model: onnx.ModelProto
     report: dict
     warnings: tuple[str, ...]
-    typed: QuantReport | None = None
+    typed: QuantReport
 
 
 def check_not_quantized(model: onnx.ModelProto, source: str) -> None:
