@@ -29,8 +29,9 @@ LAYERS: list[tuple[str, ...]] = [
 ]
 # Inside toolchain.quantize, bottom first: the shared vocabulary, then the steps in the order they run.
 QUANTIZE_STEPS: list[tuple[str, ...]] = [
+    # settings, number formats and the report's types: every step reads them
     ("toolchain.quantize.qparams", "toolchain.quantize.targets", "toolchain.quantize.reconstruct.config",
-     "toolchain.quantize.config", "toolchain.quantize.report_types"),  # settings and number formats; every step reads them
+     "toolchain.quantize.config", "toolchain.quantize.report_sections", "toolchain.quantize.report_types"),
     ("toolchain.quantize.fold",),
     ("toolchain.quantize.annotate",),
     ("toolchain.quantize.calibrate",),

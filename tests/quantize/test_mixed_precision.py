@@ -24,6 +24,7 @@ from toolchain.quantize.mixed_precision import (
     allocate_activations,
     measure_sensitivity,
 )
+from toolchain.quantize.report_sections import ActivationAllocationReport, WeightAllocationReport
 
 CHOICES = (2, 4, 8)
 
@@ -143,6 +144,8 @@ def test_the_mixed_model_carries_each_layers_bits_and_fits_the_budget(digits, tm
     assert mixed["predicted_kl"] == pytest.approx(sum(layer["kl"][str(layer["bits"])] for layer in mixed["layers"]),
                                                   rel=1e-9)
     assert 0 < mixed["measured_kl"] < float("inf")
+    # the typed section read back (a resumed run) writes the same keys, in the same order, with the same values
+    assert json.dumps(WeightAllocationReport.from_dict(mixed).to_dict()) == json.dumps(mixed)
     qdq = onnx.load(str(out))
     inits = {t.name: t for t in qdq.graph.initializer}
     for layer in report["layers"]:
@@ -356,6 +359,7 @@ def test_the_mixed_activation_model_carries_each_tensors_bits_and_fits_the_budge
                                                   / mixed["elements_per_input"], abs=1e-4)
     assert all(set(t["kl"]) == {"4", "8"} for t in mixed["tensors"]) and 0 < mixed["measured_kl"] < float("inf")
     assert mixed["predicted_kl"] == pytest.approx(sum(t["kl"][str(t["bits"])] for t in mixed["tensors"]), rel=1e-9)
+    assert json.dumps(ActivationAllocationReport.from_dict(mixed).to_dict()) == json.dumps(mixed)  # as the weights'
     qdq = onnx.load(str(out))
     nodes = {n.name: n for n in qdq.graph.node}
     inits = {t.name: numpy_helper.to_array(t) for t in qdq.graph.initializer}

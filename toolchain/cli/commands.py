@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -31,6 +31,9 @@ from toolchain.cli.quantize import quantize_command
 from toolchain.cli.run import run_command
 from toolchain.cli.text import format_summary
 from toolchain.core.execution import prefer_passive_waiting
+
+if TYPE_CHECKING:  # start-up time: generate's modules load numpy; the CLI imports only what --help needs
+    from toolchain.generate.outputs import GenerateOutcome
 
 _GROUP_HELP = f"""ONNX post-training quantization with synthetic calibration data.
 
@@ -262,7 +265,7 @@ def generate_command(model: str, method: str, n: int, output: str | None, preset
         exit_process(0)  # a torchrun worker skips interpreter teardown (see datagen.distributed.exit_process)
 
 
-def _print_generated(outcome: Any, n: int, method: str, preset_name: str, seed: int) -> None:
+def _print_generated(outcome: GenerateOutcome, n: int, method: str, preset_name: str, seed: int) -> None:
     losses = outcome.manifest.get("losses", {}).get("final")
     loss_text = f", final BN distance {losses['bn_distance']:.4g}" if isinstance(losses, dict) and "bn_distance" in losses else ""
     say(f"wrote {outcome.path}: {n} images, method {method}"

@@ -8,7 +8,7 @@ Usage:
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -18,6 +18,10 @@ from toolchain.cli.output import output_options, progress_wanted, say, warn
 from toolchain.quantize.reconstruct.config import PRESETS, ReconConfig
 from toolchain.quantize.report_types import QuantReport, TargetVerdict
 from toolchain.quantize.targets import TARGETS
+
+if TYPE_CHECKING:  # start-up time: the quantizer's modules load numpy and onnx; the CLI imports only what --help needs
+    from toolchain.quantize.config import QuantConfig
+    from toolchain.quantize.outputs import QuantizeOutcome
 
 
 @click.command("quantize")
@@ -174,7 +178,7 @@ def _bit_list(value: str | None) -> tuple[int, ...] | None:
         raise click.BadParameter(f"expected comma-separated bit-widths such as 2,4,8, got {value!r}") from None
 
 
-def _print_quantized(outcome: Any, config: Any, as_json: bool) -> None:
+def _print_quantized(outcome: QuantizeOutcome, config: QuantConfig, as_json: bool) -> None:
     from toolchain.runtimes.coverage import float_ops_text  # deferred: onnxruntime loads only when this runs (start-up time)
 
     recon = config.reconstruction
@@ -190,13 +194,13 @@ def _print_quantized(outcome: Any, config: Any, as_json: bool) -> None:
     sqnr = summary.output_sqnr_db
     sqnr_text = f"output SQNR {sqnr:.1f} dB" + (" (network output in float: --first-last-8bit)" if config.first_last_8bit else "")
     mixed = report.mixed_precision
-    weights = f"W{mixed['average_bits']:.2f}mixed" if mixed else f"W{config.w_bits}"
-    mixed_text = (f" (weights {mixed['size_bytes']:,} bytes, bits per layer in the report; sensitivity measured in "
-                  f"{mixed['sensitivity_seconds']:.0f} s)" if mixed else "")
+    weights = f"W{mixed.average_bits:.2f}mixed" if mixed is not None else f"W{config.w_bits}"
+    mixed_text = (f" (weights {mixed.size_bytes:,} bytes, bits per layer in the report; sensitivity measured in "
+                  f"{mixed.sensitivity_seconds:.0f} s)" if mixed is not None else "")
     mixed_act = report.mixed_precision_activations
-    activations = f"A{mixed_act['average_bits']:.2f}mixed" if mixed_act else f"A{config.a_bits}"
-    if mixed_act:
-        mixed_text += f" (activation bits per tensor in the report; measured in {mixed_act['sensitivity_seconds']:.0f} s)"
+    activations = f"A{mixed_act.average_bits:.2f}mixed" if mixed_act is not None else f"A{config.a_bits}"
+    if mixed_act is not None:
+        mixed_text += f" (activation bits per tensor in the report; measured in {mixed_act.sensitivity_seconds:.0f} s)"
     rounding = _recon_text(recon, report) if recon.enabled else f", {config.effective_weight_rounding} rounding"
     say(
         f"wrote {outcome.path}: {weights}{activations} ({report.calibration.activation_calibrator}"
@@ -210,7 +214,7 @@ def _print_quantized(outcome: Any, config: Any, as_json: bool) -> None:
 def _recon_text(recon: ReconConfig, report: QuantReport) -> str:
     """", pdquant cpu", and how many units kept their starting rounding because the learned one measured worse."""
     units = (report.reconstruction.units if report.reconstruction is not None else None) or []
-    kept = sum(u.get("kept") == "start" for u in units)
+    kept = sum(u.kept == "start" for u in units)
     return f", {recon.method} {recon.preset_name}" + (f" ({kept} of {len(units)} units kept their start)" if kept else "")
 
 
@@ -218,14 +222,13 @@ def _target_text(verdict: TargetVerdict | None) -> str:
     """The target runtime's own verdict, for targets other than ort-x86 (whose verdict is the fusion report)."""
     if verdict is None or verdict.name == "ort-x86":
         return ""
-    target = verdict.to_dict()
-    problems = verdict.layout_problems
+    problems, runtime = verdict.layout_problems, verdict.runtime
     layout = f"layout: {len(problems)} problem(s), first: {problems[0]}" if problems else "layout ok"
-    if target.get("coverage") is not None:
-        state = "every node on HTP" if target.get("details", {}).get("on_htp") else f"integer coverage {target['coverage']:.2f}"
-        if "agreement_db" in target:
-            state += f", SQNR {target['agreement_db']} dB against the reference"
-        if not target["verified"] and "why" in target:
+    if runtime.coverage is not None:
+        state = "every node on HTP" if runtime.on_htp else f"integer coverage {runtime.coverage:.2f}"
+        if runtime.agreement_db is not None:
+            state += f", SQNR {runtime.agreement_db} dB against the reference"
+        if not runtime.verified and runtime.why is not None:
             state += " (NOT VERIFIED: see the warning above)"
-        return f"; {target['name']}: {layout}, {target['runtime']} {state}"
-    return f"; {target['name']}: {layout}, not run here ({target['why']})"
+        return f"; {verdict.name}: {layout}, {runtime.runtime} {state}"
+    return f"; {verdict.name}: {layout}, not run here ({runtime.why})"

@@ -82,8 +82,8 @@ def _reconstruction(figure, report: RunReport, images: dict) -> bool:
     for i, model in enumerate(models):
         units = model.reconstruction
         x = np.arange(len(units))
-        before = [u.loss_before["rec"] for u in units]
-        after = [u.loss_after["rec"] for u in units]
+        before = [u.loss_before.rec for u in units]
+        after = [u.loss_after.rec for u in units]
         axis.bar(x + (2 * i) * width, before, width, label=f"{model.name} before", alpha=0.45)
         axis.bar(x + (2 * i + 1) * width, after, width, label=f"{model.name} after")
     longest = max(models, key=lambda m: len(m.reconstruction)).reconstruction

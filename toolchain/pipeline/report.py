@@ -17,6 +17,7 @@ from pathlib import Path
 from toolchain.core.atomic import atomic_output
 from toolchain.pipeline.plots import draw_plots
 from toolchain.pipeline.run_report import ModelEntry, RunReport
+from toolchain.quantize.report_types import TargetVerdict
 
 
 def write_reports(report: RunReport, folder: Path, images: dict) -> RunReport:
@@ -96,51 +97,53 @@ _MISSING = {
 def _mixed_section(entry: ModelEntry) -> list[str]:
     """Per-layer bits and sensitivities of a model made under a bit budget."""
     mixed = entry.mixed_precision
-    if not mixed:
+    if mixed is None:
         return []
-    choices = sorted(mixed["layers"][0]["kl"], key=int) if mixed["layers"] else []
+    choices = sorted(mixed.layers[0].kl) if mixed.layers else []
+    rounded = "with compensation" if mixed.budget.rounding == "compensated" else "to nearest"
     lines = ["", f"### {entry.name}: bits per layer under the budget", "",
-             f"{mixed['average_bits']:.3f} average weight bits, {mixed['size_bytes']:,} bytes of weights (budget "
-             f"{mixed['budget_bits'] // 8:,}); KL predicted by the sum {mixed['predicted_kl']:.4g}, measured "
-             f"(weights only) {mixed['measured_kl']:.4g}; sensitivity measured in {mixed['sensitivity_seconds']} s, each layer "
-             f"rounded {'with compensation' if mixed['budget'].get('rounding') == 'compensated' else 'to nearest'}.", "",
+             f"{mixed.average_bits:.3f} average weight bits, {mixed.size_bytes:,} bytes of weights (budget "
+             f"{mixed.budget_bits // 8:,}); KL predicted by the sum {mixed.predicted_kl:.4g}, measured "
+             f"(weights only) {mixed.measured_kl:.4g}; sensitivity measured in {mixed.sensitivity_seconds} s, each layer "
+             f"rounded {rounded}.", "",
              "| layer | weights | bits | " + " | ".join(f"KL at {b} bits" for b in choices) + " |",
              "|---|---:|---:|" + "---:|" * len(choices)]
-    for layer in mixed["layers"]:
-        lines.append(f"| {layer['node']} | {layer['params']:,} | {layer['bits']} | "
-                     + " | ".join(f"{layer['kl'][b]:.3g}" for b in choices) + " |")
+    for layer in mixed.layers:
+        lines.append(f"| {layer.node} | {layer.params:,} | {layer.bits} | "
+                     + " | ".join(f"{layer.kl[b]:.3g}" for b in choices) + " |")
     return lines
 
 
 def _mixed_activations_section(entry: ModelEntry) -> list[str]:
     """Per-tensor activation bits and sensitivities of a model made under an activation budget."""
     mixed = entry.mixed_precision_activations
-    if not mixed:
+    if mixed is None:
         return []
-    choices = [str(b) for b in sorted(mixed["budget"]["choices"])]
-    fixed = (f" Kept at --a-bits (produced by multi-output nodes): {', '.join(mixed['fixed_at_a_bits'])}."
-             if mixed["fixed_at_a_bits"] else "")
+    choices = sorted(mixed.budget.choices or ())
+    fixed = (f" Kept at --a-bits (produced by multi-output nodes): {', '.join(mixed.fixed_at_a_bits)}."
+             if mixed.fixed_at_a_bits else "")
     lines = ["", f"### {entry.name}: activation bits per tensor under the budget", "",
-             f"{mixed['average_bits']:.3f} average activation bits over {mixed['elements_per_input']:,} values per input "
-             f"(budget {mixed['budget']['average_bits']}); KL predicted by the sum {mixed['predicted_kl']:.4g}, measured "
-             f"(activations only) {mixed['measured_kl']:.4g}; sensitivity measured in {mixed['sensitivity_seconds']} s.{fixed}",
+             f"{mixed.average_bits:.3f} average activation bits over {mixed.elements_per_input:,} values per input "
+             f"(budget {mixed.budget.average_bits}); KL predicted by the sum {mixed.predicted_kl:.4g}, measured "
+             f"(activations only) {mixed.measured_kl:.4g}; sensitivity measured in {mixed.sensitivity_seconds} s.{fixed}",
              "", "| tensor | values per input | bits | " + " | ".join(f"KL at {b} bits" for b in choices) + " |",
              "|---|---:|---:|" + "---:|" * len(choices)]
-    for tensor in mixed["tensors"]:
-        lines.append(f"| {tensor['tensor']} | {tensor['elements']:,} | {tensor['bits']} | "
-                     + " | ".join(f"{tensor['kl'][b]:.3g}" for b in choices) + " |")
+    for tensor in mixed.tensors:
+        lines.append(f"| {tensor.tensor} | {tensor.elements:,} | {tensor.bits} | "
+                     + " | ".join(f"{tensor.kl[b]:.3g}" for b in choices) + " |")
     return lines
 
 
-def _verdict(target: dict | None) -> str:
+def _verdict(target: TargetVerdict | None) -> str:
     """The target runtime's own verdict (ort-x86's is the integer-coverage column)."""
-    if not target or target["name"] == "ort-x86":
+    if target is None or target.name == "ort-x86":
         return ""
-    if target.get("coverage") is None:
-        return f" (not run here: {target.get('why')})"
-    state = "verified" if target["verified"] else f"NOT verified: {target.get('why')}"
-    sqnr = f", SQNR {target['agreement_db']} dB against the reference" if "agreement_db" in target else ""
-    return f" ({target['runtime']}: integer coverage {target['coverage']:.2f}{sqnr}, {state})"
+    runtime = target.runtime
+    if runtime.coverage is None:
+        return f" (not run here: {runtime.why})"
+    state = "verified" if runtime.verified else f"NOT verified: {runtime.why}"
+    sqnr = f", SQNR {runtime.agreement_db} dB against the reference" if runtime.agreement_db is not None else ""
+    return f" ({runtime.runtime}: integer coverage {runtime.coverage:.2f}{sqnr}, {state})"
 
 
 def markdown(report: RunReport) -> str:

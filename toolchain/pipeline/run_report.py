@@ -13,10 +13,19 @@ latency with latency_runs 0, `resumed` in a fresh run, `plots` until they are dr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from toolchain.quantize.report_types import QuantReport
+from toolchain.quantize.report_sections import ActivationAllocationReport, LossTerms, WeightAllocationReport
+from toolchain.quantize.report_types import QuantReport, TargetVerdict
+
+T = TypeVar("T")
+
+
+def _optional(read: Callable[[dict[str, Any]], T], raw: dict[str, Any] | None) -> T | None:
+    """A section read back from report.json, or None where it was null."""
+    return read(raw) if raw is not None else None
 
 SCHEMA_VERSION = 1
 
@@ -125,9 +134,18 @@ class UnitLine:
     unit: int
     kind: str
     output: str
-    loss_before: dict[str, float]
-    loss_after: dict[str, float]
+    loss_before: LossTerms
+    loss_after: LossTerms
     kept: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"unit": self.unit, "kind": self.kind, "output": self.output, "loss_before": self.loss_before.to_dict(),
+                "loss_after": self.loss_after.to_dict(), "kept": self.kept}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> UnitLine:
+        return cls(raw["unit"], raw["kind"], raw["output"], LossTerms.from_dict(raw["loss_before"]),
+                   LossTerms.from_dict(raw["loss_after"]), raw["kept"])
 
 
 @dataclass(frozen=True)
@@ -177,12 +195,12 @@ class ModelEntry:
     reduce_range: bool
     output_sqnr_db: float | None
     coverage: Coverage
-    target_verdict: dict[str, Any] | None
+    target_verdict: TargetVerdict | None
     layers: list[LayerLine]
     reconstruction: list[UnitLine]
     warnings: list[str]
-    mixed_precision: dict[str, Any] | None
-    mixed_precision_activations: dict[str, Any] | None
+    mixed_precision: WeightAllocationReport | None
+    mixed_precision_activations: ActivationAllocationReport | None
     size: ModelSize | None = None
     accuracy: ModelAccuracy | None = None  # None: the run has no evaluation data
     gates: GateResult | None = None
@@ -198,9 +216,12 @@ class ModelEntry:
             "reconstruct": self.reconstruct, "preset": self.preset, "calibrator": self.calibrator,
             "weight_rounding": self.weight_rounding, "target": self.target, "reduce_range": self.reduce_range,
             "output_sqnr_db": self.output_sqnr_db, "coverage": vars(self.coverage).copy(),
-            "target_verdict": self.target_verdict, "layers": [vars(layer).copy() for layer in self.layers],
-            "reconstruction": [vars(unit).copy() for unit in self.reconstruction], "warnings": self.warnings,
-            "mixed_precision": self.mixed_precision, "mixed_precision_activations": self.mixed_precision_activations,
+            "target_verdict": self.target_verdict.to_dict() if self.target_verdict is not None else None,
+            "layers": [vars(layer).copy() for layer in self.layers],
+            "reconstruction": [unit.to_dict() for unit in self.reconstruction], "warnings": self.warnings,
+            "mixed_precision": self.mixed_precision.to_dict() if self.mixed_precision is not None else None,
+            "mixed_precision_activations": (self.mixed_precision_activations.to_dict()
+                                            if self.mixed_precision_activations is not None else None),
         }
         if self.size is not None:
             out["size"] = vars(self.size).copy()
@@ -218,10 +239,11 @@ class ModelEntry:
         return cls(
             raw["name"], raw["file"], raw["report"], raw["w_bits"], raw["a_bits"], raw["reconstruct"], raw["preset"],
             raw["calibrator"], raw["weight_rounding"], raw["target"], raw["reduce_range"], raw["output_sqnr_db"],
-            Coverage(**raw["coverage"]), raw["target_verdict"], [LayerLine(**layer) for layer in raw["layers"]],
-            [UnitLine(**unit) for unit in raw["reconstruction"]], raw["warnings"], raw["mixed_precision"],
-            raw["mixed_precision_activations"], ModelSize(**raw["size"]) if "size" in raw else None, accuracy,
-            GateResult(**raw["gates"]) if "gates" in raw else None,
+            Coverage(**raw["coverage"]), _optional(TargetVerdict.from_dict, raw["target_verdict"]),
+            [LayerLine(**layer) for layer in raw["layers"]], [UnitLine.from_dict(unit) for unit in raw["reconstruction"]],
+            raw["warnings"], _optional(WeightAllocationReport.from_dict, raw["mixed_precision"]),
+            _optional(ActivationAllocationReport.from_dict, raw["mixed_precision_activations"]),
+            ModelSize(**raw["size"]) if "size" in raw else None, accuracy, GateResult(**raw["gates"]) if "gates" in raw else None,
             Latency(**raw["timing"]) if "timing" in raw else None)
 
 
@@ -307,11 +329,10 @@ def model_entry(label: str, w_bits: int, a_bits: int, reconstruct: str, preset: 
         quant_report.calibration.activation_calibrator, quant_report.calibration.weight_rounding, target,
         reduce_range, summary.output_sqnr_db,
         Coverage(fusion.coverage, fusion.mac_coverage, fusion.fully_integer, float_ops_text(fusion)),
-        quant_report.target.to_dict() if quant_report.target is not None else None,
+        quant_report.target,
         [LayerLine(layer.node, layer.op_type, layer.weight_bits, layer.output_bits, layer.sqnr_db)
          for layer in quant_report.layers],
-        [UnitLine(u["unit"], u["kind"], u["output"], u["loss_before"], u["loss_after"], u.get("kept", "learned"))
-         for u in units],
+        [UnitLine(u.unit, u.kind, u.output, u.loss_before, u.loss_after, u.kept) for u in units],
         list(quant_report.warnings), quant_report.mixed_precision, quant_report.mixed_precision_activations)
 
 

@@ -48,6 +48,7 @@ from toolchain.quantize.qparams import (
     weight_type,
 )
 from toolchain.quantize.report import build_report
+from toolchain.quantize.report_sections import ActivationAllocationReport, WeightAllocationReport
 from toolchain.quantize.report_types import QuantReport, ReconstructionReport, TargetVerdict
 from toolchain.quantize.target_check import layout_problems, verify_on_runtime
 from toolchain.runtimes.coverage import float_ops_text
@@ -190,7 +191,7 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
     cleaned: list[onnx.ModelProto] | None = [] if config.reconstruction.enabled else None  # BN statistics for DC
     pre = read_preprocessing(model)  # before a consumed model becomes the folded one
     float_model, folded = prepare_float_model(model, config, cleaned, in_place=consume)
-    config, plan, mixed = _plan(float_model, calib, config, progress, execution)
+    config, plan, mixed_weights, mixed_activations = _plan(float_model, calib, config, progress, execution)
     saturates_here = config.target in _X86_CPU_TARGETS and not config.reduce_range and has_vnni() is False
     warnings = _plan_warnings(plan, config, source, len(calib), saturates_here)
     resume_point = _resume_point(float_model, calib, config, checkpoint, resume)
@@ -221,8 +222,7 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
     report = _complete_report(report, float_model, qdq, plan, calib, config, calib_info, source, execution, warnings,
                               saturates_here)
     report = replace(report, reconstruction=recon_report or ReconstructionReport(config.reconstruction.to_dict()),
-                     mixed_precision=mixed["mixed_precision"],
-                     mixed_precision_activations=mixed["mixed_precision_activations"],
+                     mixed_precision=mixed_weights, mixed_precision_activations=mixed_activations,
                      seconds=round(time.perf_counter() - start, 3))
     return QuantResult(qdq, report.to_dict(), tuple(warnings), report)
 
@@ -239,19 +239,17 @@ def _check_inputs(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig
                         f"{config.reconstruction.batch_size}: give more images or a smaller --recon-batch-size")
 
 
-def _plan(float_model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, progress: bool,
-          execution: Execution) -> tuple[QuantConfig, QuantPlan, dict]:
+def _plan(float_model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, progress: bool, execution: Execution
+          ) -> tuple[QuantConfig, QuantPlan, WeightAllocationReport | None, ActivationAllocationReport | None]:
     """Annotate, then the mixed-precision allocations (weights, activations) when budgets are given: the config
     and plan they leave, and their report sections (None when not asked for)."""
     plan = annotate(float_model, config)
-    mixed: dict = {"mixed_precision": None, "mixed_precision_activations": None}
+    weights = activations = None
     if config.bit_budget is not None:
-        config, plan, mixed["mixed_precision"] = allocate_weight_bits(float_model, plan, calib, config, progress,
-                                                                      execution)
+        config, plan, weights = allocate_weight_bits(float_model, plan, calib, config, progress, execution)
     if config.act_budget is not None:  # independent of the weights' allocation: the additive objective splits
-        config, plan, mixed["mixed_precision_activations"] = allocate_activation_bits(float_model, plan, calib, config,
-                                                                                      progress, execution)
-    return config, plan, mixed
+        config, plan, activations = allocate_activation_bits(float_model, plan, calib, config, progress, execution)
+    return config, plan, weights, activations
 
 
 def _plan_warnings(plan: QuantPlan, config: QuantConfig, source: str, calib_count: int,
@@ -310,10 +308,11 @@ def _complete_report(report: QuantReport, float_model: onnx.ModelProto, qdq: onn
         fix_batch(qdq, config.effective_batch)
     problems = layout_problems(qdq, config.profile, config.effective_batch)
     verdict = verify_on_runtime(qdq, config.profile, execution.thread_count, _agreement_inputs(calib, config))
-    if not verdict["verified"] and "agreement_db" in verdict:
+    if not verdict.verified and verdict.agreement_db is not None:
         if saturates_here:
-            verdict["why"] += "; this CPU has no VNNI, so its kernels saturate: quantize with --reduce-range"
-        warnings.append(verdict["why"])
+            verdict = replace(verdict, why=f"{verdict.why}; this CPU has no VNNI, so its kernels saturate: quantize with "
+                                           "--reduce-range")
+        warnings.append(verdict.why)
     target = TargetVerdict(config.target, problems, verdict)
     return replace(report, calibration=calibration, batch=config.effective_batch, target=target,
                    warnings=tuple(warnings))

@@ -8,15 +8,23 @@ Usage:
 Optional keys are omitted from the JSON exactly when they were before: a layer's `fused_activation`, its weight
 and output parameters, `batch` without a fixed batch, the mixed-precision sections without a budget,
 `output_headroom` on real data, the reconstruction's units when none ran. The fusion coverage is
-runtimes.coverage's FusionReport. The sections other modules produce in their own shapes stay mappings: the
-calibration manifest (its generator's keys), the runtime's verdict details, the mixed-precision allocations and
-the config.
+runtimes.coverage's FusionReport; the reconstruction's units, the runtime's verdict and the mixed-precision
+allocations are quantize.report_sections' types. What stays a mapping is what has its own serialised form
+elsewhere: the config (QuantConfig.to_dict), the calibration manifest (its generator's keys), a layer's and an
+activation's parameters (QParams.to_dict), a runtime's own coverage report (keys by runtime).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
+
+from toolchain.quantize.report_sections import (
+    ActivationAllocationReport,
+    RuntimeVerdict,
+    UnitReport,
+    WeightAllocationReport,
+)
 
 if TYPE_CHECKING:  # start-up time: runtimes.coverage imports onnxruntime; the CLI imports these types at start
     from toolchain.runtimes.coverage import FusionReport
@@ -97,23 +105,26 @@ class CalibrationReport:
 
 @dataclass(frozen=True)
 class TargetVerdict:
-    """The target's layout rules read back from the graph, and its runtime's verdict (keys by runtime:
-    runtime, verified, coverage, details, agreement_db, why)."""
+    """The target's layout rules read back from the graph, and its runtime's verdict."""
 
     name: str
     layout_problems: list[str]
-    runtime_verdict: dict[str, Any]
+    runtime: RuntimeVerdict
 
     @property
     def verified(self) -> bool:
-        return bool(self.runtime_verdict["verified"])
+        return self.runtime.verified
 
     @property
     def why(self) -> str | None:
-        return self.runtime_verdict.get("why")
+        return self.runtime.why
 
     def to_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "layout_problems": self.layout_problems, **self.runtime_verdict}
+        return {"name": self.name, "layout_problems": self.layout_problems, **self.runtime.to_dict()}
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> TargetVerdict:
+        return cls(raw["name"], raw["layout_problems"], RuntimeVerdict.from_dict(raw))
 
 
 @dataclass(frozen=True)
@@ -121,7 +132,7 @@ class ReconstructionReport:
     """The reconstruction as run; `units` is None when none ran (the JSON then holds the config alone)."""
 
     config: dict[str, Any]
-    units: list[dict[str, Any]] | None = None
+    units: list[UnitReport] | None = None
     notes: list[str] | None = None
     seconds: float | None = None
     cache: dict[str, Any] | None = None
@@ -130,8 +141,8 @@ class ReconstructionReport:
     def to_dict(self) -> dict[str, Any]:
         if self.units is None:
             return {"config": self.config}
-        return {"config": self.config, "units": self.units, "notes": self.notes, "seconds": self.seconds,
-                "cache": self.cache, "resumed_after_units": self.resumed_after_units}
+        return {"config": self.config, "units": [unit.to_dict() for unit in self.units], "notes": self.notes,
+                "seconds": self.seconds, "cache": self.cache, "resumed_after_units": self.resumed_after_units}
 
 
 @dataclass(frozen=True)
@@ -154,8 +165,8 @@ class QuantReport:
     warnings: tuple[str, ...] = ()
     reconstruction: ReconstructionReport | None = None
     batch: int | None = None
-    mixed_precision: dict[str, Any] | None = None
-    mixed_precision_activations: dict[str, Any] | None = None
+    mixed_precision: WeightAllocationReport | None = None
+    mixed_precision_activations: ActivationAllocationReport | None = None
     seconds: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -172,8 +183,8 @@ class QuantReport:
         out["warnings"] = list(self.warnings)
         out["reconstruction"] = self.reconstruction.to_dict() if self.reconstruction is not None else None
         if self.mixed_precision is not None:
-            out["mixed_precision"] = self.mixed_precision
+            out["mixed_precision"] = self.mixed_precision.to_dict()
         if self.mixed_precision_activations is not None:
-            out["mixed_precision_activations"] = self.mixed_precision_activations
+            out["mixed_precision_activations"] = self.mixed_precision_activations.to_dict()
         out["seconds"] = self.seconds
         return out

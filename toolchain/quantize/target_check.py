@@ -3,7 +3,7 @@
 Usage:
     problems = layout_problems(qdq_model, target_profile("tensorrt"), batch=None)   # [] when it conforms
     verdict = verify_on_runtime(qdq_model, target_profile("qnn"), threads=2)
-    verdict["verified"], verdict["coverage"], verdict["why"]
+    verdict.verified, verdict.coverage, verdict.why        # a RuntimeVerdict (quantize.report_sections)
 
 The layout rules are the profile's fields read back from the graph (types of every activation Q/DQ,
 zero points, bias storage, Q/DQ placement, the network output, the batch), so the structural tests of
@@ -15,6 +15,7 @@ needs a GPU (bench/tensorrt_check.py), ort-arm an ARM build of onnxruntime: thei
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import replace
 
 import numpy as np
 import onnx
@@ -22,6 +23,7 @@ from onnx import numpy_helper
 
 from toolchain.onnxio.files import written_to_temporary_folder
 from toolchain.quantize.annotate.rules import WEIGHTED_OPS
+from toolchain.quantize.report_sections import RuntimeVerdict
 from toolchain.quantize.targets import TargetProfile
 from toolchain.runtimes import runtime_agreement_db, runtime_coverage
 
@@ -94,29 +96,30 @@ def layout_problems(model: onnx.ModelProto, profile: TargetProfile, batch: int |
 
 
 def verify_on_runtime(model: onnx.ModelProto, profile: TargetProfile, threads: int,
-                      inputs: np.ndarray | None = None) -> dict:
-    """{"runtime", "verified": bool, "coverage", "details", "agreement_db" | "why"}: the model opened in the
-    target's runtime and, with `inputs` (a few calibration inputs), its outputs compared with the file's
-    exact semantics: verified needs every layer on the runtime's integer path and at least AGREEMENT_DB."""
+                      inputs: np.ndarray | None = None) -> RuntimeVerdict:
+    """The model opened in the target's runtime and, with `inputs` (a few calibration inputs), its outputs
+    compared with the file's exact semantics: verified needs every layer on the runtime's integer path and at
+    least AGREEMENT_DB."""
     if profile.runtime not in _PACKAGES:
         why = {"tensorrt": "needs a GPU and the tensorrt package (bench/tensorrt_check.py)",
                "ort": "onnxruntime x86 is the fusion report above" if profile.name == "ort-x86"
                else "its integer kernels need an ARM build of onnxruntime; checked for layout and run in onnxruntime x86"}
-        return {"runtime": profile.runtime, "verified": profile.name == "ort-x86", "why": why[profile.runtime]}
+        return RuntimeVerdict(profile.runtime, profile.name == "ort-x86", why=why[profile.runtime])
     if importlib.util.find_spec(_PACKAGES[profile.runtime]) is None:
-        return {"runtime": profile.runtime, "verified": False,
-                "why": f"{_PACKAGES[profile.runtime]} is not installed (pip install -e \".[{profile.runtime}]\")"}
+        return RuntimeVerdict(profile.runtime, False,
+                              why=f"{_PACKAGES[profile.runtime]} is not installed (pip install -e \".[{profile.runtime}]\")")
 
     with written_to_temporary_folder(model) as path:
         details = runtime_coverage(profile.runtime, path, threads)
         runs = details.get("on_htp", True) if profile.runtime == "qnn" else True
         agreement = runtime_agreement_db(profile.runtime, path, inputs, threads) if runs and inputs is not None else None
-    verdict = {"runtime": profile.runtime, "verified": bool(runs), "coverage": details["coverage"], "details": details}
-    if agreement is not None:
-        verdict["agreement_db"] = round(agreement, 2) if np.isfinite(agreement) else "inf"
-        if agreement < AGREEMENT_DB:
-            verdict["verified"] = False
-            verdict["why"] = (f"{profile.runtime}'s outputs disagree with the file's Q/DQ semantics: {agreement:.1f} dB SQNR "
-                              f"on {len(inputs)} calibration inputs (a correct run gives over {AGREEMENT_DB:.0f} dB): the runtime "
-                              "computes some layer differently from the file")
+    verdict = RuntimeVerdict(profile.runtime, bool(runs), details["coverage"], details)
+    if agreement is None:
+        return verdict
+    verdict = replace(verdict, agreement_db=round(agreement, 2) if np.isfinite(agreement) else "inf")
+    if agreement < AGREEMENT_DB:
+        verdict = replace(verdict, verified=False, why=(
+            f"{profile.runtime}'s outputs disagree with the file's Q/DQ semantics: {agreement:.1f} dB SQNR on "
+            f"{len(inputs)} calibration inputs (a correct run gives over {AGREEMENT_DB:.0f} dB): the runtime computes "
+            "some layer differently from the file"))
     return verdict

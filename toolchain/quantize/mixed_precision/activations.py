@@ -41,10 +41,6 @@ class TensorSensitivity:
     elements: int
     kl: dict[int, float]
 
-    def to_dict(self) -> dict:
-        return {"tensor": self.tensor, "elements": self.elements,
-                "kl": {str(bits): value for bits, value in sorted(self.kl.items())}}
-
 
 def allocatable_tensors(float_model: onnx.ModelProto, plan: QuantPlan) -> list[str]:
     """The activations an allocation gives bits to (module docstring), in graph order."""

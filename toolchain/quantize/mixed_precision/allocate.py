@@ -44,12 +44,6 @@ class Allocation:
     def size_bytes(self) -> int:
         return -(-self.size_bits // 8)
 
-    def to_dict(self) -> dict:
-        return {"layer_bits": [list(pair) for pair in self.layer_bits], "size_bits": self.size_bits,
-                "size_bytes": self.size_bytes, "average_bits": round(self.average_bits, 4),
-                "total_params": self.total_params, "budget_bits": self.budget_bits,
-                "predicted_kl": self.predicted_kl, "front_size": self.front_size}
-
 
 def candidate_bits(budget: BitBudget) -> tuple[int, ...]:
     """The budget's candidate widths: its own, or 2, 3, 4, 8 when it names none (QuantConfig narrows that default

@@ -26,12 +26,18 @@ from toolchain.quantize.config import QuantConfig
 from toolchain.quantize.mixed_precision.activations import ActivationProbe
 from toolchain.quantize.mixed_precision.allocate import activation_budget_bits, allocate, allocate_activations, budget_bits
 from toolchain.quantize.mixed_precision.sensitivity import SensitivityProbe
+from toolchain.quantize.report_sections import (
+    ActivationAllocationReport,
+    LayerChoice,
+    TensorChoice,
+    WeightAllocationReport,
+)
 
 logger = logging.getLogger(__name__)
 
 
 def allocate_weight_bits(float_model: onnx.ModelProto, plan: QuantPlan, calib: np.ndarray, config: QuantConfig,
-                         progress: bool, execution: Execution) -> tuple[QuantConfig, QuantPlan, dict]:
+                         progress: bool, execution: Execution) -> tuple[QuantConfig, QuantPlan, WeightAllocationReport]:
     """Per-layer weight bits under config.bit_budget (quantize.mixed_precision): the config and plan that carry them, and
     the report's mixed_precision section (every layer's sensitivity per candidate, its bits, the sizes)."""
     dims = {init.name: init.dims for init in float_model.graph.initializer if init.name in plan.weights}
@@ -46,16 +52,18 @@ def allocate_weight_bits(float_model: onnx.ModelProto, plan: QuantPlan, calib: n
     bits = dict(allocation.layer_bits)
     # the allocation trusts the layers' KLs to add up: measure the chosen model's (weights only) beside the sum
     together = probe.together(bits)
-    section = {"budget": config.bit_budget.__dict__ | {"choices": list(config.bit_budget.choices)},  # type: ignore[union-attr]
-               **allocation.to_dict(), "measured_kl": together, "sensitivity_seconds": round(measured, 2),
-               "layers": [{**layer.to_dict(), "bits": bits[layer.node]} for layer in layers]}
+    section = WeightAllocationReport(
+        config.bit_budget, allocation.layer_bits, allocation.size_bits, round(allocation.average_bits, 4),  # type: ignore[arg-type]
+        allocation.total_params, allocation.budget_bits, allocation.predicted_kl, allocation.front_size, together,
+        round(measured, 2), tuple(LayerChoice(layer.node, layer.weight, layer.params, layer.kl, bits[layer.node])
+                                  for layer in layers))
     logger.info("mixed precision: %.2f average weight bits (%d bytes) in %.1f s of sensitivity measurement",
                 allocation.average_bits, allocation.size_bytes, measured)
     return config, annotate(float_model, config), section
 
 
 def allocate_activation_bits(float_model: onnx.ModelProto, plan: QuantPlan, calib: np.ndarray, config: QuantConfig,
-                              progress: bool, execution: Execution) -> tuple[QuantConfig, QuantPlan, dict]:
+                              progress: bool, execution: Execution) -> tuple[QuantConfig, QuantPlan, ActivationAllocationReport]:
     """Per-tensor activation bits under config.act_budget (quantize.mixed_precision.activations): the config and plan that
     carry them, and the report's mixed_precision_activations section."""
     started = time.perf_counter()
@@ -69,11 +77,10 @@ def allocate_activation_bits(float_model: onnx.ModelProto, plan: QuantPlan, cali
     bits = dict(allocation.layer_bits)
     together = probe.together(bits)  # the additivity check, as for the weights
     config = replace(config, tensor_a_bits=allocation.layer_bits)
-    section = {"budget": {**config.act_budget.__dict__, "choices": list(config.act_budget.choices)},  # type: ignore[union-attr]
-               "average_bits": round(allocation.average_bits, 4), "elements_per_input": allocation.total_params,
-               "predicted_kl": allocation.predicted_kl, "measured_kl": together,
-               "sensitivity_seconds": round(measured, 2), "fixed_at_a_bits": probe.fixed,
-               "tensors": [{**t.to_dict(), "bits": bits[t.tensor]} for t in tensors]}
+    section = ActivationAllocationReport(
+        config.act_budget, round(allocation.average_bits, 4), allocation.total_params, allocation.predicted_kl,  # type: ignore[arg-type]
+        together, round(measured, 2), tuple(probe.fixed),
+        tuple(TensorChoice(t.tensor, t.elements, t.kl, bits[t.tensor]) for t in tensors))
     logger.info("mixed precision: %.2f average activation bits in %.1f s of sensitivity measurement",
                 allocation.average_bits, measured)
     return config, annotate(float_model, config), section

@@ -44,10 +44,6 @@ class LayerSensitivity:
     params: int
     kl: dict[int, float]
 
-    def to_dict(self) -> dict:
-        return {"node": self.node, "weight": self.weight, "params": self.params,
-                "kl": {str(bits): value for bits, value in sorted(self.kl.items())}}
-
 
 class SensitivityProbe:
     """The float model ready to measure: per-layer sensitivities, then the chosen plan's KL, from one set-up

@@ -52,6 +52,7 @@ from toolchain.quantize.reconstruct.resume import ResumePoint, load_progress, sa
 from toolchain.quantize.reconstruct.shard import Shard
 from toolchain.quantize.reconstruct.trainer import ReconstructionError, UnitTrainer
 from toolchain.quantize.reconstruct.units import find_units
+from toolchain.quantize.report_sections import UnitReport
 
 __all__ = ["ReconResult", "ReconstructionError", "reconstruct"]
 
@@ -61,7 +62,7 @@ class ReconResult:
     activations: dict[str, QParams]
     weights: dict[str, QParams]
     weight_integers: dict[str, np.ndarray]
-    units: list[dict] = field(default_factory=list)
+    units: list[UnitReport] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     seconds: float = 0.0
     cache: dict = field(default_factory=dict)  # budget, peak bytes in RAM, bytes spilled to disk
@@ -111,7 +112,7 @@ def _reconstruct_units(trainer: UnitTrainer, recon: ReconConfig, resume_point: R
     if resume_point is not None:  # the partition is part of what a checkpoint must match
         resume_point = ResumePoint(resume_point.path, {**resume_point.identity, "units": [u.label for u in partition.units]},
                                    resume_point.resume)
-    units: list[dict] = []
+    units: list[UnitReport] = []
     if resume_point is not None and resume_point.resume:
         saved = load_progress(resume_point)
         trainer.restore(saved)
@@ -130,12 +131,12 @@ def _reconstruct_units(trainer: UnitTrainer, recon: ReconConfig, resume_point: R
         if resume_point is not None and trainer.shard.rank == 0:  # every rank holds the same state
             save_progress(resume_point, trainer.progress_after(units))
         last = units[-1]
-        bar.set_postfix(rec=f"{last['loss_before']['rec']:.3g}->{last['loss_after']['rec']:.3g}"
-                            + (" (kept its start)" if last["kept"] == "start" else ""))
+        bar.set_postfix(rec=f"{last.loss_before.rec:.3g}->{last.loss_after.rec:.3g}"
+                            + (" (kept its start)" if last.kept == "start" else ""))
     return ReconResult(recon, trainer.act, trainer.weights, trainer.integers, units, partition.notes, resumed_units=first)
 
 
-def _divergence_message(err: ReconstructionError, units: list[dict], resume_point: ResumePoint | None) -> str:
+def _divergence_message(err: ReconstructionError, units: list[UnitReport], resume_point: ResumePoint | None) -> str:
     fix = ("check the calibration set for extreme values, or keep the calibrator's step sizes (--no-learn-scales) "
            "or use fewer iterations (--recon-iterations)")
     if resume_point is None or not units:

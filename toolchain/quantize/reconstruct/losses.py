@@ -3,7 +3,8 @@
 Usage:
     rec = channel_error(unit_output, fp_target)                    # the reconstruction term
     pd = pd_loss(logits_q, logits_fp, temperature=4.0)             # the prediction-difference term
-    total = objective({"rec": 1.2, "pd": 0.01}, pd_weight=10.0)    # what a unit is judged by, regulariser aside
+
+A unit is judged by LossTerms.objective (quantize.report_sections): these terms measured, the regulariser aside.
 """
 
 from __future__ import annotations
@@ -15,11 +16,6 @@ import torch.nn.functional as F
 def channel_error(y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """mean over samples (and positions) of the squared error summed over channels (dim 1)."""
     return (y - target).pow(2).sum(1).mean()
-
-
-def objective(terms: dict[str, float], pd_weight: float | None) -> float:
-    """The unit's training objective without the rounding regulariser, from `measure`'s terms."""
-    return terms["rec"] + (pd_weight or 0.0) * terms.get("pd", 0.0)
 
 
 def pd_loss(z_q: torch.Tensor, z_fp: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from toolchain.core.checkpoint import load_checkpoint, save_checkpoint
+from toolchain.quantize.report_sections import UnitReport
 
 KIND = "reconstruction"
 FORMAT = 1
@@ -45,7 +46,7 @@ class Progress:
 
     scales: dict[str, np.ndarray]
     integers: dict[str, np.ndarray]
-    units: list[dict]
+    units: list[UnitReport]
     generator_state: torch.Tensor
     torch_rng_state: torch.Tensor
 
@@ -55,7 +56,7 @@ def save_progress(point: ResumePoint, progress: Progress) -> None:
         "identity": point.identity,
         "scales": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in progress.scales.items()},
         "integers": {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in progress.integers.items()},
-        "units": json.dumps(progress.units, default=float),
+        "units": json.dumps([unit.to_dict() for unit in progress.units], default=float),
         "generator_state": progress.generator_state,
         "torch_rng_state": progress.torch_rng_state,
     }, KIND, FORMAT)
@@ -72,7 +73,7 @@ def load_progress(point: ResumePoint) -> Progress:
     return Progress(
         scales={k: v.numpy() for k, v in state["scales"].items()},
         integers={k: v.numpy() for k, v in state["integers"].items()},
-        units=json.loads(state["units"]),
+        units=[UnitReport.from_dict(unit) for unit in json.loads(state["units"])],
         generator_state=state["generator_state"],
         torch_rng_state=state["torch_rng_state"],
     )

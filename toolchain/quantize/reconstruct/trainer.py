@@ -35,12 +35,13 @@ from toolchain.quantize.reconstruct.adaround import AdaRound
 from toolchain.quantize.reconstruct.cache import SampleCache, SampleStore
 from toolchain.quantize.reconstruct.config import ReconConfig
 from toolchain.quantize.reconstruct.correction import BnTarget, correct_inputs
-from toolchain.quantize.reconstruct.losses import channel_error, objective, pd_loss
+from toolchain.quantize.reconstruct.losses import channel_error, pd_loss
 from toolchain.quantize.reconstruct.qdrop import keep_mask, qdrop_hook, select
 from toolchain.quantize.reconstruct.resume import Progress
 from toolchain.quantize.reconstruct.shard import Shard
 from toolchain.quantize.reconstruct.subgraph import extract
 from toolchain.quantize.reconstruct.units import Unit
+from toolchain.quantize.report_sections import LossTerms, UnitReport
 
 EVAL_SAMPLES = 64  # samples on which each unit's loss is measured before and after
 PASS_BYTES = 64 << 20  # input bytes per batch of a full pass over the calibration set
@@ -135,7 +136,7 @@ class UnitTrainer:
 
     # ------------------------------------------------------------------------------------ one unit
 
-    def unit(self, unit: Unit, bar_position: int) -> dict:
+    def unit(self, unit: Unit, bar_position: int) -> UnitReport:
         """Train one unit: its inputs, its FP targets, the rounding (and scale) loop, keep-or-revert, the next
         unit's inputs. Returns the unit's entry of the report."""
         started = time.perf_counter()
@@ -146,10 +147,9 @@ class UnitTrainer:
         self._train(work, bar_position)
         after, kept_state = self._keep_or_revert(work, before)
         self._advance(work)
-        return {"unit": unit.index, "kind": unit.kind, "input": unit.input, "output": unit.output,
-                "weights": list(unit.weights), "pd_term": work.use_pd, "distribution_correction": work.corrected,
-                "learned_scales": sorted(work.scales), "loss_before": before, "loss_after": after, "kept": kept_state,
-                "seconds": round(time.perf_counter() - started, 2)}
+        return UnitReport(unit.index, unit.kind, unit.input, unit.output, tuple(unit.weights), work.use_pd,
+                          work.corrected, tuple(sorted(work.scales)), before, after, kept_state,
+                          round(time.perf_counter() - started, 2))
 
     def _unit_inputs(self, unit: Unit, qdq: onnx.ModelProto, q_in: str) -> tuple[SampleStore, SampleStore]:
         """(X_q, X_fp): the unit's input through the quantized network as it stands, and through the FP one."""
@@ -200,7 +200,7 @@ class UnitTrainer:
         return _UnitWork(unit, q_in, q_out, x_q, x_fp, x_fp_uncorrected, y_fp, fp_unit, tail, use_pd, corrected,
                          module, roundings, scales, quantizers)
 
-    def _measure(self, work: _UnitWork, hard: bool) -> dict:
+    def _measure(self, work: _UnitWork, hard: bool) -> LossTerms:
         """The unit's loss terms on the first EVAL_SAMPLES samples, with hard-rounded (or starting) integers."""
         module, shard = work.module, self.shard
         _, rows = shard.local(torch.arange(min(EVAL_SAMPLES, shard.total)))
@@ -220,10 +220,7 @@ class UnitTrainer:
                     sums[1] += float(pd_loss(z_q, self._rows(self.z_fp, part), self.recon.temperature)) * len(part)
                 sums[2] += len(part)
             sums = shard.all_reduce_sum(sums)
-        terms = {"rec": float(sums[0] / sums[2])}
-        if work.use_pd:
-            terms["pd"] = float(sums[1] / sums[2])
-        return terms
+        return LossTerms(float(sums[0] / sums[2]), float(sums[1] / sums[2]) if work.use_pd else None)
 
     def _train(self, work: _UnitWork, bar_position: int) -> None:
         """The rounding (and scale) optimisation: recon.iterations steps of Adam on the unit's loss."""
@@ -303,7 +300,7 @@ class UnitTrainer:
                 loss = loss + recon.round_weight * regularizer
         return loss, {"rec": rec, "pd": pd, "round": regularizer}
 
-    def _keep_or_revert(self, work: _UnitWork, before: dict) -> tuple[dict, str]:
+    def _keep_or_revert(self, work: _UnitWork, before: LossTerms) -> tuple[LossTerms, str]:
         """Hard-round and take the learned scales; a unit whose objective ended above its start keeps its start."""
         start_act = {root: self.act[root] for root in work.scales}
         for w, rounding in work.roundings.items():
@@ -313,7 +310,7 @@ class UnitTrainer:
             self.act[root] = QParams(np.asarray(scale.detach().cpu().numpy(), np.float32).reshape(old.scale.shape),
                                      old.zero_point, old.qtype, old.axis, old.qmin)
         after = self._measure(work, hard=True)  # leaves the hard integers in the module, beside the learned scales
-        if objective(after, self.recon.pd_weight) > objective(before, self.recon.pd_weight):
+        if after.objective(self.recon.pd_weight) > before.objective(self.recon.pd_weight):
             # A short budget can end with roundings still between their grid points, and hardening them then
             # costs more than training gained: the unit keeps where it started, on the same samples' measure.
             self.integers.update({w: self._starting_integers(w) for w in work.roundings})
@@ -348,7 +345,7 @@ class UnitTrainer:
 
     # ----------------------------------------------------------------------------------- checkpoints
 
-    def progress_after(self, units: list[dict]) -> Progress:
+    def progress_after(self, units: list[UnitReport]) -> Progress:
         scales = {root: params.scale for root, params in self.act.items()}
         return Progress(scales, dict(self.integers), list(units), self.generator.get_state(),
                         torch.get_rng_state())
