@@ -130,4 +130,4 @@ def handle_errors(func: F) -> F:
         except Exception as err:  # noqa: BLE001 - the last line of defence: a bug must still end in one line
             _internal_error(err)
 
-    return wrapper  # type: ignore[return-value]
+    return wrapper  # type: ignore[return-value]  # same signature as func (functools.wraps); mypy cannot see it

@@ -126,8 +126,10 @@ class CompiledForward:
     def _call_compiled(self, *args: Any, **kwargs: Any) -> Any:
         # Reconstruction compiles the same function once per unit (another graph each time); dynamo's default of 8
         # compilations per function would silently turn every later unit eager.
+        compiled = self.compiled
+        assert compiled is not None, "called only while compiling"
         with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-            return self.compiled(*args, **kwargs)
+            return compiled(*args, **kwargs)
 
     def fall_back(self, err: BaseException) -> None:
         if self.confirmed:

@@ -125,8 +125,9 @@ def _scan_archive(path: Path) -> list[_Entry]:
         with tarfile.open(path, "r|*") as archive:
             for member in archive:
                 parts = tuple(p for p in PurePosixPath(member.name).parts if p not in ("/", ".", ""))
-                if member.isfile() and parts and _is_image(parts):
-                    entries.append((parts, archive.extractfile(member).read(), f"{path}:{member.name}"))
+                data = archive.extractfile(member) if member.isfile() and parts and _is_image(parts) else None
+                if data is not None:  # a regular file member always has its data
+                    entries.append((parts, data.read(), f"{path}:{member.name}"))
     except (tarfile.TarError, EOFError, zlib.error, OSError) as err:
         raise DataError(f"{path}: cannot read the archive ({err}); check that it is a complete .tar or .tar.gz") from err
     return entries

@@ -49,7 +49,7 @@ from torch.utils.hooks import RemovableHandle
 
 from toolchain.executor.graph_prep import check_supported, default_opset, node_attributes, to_tensor, topological_order
 from toolchain.executor.ops import SUB_BYTE_HOLDERS, constant_value
-from toolchain.executor.registry import NodeContext, op_spec
+from toolchain.executor.registry import NodeContext, supported_spec
 
 BnHook = Callable[[str, torch.Tensor], None]
 OutputHook = Callable[[list[torch.Tensor], torch.Tensor], torch.Tensor]  # (node inputs, output) -> output
@@ -118,7 +118,7 @@ class OnnxModule(nn.Module):
         runtime_nodes: list[tuple[onnx.NodeProto, Callable[..., Any]]] = []
         self.bn_nodes: list[BatchNormNode] = []
         for node in nodes:
-            spec = op_spec(node.op_type)
+            spec = supported_spec(node.op_type)
             ctx = NodeContext(
                 name=node.name, op_type=node.op_type, attrs=node_attributes(node), inputs=tuple(node.input),
                 num_outputs=len(node.output),
@@ -150,7 +150,7 @@ class OnnxModule(nn.Module):
         """Initializers used only as configuration (shapes, axes, bounds, BN statistics): never trainable."""
         dynamic_use: set[str] = set()
         for node in nodes:
-            spec = op_spec(node.op_type)
+            spec = supported_spec(node.op_type)
             dynamic_use.update(name for i, name in enumerate(node.input) if i not in spec.static)
         return set(initializers) - dynamic_use
 
@@ -303,7 +303,9 @@ class OnnxModule(nn.Module):
         attribute = self.initializer_names.get(onnx_name) or self._constant_names.get(onnx_name)
         if attribute is None:
             raise KeyError(f"'{onnx_name}' is not an initializer or constant of the graph")
-        return self._parameters[attribute] if attribute in self._parameters else self._buffers[attribute]
+        value = self._parameters[attribute] if attribute in self._parameters else self._buffers[attribute]
+        assert value is not None, "registered with a value"
+        return value
 
     def initializer(self, onnx_name: str) -> torch.Tensor:
         """The live tensor (buffer or parameter) of an ONNX initializer, by its ONNX name."""

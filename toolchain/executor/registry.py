@@ -61,6 +61,14 @@ def op_spec(op_type: str) -> OpSpec | None:
     return _REGISTRY.get(op_type)
 
 
+def supported_spec(op_type: str) -> OpSpec:
+    """The spec of an op type the graph check (graph_prep) already found supported."""
+    spec = _REGISTRY.get(op_type)
+    if spec is None:
+        raise KeyError(f"no kernel for op type {op_type!r}: graph_prep should have rejected the graph")
+    return spec
+
+
 def supported_ops() -> list[str]:
     """The op types the executor can run, sorted."""
     return sorted(_REGISTRY)

@@ -265,6 +265,7 @@ class Engine:
             terms["output"] = config.output_weight * output_loss(
                 config.output_loss, out.logits, out.last_input, targets.mean[self.last], targets.std[self.last])
         if self.classes is not None and self.labels is not None and self.batch_classes is not None:
+            assert out.image_mean is not None and out.image_var is not None, "FDDA runs the teacher with per-image moments"
             fdda = self.classes.config
             if fdda.ce_weight > 0:
                 terms["ce"] = fdda.ce_weight * F.cross_entropy(out.logits, self.labels[self.slices[j]])

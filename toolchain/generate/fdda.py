@@ -80,6 +80,7 @@ def class_centres(teacher: Teacher, real: ImageSet, per_class: int, num_classes:
     for begin in range(0, len(indices), batch):
         rows = indices[begin:begin + batch]
         out = teacher.run(torch.from_numpy(real.pre.apply(real.images[rows])), per_image=layers)
+        assert out.image_mean is not None and out.image_var is not None, "asked for per-image moments"
         means.append(out.image_mean)
         variances.append(out.image_var)
     image_mean, image_var = torch.cat(means), torch.cat(variances)

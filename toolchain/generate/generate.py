@@ -95,6 +95,7 @@ def generate(model: onnx.ModelProto, pre: Preprocessing, method: str, n: int, co
     }
     if method in ("gaussian", "real") and rank != 0:
         return None  # nothing to share out: rank 0 samples the set alone
+    inputs: np.ndarray | None  # None: a rank other than 0 of a distributed generation (rank 0 writes the set)
     if method == "gaussian":
         inputs, labels = _gaussian(pre, n, seed), None
         manifest.update(config=None, losses={"final": _distance_or_none(model, inputs)})

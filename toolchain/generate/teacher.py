@@ -85,13 +85,13 @@ class Moments(torch.autograd.Function):
     d/da = (g1 + 2 a g2) / count. About 25 % faster per step than two autograd means on ResNet-20."""
 
     @staticmethod
-    def forward(ctx: Any, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[override]
+    def forward(ctx: Any, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         dims = (0, *range(2, a.dim()))
         ctx.save_for_backward(a)
         return a.mean(dims), (a * a).mean(dims)
 
     @staticmethod
-    def backward(ctx: Any, g1: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+    def backward(ctx: Any, g1: torch.Tensor, g2: torch.Tensor) -> torch.Tensor:
         (a,) = ctx.saved_tensors
         count = a.numel() // a.shape[1]
         shape = (1, -1, *([1] * (a.dim() - 2)))
@@ -147,8 +147,14 @@ class Teacher:
         sequential models): forward pre-hooks feed the BN inputs."""
         bns = [(name, m) for name, m in module.named_modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
         layout = Layout(tuple(name for name, _ in bns), tuple(m.num_features for _, m in bns))
-        mean = torch.cat([m.running_mean.detach().clone() for _, m in bns]) if bns else torch.zeros(0)
-        var = torch.cat([m.running_var.detach().clone() for _, m in bns]) if bns else torch.zeros(0)
+        stats = []
+        for name, m in bns:
+            if m.running_mean is None or m.running_var is None:
+                raise GraphError(f"BatchNorm {name!r} keeps no running statistics (track_running_stats=False): there "
+                                 "is nothing to match; generate from a model trained with them")
+            stats.append((m.running_mean.detach().clone(), m.running_var.detach().clone()))
+        mean = torch.cat([m for m, _ in stats]) if bns else torch.zeros(0)
+        var = torch.cat([v for _, v in stats]) if bns else torch.zeros(0)
 
         def install(fn: BnHook) -> None:
             for name, m in bns:

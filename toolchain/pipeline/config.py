@@ -191,11 +191,11 @@ class QuantizeSpec:
                         prediction_difference=recon.prediction_difference and not self.no_pd,
                         distribution_correction=recon.distribution_correction and not self.no_dc,
                         learn_scales=recon.learn_scales and not self.no_learn_scales)
-        return QuantConfig(w_bits=self.w_bits, a_bits=self.a_bits, calibrator=self.calibrator,  # type: ignore[arg-type]
-                           percentile=self.percentile, target=self.target, batch=self.batch,  # type: ignore[arg-type]
+        return QuantConfig(w_bits=self.w_bits, a_bits=self.a_bits, calibrator=self.calibrator,
+                           percentile=self.percentile, target=self.target, batch=self.batch,
                            first_last_8bit=self.first_last_8bit, require_all_quantized=self.require_all_quantized,
                            require_full_integer=self.require_full_integer,
-                           low_bit_storage=self.low_bit_storage,  # type: ignore[arg-type]
+                           low_bit_storage=self.low_bit_storage,
                            reduce_range=self.resolved_reduce_range(), reconstruction=recon,
                            bit_budget=self.bit_budget(), act_budget=self.act_budget(), **self._rounding())
 

@@ -20,7 +20,7 @@ PACKAGES = ("onnx", "onnxruntime", "torch", "numpy", "openvino", "onnxruntime-qn
 def provenance() -> dict:
     """Versions of the toolchain, Python and PACKAGES (None when not installed), and the CPU's integer features."""
 
-    versions = {"toolchain": toolchain.__version__, "python": sys.version.split()[0]}
+    versions: dict[str, str | None] = {"toolchain": toolchain.__version__, "python": sys.version.split()[0]}
     for name in PACKAGES:
         try:
             versions[name] = importlib.metadata.version(name)

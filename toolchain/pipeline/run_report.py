@@ -168,7 +168,7 @@ class GateResult:
 class ModelAccuracy:
     top1: float
     top5: float
-    agreement: float | None
+    agreement: float  # with the FP32 model, which a run always evaluates beside it
     drop: float  # FP32 top-1 minus this model's
 
 

@@ -111,7 +111,8 @@ def run_pipeline(config: RunConfig, config_name: str = "default", progress: bool
     """Run every stage of `config` into its run directory (see the module docstring)."""
     config.validate()
     config = resolve(config, config_name)
-    folder = Path(config.run_dir)  # type: ignore[arg-type]  # resolve() set it
+    assert config.run_dir is not None, "resolve() sets the run directory"
+    folder = Path(config.run_dir)
     started = time.perf_counter()
     digest = config_hash(config)
     if resume:
@@ -159,7 +160,7 @@ class _Stages:
         fp32 = self.evaluate_fp32(data) if data is not None else None
         evaluation = (Evaluation("built-in digits test split" if config.evaluate.data is None else data,
                                  config.evaluate.runtime, fp32.n, Accuracy(fp32.top1, fp32.top5))
-                      if fp32 is not None else None)
+                      if fp32 is not None and data is not None else None)  # FP32 is evaluated only with data
         models, timing = self.latency([self.quantize(spec, data, fp32) for spec in config.quantize])
         failures = [f for m in models if m.gates is not None for f in m.gates.failures]
         # the stage times are this session's; after --resume the reused stages ran in an earlier one
@@ -313,6 +314,7 @@ class _Stages:
                                progress=self.progress, seed=evaluation.seed, providers=self.execution.providers,
                                runtime=evaluation.runtime)
             self._timed("evaluate", started)
+            assert metrics.agreement is not None, "evaluated with the FP32 model as reference"
             accuracy = ModelAccuracy(metrics.top1, metrics.top5, metrics.agreement, round(fp32.top1 - metrics.top1, 6))
         gates = gate_result(spec.label, config.gates.merged(spec.gates).given(), accuracy)
         entry = replace(entry, size=size, accuracy=accuracy, gates=gates)

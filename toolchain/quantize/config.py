@@ -169,7 +169,7 @@ class QuantConfig:
         if self.bit_budget is not None and self.bit_budget.choices is None:  # frozen: set once, here
             choices = tuple(b for b in DEFAULT_W_BITS_CHOICES if b in self.profile.weight_bits)
             object.__setattr__(self, "bit_budget", replace(self.bit_budget, choices=choices))
-        for bits in sorted({b for _, b in self.layer_w_bits} | set(self.bit_budget.choices if self.bit_budget else ())):
+        for bits in sorted({b for _, b in self.layer_w_bits} | set(self.bit_budget.choices or () if self.bit_budget else ())):
             self.profile.check_bits(bits, self.a_bits)
         mixes = self.act_budget is not None or len({b for _, b in self.tensor_a_bits} | {self.a_bits}) > 1
         if mixes and self.profile.mixed_activations is not None:
@@ -181,7 +181,7 @@ class QuantConfig:
                 raise ConfigError(f"--target {self.target} runs one activation width "
                                   f"({'/'.join(map(str, self.profile.activation_bits))}): drop --a-bits-budget")
             object.__setattr__(self, "act_budget", replace(self.act_budget, choices=choices))
-        for bits in sorted({b for _, b in self.tensor_a_bits} | set(self.act_budget.choices if self.act_budget else ())):
+        for bits in sorted({b for _, b in self.tensor_a_bits} | set(self.act_budget.choices or () if self.act_budget else ())):
             self.profile.check_bits(self.w_bits, bits)
         if (self.bit_budget or self.layer_w_bits or self.act_budget or self.tensor_a_bits) and self.first_last_8bit:
             raise ConfigError("--first-last-8bit fixes the first and last layer's bits; with a bit budget the "
@@ -208,7 +208,7 @@ class QuantConfig:
         """Every weight bit-width the model may hold (for the storage types and the opset)."""
         bits = {self.w_bits, *(b for _, b in self.layer_w_bits)}
         if self.bit_budget is not None:
-            bits |= set(self.bit_budget.choices)
+            bits |= set(self.bit_budget.choices or ())  # filled in by __post_init__
         return tuple(sorted(bits))
 
     @property
@@ -216,7 +216,7 @@ class QuantConfig:
         """Every bit-width the model's activations may hold, the network input's aside (the integer rewrites)."""
         bits = {self.a_bits, *(b for _, b in self.tensor_a_bits)}
         if self.act_budget is not None:
-            bits |= set(self.act_budget.choices)  # type: ignore[arg-type]  # filled in by __post_init__
+            bits |= set(self.act_budget.choices or ())  # filled in by __post_init__
         return tuple(sorted(bits))
 
     @property

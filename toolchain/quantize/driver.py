@@ -206,6 +206,7 @@ def quantize(model: onnx.ModelProto, calib: np.ndarray, config: QuantConfig, sou
         from toolchain.quantize.reconstruct.correction import bn_targets  # deferred: torch loads only when this runs (start-up time)
         from toolchain.quantize.reconstruct.engine import reconstruct  # torch is imported only when reconstruction runs
 
+        assert cleaned is not None, "prepare_float_model kept the cleaned model for reconstruction"
         result = reconstruct(float_model, plan, act, weights, calib, config.reconstruction, bn_targets(cleaned[0]),
                              progress=progress, resume_point=resume_point, execution=execution,
                              distributed=distributed, start_integers=integers)
@@ -312,6 +313,7 @@ def _complete_report(report: QuantReport, float_model: onnx.ModelProto, qdq: onn
         if saturates_here:
             verdict = replace(verdict, why=f"{verdict.why}; this CPU has no VNNI, so its kernels saturate: quantize with "
                                            "--reduce-range")
+        assert verdict.why is not None, "an unverified comparison says why"
         warnings.append(verdict.why)
     target = TargetVerdict(config.target, problems, verdict)
     return replace(report, calibration=calibration, batch=config.effective_batch, target=target,

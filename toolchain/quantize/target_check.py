@@ -114,7 +114,7 @@ def verify_on_runtime(model: onnx.ModelProto, profile: TargetProfile, threads: i
         runs = details.get("on_htp", True) if profile.runtime == "qnn" else True
         agreement = runtime_agreement_db(profile.runtime, path, inputs, threads) if runs and inputs is not None else None
     verdict = RuntimeVerdict(profile.runtime, bool(runs), details["coverage"], details)
-    if agreement is None:
+    if agreement is None or inputs is None:  # compared only on inputs
         return verdict
     verdict = replace(verdict, agreement_db=round(agreement, 2) if np.isfinite(agreement) else "inf")
     if agreement < AGREEMENT_DB:

@@ -67,8 +67,8 @@ def _clip(ctx: NodeContext) -> Kernel:
         dynamic = [i for i in (1, 2) if ctx.has_input(i) and ctx.const(i) is None]
         if dynamic:
             return lambda x, low=None, high=None: torch.clamp(x, low, high)
-        low = scalar(ctx.const(1)) if ctx.has_input(1) else None
-        high = scalar(ctx.const(2)) if ctx.has_input(2) else None
+        given = [ctx.const(i) if ctx.has_input(i) else None for i in (1, 2)]  # constants: not dynamic
+        low, high = (scalar(bound) if bound is not None else None for bound in given)
     if low is not None and high is not None and low <= high:
         return lambda x, *_: F.hardtanh(x, low, high)  # what nn.ReLU6 runs: same kernel, same gradient
     if low is None and high is None:

@@ -136,6 +136,8 @@ def _slice(ctx: NodeContext) -> Kernel:
 
         return dynamic_slice
     starts, ends, axes, steps = values
+    if starts is None or ends is None:
+        raise ctx.error("starts and ends are required inputs")
     if steps is not None and any(s <= 0 for s in steps):
         raise ctx.error(f"steps={steps}: only positive steps are supported")
     if axes is None or all(a >= 0 for a in axes):
@@ -153,8 +155,9 @@ def _pad(ctx: NodeContext) -> Kernel:
         pads, value, axes = ctx.attr("pads"), float(ctx.attr("value", 0.0)), None
     else:
         pads, axes = ctx.const_ints(1), ctx.const_ints(3) if ctx.has_input(3) else None
-        value = scalar(ctx.const(2)) if ctx.has_input(2) and ctx.const(2) is not None else 0.0
-        if pads is None or (ctx.has_input(2) and ctx.const(2) is None) or (ctx.has_input(3) and axes is None):
+        fill = ctx.const(2) if ctx.has_input(2) else None
+        value = scalar(fill) if fill is not None else 0.0
+        if pads is None or (ctx.has_input(2) and fill is None) or (ctx.has_input(3) and axes is None):
             return _dynamic_pad
 
     if axes is None:
@@ -205,10 +208,12 @@ def _outputs(parts: Sequence[torch.Tensor]) -> torch.Tensor | tuple[torch.Tensor
 @register("Expand", static=(1,))
 def _expand(ctx: NodeContext) -> Kernel:
     shape = ctx.const_ints(1)
+    if shape is not None:
+        static = tuple(shape)
+        return lambda x, *_: x.expand(torch.broadcast_shapes(tuple(x.shape), static))  # ONNX Expand broadcasts both ways
 
-    def expand(x: torch.Tensor, s: torch.Tensor | None = None) -> torch.Tensor:
-        target = shape if shape is not None else s.tolist()
-        return x.expand(torch.broadcast_shapes(tuple(x.shape), tuple(target)))  # ONNX Expand broadcasts both ways
+    def expand(x: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return x.expand(torch.broadcast_shapes(tuple(x.shape), tuple(s.tolist())))
 
     return expand
 
@@ -258,6 +263,7 @@ def _resize(ctx: NodeContext) -> Kernel:
     scale_factors = [float(s) for s in scales.reshape(-1)] if scales is not None and scales.size else None
     if scale_factors is None and sizes is None:
         raise ctx.error("neither scales nor sizes is given; Resize needs one of them")
+    spatial_sizes = list(sizes[2:]) if sizes is not None else []  # read only without scales, when sizes are given
 
     def resize(x: torch.Tensor, *_: torch.Tensor | None) -> torch.Tensor:
         if (scale_factors is not None and scale_factors[:2] != [1.0, 1.0]) or (sizes is not None and list(sizes[:2]) != list(x.shape[:2])):
@@ -270,6 +276,6 @@ def _resize(ctx: NodeContext) -> Kernel:
         if scale_factors is not None:
             # The given scales, not out/in, map the coordinates (as ONNX does when scales are given).
             return F.interpolate(x, scale_factor=scale_factors[2:], mode=torch_mode, recompute_scale_factor=False, **extra)
-        return F.interpolate(x, size=list(sizes[2:]), mode=torch_mode, **extra)
+        return F.interpolate(x, size=spatial_sizes, mode=torch_mode, **extra)
 
     return resize

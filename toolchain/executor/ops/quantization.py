@@ -190,7 +190,10 @@ def _quantize_linear(ctx: NodeContext) -> Kernel:
         if compute is not None:
             x, s = x.to(compute), s.to(compute)
         v = x / (s if scale_view is None else scale_view(s, x))
-        offset: torch.Tensor | int | None = (zp if zero_view is None else zero_view(zp, x)) if per_axis_zero else z or None
+        offset: torch.Tensor | int | None = z or None
+        if per_axis_zero:
+            assert zp is not None, "a per-axis zero point is an input of the node"
+            offset = zp if zero_view is None else zero_view(zp, x)
         if v.requires_grad:
             return _RoundClamp.apply(v, offset, lo, hi)
         v = v.round_()
@@ -223,7 +226,10 @@ def _dequantize_linear(ctx: NodeContext) -> Kernel:
 
     def dequantize(x: torch.Tensor, s: torch.Tensor, zp: torch.Tensor | None = None) -> torch.Tensor:
         if not zero_is_zero:
-            offset = (zp if zero_view is None else zero_view(zp, x)) if per_axis_zero else z
+            offset: torch.Tensor | int = z
+            if per_axis_zero:
+                assert zp is not None, "a per-axis zero point is an input of the node"
+                offset = zp if zero_view is None else zero_view(zp, x)
             # Integers subtract in int32, as onnxruntime does (uint8 - zp must not wrap around).
             x = x - offset if x.is_floating_point() else x.to(torch.int32) - offset
         y = x * (s if scale_view is None else scale_view(s, x))

@@ -125,6 +125,7 @@ class _Evaluator:
         if not inputs or inputs[0] is None:
             return None
         first = inputs[0]
+        known = [v for v in inputs if v is not None]  # every input known: len(known) == len(inputs)
         if op == "Identity":
             return first
         if op == "Cast" and attrs.get("to") in _INTEGER_TYPES:
@@ -144,14 +145,14 @@ class _Evaluator:
         if op == "Equal" and len(inputs) > 1 and inputs[1] is not None:
             equal = _elementwise(first, inputs[1], _equal)
             return None if equal is None else replace(equal, dtype=onnx.TensorProto.BOOL)
-        if op == "Where" and len(inputs) == 3 and first.static and all(v is not None for v in inputs[1:]):
-            n = max(len(v.items) for v in inputs)
-            cond, a, b = (v.items * n if len(v.items) == 1 else v.items for v in inputs)
+        if op == "Where" and len(known) == len(inputs) == 3 and first.static:
+            n = max(len(v.items) for v in known)
+            cond, a, b = (v.items * n if len(v.items) == 1 else v.items for v in known)
             if not len(cond) == len(a) == len(b) == n:
                 return None
-            return ShapeValue(tuple(x if c else y for c, x, y in zip(cond, a, b)), dtype=inputs[1].dtype)
-        if op == "Concat" and attrs.get("axis") == 0 and all(v is not None and not v.scalar for v in inputs):
-            return ShapeValue(tuple(d for v in inputs for d in v.items), dtype=first.dtype)
+            return ShapeValue(tuple(x if c else y for c, x, y in zip(cond, a, b)), dtype=known[1].dtype)
+        if op == "Concat" and attrs.get("axis") == 0 and len(known) == len(inputs) and not any(v.scalar for v in known):
+            return ShapeValue(tuple(d for v in known for d in v.items), dtype=first.dtype)
         if op == "Slice" and not first.scalar:
             bounds = [self.ints(name) if name else None for name in node.input[1:5]]
             starts, ends = bounds[0], bounds[1] if len(bounds) > 1 else None
@@ -172,8 +173,9 @@ def _elementwise(a: ShapeValue, b: ShapeValue, fn: Callable[[Dim, Dim], Dim | No
     n = max(len(a.items), len(b.items))
     left = a.items * n if len(a.items) == 1 else a.items
     right = b.items * n if len(b.items) == 1 else b.items
-    items = tuple(fn(x, y) for x, y in zip(left, right))
-    return None if None in items else ShapeValue(items, a.scalar and b.scalar, a.dtype)
+    items = [fn(x, y) for x, y in zip(left, right)]
+    known = tuple(item for item in items if item is not None)
+    return ShapeValue(known, a.scalar and b.scalar, a.dtype) if len(known) == len(items) else None
 
 
 def _equal(a: Dim, b: Dim) -> int | None:
@@ -224,12 +226,12 @@ class FoldStaticShapesPass(GraphPass):
                 continue
             if len(node.output) != 1 or node.output[0] in outputs or node.domain not in ("", "ai.onnx"):
                 continue
-            value = evaluator.evaluate(node)
-            if value is None:
+            folded = evaluator.evaluate(node)
+            if folded is None:
                 continue
-            evaluator.values[node.output[0]] = value
-            if value.static:
-                graph.initializer.append(numpy_helper.from_array(value.array(), node.output[0]))
+            evaluator.values[node.output[0]] = folded
+            if folded.static:
+                graph.initializer.append(numpy_helper.from_array(folded.array(), node.output[0]))
                 graph.node.remove(node)
                 modified = True
         return PassResult(model, modified)
@@ -273,8 +275,8 @@ def _rewrite_sequences(graph: onnx.GraphProto, evaluator: _Evaluator) -> bool:
             if not attrs.get("keepdims", 1):
                 continue  # squeezed elements: not a plain Split
         users = readers.get(node.output[0], [])
-        positions = [evaluator.ints(user.input[1]) for user in users]
-        if not users or any(u.op_type != "SequenceAt" or p is None for u, p in zip(users, positions)):
+        positions = [p for p in (evaluator.ints(user.input[1]) for user in users) if p is not None]
+        if not users or len(positions) != len(users) or any(u.op_type != "SequenceAt" for u in users):
             continue
         names = [f"{node.output[0]}_{i}" for i in range(len(sizes))]
         split_sizes = f"{node.name or node.output[0]}_sizes"

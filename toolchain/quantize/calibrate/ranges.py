@@ -114,13 +114,14 @@ def activation_params(obs: Observation, spec: ActivationSpec, calibrator: str, q
         elif calibrator == "mse":
             absmax = _best_top(obs.sample, absmax, lambda top: symmetric_params(np.float32(top), qtype, None))
         return symmetric_params(np.float32(absmax), qtype, None)
-    if spec.floor is not None:  # only the top end is chosen: the known floor stays on the grid
+    floor = spec.floor
+    if floor is not None:  # only the top end is chosen: the known floor stays on the grid
         hi = max(obs.maximum, 0.0)
         if calibrator == "percentile":
             hi = float(np.percentile(obs.sample, percentile))
         elif calibrator == "mse":
-            hi = _best_top(obs.sample, hi, lambda top: floored_params(spec.floor, top, qtype))
-        return floored_params(spec.floor, hi, qtype)
+            hi = _best_top(obs.sample, hi, lambda top: floored_params(floor, top, qtype))
+        return floored_params(floor, hi, qtype)
     if spec.one_sided:
         hi = max(obs.maximum, 0.0)
         if calibrator == "percentile":

@@ -35,7 +35,7 @@ class FoldBatchNormPass(GraphPass):
         folded = False
         for bn in [n for n in graph.node if n.op_type == "BatchNormalization"]:
             layer = producers.get(bn.input[0])
-            if not _foldable(layer, bn, initializers, readers, graph_outputs):
+            if layer is None or not _foldable(layer, bn, initializers, readers, graph_outputs):
                 continue
             _fold(graph, layer, bn, initializers)
             graph.node.remove(bn)

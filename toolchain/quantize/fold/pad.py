@@ -32,7 +32,8 @@ class FoldZeroPadIntoConvPass(GraphPass):
         for pad in graph.node:
             spatial = _zero_spatial_pads(pad, constants)
             convs = readers.get(pad.output[0], []) if spatial is not None else []
-            if not convs or pad.output[0] in outputs or not all(_foldable_reader(c, pad.output[0]) for c in convs):
+            if spatial is None or not convs or pad.output[0] in outputs \
+                    or not all(_foldable_reader(c, pad.output[0]) for c in convs):
                 continue
             for conv in convs:
                 own = _attribute(conv, "pads", [0] * len(spatial))

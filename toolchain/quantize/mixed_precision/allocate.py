@@ -58,8 +58,11 @@ def budget_bits(params: list[int], budget: BitBudget) -> int:
     choices = candidate_bits(budget)
     low, high = min(choices), max(choices)
     smallest, largest = total * low, total * high
-    bits = (round(budget.average_bits * total) if budget.average_bits is not None
-            else 8 * int(budget.size_bytes))  # type: ignore[arg-type]  # BitBudget holds one of the two
+    if budget.average_bits is not None:
+        bits = round(budget.average_bits * total)
+    else:
+        assert budget.size_bytes is not None, "BitBudget holds one of the two"
+        bits = 8 * int(budget.size_bytes)
     if smallest <= bits <= largest:
         return bits
     given = (f"--weight-bits-budget {budget.average_bits}" if budget.average_bits is not None

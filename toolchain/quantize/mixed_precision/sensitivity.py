@@ -58,8 +58,9 @@ class SensitivityProbe:
 
     def layers(self) -> list[LayerSensitivity]:
         """Every weighted layer of the plan at every bit-width of config.bit_budget.choices (module docstring)."""
-        assert self.config.bit_budget is not None
-        choices = sorted(self.config.bit_budget.choices)
+        budget = self.config.bit_budget
+        assert budget is not None and budget.choices is not None, "QuantConfig fills in the choices of a budget"
+        choices = sorted(budget.choices)
         specs = list(self.plan.weights.values())
         bar = tqdm(total=len(specs) * len(choices), desc="layer sensitivity", unit="run", file=sys.stderr,
                    disable=not self.progress, leave=False)

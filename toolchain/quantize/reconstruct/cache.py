@@ -76,7 +76,7 @@ def default_budget() -> int:
 class SampleStore:
     """`n` samples of one shape (float32), in RAM or in a spill file; written in order, read by row index."""
 
-    def __init__(self, cache: SampleCache, n: int, sample_shape: tuple[int, ...], path: Path | None) -> None:
+    def __init__(self, cache: SampleCache | None, n: int, sample_shape: tuple[int, ...], path: Path | None) -> None:
         self.cache, self.n, self.sample_shape, self.path = cache, n, tuple(sample_shape), path
         self.nbytes = n * int(np.prod(sample_shape, dtype=np.int64)) * 4
         self._ram = torch.empty((n, *sample_shape), dtype=torch.float32) if path is None else None
@@ -101,7 +101,7 @@ class SampleStore:
 
     def _map(self, mode: str) -> np.memmap:
         assert self.path is not None, "only a spilled store has a file"
-        return np.memmap(self.path, dtype=np.float32, mode=mode, shape=(self.n, *self.sample_shape))  # type: ignore[call-overload]
+        return np.memmap(self.path, dtype=np.float32, mode=mode, shape=(self.n, *self.sample_shape))  # type: ignore[call-overload]  # numpy's stub: mode as a str variable
 
     def write(self, start: int, values: torch.Tensor) -> None:
         values = values.detach().to("cpu", torch.float32)

@@ -120,7 +120,7 @@ class ReconConfig:
         if method not in METHODS:
             raise ConfigError(f"unknown reconstruction {method!r}: choose {', '.join(METHODS)}")
         pd = method == "pdquant"
-        base = cls(method=method, preset_name=preset, qdrop=method != "none", prediction_difference=pd,  # type: ignore[arg-type]
+        base = cls(method=method, preset_name=preset, qdrop=method != "none", prediction_difference=pd,  # type: ignore[arg-type]  # method: checked against METHODS above
                    learn_scales=pd, distribution_correction=pd)
         budgets: dict[str, dict[str, Any]] = {
             # PD-Quant's run_script.py: 20k iterations per unit, batch 32, 500 DC steps.

@@ -124,10 +124,12 @@ def correct_inputs(fp_unit: OnnxModule, x: torch.Tensor, targets: list[BnTarget]
         term.confirm()
         with torch.no_grad():  # the proximity term's gradient 2 (x' - x) / (N H W lam), by hand
             diff = corrected - x
-            corrected.grad.add_(diff, alpha=2.0 / (positions * lam))
+            grad = corrected.grad
+            assert grad is not None, "loss.backward() filled it"
+            grad.add_(diff, alpha=2.0 / (positions * lam))
             proximity = diff.square().sum() / (positions * lam) if scheduled else None
         optimizer.step()
-        if scheduled:
+        if proximity is not None:  # scheduled
             schedule.step(float(loss.detach()) + float(proximity))
     return corrected.detach()
 
@@ -188,10 +190,11 @@ class _FusedUpdate:
         self.failed = False
 
     def __call__(self, *args: Any) -> None:
-        if not self.failed:
+        compiled = _FusedUpdate.compiled  # set by __init__
+        if not self.failed and compiled is not None:
             try:
                 with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
-                    return _FusedUpdate.compiled(*args)
+                    return compiled(*args)
             except Exception as err:  # noqa: BLE001 - the eager function computes the same values
                 self.failed = True
                 first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__

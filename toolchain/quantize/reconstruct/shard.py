@@ -80,7 +80,7 @@ class Shard:
     def all_reduce_gradients(self, parameters: list[torch.Tensor], loss: torch.Tensor) -> torch.Tensor:
         """Sum the gradients of `parameters` and the loss shares over the ranks (one collective); returns the
         global loss (every rank must know when it is not finite). A missing gradient counts as 0."""
-        if self.is_whole:
+        if self.distributed is None:  # is_whole
             return loss
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in parameters]
         flat = self.distributed.all_reduce_sum(torch.cat([*(g.reshape(-1) for g in grads), loss.reshape(1).to(loss.device)]))
@@ -91,4 +91,4 @@ class Shard:
         return flat[-1]
 
     def all_reduce_sum(self, values: torch.Tensor) -> torch.Tensor:
-        return values if self.is_whole else self.distributed.all_reduce_sum(values)
+        return values if self.distributed is None else self.distributed.all_reduce_sum(values)

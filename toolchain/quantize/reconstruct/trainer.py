@@ -129,6 +129,7 @@ class UnitTrainer:
                 if out is None:
                     out = self.cache.store(len(source), tuple(y.shape[1:]))
                 out.write(start, y)
+        assert out is not None, "the calibration set holds at least one sample"
         return out
 
     def _rows(self, store: SampleStore, rows: torch.Tensor) -> torch.Tensor:
@@ -247,7 +248,7 @@ class UnitTrainer:
                 if not torch.isfinite(total):
                     raise ReconstructionError(f"{work.unit.label}: the loss became {total.item()} at iteration {step + 1}")
             optimizer.step()
-            if scale_optimizer:
+            if scale_optimizer is not None and scale_schedule is not None:  # set together
                 scale_optimizer.step()
                 scale_schedule.step()
                 with torch.no_grad():
@@ -289,6 +290,7 @@ class UnitTrainer:
         if work.use_pd:
             z_q = work.tail(out[local:]) if work.tail is not None else out[local:]
             pd = pd_loss(z_q, self._rows(self.z_fp, rows), recon.temperature)
+            assert recon.pd_weight is not None, "the PD term has a weight"
             loss = loss + recon.pd_weight * shard.scaled(pd, share, batch)
         regularizer = None
         warm = int(recon.warmup * recon.iterations)
