@@ -285,3 +285,28 @@ def test_fdda_terms_on_a_dgh_preset(digits):
     calib = generate(model, pre, "fdda", 32, fast("dgh", iterations=2), seed=0, real_data=heldout_path(), progress=False)
     final = calib.manifest["losses"]["final"]
     assert {"bn", "ce", "centralised", "distorted"} <= set(final) and calib.manifest["config"]["joint_statistics"]
+
+
+def test_a_torch_teacher_reads_the_running_statistics_and_the_moments_of_each_bn_input():
+    """Rule: Teacher.from_torch takes its targets from the BatchNorm layers' running statistics (registration order)
+    and, run on x, reports each BN input's per-channel mean and second moment (float32 tolerance 1e-5)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4), torch.nn.ReLU(),
+                                torch.nn.Conv2d(4, 2, 1), torch.nn.BatchNorm2d(2))
+    model[1].running_mean.uniform_(-1, 1)
+    model[4].running_var.uniform_(0.5, 2)
+    model.eval()
+    teacher = Teacher.from_torch(model)
+    assert teacher.layout.names == ("1", "4") and teacher.layout.channels == (4, 2)
+    torch.testing.assert_close(teacher.targets.mean, torch.cat([model[1].running_mean, model[4].running_mean]))
+    x = torch.randn(5, 3, 8, 8)
+    out = teacher.run(x)
+    first_bn_input = model[0](x)
+    torch.testing.assert_close(out.m1[:4], first_bn_input.mean((0, 2, 3)), rtol=1e-5, atol=1e-5)
+
+
+def test_a_torch_batchnorm_without_running_statistics_is_refused_by_name():
+    """Rule: a BatchNorm that keeps no running statistics has nothing to match: a GraphError naming the layer."""
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4, track_running_stats=False))
+    with pytest.raises(GraphError, match="BatchNorm '1' keeps no running statistics"):
+        Teacher.from_torch(model)
