@@ -21,6 +21,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
@@ -99,9 +100,9 @@ class SampleStore:
     def __len__(self) -> int:
         return self.n
 
-    def _map(self, mode: str) -> np.memmap:
+    def _map(self, mode: Literal["r", "r+"]) -> np.memmap:
         assert self.path is not None, "only a spilled store has a file"
-        return np.memmap(self.path, dtype=np.float32, mode=mode, shape=(self.n, *self.sample_shape))  # type: ignore[call-overload]  # numpy's stub: mode as a str variable
+        return np.memmap(self.path, dtype=np.float32, mode=mode, shape=(self.n, *self.sample_shape))
 
     def write(self, start: int, values: torch.Tensor) -> None:
         values = values.detach().to("cpu", torch.float32)
